@@ -1,0 +1,222 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The Linux settings model: module options, the sysctl keys they manage, validation, meaning.
+
+Pure: the host-dependent checks take the host's values as arguments.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
+    contains,
+    format_port_list,
+    format_port_range,
+    normalise_intervals,
+    parse_port_list,
+    parse_port_range,
+    ports_to_intervals,
+)
+from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import (
+    ValidationError,
+    strict_int,
+)
+
+INT_MAX = 2147483647
+
+UNPRIVILEGED_PORT_START = "net.ipv4.ip_unprivileged_port_start"
+TIMESTAMPS = "net.ipv4.tcp_timestamps"
+TW_REUSE = "net.ipv4.tcp_tw_reuse"
+PORT_RANGE = "net.ipv4.ip_local_port_range"
+RESERVED_PORTS = "net.ipv4.ip_local_reserved_ports"
+TW_RECYCLE = "net.ipv4.tcp_tw_recycle"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One managed sysctl.
+
+    ``kind`` is ``int``, ``range`` or ``ports``.  ``default`` is the value a new
+    network namespace starts with on a current kernel (None where the kernel
+    computes it at boot); the module prefers to read the real default from a
+    fresh namespace and falls back to this.
+    """
+
+    option: str
+    key: str
+    kind: str
+    low: int = 0
+    high: int = INT_MAX
+    choices: Optional[Tuple[int, ...]] = None
+    default: Optional[str] = None
+    since: Optional[str] = None
+
+    @property
+    def path(self):
+        return "/proc/sys/" + self.key.replace(".", "/")
+
+
+# Apply order matters: reserve ports before the range widens over them, and turn
+# timestamps on before tcp_tw_reuse relies on them.
+SETTINGS = (
+    Setting("timestamps", TIMESTAMPS, "int", choices=(0, 1, 2), default="1"),
+    Setting("fin_timeout", "net.ipv4.tcp_fin_timeout", "int", 1, 86400, default="60"),
+    Setting("reserved_ports", RESERVED_PORTS, "ports", default=""),
+    Setting("port_range", PORT_RANGE, "range", default="32768 60999"),
+    Setting("tw_reuse", TW_REUSE, "int", choices=(0, 1, 2), default="2"),
+    Setting("tw_reuse_delay", "net.ipv4.tcp_tw_reuse_delay", "int", 1, 60000, default="1000", since="6.14"),
+    Setting("somaxconn", "net.core.somaxconn", "int", 1, INT_MAX, default="4096"),
+    Setting("max_syn_backlog", "net.ipv4.tcp_max_syn_backlog", "int", 1, INT_MAX),
+)
+BY_OPTION = OrderedDict((s.option, s) for s in SETTINGS)
+BY_KEY = OrderedDict((s.key, s) for s in SETTINGS)
+KEY_ORDER = {s.key: i for i, s in enumerate(SETTINGS)}
+
+TW_RECYCLE_REASON = (
+    "net.ipv4.tcp_tw_recycle was removed in Linux 4.12 because it broke clients behind NAT; "
+    "use tw_reuse: 1 (with tcp_timestamps on) and a wider port_range instead"
+)
+
+
+def canonical(key, value):
+    """The meaning of a sysctl value as a canonical string; raises ValueError when it has none."""
+    setting = BY_KEY.get(key)
+    text = value if isinstance(value, str) else str(value)
+    if setting is None:
+        return " ".join(text.split())
+    if setting.kind == "int":
+        words = text.split()
+        if len(words) != 1 or not words[0].lstrip("-").isdigit() or not words[0].isascii():
+            raise ValueError("%s: %r is not an integer" % (key, value))
+        return str(int(words[0]))
+    if setting.kind == "range":
+        try:
+            return format_port_range(parse_port_range(" ".join(text.split()), key))
+        except ValidationError as exc:
+            raise ValueError(str(exc))
+    try:
+        return format_port_list(parse_port_list(text.strip(), key))
+    except ValidationError as exc:
+        raise ValueError(str(exc))
+
+
+def loose(key, value):
+    """Like canonical() but never fails: an unparsable value keeps its words."""
+    try:
+        return canonical(key, value)
+    except ValueError:
+        return " ".join(str(value).split())
+
+
+def same(key, a, b):
+    """Whether two values of ``key`` mean the same."""
+    if a is None or b is None:
+        return a is b
+    return loose(key, a) == loose(key, b)
+
+
+def validate_options(params):
+    """Validate the option values that do not depend on the host.
+
+    ``params`` maps option names to values (None = not managed).  Returns an
+    ordered dict key -> canonical value for the managed keys, in apply order.
+    """
+    if params.get("tw_recycle") is not None:
+        raise ValidationError("tw_recycle", params["tw_recycle"], TW_RECYCLE_REASON)
+    desired = OrderedDict()
+    for setting in SETTINGS:
+        value = params.get(setting.option)
+        if value is None:
+            continue
+        if setting.kind == "range":
+            desired[setting.key] = format_port_range(parse_port_range(value, setting.option))
+        elif setting.kind == "ports":
+            desired[setting.key] = format_port_list(parse_port_list(value, setting.option))
+        elif setting.choices is not None:
+            number = strict_int(value, setting.option, min(setting.choices), max(setting.choices))
+            if number not in setting.choices:
+                raise ValidationError(setting.option, value, "one of %s" % ", ".join(map(str, setting.choices)))
+            desired[setting.key] = str(number)
+        else:
+            desired[setting.key] = str(strict_int(value, setting.option, setting.low, setting.high))
+    return desired
+
+
+def _parity_warning(port_range):
+    low, high = port_range
+    if low % 2 == high % 2:
+        return (
+            "port_range %d-%d: low and high have the same parity; the kernel prefers different parity "
+            "(since Linux 4.6 connect() takes even ports first and bind() odd ones), e.g. %d-%d"
+            % (low, high, low, high + 1 if high < 65535 else high - 1)
+        )
+    return None
+
+
+def validate_for_host(desired, current, missing_keys, listening_ports=(), reserve_listening=False, kernel=""):
+    """Checks that depend on the host; returns (desired, warnings), desired possibly extended.
+
+    ``current`` maps keys to the host's runtime values (including
+    ip_unprivileged_port_start and tcp_timestamps when readable);
+    ``missing_keys`` are managed keys the running kernel does not have;
+    ``listening_ports`` are the TCP ports with a listener now.
+    """
+    warnings = []
+    for key in desired:
+        if key in missing_keys:
+            setting = BY_KEY[key]
+            since = " (it was added in Linux %s)" % setting.since if setting.since else ""
+            raise ValidationError(
+                setting.option, desired[key],
+                "this kernel%s has no %s%s" % (" (%s)" % kernel if kernel else "", key, since),
+            )
+    desired = OrderedDict(desired)
+
+    effective_range = desired.get(PORT_RANGE, current.get(PORT_RANGE))
+    if PORT_RANGE in desired:
+        low, high = parse_port_range(desired[PORT_RANGE])
+        start = current.get(UNPRIVILEGED_PORT_START)
+        if start is not None and low < int(start):
+            raise ValidationError(
+                "port_range", desired[PORT_RANGE],
+                "the low port must be at least %s (%s) on this host" % (UNPRIVILEGED_PORT_START, start),
+            )
+        parity = _parity_warning((low, high))
+        if parity:
+            warnings.append(parity)
+
+    stamps = desired.get(TIMESTAMPS, current.get(TIMESTAMPS))
+    reuse = desired.get(TW_REUSE, current.get(TW_REUSE))
+    if reuse is not None and stamps is not None and int(reuse) == 1 and int(stamps) == 0:
+        if TW_REUSE in desired:
+            raise ValidationError(
+                "tw_reuse", 1,
+                "tcp_tw_reuse 1 needs TCP timestamps, and net.ipv4.tcp_timestamps is 0: reuse would silently do "
+                "nothing; also set timestamps: 1",
+            )
+        warnings.append("timestamps: 0 with tcp_tw_reuse at 1 makes TIME_WAIT reuse inactive")
+
+    if effective_range is not None and listening_ports:
+        low, high = parse_port_range(effective_range)
+        reserved = parse_port_list(desired.get(RESERVED_PORTS, current.get(RESERVED_PORTS, "")))
+        exposed = sorted(p for p in set(listening_ports) if low <= p <= high and not contains(reserved, p))
+        if reserve_listening:
+            desired[RESERVED_PORTS] = format_port_list(normalise_intervals(reserved + ports_to_intervals(exposed)))
+        elif exposed:
+            warnings.append(
+                "TCP ports listening now inside the ephemeral range %d-%d and not reserved: %s; an outgoing "
+                "connection can take one while its service restarts. Add them to reserved_ports or set "
+                "reserve_listening_ports: true" % (low, high, ", ".join(map(str, exposed)))
+            )
+    elif reserve_listening and RESERVED_PORTS not in desired:
+        desired[RESERVED_PORTS] = loose(RESERVED_PORTS, current.get(RESERVED_PORTS, ""))
+    return sort_keys(desired), warnings
+
+
+def sort_keys(values):
+    """An ordered dict of ``values`` in apply order (unknown keys last, by name)."""
+    return OrderedDict(sorted(values.items(), key=lambda kv: (KEY_ORDER.get(kv[0], len(KEY_ORDER)), kv[0])))

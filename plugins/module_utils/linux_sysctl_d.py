@@ -1,0 +1,229 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""sysctl.d files and the order they are applied in at boot, by systemd-sysctl and by procps.
+
+Pure: a *layout* is a mapping of absolute path -> file text, holding the
+``*.conf`` files of the sysctl.d directories and /etc/sysctl.conf.
+
+- systemd-sysctl (sysctl.d(5)): reads /etc/sysctl.d, /run/sysctl.d,
+  /usr/local/lib/sysctl.d, /usr/lib/sysctl.d (and /lib/sysctl.d); a file name
+  in an earlier directory hides the same name in later ones; all files are
+  applied sorted by file name, whatever their directory; the last assignment
+  wins.  /etc/sysctl.conf is not read (Debian links it in as
+  /etc/sysctl.d/99-sysctl.conf).
+- procps ``sysctl --system`` (sysctl(8), procps-ng 4): the same directories
+  and rules, then /etc/sysctl.conf last when it is a regular file.
+
+Keys with glob patterns are not analysed.  An assignment whose value is not a
+value of that key (e.g. a port range with low > high) is rejected by the
+kernel and does not count.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
+    BY_KEY,
+    canonical,
+    same,
+)
+
+SYSCTL_D_DIRS = (
+    "/etc/sysctl.d",
+    "/run/sysctl.d",
+    "/usr/local/lib/sysctl.d",
+    "/usr/lib/sysctl.d",
+    "/lib/sysctl.d",
+)
+SYSCTL_CONF = "/etc/sysctl.conf"
+# /run is a tmpfs emptied at every boot: a file there does not persist.
+PERSIST_DIRS = tuple(d for d in SYSCTL_D_DIRS if not d.startswith("/run/"))
+INITS = ("systemd", "procps")
+_SAFE_NAME = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+@")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """``key = value`` at ``path`` line ``line`` (key in dotted form)."""
+
+    key: str
+    value: str
+    path: Optional[str]
+    line: Optional[int]
+    ignore_failure: bool = False
+
+    def where(self):
+        return "%s:%d" % (self.path, self.line) if self.path else "kernel default"
+
+
+def dotted(name):
+    """A sysctl name in dotted form: with '/' as the first separator, '/' and '.' swap."""
+    for char in name:
+        if char == ".":
+            return name
+        if char == "/":
+            return name.translate(str.maketrans("/.", "./"))
+    return name
+
+
+def parse(text, path=None):
+    """The assignments in one sysctl.d file, in file order."""
+    out = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if "=" not in line:
+            continue
+        name, value = line.split("=", 1)
+        name = name.strip()
+        ignore = name.startswith("-")
+        if ignore:
+            name = name[1:].strip()
+        if not name:
+            continue
+        out.append(Assignment(dotted(name), value.strip(), path, number, ignore))
+    return out
+
+
+def applied_files(layout, init="systemd"):
+    """Paths of the files ``init`` applies at boot, in order."""
+    chosen = OrderedDict()
+    for directory in SYSCTL_D_DIRS:
+        for path in sorted(layout):
+            parent, name = posixpath.split(path)
+            if parent == directory and name.endswith(".conf") and name not in chosen:
+                chosen[name] = path
+    order = [chosen[name] for name in sorted(chosen, key=lambda n: n.encode("utf-8"))]
+    if init == "procps" and layout.get(SYSCTL_CONF) is not None:
+        order.append(SYSCTL_CONF)
+    return order
+
+
+def _accepted(assignment):
+    if assignment.key not in BY_KEY:
+        return True
+    try:
+        canonical(assignment.key, assignment.value)
+    except ValueError:
+        return False
+    return True
+
+
+def predict(layout, keys, init="systemd"):
+    """The last accepted assignment of each key in ``keys`` that ``init`` applies at boot.
+
+    Keys that no file sets are absent from the result.
+    """
+    wanted = set(keys)
+    result = {}
+    for path in applied_files(layout, init):
+        for assignment in parse(layout[path] or "", path):
+            if assignment.key in wanted and _accepted(assignment):
+                result[assignment.key] = assignment
+    return result
+
+
+def boot_values(layout, keys, defaults):
+    """For each key, what systemd-sysctl and procps would leave after a boot.
+
+    ``defaults`` maps keys to the kernel default used where no file sets a key.
+    Returns {key: {init: {"value", "file", "line"}}}.
+    """
+    out = OrderedDict()
+    predictions = {init: predict(layout, keys, init) for init in INITS}
+    for key in keys:
+        out[key] = OrderedDict()
+        for init in INITS:
+            found = predictions[init].get(key)
+            if found is None:
+                out[key][init] = {"value": defaults.get(key), "file": None, "line": None}
+            else:
+                out[key][init] = {"value": canonical(key, found.value), "file": found.path, "line": found.line}
+    return out
+
+
+def hidden_by(layout, path):
+    """The file that hides ``path`` at boot (same name in an earlier directory), or None."""
+    parent, name = posixpath.split(path)
+    for directory in SYSCTL_D_DIRS:
+        if directory == parent:
+            return None
+        other = posixpath.join(directory, name)
+        if other in layout:
+            return other
+    return None
+
+
+@dataclass(frozen=True)
+class Override:
+    """At boot, ``init`` would leave ``key`` at ``value`` from ``path``:``line`` instead of ours."""
+
+    key: str
+    init: str
+    path: Optional[str]
+    line: Optional[int]
+    value: Optional[str]
+    ours: str
+    conflicting: bool
+
+    def describe(self):
+        where = "%s line %d" % (self.path, self.line) if self.path else "the kernel default"
+        verb = "overrides it with" if self.conflicting else "also sets it, to the same value"
+        return "%s: at boot %s applies %s after our file, which %s %s (we set %s)" % (
+            self.key, "systemd-sysctl" if self.init == "systemd" else "procps sysctl --system",
+            where, verb, self.value, self.ours,
+        )
+
+
+def overrides(layout, path, desired):
+    """Where a boot would not end with our file's value for a key in ``desired``.
+
+    ``layout`` must already hold our file at ``path`` with the content we write.
+    """
+    found = []
+    for init in INITS:
+        predicted = predict(layout, desired.keys(), init)
+        for key, ours in desired.items():
+            winner = predicted.get(key)
+            if winner is not None and winner.path == path:
+                continue
+            value = canonical(key, winner.value) if winner is not None else None
+            found.append(Override(
+                key, init,
+                winner.path if winner is not None else None,
+                winner.line if winner is not None else None,
+                value, ours,
+                conflicting=winner is None or not same(key, value, ours),
+            ))
+    return found
+
+
+def check_persist_path(path, option="persist_file"):
+    """Refuse anything but a .conf file directly inside a sysctl.d directory read at boot.
+
+    Returns an error text or None.
+    """
+    valid = "an absolute path to a .conf file directly inside one of %s" % ", ".join(PERSIST_DIRS)
+    if not isinstance(path, str) or not path.startswith("/"):
+        return valid
+    parent, name = posixpath.split(path)
+    if parent not in PERSIST_DIRS or posixpath.normpath(path) != path:
+        if parent == "/run/sysctl.d":
+            return valid + " (/run is emptied at every boot)"
+        return valid
+    if not name.endswith(".conf") or name == ".conf" or name.startswith(".") or not set(name) <= _SAFE_NAME:
+        return valid + "; the file name may use letters, digits and . _ - + @ and must end in .conf"
+    return None
+
+
+def render(desired, header):
+    """The content of our persisted file: a header, then one ``key = value`` line per key."""
+    lines = ["# %s" % line if line else "#" for line in header.splitlines()]
+    lines.extend("%s = %s" % (key, value) for key, value in desired.items())
+    return "\n".join(lines) + "\n"

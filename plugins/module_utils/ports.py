@@ -1,0 +1,141 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Port ranges and port lists, shared by Linux and Windows.
+
+A port range is a ``(low, high)`` tuple of ints.  A port list is a sorted tuple
+of disjoint, non-adjacent ``(low, high)`` intervals: the form the kernel prints
+``net.ipv4.ip_local_reserved_ports`` in ("40010-40021,40500").
+"""
+
+from __future__ import annotations
+
+import re
+
+from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import (
+    ValidationError,
+    strict_int,
+)
+
+PORT_MIN = 1
+PORT_MAX = 65535
+
+_RANGE_FORMS = "two ports LOW HIGH (spaces or tabs), LOW-HIGH, or a list [LOW, HIGH]"
+_PAIR = re.compile(r"\A[ \t]*([0-9]+)[ \t]*(?:-|[ \t])[ \t]*([0-9]+)[ \t]*\Z")
+_ITEM = re.compile(r"\A[ \t]*([0-9]+)(?:[ \t]*-[ \t]*([0-9]+))?[ \t]*\Z")
+
+
+def _port(value, option, whole):
+    try:
+        return strict_int(value, option, PORT_MIN, PORT_MAX, "an integer port")
+    except ValidationError:
+        raise ValidationError(option, whole, "ports must be integers from %d to %d" % (PORT_MIN, PORT_MAX))
+
+
+def parse_port_range(value, option="port_range"):
+    """Parse a port range given as "LOW HIGH", "LOW\\tHIGH", "LOW-HIGH" or [LOW, HIGH].
+
+    Returns ``(low, high)``; raises ValidationError naming ``option``.
+    Host-dependent rules (the unprivileged port start, netsh's minimums) are
+    checked by the callers that know the host.
+    """
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValidationError(option, value, _RANGE_FORMS)
+        low = _port(value[0], option, value)
+        high = _port(value[1], option, value)
+    elif isinstance(value, str):
+        match = _PAIR.match(value)
+        if not match:
+            raise ValidationError(option, value, _RANGE_FORMS)
+        low = _port(match.group(1), option, value)
+        high = _port(match.group(2), option, value)
+    else:
+        raise ValidationError(option, value, _RANGE_FORMS)
+    if low > high:
+        raise ValidationError(option, value, "the low port (%d) must not be above the high port (%d)" % (low, high))
+    return (low, high)
+
+
+def format_port_range(port_range, sep=" "):
+    """Render ``(low, high)`` as "LOW HIGH" (the kernel prints a tab)."""
+    return "%d%s%d" % (port_range[0], sep, port_range[1])
+
+
+def normalise_intervals(intervals):
+    """Sort and merge overlapping or adjacent intervals."""
+    merged = []
+    for low, high in sorted(intervals):
+        if merged and low <= merged[-1][1] + 1:
+            if high > merged[-1][1]:
+                merged[-1] = (merged[-1][0], high)
+        else:
+            merged.append((low, high))
+    return tuple(merged)
+
+
+def parse_port_list(value, option="reserved_ports"):
+    """Parse a port list: kernel syntax "8080,9000-9100" or a list of ports and "LOW-HIGH" items.
+
+    Returns the normalised interval tuple; an empty string or list is the empty list.
+    """
+    valid = 'a comma-separated list of ports and LOW-HIGH ranges from 1 to 65535 (e.g. "8080,9000-9100"), or a list of them'
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        items = [] if value.strip(" \t") == "" else value.split(",")
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValidationError(option, value, valid)
+    intervals = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValidationError(option, value, valid)
+        if isinstance(item, int):
+            low = high = item
+        elif isinstance(item, str):
+            match = _ITEM.match(item)
+            if not match:
+                raise ValidationError(option, value, valid)
+            low = int(match.group(1))
+            high = int(match.group(2)) if match.group(2) is not None else low
+        else:
+            raise ValidationError(option, value, valid)
+        if not (PORT_MIN <= low <= PORT_MAX and PORT_MIN <= high <= PORT_MAX):
+            raise ValidationError(option, value, "ports must be integers from %d to %d" % (PORT_MIN, PORT_MAX))
+        if low > high:
+            raise ValidationError(option, value, "in %r the low port must not be above the high port" % (item,))
+        intervals.append((low, high))
+    return normalise_intervals(intervals)
+
+
+def format_port_list(intervals):
+    """Render intervals the way the kernel prints ip_local_reserved_ports."""
+    return ",".join("%d" % low if low == high else "%d-%d" % (low, high) for low, high in intervals)
+
+
+def count_ports(intervals):
+    """How many ports the intervals hold."""
+    return sum(high - low + 1 for low, high in intervals)
+
+
+def intersect(intervals, port_range):
+    """The part of ``intervals`` that lies inside ``port_range``."""
+    low, high = port_range
+    out = []
+    for a, b in intervals:
+        a, b = max(a, low), min(b, high)
+        if a <= b:
+            out.append((a, b))
+    return tuple(out)
+
+
+def contains(intervals, port):
+    """Whether ``port`` is in ``intervals``."""
+    return any(a <= port <= b for a, b in intervals)
+
+
+def ports_to_intervals(ports):
+    """Turn an iterable of single ports into normalised intervals."""
+    return normalise_intervals((p, p) for p in ports)

@@ -1,0 +1,56 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Validation errors and strict scalar parsing shared by every module and action plugin.
+
+Pure functions only: nothing here touches a host.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ASCII_INT = re.compile(r"\A[ \t]*([+]?[0-9]+)[ \t]*\Z")
+
+
+class ValidationError(ValueError):
+    """A user-supplied value is not valid.
+
+    The message always names the option, the bad value and what is valid, so
+    that it can be shown to the user as it is.
+    """
+
+    def __init__(self, option, value, valid):
+        self.option = option
+        self.value = value
+        self.valid = valid
+        super().__init__("%s: %s is not valid: %s" % (option, show(value), valid))
+
+
+def show(value):
+    """Render a user value for an error message, unambiguously and on one line."""
+    return repr(value)
+
+
+def strict_int(value, option, low, high, what="an integer"):
+    """Return ``value`` as an int in [low, high] or raise ValidationError.
+
+    Accepts Python ints (not bools) and strings of ASCII digits with optional
+    surrounding spaces or tabs.  Rejects floats, non-ASCII digits, signs other
+    than a leading '+', and anything else.
+    """
+    valid = "%s from %d to %d" % (what, low, high)
+    if isinstance(value, bool):
+        raise ValidationError(option, value, valid)
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        match = _ASCII_INT.match(value)
+        if not match:
+            raise ValidationError(option, value, valid)
+        number = int(match.group(1))
+    else:
+        raise ValidationError(option, value, valid)
+    if not low <= number <= high:
+        raise ValidationError(option, value, valid)
+    return number

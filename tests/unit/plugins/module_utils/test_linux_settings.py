@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
+    PORT_RANGE,
+    RESERVED_PORTS,
+    canonical,
+    same,
+    validate_for_host,
+    validate_options,
+)
+from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError
+
+HOST = {
+    "net.ipv4.ip_unprivileged_port_start": "1024",
+    "net.ipv4.tcp_timestamps": "1",
+    "net.ipv4.tcp_tw_reuse": "2",
+    PORT_RANGE: "32768\t60999",
+    RESERVED_PORTS: "",
+}
+
+
+def test_only_given_options_are_managed_in_apply_order():
+    desired = validate_options({"tw_reuse": 1, "port_range": "1024-65535", "fin_timeout": "30",
+                                "reserved_ports": [9000, "8080"], "timestamps": 1, "somaxconn": None})
+    assert list(desired.items()) == [
+        ("net.ipv4.tcp_timestamps", "1"),
+        ("net.ipv4.tcp_fin_timeout", "30"),
+        (RESERVED_PORTS, "8080,9000"),
+        (PORT_RANGE, "1024 65535"),
+        ("net.ipv4.tcp_tw_reuse", "1"),
+    ]
+    assert validate_options({}) == {}
+
+
+@pytest.mark.parametrize("params, option, fragment", [
+    ({"fin_timeout": 0}, "fin_timeout", "from 1 to 86400"),
+    ({"fin_timeout": "30s"}, "fin_timeout", "from 1 to 86400"),
+    ({"fin_timeout": True}, "fin_timeout", "from 1 to 86400"),
+    ({"tw_reuse": 3}, "tw_reuse", "from 0 to 2"),
+    ({"tw_reuse_delay": 0}, "tw_reuse_delay", "from 1 to 60000"),
+    ({"tw_reuse_delay": 60001}, "tw_reuse_delay", "from 1 to 60000"),
+    ({"somaxconn": -1}, "somaxconn", "from 1 to 2147483647"),
+    ({"max_syn_backlog": 2 ** 31}, "max_syn_backlog", "from 1 to 2147483647"),
+    ({"port_range": "60000 1024"}, "port_range", "must not be above"),
+    ({"reserved_ports": "8080;rm"}, "reserved_ports", "comma-separated"),
+    ({"tw_recycle": 0}, "tw_recycle", "removed in Linux 4.12"),
+])
+def test_option_errors(params, option, fragment):
+    with pytest.raises(ValidationError) as err:
+        validate_options(params)
+    assert err.value.option == option
+    assert str(err.value).startswith(option + ": ")
+    assert fragment in str(err.value)
+
+
+def test_canonical_and_same():
+    assert canonical(PORT_RANGE, "32768\t60999") == "32768 60999"
+    assert canonical(RESERVED_PORTS, "40010-40019,40500,40020-40021") == "40010-40021,40500"
+    assert canonical("net.ipv4.tcp_fin_timeout", " 30\n") == "30"
+    assert same(PORT_RANGE, "1024  65535", "1024-65535")
+    assert not same("net.ipv4.tcp_fin_timeout", "30", "31")
+    assert same("net.unknown", "a  b", "a b")
+    with pytest.raises(ValueError):
+        canonical("net.ipv4.tcp_fin_timeout", "thirty")
+
+
+def test_low_port_below_unprivileged_start_is_refused():
+    host = dict(HOST, **{"net.ipv4.ip_unprivileged_port_start": "2000"})
+    with pytest.raises(ValidationError) as err:
+        validate_for_host({PORT_RANGE: "1024 65535"}, host, [])
+    assert "at least net.ipv4.ip_unprivileged_port_start (2000)" in str(err.value)
+
+
+def test_same_parity_warns():
+    _desired, warnings = validate_for_host({PORT_RANGE: "1024 65534"}, HOST, [])
+    assert any("same parity" in w for w in warnings)
+    _desired, warnings = validate_for_host({PORT_RANGE: "1024 65535"}, HOST, [])
+    assert warnings == []
+
+
+def test_tw_reuse_needs_timestamps():
+    host = dict(HOST, **{"net.ipv4.tcp_timestamps": "0"})
+    with pytest.raises(ValidationError) as err:
+        validate_for_host({"net.ipv4.tcp_tw_reuse": "1"}, host, [])
+    assert "tcp_timestamps is 0" in str(err.value)
+    # turning timestamps on in the same call makes it valid
+    validate_for_host({"net.ipv4.tcp_timestamps": "1", "net.ipv4.tcp_tw_reuse": "1"}, host, [])
+    # turning timestamps off under an unmanaged tw_reuse=1 warns
+    host = dict(HOST, **{"net.ipv4.tcp_tw_reuse": "1"})
+    _d, warnings = validate_for_host({"net.ipv4.tcp_timestamps": "0"}, host, [])
+    assert any("inactive" in w for w in warnings)
+
+
+def test_missing_kernel_key_fails_clearly():
+    with pytest.raises(ValidationError) as err:
+        validate_for_host({"net.ipv4.tcp_tw_reuse_delay": "500"}, HOST, ["net.ipv4.tcp_tw_reuse_delay"],
+                          kernel="6.1.0")
+    assert str(err.value).startswith("tw_reuse_delay: ")
+    assert "this kernel (6.1.0) has no net.ipv4.tcp_tw_reuse_delay (it was added in Linux 6.14)" in str(err.value)
+
+
+def test_listening_ports_warn_or_are_reserved():
+    desired = {PORT_RANGE: "1024 65535"}
+    _d, warnings = validate_for_host(desired, dict(HOST, **{RESERVED_PORTS: "8080"}), [], listening_ports={22, 8080, 9090})
+    assert any("9090" in w and "8080" not in w for w in warnings)
+    reserved, warnings = validate_for_host(desired, dict(HOST, **{RESERVED_PORTS: "8080"}), [],
+                                           listening_ports={22, 8080, 9090}, reserve_listening=True)
+    assert reserved[RESERVED_PORTS] == "8080,9090" and warnings == []
+    # keys come out in apply order: reserved ports before the range
+    assert list(reserved) == [RESERVED_PORTS, PORT_RANGE]
+
+
+def test_reserve_listening_without_listeners_still_manages_the_key():
+    desired, _w = validate_for_host({}, dict(HOST, **{RESERVED_PORTS: "9000-9001"}), [], (), True)
+    assert desired == {RESERVED_PORTS: "9000-9001"}

@@ -1,0 +1,171 @@
+"""run() against LinuxHost rooted in a temporary tree: the plan/apply/verify logic without root.
+
+The real kernel is exercised by tests/integration; here /proc/sys is plain files.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import HostError, LinuxHost
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning import TuningError, run
+from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError
+
+DEFAULTS = {
+    "net/ipv4/tcp_fin_timeout": "60",
+    "net/ipv4/ip_local_port_range": "32768\t60999",
+    "net/ipv4/ip_local_reserved_ports": "",
+    "net/ipv4/tcp_tw_reuse": "2",
+    "net/ipv4/tcp_timestamps": "1",
+    "net/ipv4/ip_unprivileged_port_start": "1024",
+    "net/core/somaxconn": "4096",
+    "net/ipv4/tcp_max_syn_backlog": "2048",
+}
+OURS = "/etc/sysctl.d/60-tcpstack-tuning.conf"
+
+
+@pytest.fixture
+def host(tmp_path):
+    for rel, value in DEFAULTS.items():
+        path = tmp_path / "proc/sys" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value + "\n")
+    for rel in ("etc/sysctl.d", "usr/lib/sysctl.d", "run", "proc/net"):
+        (tmp_path / rel).mkdir(parents=True, exist_ok=True)
+    return LinuxHost(str(tmp_path))
+
+
+def params(**kw):
+    base = dict(persist=True, persist_file=OURS, on_shadowed="fail", state="present", reserve_listening_ports=False)
+    base.update(kw)
+    return base
+
+
+def sysctl(host, key):
+    return host.read_sysctl(key)
+
+
+def test_apply_then_idempotent(host):
+    result, warnings = run(params(fin_timeout=30, port_range=[1024, 65535], tw_reuse=1), host)
+    assert result["changed"] and warnings == []
+    assert sysctl(host, "net.ipv4.ip_local_port_range") == "1024 65535"
+    text = host.read_file(OURS)
+    assert "net.ipv4.tcp_fin_timeout = 30\n" in text and "somaxconn" not in text
+    assert oct(os.stat(host._p(OURS)).st_mode & 0o777) == "0o644"
+    assert result["boot_values"]["net.ipv4.tcp_tw_reuse"]["systemd"]["file"] == OURS
+    inode = os.stat(host._p(OURS)).st_ino
+    again, _w = run(params(fin_timeout="30", port_range="1024\t65535", tw_reuse=1), host)
+    assert not again["changed"]
+    assert os.stat(host._p(OURS)).st_ino == inode
+
+
+def test_check_mode_writes_nothing_and_diff_shows_both(host):
+    result, _w = run(params(somaxconn=8192), host, check_mode=True, want_diff=True)
+    assert result["changed"]
+    assert sysctl(host, "net.core.somaxconn") == "4096"
+    assert host.read_file(OURS) is None
+    runtime, persisted = result["diff"]
+    assert runtime["before"] == "net.core.somaxconn = 4096\n" and runtime["after"] == "net.core.somaxconn = 8192\n"
+    assert persisted["after_header"] == OURS and "net.core.somaxconn = 8192" in persisted["after"]
+
+
+def test_separate_calls_keep_each_others_keys_in_the_file(host):
+    run(params(fin_timeout=30), host)
+    run(params(somaxconn=8192), host)
+    text = host.read_file(OURS)
+    assert "tcp_fin_timeout = 30" in text and "somaxconn = 8192" in text
+
+
+def test_failure_rolls_back_runtime_and_keeps_file(host, monkeypatch):
+    run(params(fin_timeout=30), host)
+    before = host.read_file(OURS)
+    real_write = host.write_sysctl
+
+    def write(key, value):  # somaxconn is written after the others: they must be rolled back
+        if key == "net.core.somaxconn":
+            raise HostError("writing %r to %s failed: Read-only file system" % (value, key))
+        real_write(key, value)
+    monkeypatch.setattr(host, "write_sysctl", write)
+    with pytest.raises(HostError) as err:
+        run(params(fin_timeout=20, port_range="1024 65535", somaxconn=8192), host)
+    assert "restored net.ipv4.tcp_fin_timeout, net.ipv4.ip_local_port_range" in str(err.value)
+    assert sysctl(host, "net.ipv4.tcp_fin_timeout") == "30"
+    assert sysctl(host, "net.ipv4.ip_local_port_range") == "32768\t60999"
+    assert host.read_file(OURS) == before
+
+
+def test_file_write_failure_rolls_back_runtime(host, monkeypatch):
+    def broken(*_a, **_k):
+        raise HostError("writing the file failed: No space left on device")
+    monkeypatch.setattr(host, "write_file_atomic", broken)
+    with pytest.raises(HostError) as err:
+        run(params(fin_timeout=30, tw_reuse=1), host)
+    assert "restored net.ipv4.tcp_fin_timeout, net.ipv4.tcp_tw_reuse" in str(err.value)
+    assert sysctl(host, "net.ipv4.tcp_fin_timeout") == "60" and sysctl(host, "net.ipv4.tcp_tw_reuse") == "2"
+
+
+def test_shadowed_fails_before_changing_anything_or_warns(host):
+    later = host._p("/etc/sysctl.d/99-zz.conf")
+    with open(later, "w") as handle:
+        handle.write("# hand made\nnet.ipv4.tcp_fin_timeout = 10\n")
+    with pytest.raises(TuningError) as err:
+        run(params(fin_timeout=30), host)
+    assert "/etc/sysctl.d/99-zz.conf line 2" in str(err.value)
+    assert sysctl(host, "net.ipv4.tcp_fin_timeout") == "60" and host.read_file(OURS) is None
+    result, warnings = run(params(fin_timeout=30, on_shadowed="warn"), host)
+    assert result["changed"] and any("99-zz.conf line 2" in w for w in warnings)
+    assert result["boot_values"]["net.ipv4.tcp_fin_timeout"]["systemd"]["value"] == "10"
+
+
+def test_hidden_persist_file_is_reported(host):
+    with open(host._p("/etc/sysctl.d/60-x.conf"), "w") as handle:
+        handle.write("")
+    with pytest.raises(TuningError) as err:
+        run(params(fin_timeout=30, persist_file="/usr/lib/sysctl.d/60-x.conf"), host)
+    assert "hides it" in str(err.value)
+
+
+def test_absent_restores_boot_values(host):
+    run(params(fin_timeout=30, somaxconn=8192), host)
+    with open(host._p("/usr/lib/sysctl.d/50-vendor.conf"), "w") as handle:
+        handle.write("net.core.somaxconn = 1024\n")
+    result, _w = run(params(state="absent"), host, want_diff=True)
+    assert result["changed"] and host.read_file(OURS) is None
+    assert sysctl(host, "net.ipv4.tcp_fin_timeout") == "60"  # static default (no netns probe on a test root)
+    assert sysctl(host, "net.core.somaxconn") == "1024"  # what the vendor file sets at boot
+    again, _w = run(params(state="absent"), host)
+    assert not again["changed"]
+
+
+def test_persist_false_warns_about_the_next_boot(host):
+    with open(host._p("/etc/sysctl.d/10-old.conf"), "w") as handle:
+        handle.write("net.ipv4.tcp_fin_timeout = 45\n")
+    result, warnings = run(params(fin_timeout=30, persist=False), host)
+    assert result["persist_file"] is None and result["changed"]
+    assert any("until the next boot" in w for w in warnings)
+    assert host.read_file(OURS) is None
+
+
+@pytest.mark.parametrize("bad", [
+    dict(persist_file="/etc/sysctl.d/../x.conf"),
+    dict(persist_file="/run/sysctl.d/60-x.conf"),
+    dict(port_range="1 2", fin_timeout=30),
+    dict(tw_recycle=1),
+])
+def test_bad_input_changes_nothing(host, bad):
+    snapshot = {k: sysctl(host, k.replace("/", ".")) for k in DEFAULTS}
+    with pytest.raises(ValidationError):
+        run(params(**bad), host)
+    assert snapshot == {k: sysctl(host, k.replace("/", ".")) for k in DEFAULTS}
+    assert os.listdir(host._p("/etc/sysctl.d")) == []
+
+
+def test_unreadable_sysctl_is_a_clear_error(host):
+    target = host._p("/proc/sys/net/core/somaxconn")
+    os.unlink(target)
+    os.mkdir(target)
+    with pytest.raises(HostError) as err:
+        run(params(somaxconn=8192), host)
+    assert "reading net.core.somaxconn failed" in str(err.value)
