@@ -169,3 +169,18 @@ def test_unreadable_sysctl_is_a_clear_error(host):
     with pytest.raises(HostError) as err:
         run(params(somaxconn=8192), host)
     assert "reading net.core.somaxconn failed" in str(err.value)
+
+
+def test_key_missing_from_this_kernel_fails_before_any_change(host):
+    # the fake kernel has no net.ipv4.tcp_tw_reuse_delay, like Linux before 6.14
+    with pytest.raises(ValidationError) as err:
+        run(params(fin_timeout=30, tw_reuse_delay=500), host)
+    assert "has no net.ipv4.tcp_tw_reuse_delay (it was added in Linux 6.14)" in str(err.value)
+    assert sysctl(host, "net.ipv4.tcp_fin_timeout") == "60" and host.read_file(OURS) is None
+
+
+def test_values_already_set_by_meaning_are_not_rewritten(host):
+    with open(host._p("/proc/sys/net/ipv4/ip_local_reserved_ports"), "w") as handle:
+        handle.write("40010-40021,40500\n")
+    result, _w = run(params(reserved_ports="40500,40010-40019,40020-40021", persist=False), host)
+    assert not result["changed"]
