@@ -8,6 +8,7 @@ Pure: the host-dependent checks take the host's values as arguments.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -117,6 +118,107 @@ def same(key, a, b):
     if a is None or b is None:
         return a is b
     return loose(key, a) == loose(key, b)
+
+
+# How the kernel parses what is written to each key (used for values other files
+# set, never for our own options): proc_dointvec-style numbers in C syntax (base
+# 0: 010 is 8, 0x10 is 16), separated by blanks, the rest of the line ignored.
+# (lowest, highest, negative numbers accepted)
+KERNEL_INT_RULES = {
+    TIMESTAMPS: (0, 2, False),  # proc_dou8vec_minmax
+    TW_REUSE: (0, 2, False),  # proc_dou8vec_minmax
+    "net.ipv4.tcp_tw_reuse_delay": (1, 60000, False),  # proc_douintvec_minmax
+    "net.ipv4.tcp_fin_timeout": (-INT_MAX // 1000, INT_MAX // 1000, True),  # proc_dointvec_jiffies (HZ <= 1000)
+    "net.core.somaxconn": (0, INT_MAX, True),  # proc_dointvec_minmax
+    "net.ipv4.tcp_max_syn_backlog": (-INT_MAX - 1, INT_MAX, True),  # proc_dointvec
+}
+KERNEL_DEFAULT_UNPRIVILEGED_PORT_START = 1024
+_C_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
+_BLANKS = " \t\n\r\v\f"
+
+
+def _c_number(text, pos):
+    """A C-syntax unsigned number at ``pos`` (strtoul base 0): (value, end) or (None, pos)."""
+    match = _C_NUMBER.match(text, pos)
+    if not match:
+        return None, pos
+    word = match.group(0)
+    if word[:2] in ("0x", "0X"):
+        return int(word, 16), match.end()
+    if word.startswith("0"):
+        return int(word, 8), match.end()
+    return int(word), match.end()
+
+
+def _kernel_ints(text, count, negative):
+    """Up to ``count`` numbers the way proc_dointvec reads them; None when the kernel says EINVAL."""
+    buf = text + "\n"
+    pos = 0
+    out = []
+    while len(out) < count:
+        while pos < len(buf) and buf[pos] in _BLANKS:
+            pos += 1
+        if pos >= len(buf):
+            break
+        neg = buf[pos] == "-"
+        if neg:
+            if not negative:
+                return None
+            pos += 1
+        value, end = _c_number(buf, pos)
+        if value is None or (end < len(buf) and buf[end] not in " \t\n"):
+            return None
+        out.append(-value if neg else value)
+        pos = end
+    return out or None
+
+
+def _kernel_bitmap(text):
+    """ip_local_reserved_ports as proc_do_large_bitmap reads it: ports and ranges, commas, no blanks."""
+    buf = text + "\n"
+    pos = 0
+    spans = []
+    while pos < len(buf) and buf[pos] != "\n":
+        low, pos = _c_number(buf, pos)
+        if low is None or low > 65535 or buf[pos] not in "-,\n":
+            return None
+        high = low
+        if buf[pos] == "-":
+            high, pos = _c_number(buf, pos + 1)
+            if high is None or high > 65535 or high < low or buf[pos] not in ",\n":
+                return None
+        spans.append((low, high))
+        if buf[pos] == ",":
+            pos += 1
+    return format_port_list(normalise_intervals(spans))
+
+
+def kernel_value(key, text, previous=None):
+    """The value ``key`` holds after writing ``text`` to it, as a canonical string, or None if rejected.
+
+    ``previous`` is the value before the write (writing one number to the port
+    range changes only its low end).
+    """
+    if key == PORT_RANGE:
+        numbers = _kernel_ints(text, 2, True)
+        if numbers is None:
+            return None
+        if len(numbers) == 1:
+            base = parse_port_range(" ".join((previous or BY_KEY[PORT_RANGE].default).split()))
+            numbers = [numbers[0], base[1]]
+        low, high = numbers
+        if not (1 <= low <= 65535 and 1 <= high <= 65535) or high < low or low < KERNEL_DEFAULT_UNPRIVILEGED_PORT_START:
+            return None
+        return format_port_range((low, high))
+    if key == RESERVED_PORTS:
+        return _kernel_bitmap(text)
+    rule = KERNEL_INT_RULES.get(key)
+    if rule is None:
+        return " ".join(text.split())
+    numbers = _kernel_ints(text, 1, rule[2])
+    if numbers is None or not rule[0] <= numbers[0] <= rule[1]:
+        return None
+    return str(numbers[0])
 
 
 def validate_options(params):

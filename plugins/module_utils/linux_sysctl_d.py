@@ -15,21 +15,20 @@ Pure: a *layout* is a mapping of absolute path -> file text, holding the
 - procps ``sysctl --system`` (sysctl(8), procps-ng 4): the same directories
   and rules, then /etc/sysctl.conf last when it is a regular file.
 
-Keys with glob patterns are not analysed.  An assignment whose value is not a
-value of that key (e.g. a port range with low > high) is rejected by the
-kernel and does not count.
+Each value is read the way the kernel reads it (linux_settings.kernel_value):
+C-syntax numbers, the rest of the line after a blank ignored, rejected values
+not applied.  Keys with glob patterns are not analysed.
 """
 
 from __future__ import annotations
 
 import posixpath
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
-    BY_KEY,
-    canonical,
+    kernel_value,
     same,
 )
 
@@ -71,61 +70,100 @@ def dotted(name):
     return name
 
 
-def parse(text, path=None):
-    """The assignments in one sysctl.d file, in file order."""
+def parse(text, path=None, init="systemd"):
+    """The assignments in one sysctl.d file, in file order, as ``init`` reads them.
+
+    ``value`` is the text after '=' (stripped); a systemd line ``-key`` with no
+    '=' is returned with value None: it cancels an earlier assignment of key.
+    A key written with a glob pattern is left out.
+    """
     out = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if "=" not in line:
-            continue
-        name, value = line.split("=", 1)
-        name = name.strip()
-        ignore = name.startswith("-")
-        if ignore:
-            name = name[1:].strip()
-        if not name:
+    for number, raw in enumerate(text.split("\n"), 1):
+        if init == "systemd":
+            line = raw.strip(" \t\n\r")
+            if not line or line[0] in "#;":
+                continue
+            if "=" not in line:
+                if line.startswith("-") and line[1:].strip():
+                    out.append(Assignment(dotted(line[1:].strip(" \t\n\r")), None, path, number, True))
+                continue
+            name, value = line.split("=", 1)
+            ignore = name.startswith("-")
+            name = (name[1:] if ignore else name).strip(" \t\n\r")
+        else:
+            # procps-ng 4: strips blanks before the key but not between '-' and the key,
+            # so "- key = v" names a key with a leading blank, which does not exist.
+            line = raw.lstrip()
+            if len(line) < 2 or line[0] in "#;" or "=" not in line:
+                continue
+            name, value = line.split("=", 1)
+            ignore = name.startswith("-")
+            name = (name[1:] if ignore else name).rstrip()
+            if name != name.lstrip():
+                continue
+        if not name or any(char in name for char in "*?["):
             continue
         out.append(Assignment(dotted(name), value.strip(), path, number, ignore))
     return out
 
 
 def applied_files(layout, init="systemd"):
-    """Paths of the files ``init`` applies at boot, in order."""
+    """Paths of the files ``init`` applies at boot, in order.
+
+    systemd skips hidden files (names starting with '.'); procps does not.
+    """
     chosen = OrderedDict()
     for directory in SYSCTL_D_DIRS:
         for path in sorted(layout):
             parent, name = posixpath.split(path)
-            if parent == directory and name.endswith(".conf") and name not in chosen:
-                chosen[name] = path
+            if parent != directory or not name.endswith(".conf") or name in chosen:
+                continue
+            if init == "systemd" and name.startswith("."):
+                continue
+            chosen[name] = path
     order = [chosen[name] for name in sorted(chosen, key=lambda n: n.encode("utf-8"))]
     if init == "procps" and layout.get(SYSCTL_CONF) is not None:
         order.append(SYSCTL_CONF)
     return order
 
 
-def _accepted(assignment):
-    if assignment.key not in BY_KEY:
-        return True
-    try:
-        canonical(assignment.key, assignment.value)
-    except ValueError:
-        return False
-    return True
+def predict(layout, keys, init="systemd", defaults=None):
+    """The assignment each key in ``keys`` ends with after ``init`` applies the files at boot.
 
+    The returned Assignment's ``value`` is the resulting value in canonical
+    form (what the kernel made of the text).  Keys that no file sets, or whose
+    every assignment the kernel rejects, are absent.
 
-def predict(layout, keys, init="systemd"):
-    """The last accepted assignment of each key in ``keys`` that ``init`` applies at boot.
-
-    Keys that no file sets are absent from the result.
+    - systemd-sysctl keeps only the last assignment of each key (a later one,
+      or a ``-key`` line, replaces it) and writes it once: if the kernel rejects
+      it, the key keeps its boot value.
+    - procps writes every assignment in order: a rejected one leaves the
+      previous value.
     """
     wanted = set(keys)
+    defaults = defaults or {}
     result = {}
+    if init == "systemd":
+        pending = OrderedDict()
+        for path in applied_files(layout, init):
+            for assignment in parse(layout[path] or "", path, init):
+                if assignment.key in wanted:
+                    pending[assignment.key] = assignment
+        for key, assignment in pending.items():
+            if assignment.value is None:
+                continue
+            value = kernel_value(key, assignment.value, defaults.get(key))
+            if value is not None:
+                result[key] = replace(assignment, value=value)
+        return result
     for path in applied_files(layout, init):
-        for assignment in parse(layout[path] or "", path):
-            if assignment.key in wanted and _accepted(assignment):
-                result[assignment.key] = assignment
+        for assignment in parse(layout[path] or "", path, init):
+            if assignment.key not in wanted:
+                continue
+            previous = result[assignment.key].value if assignment.key in result else defaults.get(assignment.key)
+            value = kernel_value(assignment.key, assignment.value, previous)
+            if value is not None:
+                result[assignment.key] = replace(assignment, value=value)
     return result
 
 
@@ -136,7 +174,7 @@ def boot_values(layout, keys, defaults):
     Returns {key: {init: {"value", "file", "line"}}}.
     """
     out = OrderedDict()
-    predictions = {init: predict(layout, keys, init) for init in INITS}
+    predictions = {init: predict(layout, keys, init, defaults) for init in INITS}
     for key in keys:
         out[key] = OrderedDict()
         for init in INITS:
@@ -144,7 +182,7 @@ def boot_values(layout, keys, defaults):
             if found is None:
                 out[key][init] = {"value": defaults.get(key), "file": None, "line": None}
             else:
-                out[key][init] = {"value": canonical(key, found.value), "file": found.path, "line": found.line}
+                out[key][init] = {"value": found.value, "file": found.path, "line": found.line}
     return out
 
 
@@ -193,7 +231,7 @@ def overrides(layout, path, desired):
             winner = predicted.get(key)
             if winner is not None and winner.path == path:
                 continue
-            value = canonical(key, winner.value) if winner is not None else None
+            value = winner.value if winner is not None else None
             found.append(Override(
                 key, init,
                 winner.path if winner is not None else None,

@@ -31,7 +31,7 @@ description:
     O(tw_reuse_delay), and a wider O(port_range). The limit applies per (local address, remote address,
     remote port), not per host."
 author:
-  - tcpstack.tuning contributors
+  - tcpstack.tuning contributors (@tcpstack)
 options:
   fin_timeout:
     description:
@@ -139,6 +139,7 @@ attributes:
     support: full
     description: Shows the runtime values and the persisted file, before and after.
   platform:
+    support: full
     platforms: linux
     description: Linux, with /proc mounted. Runs as root to change anything.
 notes:

@@ -6,6 +6,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings imp
     PORT_RANGE,
     RESERVED_PORTS,
     canonical,
+    kernel_value,
     same,
     validate_for_host,
     validate_options,
@@ -115,3 +116,30 @@ def test_listening_ports_warn_or_are_reserved():
 def test_reserve_listening_without_listeners_still_manages_the_key():
     desired, _w = validate_for_host({}, dict(HOST, **{RESERVED_PORTS: "9000-9001"}), [], (), True)
     assert desired == {RESERVED_PORTS: "9000-9001"}
+
+
+@pytest.mark.parametrize("key, text, previous, expected", [
+    ("net.ipv4.tcp_fin_timeout", "5 # five", None, "5"),  # the rest after a blank is ignored
+    ("net.ipv4.tcp_fin_timeout", "5#", None, None),
+    ("net.ipv4.tcp_fin_timeout", "010", None, "8"),  # C syntax: octal
+    ("net.ipv4.tcp_fin_timeout", "0x10", None, "16"),
+    ("net.ipv4.tcp_fin_timeout", "08", None, None),
+    ("net.ipv4.tcp_fin_timeout", "", None, None),
+    ("net.ipv4.tcp_tw_reuse", "3", None, None),
+    ("net.ipv4.tcp_tw_reuse", "-1", None, None),
+    ("net.ipv4.tcp_max_syn_backlog", "-1", None, "-1"),
+    (PORT_RANGE, "2000 3001 ; c", None, "2000 3001"),
+    (PORT_RANGE, "02000 03001", None, "1024 1537"),
+    (PORT_RANGE, "1024-65000", None, None),  # our option accepts LOW-HIGH, the kernel does not
+    (PORT_RANGE, "1000 2000", None, None),  # below ip_unprivileged_port_start
+    (PORT_RANGE, "3000 2000", None, None),
+    (PORT_RANGE, "2000", "1024 65535", "2000 65535"),  # one value changes only the low end
+    (RESERVED_PORTS, "040010", None, "16392"),
+    (RESERVED_PORTS, "40010-40019,", None, "40010-40019"),
+    (RESERVED_PORTS, "", None, ""),
+    (RESERVED_PORTS, "40010 - 40019", None, None),
+    (RESERVED_PORTS, "40010-40019,\t40500", None, None),
+    (RESERVED_PORTS, "70000", None, None),
+])
+def test_kernel_value_reads_like_the_kernel(key, text, previous, expected):
+    assert kernel_value(key, text, previous) == expected

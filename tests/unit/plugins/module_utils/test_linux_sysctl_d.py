@@ -66,9 +66,28 @@ def test_last_assignment_wins_and_sysctl_conf_only_for_procps():
     assert values[RANGE]["procps"] == {"value": "32768 60999", "file": None, "line": None}
 
 
-def test_values_the_kernel_rejects_do_not_count():
+def test_values_the_kernel_rejects():
     layout = {OURS: "%s = 1024 65535\n" % RANGE, "/etc/sysctl.d/99-zz.conf": "%s = 9 1\n" % RANGE}
-    assert predict(layout, [RANGE])[RANGE].path == OURS
+    # procps writes every line: the rejected one leaves ours
+    assert predict(layout, [RANGE], "procps")[RANGE].path == OURS
+    # systemd-sysctl writes only the last assignment of a key: rejected, the key keeps its boot value
+    assert RANGE not in predict(layout, [RANGE], "systemd")
+
+
+def test_init_specific_syntax():
+    layout = {
+        "/etc/sysctl.d/10-a.conf": "%s = 5\n- %s = 9\n" % (FIN, FIN),
+        "/etc/sysctl.d/.hidden.conf": "%s = 2000 3001\n" % RANGE,
+    }
+    # systemd strips the blank after '-', procps keeps it in the key (no such key); systemd skips dot files
+    assert predict(layout, [FIN, RANGE], "systemd") == {FIN: predict(layout, [FIN], "systemd")[FIN]}
+    assert predict(layout, [FIN], "systemd")[FIN].value == "9"
+    assert predict(layout, [FIN, RANGE], "procps")[FIN].value == "5"
+    assert predict(layout, [RANGE], "procps")[RANGE].value == "2000 3001"
+    # a systemd "-key" line without '=' cancels the earlier assignment; procps ignores it
+    layout = {"/etc/sysctl.d/10-a.conf": "%s = 5\n-%s\n" % (FIN, FIN)}
+    assert predict(layout, [FIN], "systemd") == {}
+    assert predict(layout, [FIN], "procps")[FIN].value == "5"
 
 
 def test_overrides_conflicting_and_same_value():
