@@ -1,0 +1,68 @@
+# tcpstack.tuning: build and test tooling.  `make test` runs every test.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.NOTPARALLEL:
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+REQS   := requirements-dev.txt
+STAMP  := $(VENV)/.installed
+FQCN   := tcpstack-tuning
+# the venv's tools (ansible, ansible-galaxy, ...) come first for every recipe
+export PATH := $(BIN):$(PATH)
+
+.PHONY: test venv hostdeps unit sanity lint changelog-lint build integration demo clean
+
+test: hostdeps venv unit sanity lint changelog-lint build integration
+
+venv: $(STAMP)
+
+# rebuilt from scratch whenever the pinned requirements change
+$(STAMP): $(REQS)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+	  { echo "make venv: Python >= 3.11 required, '$(PYTHON)' is: $$($(PYTHON) -V 2>/dev/null || echo not found)" >&2; exit 1; }
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r $(REQS)
+	touch $@
+
+hostdeps:
+	$(PYTHON) tools/hostdeps.py
+
+# pytest exits 5 when it collected no test: that fails too
+unit: venv
+	$(BIN)/pytest tests/unit -q || { rc=$$?; [ $$rc != 5 ] || echo "unit: no tests collected" >&2; exit $$rc; }
+
+# also compiles for Python 3.9 (found via $$PYTHON39, PATH or pyenv); with no
+# Python 3.9 that step is skipped with a warning, or fails when CI=true
+sanity: venv
+	$(BIN)/python tools/sanity.py
+
+# ansible-lint resolves tcpstack.tuning.* through a symlink to this checkout
+lint: venv
+	mkdir -p .build/collections/ansible_collections/tcpstack
+	ln -sfn ../../../.. .build/collections/ansible_collections/tcpstack/tuning
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/collections $(BIN)/ansible-lint
+
+changelog-lint: venv
+	$(BIN)/antsibull-changelog lint
+	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+
+build: venv
+	rm -rf .build/dist .build/installed
+	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist
+	ANSIBLE_COLLECTIONS_PATH=.build/installed $(BIN)/ansible-galaxy collection install \
+	  --offline --force -p .build/installed .build/dist/$(FQCN)-*.tar.gz
+	$(BIN)/python tools/doccheck.py .build/installed
+
+integration: venv
+	$(BIN)/pytest tests/integration -v
+
+demo: venv hostdeps
+	$(BIN)/python demo/demo.py
+
+clean:
+	rm -rf $(VENV) .venv-* .build tests/output .pytest_cache .hypothesis
+	find . -path ./.git -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -1,0 +1,64 @@
+"""Install the Debian packages the tests need, when any is missing.
+
+Checks for each tool below; when one is missing and we are root on Debian,
+runs ``apt-get update`` once and ``apt-get install -y`` the packages that
+provide the missing tools.  Does nothing when everything is present.
+When something is missing and we cannot install it, says what and exits 1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+# tool (a command on PATH, or an absolute path) -> Debian package
+TOOLS = {
+    'ip': 'iproute2',
+    'sysctl': 'procps',
+    '/lib/systemd/systemd-sysctl': 'systemd',
+    'unshare': 'util-linux',
+    'mount': 'util-linux',
+    'git': 'git',
+    'shellcheck': 'shellcheck',  # used by the ansible-test sanity test "shellcheck"
+}
+
+
+def present(tool: str) -> bool:
+    """Return True when the tool is installed."""
+    if os.path.isabs(tool):
+        return os.path.exists(tool)
+    return shutil.which(tool, path=os.environ.get('PATH', '') + ':/usr/sbin:/sbin') is not None
+
+
+def is_debian() -> bool:
+    """Return True on Debian or a derivative with apt-get."""
+    return os.path.exists('/etc/debian_version') and shutil.which('apt-get') is not None
+
+
+def main() -> int:
+    """Install what is missing; report what was done."""
+    missing = {tool: pkg for tool, pkg in TOOLS.items() if not present(tool)}
+    if not missing:
+        print('hostdeps: all present (' + ', '.join(sorted(set(TOOLS.values()))) + ')')
+        return 0
+    packages = sorted(set(missing.values()))
+    if os.geteuid() != 0 or not is_debian():
+        print(f'hostdeps: missing {", ".join(missing)}; install the Debian packages '
+              f'{" ".join(packages)} (needs root on Debian)', file=sys.stderr)
+        return 1
+    env = dict(os.environ, DEBIAN_FRONTEND='noninteractive')
+    print(f'hostdeps: installing {" ".join(packages)}', flush=True)
+    subprocess.run(['apt-get', 'update', '-q'], check=True, env=env)
+    subprocess.run(['apt-get', 'install', '-y', '-q', '--no-install-recommends'] + packages,
+                   check=True, env=env)
+    still = [tool for tool in missing if not present(tool)]
+    if still:
+        print(f'hostdeps: still missing after install: {", ".join(still)}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
