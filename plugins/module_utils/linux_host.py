@@ -144,7 +144,12 @@ class LinuxHost:
     def read_layout(self):
         """Every sysctl.d ``*.conf`` file and /etc/sysctl.conf (when a regular file): path -> text."""
         layout = {}
+        seen = set()
         for directory in SYSCTL_D_DIRS:
+            real = os.path.realpath(self._p(directory))
+            if real in seen:  # merged /usr: /lib/sysctl.d is /usr/lib/sysctl.d, read it once
+                continue
+            seen.add(real)
             try:
                 names = os.listdir(self._p(directory))
             except (FileNotFoundError, NotADirectoryError):
@@ -160,6 +165,18 @@ class LinuxHost:
             layout[SYSCTL_CONF] = self.read_file(SYSCTL_CONF) or ""
         return layout
 
+    def first_name(self, path):
+        """``path`` named through the first sysctl.d directory that is the same directory.
+
+        On a merged /usr, /lib/sysctl.d/X is /usr/lib/sysctl.d/X: one file, one name.
+        """
+        parent, name = posixpath.split(path)
+        real = os.path.realpath(self._p(parent))
+        for directory in SYSCTL_D_DIRS:
+            if os.path.realpath(self._p(directory)) == real:
+                return posixpath.join(directory, name)
+        return path
+
     def write_file_atomic(self, path, text, mode=0o644):
         """Write ``text`` to ``path`` atomically: temp file in the same directory, fsync, rename.
 
@@ -169,6 +186,8 @@ class LinuxHost:
         real = self._p(path)
         directory, name = os.path.split(real)
         try:
+            if not os.path.isdir(directory):
+                os.makedirs(directory, 0o755)
             fd, tmp = tempfile.mkstemp(prefix=".%s." % name, suffix=".tmp", dir=directory)
         except OSError as exc:
             raise HostError("cannot create a temporary file in %s: %s" % (posixpath.dirname(path), exc.strerror))

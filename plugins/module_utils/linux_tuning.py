@@ -125,6 +125,7 @@ def run(params, host, check_mode=False, want_diff=False):
         problem = check_persist_path(path)
         if problem:
             raise ValidationError("persist_file", path, problem)
+        path = host.first_name(path)
     if state == "absent":
         return _absent(host, path, check_mode, want_diff)
     desired = validate_options(params)
@@ -147,8 +148,6 @@ def _present(params, host, desired, path, check_mode, want_diff):
     file_before = layout.get(path) if path else None
     file_after = None
     if path is not None:
-        if not host.is_dir(path.rsplit("/", 1)[0]):
-            raise ValidationError("persist_file", path, "its directory does not exist on this host")
         kept = OrderedDict((a.key, a.value) for a in parse(file_before or ""))
         kept.update(desired)
         file_after = render(sort_keys(kept), HEADER)

@@ -109,6 +109,8 @@ options:
       - The file the module owns. An absolute path to a C(.conf) file directly inside C(/etc/sysctl.d),
         C(/usr/local/lib/sysctl.d), C(/usr/lib/sysctl.d) or C(/lib/sysctl.d); anything else is refused
         (C(/run/sysctl.d) is emptied at every boot).
+      - Its directory is created (mode 0755) when missing. On a merged C(/usr), where C(/lib) links to C(usr/lib),
+        a file given under C(/lib/sysctl.d) is the same file as under C(/usr/lib/sysctl.d) and is reported by that name.
       - Its name decides when it is applied at boot. Files are applied sorted by name across all the
         directories, the last assignment wins, and procps applies C(/etc/sysctl.conf) after all of them.
     type: path

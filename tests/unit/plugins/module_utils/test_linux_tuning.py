@@ -184,3 +184,18 @@ def test_values_already_set_by_meaning_are_not_rewritten(host):
         handle.write("40010-40021,40500\n")
     result, _w = run(params(reserved_ports="40500,40010-40019,40020-40021", persist=False), host)
     assert not result["changed"]
+
+
+def test_missing_sysctl_d_directory_is_created(host):
+    result, _w = run(params(fin_timeout=30, persist_file="/usr/local/lib/sysctl.d/60-x.conf"), host)
+    assert result["changed"] and "tcp_fin_timeout = 30" in host.read_file("/usr/local/lib/sysctl.d/60-x.conf")
+
+
+def test_merged_usr_lib_is_one_directory(host, tmp_path):
+    os.symlink("usr/lib", str(tmp_path / "lib"))  # Debian 12: /lib -> usr/lib
+    first, _w = run(params(fin_timeout=30, persist_file="/lib/sysctl.d/60-x.conf"), host)
+    assert first["persist_file"] == "/usr/lib/sysctl.d/60-x.conf"
+    again, _w = run(params(fin_timeout=30, persist_file="/lib/sysctl.d/60-x.conf"), host)
+    assert not again["changed"]
+    gone, _w = run(params(state="absent", persist_file="/lib/sysctl.d/60-x.conf"), host)
+    assert gone["changed"] and sysctl(host, "net.ipv4.tcp_fin_timeout") == "60"
