@@ -1,24 +1,21 @@
 """Make the collection importable as ``ansible_collections.tcpstack.tuning`` for every test.
 
 The repository root *is* the collection; a symlink under .build/pytest gives it
-the path Ansible's import scheme needs, without copying anything.
+the path Ansible's import scheme needs, without copying anything (made by
+tests/lib/netns.py, which the demo shares).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-COLLECTIONS = ROOT / ".build" / "pytest"
-LINK = COLLECTIONS / "ansible_collections" / "tcpstack" / "tuning"
+LIB = Path(__file__).resolve().parent / "lib"
+if str(LIB) not in sys.path:
+    sys.path.insert(0, str(LIB))
 
-if not LINK.exists():
-    LINK.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        LINK.symlink_to(os.path.relpath(ROOT, LINK.parent), target_is_directory=True)
-    except FileExistsError:  # another process made it first
-        pass
-if str(COLLECTIONS) not in sys.path:
-    sys.path.insert(0, str(COLLECTIONS))
+from netns import collections_path  # noqa: E402  pylint: disable=wrong-import-position
+
+COLLECTIONS = str(collections_path())
+if COLLECTIONS not in sys.path:
+    sys.path.insert(0, COLLECTIONS)
