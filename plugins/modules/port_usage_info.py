@@ -1,0 +1,245 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: port_usage_info
+short_description: Tell whether a Linux host is running out of ephemeral ports, and towards which destination
+version_added: "0.1.0"
+description:
+  - Reads the host's real TCP socket table and kernel counters and answers "are we running out of ephemeral ports,
+    and towards what?", with a verdict, findings in plain sentences and the M(tcpstack.tuning.linux_tcp) options
+    that would fix what was found.
+  - Changes nothing. Runs the same in check mode.
+  - The socket table is read with a netlink C(sock_diag) dump (what C(ss) uses), or from C(/proc/net/tcp) and
+    C(/proc/net/tcp6) where netlink is refused. Root is not needed; what could not be read is listed in
+    RV(unreadable) instead of failing.
+  - Fast enough for a fleet during an incident. See C(docs/port_usage_info.md) for the measured cost on a host
+    with 100,000 sockets in TIME_WAIT.
+  - "B(The limit is per tuple.) C(connect()) may give the same local port to connections towards different
+    destinations, so ports run out per (local address, remote address, remote port). A destination's utilisation
+    is the ports held on its busiest tuple divided by the usable ephemeral ports (the range minus the reserved
+    ports in it), never a count against 65535."
+  - "B(Verdict.) V(critical) when a tuple holds at least O(critical_percent) of the usable ports (or none is
+    usable), V(warning) at O(warning_percent) or for other findings (tcp_tw_reuse inactive, counters rising,
+    TIME_WAIT near tcp_max_tw_buckets), V(ok) otherwise."
+  - Only sockets whose local port is inside the ephemeral range, not reserved and not a listening port are counted
+    as ephemeral; a socket bound to an explicit port outside the range is not.
+author:
+  - tcpstack.tuning contributors (@tcpstack)
+options:
+  top:
+    description:
+      - How many destinations to report in RV(destinations), from 1 to 1000.
+    type: int
+    default: 10
+  sample_seconds:
+    description:
+      - When above 0, read the counters twice this many seconds apart (at most 60) and report their rates,
+        among them the measured rate of new outgoing connections (C(ActiveOpens)). Counters that rise during
+        the sample (C(ListenOverflows), C(ListenDrops), C(TCPTimeWaitOverflow), C(AttemptFails)) are findings.
+      - V(0) reads everything once.
+    type: float
+    default: 0
+  warning_percent:
+    description:
+      - Utilisation of one tuple, in percent of the usable ports, from which the verdict is V(warning).
+    type: int
+    default: 70
+  critical_percent:
+    description:
+      - Utilisation of one tuple, in percent of the usable ports, from which the verdict is V(critical).
+        Must not be below O(warning_percent).
+    type: int
+    default: 90
+attributes:
+  check_mode:
+    support: full
+    description: The module never changes anything; it runs the same in check mode.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is nothing to show.
+  platform:
+    support: full
+    platforms: linux
+    description: Linux, with /proc mounted. Needs no root.
+notes:
+  - The socket table, counters and sysctls belong to the network namespace the module runs in.
+  - "How long a closed port stays unusable: 60 seconds of TIME_WAIT (fixed on Linux), or C(tcp_tw_reuse_delay)
+    (1 second before Linux 6.14) where reuse applies, that is with C(tcp_tw_reuse=1) and TCP timestamps on, or
+    C(tcp_tw_reuse=2) (the default) towards loopback addresses. Where reuse applies, ports in TIME_WAIT do not
+    count against the destination (C(blocking) in RV(destinations))."
+  - IPv4-mapped IPv6 connections (C(::ffff:a.b.c.d)) are counted with their IPv4 destination.
+seealso:
+  - module: tcpstack.tuning.linux_tcp
+    description: Applies the recommended settings.
+"""
+
+EXAMPLES = r"""
+- name: Are we running out of ephemeral ports, and towards what?
+  tcpstack.tuning.port_usage_info:
+  register: ports
+
+- name: Show the verdict
+  ansible.builtin.debug:
+    msg: "{{ ports.verdict }}: {{ ports.findings }}"
+
+- name: Measure the rate of new connections over 5 seconds as well
+  tcpstack.tuning.port_usage_info:
+    sample_seconds: 5
+    top: 3
+  register: ports
+
+- name: Apply what it recommends
+  tcpstack.tuning.linux_tcp: "{{ ports.recommendations }}"
+  when: ports.verdict == 'critical'
+"""
+
+RETURN = r"""
+settings:
+  description:
+    - The sysctls that decide how many ports there are and how fast they come back, named as the options of
+      M(tcpstack.tuning.linux_tcp) where it has one. C(null) where the kernel lacks the key
+      (C(tw_reuse_delay) before Linux 6.14).
+  returned: always
+  type: dict
+  sample: {"port_range": "32768 60999", "reserved_ports": "", "unprivileged_port_start": 1024, "fin_timeout": 60,
+           "tw_reuse": 2, "tw_reuse_delay": 1000, "timestamps": 1, "max_tw_buckets": 131072, "somaxconn": 4096,
+           "max_syn_backlog": 512}
+ephemeral:
+  description:
+    - The ephemeral range C([LOW, HIGH]), its size, the reserved ports (kernel syntax), how many of them lie
+      inside the range, and the usable ports (size minus reserved inside).
+  returned: always
+  type: dict
+  sample: {"range": [32768, 60999], "size": 28232, "reserved": "", "reserved_in_range": 0, "usable": 28232}
+sockets:
+  description:
+    - TCP sockets by state, IPv4 and IPv6 together (C(by_state)) and per family. IPv4-mapped IPv6 sockets are
+      IPv6 sockets here. C(null) when the socket table could not be read.
+  returned: always
+  type: dict
+  sample: {"total": 1003, "by_state": {"ESTABLISHED": 2, "TIME_WAIT": 1000, "LISTEN": 1},
+           "ipv4": {"ESTABLISHED": 2, "TIME_WAIT": 1000, "LISTEN": 1}, "ipv6": {}}
+ports_held:
+  description: Ephemeral ports held by sockets of this host, all destinations together.
+  returned: always
+  type: int
+  sample: 1002
+destinations:
+  description:
+    - The O(top) remote endpoints ranked by the ports blocked on their busiest (local address, remote address,
+      remote port) tuple, then by the ports held.
+    - C(in_use) and C(time_wait) count every local address; C(busiest_*) are those of the busiest tuple;
+      C(blocking) is what C(connect()) cannot take there (ports in TIME_WAIT are free when C(reuse) applies);
+      C(utilisation) is C(blocking) / usable ports (C(null) when no port is usable).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"endpoint": "198.51.100.2:8080", "address": "198.51.100.2", "port": 8080, "family": "ipv4",
+            "in_use": 1000, "time_wait": 998, "local_addresses": 1, "busiest_local_address": "192.0.2.1",
+            "busiest_in_use": 1000, "busiest_time_wait": 998, "reuse": false, "blocking": 1000, "utilisation": 1.0}]
+counters:
+  description:
+    - C(values) from C(/proc/net/netstat) (TcpExt C(TW), C(TWRecycled), C(TWKilled), C(TCPTimeWaitOverflow),
+      C(ListenOverflows), C(ListenDrops)) and C(/proc/net/snmp) (Tcp C(ActiveOpens), C(PassiveOpens),
+      C(AttemptFails), C(EstabResets), C(CurrEstab)), where the kernel counts them.
+    - C(sample) with O(sample_seconds) above 0, the seconds measured and for each counter
+      C(before), C(after), C(delta) and C(per_second); else C(null).
+  returned: always
+  type: dict
+  sample: {"values": {"TW": 1234, "ListenOverflows": 0, "ActiveOpens": 5000, "AttemptFails": 3}, "sample": null}
+capacity:
+  description:
+    - The sustainable rate of new connections to one destination tuple, C(usable_ports) / C(port_hold_seconds),
+      for C(remote) and C(loopback) destinations (they differ with C(tcp_tw_reuse=2)).
+    - C(measured) with O(sample_seconds) above 0, the measured C(active_opens_per_second),
+      C(passive_opens_per_second) and C(attempt_fails_per_second) of the whole host; else C(null).
+  returned: always
+  type: dict
+  sample: {"usable_ports": 1000, "time_wait_seconds": 60,
+           "remote": {"reuse": false, "port_hold_seconds": 60.0, "max_new_connections_per_second": 16.67},
+           "loopback": {"reuse": true, "port_hold_seconds": 1.0, "max_new_connections_per_second": 1000.0},
+           "measured": null}
+verdict:
+  description: V(ok), V(warning) or V(critical); the most severe finding.
+  returned: always
+  type: str
+  sample: critical
+findings:
+  description: What was found, most severe first, as plain sentences with the figures.
+  returned: always
+  type: list
+  elements: str
+  sample: ["198.51.100.2:8080 holds 1,000 of 1,000 usable ports (100%), 998 in TIME_WAIT, from 192.0.2.1"]
+recommendations:
+  description:
+    - M(tcpstack.tuning.linux_tcp) options that would fix the findings (empty when there is nothing to fix).
+      A wider C(port_range) starts at 32768, 16384 or 1024 (whichever is the first wider than now), never below
+      C(ip_unprivileged_port_start); C(reserve_listening_ports) comes with it when ports listen inside it.
+  returned: always
+  type: dict
+  sample: {"tw_reuse": 1, "port_range": "32768 65535", "reserve_listening_ports": true}
+thresholds:
+  description: The utilisation thresholds used, in percent.
+  returned: always
+  type: dict
+  sample: {"warning_percent": 70, "critical_percent": 90}
+notes:
+  description: Context that does not change the verdict (counters since boot, the measured rate, a fallback).
+  returned: always
+  type: list
+  elements: str
+  sample: ["ListenOverflows is 12 since the network namespace started; sample_seconds shows whether it is rising"]
+source:
+  description: Where the socket table came from, V(netlink) or V(proc); C(null) when it could not be read.
+  returned: always
+  type: str
+  sample: netlink
+unreadable:
+  description: What could not be read, each with C(source) and C(reason); each is also a warning.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"source": "/proc/net/snmp", "reason": "Permission denied"}]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table import audit
+
+MAX_SAMPLE_SECONDS = 60
+MAX_TOP = 1000
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            top=dict(type="int", default=10),
+            sample_seconds=dict(type="float", default=0),
+            warning_percent=dict(type="int", default=70),
+            critical_percent=dict(type="int", default=90),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    if not 1 <= params["top"] <= MAX_TOP:
+        module.fail_json(msg="top must be from 1 to %d, got %d" % (MAX_TOP, params["top"]))
+    if not 0 <= params["sample_seconds"] <= MAX_SAMPLE_SECONDS:
+        module.fail_json(msg="sample_seconds must be from 0 to %d, got %s" % (MAX_SAMPLE_SECONDS, params["sample_seconds"]))
+    if not 1 <= params["warning_percent"] <= params["critical_percent"] <= 100:
+        module.fail_json(msg="warning_percent and critical_percent must satisfy 1 <= warning_percent <= critical_percent <= 100,"
+                             " got %d and %d" % (params["warning_percent"], params["critical_percent"]))
+    result = audit(top=params["top"], sample_seconds=params["sample_seconds"],
+                   warning=params["warning_percent"], critical=params["critical_percent"])
+    for item in result["unreadable"]:
+        module.warn("could not read %s: %s" % (item["source"], item["reason"]))
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()

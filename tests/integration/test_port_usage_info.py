@@ -1,0 +1,301 @@
+"""port_usage_info on the real kernel: real ephemeral-port exhaustion between two network namespaces.
+
+The test creates two namespaces joined by a veth pair, addresses 10.213.0.1/24 (client) and
+10.213.0.2/24 (server) on the veth ends inside them: traffic only ever flows between the two namespaces
+it made.  The client's range is narrowed to 40000-40999 (1,000 ports) with the stock reuse settings
+(tcp_tw_reuse 2: no reuse towards a non-loopback destination), and a bounded churn of connect()/close()
+against 10.213.0.2:8080 runs until connect() fails with EADDRNOTAVAIL.  The module, run with a real
+ansible-playbook inside the client namespace, must report critical and name that destination first
+with the right count, and recommend a fix.  The recommendation is applied with linux_tcp (persisted
+into /etc/netns/CLIENT/sysctl.d, which ``ip netns exec`` mounts over /etc/sysctl.d), the same churn runs
+again without a single EADDRNOTAVAIL, and the module no longer reports critical.
+
+Only /proc/sys inside the namespaces this test created is written, never the machine's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+from netns import Sandbox  # noqa: E402
+
+CLIENT_IP = "10.213.0.1"
+SERVER_IP = "10.213.0.2"
+SERVER_PORT = 8080
+RANGE = "40000 40999"
+ATTEMPTS = 3000
+STOP_AFTER = 20  # EADDRNOTAVAIL failures before the churn stops
+CHURN_SECONDS = 60
+
+# accept, wait for the client's FIN, close: the client closes first and keeps its port in TIME_WAIT
+SERVER = r"""
+import socket, sys, time
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind((sys.argv[1], int(sys.argv[2])))
+sock.listen(4096)
+sock.settimeout(1.0)
+print("listening", flush=True)
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    try:
+        conn, _ = sock.accept()
+    except socket.timeout:
+        continue
+    conn.settimeout(5.0)
+    try:
+        conn.recv(1)
+    except OSError:
+        pass
+    conn.close()
+"""
+
+# bounded churn: at most ATTEMPTS connections, stop at the STOP_AFTER-th EADDRNOTAVAIL or after SECONDS
+CHURN = r"""
+import errno, json, socket, sys, time
+address, port, attempts, stop_after, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+deadline = time.monotonic() + seconds
+made = eaddrnotavail = other = 0
+errors = {}
+for _ in range(attempts):
+    if time.monotonic() > deadline or eaddrnotavail >= stop_after:
+        break
+    sock = socket.socket()
+    sock.settimeout(2.0)
+    try:
+        sock.connect((address, port))
+        made += 1
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            eaddrnotavail += 1
+        else:
+            other += 1
+            errors[str(exc)] = errors.get(str(exc), 0) + 1
+    finally:
+        sock.close()
+print(json.dumps({"made": made, "eaddrnotavail": eaddrnotavail, "other": other, "errors": errors}))
+"""
+
+# Bounded background load inside one namespace, for SECONDS: a churn of loopback connections (ActiveOpens)
+# to 127.0.0.1:9001, and every tenth round a non-blocking connect() to 127.0.0.1:9000, a listener with
+# backlog 0 that never accepts: its SYNs are dropped and counted in ListenOverflows.
+LOAD = r"""
+import socket, sys, threading, time
+seconds = float(sys.argv[1])
+deadline = time.monotonic() + seconds
+full = socket.socket()
+full.bind(("127.0.0.1", 9000))
+full.listen(0)
+served = socket.socket()
+served.bind(("127.0.0.1", 9001))
+served.listen(1024)
+served.settimeout(1.0)
+
+def serve():
+    while time.monotonic() < deadline + 2:
+        try:
+            conn, peer = served.accept()
+        except socket.timeout:
+            continue
+        conn.settimeout(2.0)
+        try:
+            conn.recv(1)
+        except OSError:
+            pass
+        conn.close()
+
+threading.Thread(target=serve, daemon=True).start()
+print("running", flush=True)
+pending = []
+rounds = 0
+while time.monotonic() < deadline and rounds < 200000:
+    rounds += 1
+    client = socket.socket()
+    client.connect(("127.0.0.1", 9001))
+    client.close()
+    if rounds % 10 == 0 and len(pending) < 2000:
+        knock = socket.socket()
+        knock.setblocking(False)
+        knock.connect_ex(("127.0.0.1", 9000))
+        pending.append(knock)
+    if rounds % 20 == 0:
+        time.sleep(0.002)
+"""
+
+AUDIT_TASK = {"name": "audit", "tcpstack.tuning.port_usage_info": {"top": 5}, "register": "audit"}
+
+
+def stop(child):
+    """End a process this test started (in a session of its own) and its process group."""
+    if child.poll() is not None:
+        return
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(timeout=5)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=5)
+
+
+def start(box, request, script, *args):
+    """Run ``script`` inside the sandbox in the background; it must print one line first.  Stopped at teardown."""
+    child = subprocess.Popen(box.argv([sys.executable, "-c", script] + [str(a) for a in args]), stdout=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    request.addfinalizer(lambda: stop(child))
+    return child, child.stdout.readline().strip()
+
+
+def play(*tasks):
+    return json.dumps([{"name": "port_usage_info", "hosts": "all", "gather_facts": False, "tasks": list(tasks)}])
+
+
+@pytest.fixture
+def pair(root_netns, request):
+    """(client, server) sandboxes joined by a veth pair; both deleted (with /etc/netns/NAME) afterwards."""
+    client = Sandbox.new(prefix="puic")
+    server = Sandbox.new(prefix="puis")
+    request.addfinalizer(client.destroy)
+    request.addfinalizer(server.destroy)
+    client.create()
+    server.create()
+    subprocess.run(["ip", "link", "add", "pui0", "netns", client.name, "type", "veth", "peer", "name", "pui1",
+                    "netns", server.name], check=True, capture_output=True, timeout=30)
+    for box, dev, address in ((client, "pui0", CLIENT_IP), (server, "pui1", SERVER_IP)):
+        box.exec(["ip", "addr", "add", address + "/24", "dev", dev])
+        box.exec(["ip", "link", "set", dev, "up"])
+    return client, server
+
+
+def ports_towards(box, address, port):
+    """Sockets towards address:port as ``ss`` counts them (an independent reading of the same table)."""
+    out = box.exec(["ss", "-Htan", "dst", "%s:%d" % (address, port)]).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def churn(client):
+    done = client.exec([sys.executable, "-c", CHURN, SERVER_IP, SERVER_PORT, ATTEMPTS, STOP_AFTER, CHURN_SECONDS],
+                       timeout=CHURN_SECONDS + 30)
+    return json.loads(done.stdout)
+
+
+def audit(client, check=False):
+    rc, results = client.run_playbook(play(AUDIT_TASK), check=check)
+    assert rc == 0, client.last_run.describe()
+    (result,) = [r for r in results if r["_task"] == "audit"]
+    assert result["changed"] is False and not result.get("failed")
+    return result
+
+
+def test_exhaustion_found_fixed_and_gone(pair, request):
+    client, server = pair
+    assert client.set_sysctl("net.ipv4.ip_local_port_range", RANGE).split() == RANGE.split()
+    assert client.sysctl("net.ipv4.tcp_tw_reuse") == "2"  # stock: no reuse towards 10.213.0.2
+    assert client.sysctl("net.ipv4.ip_local_reserved_ports") == ""
+    # our own listener (not Sandbox.listener): it waits for the client's FIN before closing
+    dummy, line = start(server, request, SERVER, SERVER_IP, SERVER_PORT, 300)
+    assert line == "listening"
+
+    # 1. exhaust the 1,000 ports towards 10.213.0.2:8080
+    first = churn(client)
+    assert first["eaddrnotavail"] == STOP_AFTER, first
+    assert first["other"] == 0, first
+    # at least the 1,000 ports; a few more when a TIME_WAIT socket is killed by a late RST (RFC 1337
+    # "TIME-WAIT assassination", tcp_rfc1337 is 0), which frees its port
+    assert 1000 <= first["made"] <= 1000 + STOP_AFTER, first
+    time.sleep(0.5)  # let the server close its side: every client port ends in TIME_WAIT
+
+    before = audit(client)
+    print("first churn:", first, "\nfindings:", before["findings"], "\nrecommendations:", before["recommendations"])
+    assert before["verdict"] == "critical", before["findings"]
+    held = ports_towards(client, SERVER_IP, SERVER_PORT)
+    top = before["destinations"][0]
+    assert top["endpoint"] == "%s:%d" % (SERVER_IP, SERVER_PORT)
+    assert top["in_use"] == top["busiest_in_use"] == held == 1000  # every port of the range
+    assert top["busiest_local_address"] == CLIENT_IP
+    assert top["time_wait"] >= held - 5 and top["reuse"] is False
+    assert top["utilisation"] == 1.0
+    assert before["ephemeral"]["usable"] == 1000
+    assert before["findings"][0].startswith("%s:%d holds 1,000 of 1,000 usable ports (100%%), " % (SERVER_IP, SERVER_PORT))
+    assert before["recommendations"]["tw_reuse"] == 1
+    assert before["recommendations"]["port_range"] == "32768 65535"
+    assert before["capacity"]["remote"]["max_new_connections_per_second"] == round(1000 / 60.0, 2)
+    assert before["source"] == "netlink" and before["unreadable"] == []
+
+    # the same in check mode
+    checked = audit(client, check=True)
+    assert checked["verdict"] == "critical"
+    assert checked["destinations"][0]["endpoint"] == top["endpoint"]
+
+    # 2. apply the recommendation with linux_tcp (persisted into the client's own sysctl.d)
+    rc, results = client.run_playbook(play({"name": "fix", "tcpstack.tuning.linux_tcp": "{{ fix }}"}),
+                                      extra_vars={"fix": before["recommendations"]})
+    assert rc == 0, client.last_run.describe()
+    assert client.sysctl("net.ipv4.tcp_tw_reuse") == "1"
+    assert client.sysctl("net.ipv4.ip_local_port_range").split() == ["32768", "65535"]
+    assert "net.ipv4.tcp_tw_reuse = 1" in (client.read_file("60-tcpstack-tuning.conf") or "")
+
+    # 3. the same churn again: not one EADDRNOTAVAIL
+    second = churn(client)
+    assert second == {"made": ATTEMPTS, "eaddrnotavail": 0, "other": 0, "errors": {}}, second
+    time.sleep(0.5)
+
+    after = audit(client)
+    print("second churn:", second, "\nverdict:", after["verdict"], after["findings"], after["destinations"][0])
+    assert after["verdict"] != "critical", after["findings"]
+    assert after["verdict"] == "ok", after["findings"]
+    top = after["destinations"][0]
+    assert top["endpoint"] == "%s:%d" % (SERVER_IP, SERVER_PORT)
+    # the first churn's ports are still in TIME_WAIT too, less those connect() reused
+    assert top["in_use"] == ports_towards(client, SERVER_IP, SERVER_PORT) >= 1000
+    assert top["reuse"] is True
+    assert after["capacity"]["remote"]["reuse"] is True
+    assert after["recommendations"] == {}
+
+
+def test_sample_measures_rates_and_rising_overflows(root_netns, request):
+    """sample_seconds: the measured rate of new connections, and ListenOverflows rising, from the real counters."""
+    box = Sandbox.new(prefix="puil")
+    request.addfinalizer(box.destroy)
+    box.create()
+    load, line = start(box, request, LOAD, 40)
+    assert line == "running"
+    rc, results = box.run_playbook(play(
+        {"name": "sampled", "tcpstack.tuning.port_usage_info": {"sample_seconds": 3, "top": 3}},
+        {"name": "top 0", "tcpstack.tuning.port_usage_info": {"top": 0}, "ignore_errors": True},
+        {"name": "sample 61", "tcpstack.tuning.port_usage_info": {"sample_seconds": 61}, "ignore_errors": True},
+    ), timeout=120)
+    assert rc == 0, box.last_run.describe()
+    assert load.poll() is None, "the load ended before the sample did"
+    by_name = dict((r["_task"], r) for r in results)
+    result = by_name["sampled"]
+    print("findings:", result["findings"], "\nmeasured:", result["capacity"]["measured"],
+          "\nrecommendations:", result["recommendations"])
+    sample = result["counters"]["sample"]
+    assert 3 <= sample["seconds"] < 4
+    assert sample["changes"]["ActiveOpens"]["delta"] > 0
+    assert sample["changes"]["ListenOverflows"]["delta"] > 0
+    measured = result["capacity"]["measured"]
+    assert measured["active_opens_per_second"] > 50
+    assert any(f.startswith("ListenOverflows is rising: +") for f in result["findings"])
+    assert result["verdict"] == "warning"  # loopback churn with tcp_tw_reuse 2: TIME_WAIT ports are reusable
+    dests = dict((d["endpoint"], d) for d in result["destinations"])
+    # the churned destination: its TIME_WAIT ports are reusable and do not block
+    assert dests["127.0.0.1:9001"]["reuse"] is True and dests["127.0.0.1:9001"]["time_wait"] > 0
+    assert dests["127.0.0.1:9001"]["blocking"] == dests["127.0.0.1:9001"]["busiest_in_use"] - dests["127.0.0.1:9001"]["busiest_time_wait"]
+    # the connect()s stuck in SYN_SENT towards the full listener hold their ports, none in TIME_WAIT
+    assert dests["127.0.0.1:9000"]["time_wait"] == 0 and dests["127.0.0.1:9000"]["blocking"] > 0
+    assert result["recommendations"]["somaxconn"] >= 8192
+    assert "max_syn_backlog" in result["recommendations"]
+    assert by_name["top 0"]["failed"] and "top must be from 1 to 1000" in by_name["top 0"]["msg"]
+    assert by_name["sample 61"]["failed"] and "sample_seconds must be from 0 to 60" in by_name["sample 61"]["msg"]
