@@ -1,0 +1,55 @@
+"""Run one simulated Windows host from the command line::
+
+    PYTHONPATH=tests python -m windows_sim --profile server2022 --port 5986
+
+It serves http://127.0.0.1:PORT/wsman (Basic authentication) until SIGINT or
+SIGTERM. ``--state FILE`` loads a JSON host state (see WindowsHost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+from .host import LANGUAGES, PROFILES
+from .simulator import Simulator
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m windows_sim",
+                                     description="Windows host simulator (WinRM over http, Basic auth; tests only)")
+    parser.add_argument("--profile", default="server2022", choices=sorted(PROFILES))
+    parser.add_argument("--language", default="en-US", choices=LANGUAGES)
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5985, help="0 picks a free port")
+    parser.add_argument("--username", default="ansible")
+    parser.add_argument("--password", default="Sim-Passw0rd!")
+    parser.add_argument("--state", help="JSON file with the host state (see windows_sim.host.WindowsHost)")
+    args = parser.parse_args(argv)
+    state = None
+    if args.state:
+        with open(args.state, encoding="utf-8") as handle:
+            state = json.load(handle)
+    sim = Simulator(profile=args.profile, language=args.language, username=args.username, password=args.password,
+                    host_state=state, bind=args.bind, port=args.port)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    sim.start()
+    print("windows_sim: simulated %s (%s, build %d) on http://%s:%d/wsman" % (
+        args.profile, args.language, sim.host.build, args.bind, sim.port), flush=True)
+    try:
+        signal.pause() if hasattr(signal, "pause") else sim._thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""The command line and the restricted PowerShell script language of the simulator.
+
+A WinRS command line is either ``PowerShell ... -EncodedCommand <base64>`` (what
+Ansible and pywinrm's ``run_ps`` send; the script is base64 of UTF-16LE, see
+learn.microsoft.com powershell 5.1 "about_PowerShell_exe" -EncodedCommand) or a
+native command run by cmd.exe (pywinrm ``run_cmd``).
+
+Scripts accept exactly the statements of docs/windows_commands.md:
+
+1. ``Write-Output '<literal>'``
+2. ``Write-Output "...$LASTEXITCODE..."`` / ``Write-Output "...$?..."``
+3. ``netsh`` / ``reg`` / ``wevtutil`` with bare-word or single-quoted arguments
+4. the two cmdlet pipelines, verbatim (PowerShell is case-insensitive, so case
+   and the spacing between tokens are free).
+
+Anything else fails as PowerShell fails for an unknown command
+(CommandNotFoundException). Quoting follows learn.microsoft.com
+"about_Quoting_Rules": single-quoted strings are verbatim, ``''`` is one quote;
+a bare word next to a quoted part is one argument.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from xml.sax.saxutils import escape
+
+from .messages import text
+from .tools import NATIVE, ToolResult, run_get_nettcpconnection_csv, run_get_process_csv
+
+CRLF = "\r\n"
+_SPECIAL = set("$(){}@;&<>`#")
+# PowerShell's tokenizer takes the typographic quotes as quotes too
+# (System.Management.Automation.Language.CharExtensions IsSingleQuote/IsDoubleQuote).
+SINGLE_QUOTES = "'\u2018\u2019\u201a\u201b"
+DOUBLE_QUOTES = '"\u201c\u201d\u201e'
+_PIPELINES = {
+    "Get-NetTCPConnection | Select-Object -Property LocalAddress,LocalPort,RemoteAddress,RemotePort,State,"
+    "OwningProcess | ConvertTo-Csv -NoTypeInformation": "tcp",
+    "Get-Process | Select-Object -Property Id,ProcessName | ConvertTo-Csv -NoTypeInformation": "process",
+}
+
+
+class ParseError(Exception):
+    def __init__(self, column, quote):
+        super().__init__(column, quote)
+        self.column = column
+        self.quote = quote
+
+
+@dataclass
+class Word:
+    parts: list = field(default_factory=list)  # [(kind, text)], kind in bare|sq|dq
+
+    @property
+    def value(self):
+        return "".join(t for dummy, t in self.parts)
+
+    @property
+    def bare(self):
+        return all(k == "bare" for k, dummy in self.parts)
+
+
+def tokenize(line):
+    """Words (with their quoted/bare parts), ``|`` and ``,`` of one line."""
+    tokens = []
+    cur = None
+    i, n = 0, len(line)
+
+    def flush():
+        nonlocal cur
+        if cur is not None:
+            tokens.append(cur)
+            cur = None
+
+    while i < n:
+        c = line[i]
+        if c in " \t":
+            flush()
+            i += 1
+        elif c in "|,":
+            flush()
+            tokens.append(c)
+            i += 1
+        elif c in SINGLE_QUOTES:
+            j, buf = i + 1, []
+            while True:
+                if j >= n:
+                    raise ParseError(i + 1, "'")
+                if line[j] in SINGLE_QUOTES:
+                    if j + 1 < n and line[j + 1] in SINGLE_QUOTES:
+                        buf.append(line[j + 1])
+                        j += 2
+                        continue
+                    j += 1
+                    break
+                buf.append(line[j])
+                j += 1
+            cur = cur or Word()
+            cur.parts.append(("sq", "".join(buf)))
+            i = j
+        elif c in DOUBLE_QUOTES:
+            j, buf = i + 1, []
+            while True:
+                if j >= n:
+                    raise ParseError(i + 1, '"')
+                if line[j] == "`" and j + 1 < n:  # escape: kept, and refused by _expand
+                    buf.append(line[j:j + 2])
+                    j += 2
+                    continue
+                if line[j] in DOUBLE_QUOTES:
+                    if j + 1 < n and line[j + 1] in DOUBLE_QUOTES:
+                        buf.append('""')
+                        j += 2
+                        continue
+                    j += 1
+                    break
+                buf.append(line[j])
+                j += 1
+            cur = cur or Word()
+            cur.parts.append(("dq", "".join(buf)))
+            i = j
+        else:
+            j = i
+            while j < n and line[j] not in " \t|," + SINGLE_QUOTES + DOUBLE_QUOTES:
+                j += 1
+            cur = cur or Word()
+            cur.parts.append(("bare", line[i:j]))
+            i = j
+    flush()
+    return tokens
+
+
+def _normal(tokens):
+    out = []
+    for tok in tokens:
+        if isinstance(tok, Word):
+            if not tok.bare:
+                return None
+            out.append(tok.value.lower())
+        else:
+            out.append(tok)
+    return out
+
+
+_PIPELINE_TOKENS = {tuple(_normal(tokenize(k))): v for k, v in _PIPELINES.items()}
+
+
+def _expand(dq, state):
+    """The only expansions of the contract: $LASTEXITCODE and $?."""
+    out, i = [], 0
+    while i < len(dq):
+        if dq.startswith("$LASTEXITCODE", i) or dq.lower().startswith("$lastexitcode", i):
+            out.append("" if state["lastexit"] is None else str(state["lastexit"]))
+            i += len("$LASTEXITCODE")
+        elif dq.startswith("$?", i):
+            out.append("True" if state["ok"] else "False")
+            i += 2
+        elif dq[i] in "$`":
+            return None
+        elif dq.startswith('""', i):
+            out.append('"')
+            i += 2
+        else:
+            out.append(dq[i])
+            i += 1
+    return "".join(out)
+
+
+def classify(tokens):
+    """(kind, payload): ("write", Word) | ("native", (program, argv)) |
+    ("pipeline", name) | ("unknown", name for the error message)."""
+    if not tokens or not isinstance(tokens[0], Word):
+        return "unknown", tokens[0] if tokens else ""
+    first = tokens[0].value
+    lower = first.lower()
+    near_miss = lower in ("write-output", "get-nettcpconnection", "get-process") or \
+        lower.removesuffix(".exe") in NATIVE
+    if lower == "write-output" and len(tokens) == 2 and isinstance(tokens[1], Word) \
+            and len(tokens[1].parts) == 1 and tokens[1].parts[0][0] in ("sq", "dq"):
+        return "write", tokens[1]
+    program = lower.removesuffix(".exe")
+    if tokens[0].bare and program in NATIVE:
+        argv = []
+        for tok in tokens[1:]:
+            if not isinstance(tok, Word) or any(k == "dq" for k, dummy in tok.parts) or \
+                    any(k == "bare" and (set(t) & _SPECIAL) for k, t in tok.parts):
+                return "unknown", None
+            argv.append(tok.value)
+        return "native", (program, argv)
+    normal = _normal(tokens)
+    if normal is not None and tuple(normal) in _PIPELINE_TOKENS:
+        return "pipeline", _PIPELINE_TOKENS[tuple(normal)]
+    return "unknown", None if near_miss else first
+
+
+@dataclass
+class Result:
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int = 0
+
+
+def _clixml(lines):
+    """Windows PowerShell started with -EncodedCommand and redirected output
+    writes its error records to stderr as CLIXML (what Ansible's
+    ``_parse_clixml`` and pywinrm's ``_clean_error_msg`` decode)."""
+    body = "".join('<S S="Error">%s_x000D__x000A_</S>' % escape(line).replace("\r", "_x000D_").replace("\n", "_x000A_")
+                   for line in lines)
+    return '#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">%s</Objs>' % body
+
+
+def _not_recognized(lang, name, lineno, statement):
+    at = "At line:%d char:1" if lang == "en-US" else "In Zeile:%d Zeichen:1"
+    return [
+        "%s : %s" % (name, text(lang, "ps_not_recognized", name=name)),
+        at % lineno,
+        "+ %s" % statement,
+        "+ %s" % ("~" * max(1, len(name.split(" ")[0]))),
+        "    + CategoryInfo          : ObjectNotFound: (%s:String) [], CommandNotFoundException" % name,
+        "    + FullyQualifiedErrorId : CommandNotFoundException",
+        " ",
+    ]
+
+
+def run_powershell(host, script, log, faults=None):
+    """Run a script of the contract's language against ``host``.
+
+    Exit code as powershell.exe -Command / -EncodedCommand sets it
+    (learn.microsoft.com "about_PowerShell_exe"; PowerShell/PowerShell#13501):
+    0 when the last statement succeeded ($? is True), else 1, even when the
+    last statement is a native command with another exit code.
+    """
+    lang = host.language
+    parsed = []
+    for lineno, line in enumerate(script.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            parsed.append((lineno, line.strip(), tokenize(line)))
+        except ParseError as exc:
+            # A parse error stops the whole script before anything runs.
+            lines = ["At line:%d char:%d" % (lineno, exc.column), "+ %s" % line.strip(),
+                     text(lang, "ps_missing_terminator", quote=exc.quote),
+                     "    + CategoryInfo          : ParserError: (:) [], ParentContainsErrorRecordException",
+                     "    + FullyQualifiedErrorId : TerminatorExpectedAtEndOfString", " "]
+            log.append(line.strip())
+            return Result("", _clixml(lines), 1)
+    state = {"ok": True, "lastexit": None}
+    stdout, stderr, errors = [], [], []
+    for lineno, statement, tokens in parsed:
+        log.append(statement)
+        kind, payload = classify(tokens)
+        if kind == "write":
+            kind_, value = payload.parts[0]
+            literal = value if kind_ == "sq" else _expand(value, state)
+            if literal is None:
+                kind, payload = "unknown", None
+            else:
+                stdout.append(literal + CRLF)
+                state["ok"] = True
+                continue
+        if kind == "native":
+            program, argv = payload
+            result = faults.tool_failure(host, program, argv) if faults is not None else None
+            if result is None:
+                result = NATIVE[program](host, argv)
+            stdout.append(result.stdout)
+            stderr.append(result.stderr)
+            state["lastexit"] = result.exit_code
+            state["ok"] = result.exit_code == 0
+            continue
+        if kind == "pipeline":
+            if payload == "tcp" and not host.has_nettcpip:
+                errors += _not_recognized(lang, "Get-NetTCPConnection", lineno, statement)
+                state["ok"] = False
+                continue
+            stdout.append(run_get_nettcpconnection_csv(host) if payload == "tcp" else run_get_process_csv(host))
+            state["ok"] = True
+            continue
+        errors += _not_recognized(lang, payload if payload else statement, lineno, statement)
+        state["ok"] = False
+    err = "".join(stderr)
+    if errors:
+        err += _clixml(errors)
+    return Result("".join(stdout), err, 0 if state["ok"] else 1)
+
+
+def split_cmdline(line):
+    """cmd.exe / CommandLineToArgvW-style split: whitespace, double quotes group."""
+    args, cur, quoted, any_ = [], [], False, False
+    for c in line:
+        if c == '"':
+            quoted = not quoted
+            any_ = True
+        elif c in " \t" and not quoted:
+            if cur or any_:
+                args.append("".join(cur))
+            cur, any_ = [], False
+        else:
+            cur.append(c)
+    if cur or any_:
+        args.append("".join(cur))
+    return args
+
+
+_PS_VALUE_OPTIONS = ("executionpolicy", "inputformat", "outputformat", "windowstyle", "version",
+                     "configurationname", "psconsolefile")
+_PS_FLAGS = ("noprofile", "noninteractive", "nologo", "noexit", "mta", "sta")
+
+
+def execute(host, command_line, log, faults=None):
+    """Run one WinRS command line (rsp:Command + rsp:Arguments)."""
+    args = split_cmdline(command_line)
+    if not args:
+        return Result("", "", 0)
+    program = args[0].replace("/", "\\").split("\\")[-1].lower().removesuffix(".exe")
+    if program == "powershell":
+        i = 1
+        while i < len(args):
+            opt = args[i].lower().lstrip("-/")
+            if args[i][:1] not in "-/" or not opt:
+                break
+            if opt in ("e", "ec") or (len(opt) >= 2 and "encodedcommand".startswith(opt)):
+                if i + 1 >= len(args):
+                    break
+                try:
+                    script = base64.b64decode(args[i + 1], validate=True).decode("utf-16-le")
+                except (binascii.Error, UnicodeDecodeError):
+                    return Result("", "Cannot process the command because the value specified with -EncodedCommand "
+                                      "is not properly encoded. The value must be Base64 encoded." + CRLF, 1)
+                return run_powershell(host, script, log, faults)
+            if opt == "c" or (len(opt) >= 3 and "command".startswith(opt)):
+                return run_powershell(host, " ".join(args[i + 1:]), log, faults)
+            if any(o.startswith(opt) for o in _PS_VALUE_OPTIONS) and len(opt) >= 2:
+                i += 2
+            elif any(o.startswith(opt) for o in _PS_FLAGS):
+                i += 1
+            else:
+                break
+        log.append(command_line)
+        return Result("", "windows_sim: the simulator runs PowerShell only with -EncodedCommand or -Command" + CRLF, 1)
+    log.append(command_line)
+    if program in NATIVE:
+        result = faults.tool_failure(host, program, args[1:]) if faults is not None else None
+        if result is None:
+            result = NATIVE[program](host, args[1:])
+        return Result(result.stdout, result.stderr, result.exit_code)
+    return Result("", text(host.language, "cmd_not_recognized", name=args[0]) + CRLF, 1)
+
+
+__all__ = ["ParseError", "Result", "ToolResult", "classify", "execute", "run_powershell", "split_cmdline", "tokenize"]
