@@ -1,0 +1,224 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# This file only documents the module; the code is the action plugin plugins/action/win_port_usage_info.py,
+# which runs on the controller and drives standard Windows tools over the task's connection.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: win_port_usage_info
+short_description: Tell whether a Windows host is running out of ephemeral ports, and towards which destination
+version_added: "0.1.0"
+description:
+  - The Windows counterpart of M(tcpstack.tuning.port_usage_info), with the same result shape where it applies.
+    Answers "are we running out of ephemeral ports, and towards what?" with a verdict, findings in plain sentences
+    and the M(tcpstack.tuning.win_tcp) options that would fix what was found.
+  - Changes nothing. Runs the same in check mode.
+  - Runs on the controller (an action plugin) and sends one command over the task's own connection, which runs
+    standard Windows tools. C(reg) (build, C(TcpTimedWaitDelay), C(MaxUserPort)), C(netsh) (dynamic and excluded
+    port ranges of TCP and UDP, IPv4 and IPv6), C(Get-NetTCPConnection), C(Get-Process) and C(wevtutil) (Tcpip
+    events 4227 and 4231 in the System log).
+  - "B(The limit is host-wide.) On Windows C(connect()) takes an ephemeral port from one pool per IP version (event
+    4231 says the global TCP port space is exhausted), so the verdict comes from all ephemeral ports held on the host
+    against the usable dynamic ports (the range minus the excluded ranges in it). RV(destinations) and RV(processes)
+    show who holds them."
+  - "B(Verdict.) V(critical) from 90% of the usable ports held, for any event 4231, or when no port is usable;
+    V(warning) from 70%, for event 4227, or when something could not be read; V(ok) otherwise."
+  - Output is parsed by position, not by label, so hosts in any display language work.
+author:
+  - tcpstack.tuning contributors (@tcpstack)
+options:
+  top:
+    description:
+      - How many destinations and processes to report, from 1 to 1000.
+    type: int
+    default: 10
+  event_hours:
+    description:
+      - How far back to look for Tcpip events 4227 and 4231, in hours, from 1 to 8760. At most 500 events are read.
+    type: int
+    default: 24
+attributes:
+  check_mode:
+    support: full
+    description: The module never changes anything; it runs the same in check mode.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is nothing to show.
+  platform:
+    support: full
+    platforms: windows
+    description: >-
+      Windows Vista / Server 2008 and later. The connection table needs C(Get-NetTCPConnection) (Windows Server
+      2012 / Windows 8 and later); without it the ranges and events are still reported and RV(unreadable) says why.
+notes:
+  - "How long a closed port stays unusable: C(TcpTimedWaitDelay) seconds of TIME_WAIT (120 when not set). The value is
+    read from the registry; Windows takes it into effect at boot."
+  - Sockets in TIME_WAIT belong to no process; Windows reports them with process id 0 (C(Idle)).
+seealso:
+  - module: tcpstack.tuning.win_tcp
+    description: Applies the recommended settings.
+  - module: tcpstack.tuning.port_usage_info
+  - name: Troubleshoot port exhaustion issues
+    description: Microsoft's guide to ephemeral-port exhaustion on Windows, with events 4227 and 4231.
+    link: https://learn.microsoft.com/en-us/troubleshoot/windows-client/networking/tcp-ip-port-exhaustion-troubleshooting
+"""
+
+EXAMPLES = r"""
+- name: Are we running out of ephemeral ports, and towards what?
+  tcpstack.tuning.win_port_usage_info:
+  register: ports
+
+- name: Show the verdict
+  ansible.builtin.debug:
+    msg: "{{ ports.verdict }}: {{ ports.findings }}"
+
+- name: Apply what it recommends
+  tcpstack.tuning.win_tcp: "{{ ports.recommendations }}"
+  when: ports.verdict == 'critical'
+"""
+
+RETURN = r"""
+settings:
+  description:
+    - The values that decide how many ports there are and how fast they come back, named as the options of
+      M(tcpstack.tuning.win_tcp). C(port_range) is the IPv4 TCP range; C(null) where a registry value is not set.
+  returned: success
+  type: dict
+  sample: {"port_range": "49152 65535", "time_wait_delay": null, "max_user_port": null}
+dynamic_port_range:
+  description: The dynamic port range of each IP version and protocol.
+  returned: success
+  type: dict
+  sample: {"ipv4": {"tcp": {"start": 49152, "number": 16384, "end": 65535}}}
+excluded_port_ranges:
+  description: The excluded port ranges of each IP version and protocol.
+  returned: success
+  type: dict
+  sample: {"ipv4": {"tcp": [{"start": 50000, "end": 50059, "administered": true}]}}
+ephemeral:
+  description:
+    - The IPv4 TCP dynamic range C([LOW, HIGH]), its size, the excluded ports inside it (C(reserved), as a port
+      list, and C(reserved_in_range)), and the usable ports.
+  returned: success
+  type: dict
+  sample: {"range": [49152, 65535], "size": 16384, "reserved": "50000-50059", "reserved_in_range": 60, "usable": 16324}
+ephemeral_ipv6:
+  description: The IPv6 TCP dynamic range, its size and usable ports.
+  returned: success
+  type: dict
+  sample: {"range": [49152, 65535], "size": 16384, "usable": 16384}
+sockets:
+  description:
+    - TCP connections by state (the names C(Get-NetTCPConnection) prints), all together and per IP version.
+      C(null) when the connection table could not be read.
+  returned: success
+  type: dict
+  sample: {"total": 1003, "by_state": {"Established": 2, "TimeWait": 1000, "Listen": 1},
+           "ipv4": {"Established": 2, "TimeWait": 1000, "Listen": 1}, "ipv6": {}}
+ports_held:
+  description: Dynamic ports held by connections of this host (any state but Listen), all destinations together.
+  returned: success
+  type: int
+  sample: 1002
+ports_held_by_family:
+  description: RV(ports_held) per IP version.
+  returned: success
+  type: dict
+  sample: {"ipv4": 1002, "ipv6": 0}
+destinations:
+  description:
+    - The O(top) remote endpoints by ports held, in the shape of C(destinations) of
+      M(tcpstack.tuning.port_usage_info). C(utilisation) is the share of the usable ports held towards that
+      destination.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"endpoint": "10.0.0.9:443", "address": "10.0.0.9", "port": 443, "family": "ipv4", "in_use": 15000,
+            "time_wait": 14000, "local_addresses": 1, "busiest_local_address": "10.0.0.5", "busiest_in_use": 15000,
+            "busiest_time_wait": 14000, "reuse": false, "blocking": 15000, "utilisation": 0.9155}]
+processes:
+  description: The O(top) owning processes by dynamic ports held, with those in TIME_WAIT.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"pid": 3100, "name": "w3wp", "ports_held": 1000, "time_wait": 0}]
+events:
+  description:
+    - Tcpip events in the System log within O(event_hours). C(4227) (a connect failed because the local endpoint
+      was recently used) and C(4231) (no ephemeral port could be allocated) are counts, C(null) when the log could
+      not be read; C(latest) is the newest one's time; C(capped) is true when the 500 events read are not all.
+  returned: success
+  type: dict
+  sample: {"hours": 24, "4227": 0, "4231": 3, "latest": "2026-11-24T10:00:00.0000000Z", "capped": false}
+capacity:
+  description:
+    - The sustainable rate of new connections, C(usable_ports) / C(port_hold_seconds) (C(TcpTimedWaitDelay)).
+  returned: success
+  type: dict
+  sample: {"usable_ports": 16384, "time_wait_seconds": 120,
+           "remote": {"reuse": false, "port_hold_seconds": 120.0, "max_new_connections_per_second": 136.53},
+           "loopback": {"reuse": false, "port_hold_seconds": 120.0, "max_new_connections_per_second": 136.53},
+           "measured": null}
+verdict:
+  description: V(ok), V(warning) or V(critical); the most severe finding.
+  returned: success
+  type: str
+  sample: critical
+findings:
+  description: What was found, most severe first, as plain sentences with the figures.
+  returned: success
+  type: list
+  elements: str
+  sample: ["the host holds 15,000 of 16,384 usable ipv4 dynamic TCP ports (91.5%); on Windows connect() takes them
+            from one host-wide pool"]
+recommendations:
+  description:
+    - M(tcpstack.tuning.win_tcp) options that would fix the findings (empty when there is nothing to fix). A wider
+      C(port_range) starts at 32768, 16384 or 1026, whichever is the first wider than now; C(time_wait_delay) 30 when
+      TIME_WAIT lasts longer.
+  returned: success
+  type: dict
+  sample: {"port_range": "32768 65535", "time_wait_delay": 30}
+thresholds:
+  description: The utilisation thresholds used, in percent.
+  returned: success
+  type: dict
+  sample: {"warning_percent": 70, "critical_percent": 90}
+notes:
+  description: Context that does not change the verdict.
+  returned: success
+  type: list
+  elements: str
+  sample: ["TcpTimedWaitDelay is 30 in the registry; Windows reads it at boot"]
+counters:
+  description: Always C(null); Windows has no TIME_WAIT counter comparable to Linux's.
+  returned: success
+  type: dict
+  sample: null
+source:
+  description: Where the connection table came from, V(Get-NetTCPConnection); C(null) when it could not be read.
+  returned: success
+  type: str
+  sample: Get-NetTCPConnection
+unreadable:
+  description: What could not be read, each with C(source) and C(reason); each is also a warning.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"source": "Get-NetTCPConnection", "reason": "Get-NetTCPConnection failed or is missing"}]
+build:
+  description: The host's Windows build number.
+  returned: success
+  type: int
+  sample: 20348
+round_trips:
+  description: Commands sent to the host (0 when validation failed, else 1).
+  returned: always
+  type: int
+  sample: 1
+"""

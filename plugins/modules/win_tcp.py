@@ -1,0 +1,164 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# This file only documents the module; the code is the action plugin plugins/action/win_tcp.py,
+# which runs on the controller and drives reg and netsh over the task's connection.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: win_tcp
+short_description: Tune the Windows TCP/IP stack against ephemeral-port exhaustion
+version_added: "0.1.0"
+description:
+  - Sets the dynamic (ephemeral) port range with C(netsh int ipv4|ipv6 set dynamicportrange), which takes effect
+    at once and persists, and the C(TcpTimedWaitDelay) and C(MaxUserPort) registry values under
+    C(HKLM\SYSTEM\CurrentControlSet\Services\Tcpip\Parameters) as C(REG_DWORD), which Windows reads at boot.
+  - Runs on the controller (an action plugin) and uses only standard Windows tools (C(reg), C(netsh)) over the
+    task's own connection (WinRM, PSRP or SSH). Nothing is copied to the host and no module runs there.
+  - One command reads everything; at most one more applies the changes and reads them back to verify. A host
+    that already has the wanted values costs one round trip. RV(round_trips) reports the number.
+  - Every option is validated on the controller before the host is contacted, so a bad value fails with a
+    message naming the option, the value and the limit even when the host is unreachable. The rule that depends
+    on the Windows version (the 30-second minimum of O(time_wait_delay) before build 9600) is checked after the
+    read and before any change.
+  - No text from the task is put into a command; every value sent is a validated integer or a fixed keyword.
+  - Output is parsed by position, not by label, so hosts in any display language work.
+  - A registry value of the wrong type (for example a C(REG_SZ) C(TcpTimedWaitDelay), which Windows ignores) is
+    rewritten as a C(REG_DWORD).
+author:
+  - tcpstack.tuning contributors (@tcpstack)
+options:
+  time_wait_delay:
+    description:
+      - Seconds a closed connection stays in TIME_WAIT (C(TcpTimedWaitDelay)). From 2 to 300; from 30 to 300 on
+        Windows older than Windows 8.1 / Server 2012 R2 (build 9600). Windows' default is 120.
+      - Read at boot, so changing it sets RV(reboot_required).
+    type: int
+  max_user_port:
+    description:
+      - C(MaxUserPort), from 5000 to 65534. Read at boot, so changing it sets RV(reboot_required).
+      - Legacy. Since Windows Vista / Server 2008 the dynamic port range (O(port_range)) decides which ports are
+        handed out; setting this gives a warning saying so.
+    type: int
+  port_range:
+    description:
+      - The dynamic port range, given as C("LOW HIGH"), C("LOW-HIGH") or a list C([LOW, HIGH]) (the forms
+        M(tcpstack.tuning.linux_tcp) accepts), sent to netsh as C(startport=LOW numberofports=HIGH-LOW+1) for
+        each of O(protocols) and O(ip_versions).
+      - netsh's rules apply. LOW at least 1025, at least 255 ports, HIGH at most 65535.
+      - A range already on the host outside these rules (C(start=1024), left by some installers) is read and
+        replaced without error.
+      - A warning names the excluded port ranges (C(netsh int ipv4 show excludedportrange), often reserved by
+        Hyper-V or WinNAT) that overlap the range; Windows never hands those ports out.
+    type: raw
+  protocols:
+    description:
+      - The protocols whose dynamic range O(port_range) sets (Windows keeps one per protocol and IP version).
+    type: list
+    elements: str
+    choices: [tcp, udp]
+    default: [tcp]
+  ip_versions:
+    description:
+      - The IP versions whose dynamic range O(port_range) sets.
+    type: list
+    elements: str
+    choices: [ipv4, ipv6]
+    default: [ipv4, ipv6]
+  state:
+    description:
+      - V(present) applies the given options; only those are managed.
+      - V(absent) restores Windows' defaults, whatever other options say. It removes both registry values
+        (Windows then uses 120 seconds and 5000) and sets the dynamic range of each of O(protocols) and
+        O(ip_versions) back to start 49152 with 16384 ports (49152-65535).
+    type: str
+    choices: [present, absent]
+    default: present
+attributes:
+  check_mode:
+    support: full
+    description: Exact. Reads the host (one round trip) and reports what would change; changes nothing.
+  diff_mode:
+    support: full
+    description: Shows each managed value before and after.
+  platform:
+    support: full
+    platforms: windows
+    description: Windows Vista / Server 2008 and later. Changing values needs an administrator.
+notes:
+  - The registry values take effect after a reboot; use M(ansible.windows.win_reboot) when RV(reboot_required) is true.
+  - The dynamic range is per protocol and IP version; O(port_range) with the defaults sets TCP for IPv4 and IPv6.
+seealso:
+  - module: tcpstack.tuning.linux_tcp
+  - module: tcpstack.tuning.win_port_usage_info
+  - name: The default dynamic port range for TCP/IP has changed (KB929851)
+    description: netsh's dynamic port range and its limits.
+    link: https://learn.microsoft.com/en-us/troubleshoot/windows-server/networking/default-dynamic-port-range-tcpip-chang
+  - name: Troubleshoot port exhaustion issues
+    description: Microsoft's guide to ephemeral-port exhaustion on Windows.
+    link: https://learn.microsoft.com/en-us/troubleshoot/windows-client/networking/tcp-ip-port-exhaustion-troubleshooting
+"""
+
+EXAMPLES = r"""
+- name: Give a busy client more ephemeral ports and a shorter TIME_WAIT
+  tcpstack.tuning.win_tcp:
+    port_range: 10000 65535
+    time_wait_delay: 30
+  register: tuned
+
+- name: Reboot when a registry value changed
+  ansible.windows.win_reboot:
+  when: tuned.reboot_required
+
+- name: The same range for UDP, IPv4 only
+  tcpstack.tuning.win_tcp:
+    port_range: [10000, 65535]
+    protocols: [udp]
+    ip_versions: [ipv4]
+
+- name: Back to Windows' defaults
+  tcpstack.tuning.win_tcp:
+    state: absent
+"""
+
+RETURN = r"""
+before:
+  description:
+    - The managed values before the run. C(registry) maps each managed registry value to its C(REG_DWORD) number,
+      C(null) when absent, or C({type, data}) when it has the wrong type; C(dynamic_port_range) maps IP version
+      and protocol to C({start, number, end}).
+  returned: always
+  type: dict
+  sample: {"registry": {"TcpTimedWaitDelay": null},
+           "dynamic_port_range": {"ipv4": {"tcp": {"start": 49152, "number": 16384, "end": 65535}}}}
+after:
+  description: The managed values after the run as read back from the host (what they would be, in check mode).
+  returned: always
+  type: dict
+  sample: {"registry": {"TcpTimedWaitDelay": 30},
+           "dynamic_port_range": {"ipv4": {"tcp": {"start": 10000, "number": 55536, "end": 65535}}}}
+reboot_required:
+  description: Whether a registry value changed; Windows reads them at boot. The dynamic range needs no reboot.
+  returned: always
+  type: bool
+  sample: true
+round_trips:
+  description: Commands sent to the host (0 when validation failed, 1 to read, 2 to read and apply).
+  returned: always
+  type: int
+  sample: 2
+build:
+  description: The host's Windows build number (C(CurrentBuildNumber)).
+  returned: success
+  type: int
+  sample: 20348
+excluded_port_ranges:
+  description: The excluded port ranges the host reports, by IP version and protocol.
+  returned: success
+  type: dict
+  sample: {"ipv4": {"tcp": [{"start": 50000, "end": 50059, "administered": true}]}}
+"""
