@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -34,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+FQCN = re.compile(r"[a-z0-9_]+\.[a-z0-9_]+\.[a-z0-9_]+")
 ROOT = Path(__file__).resolve().parents[2]  # the repository, which is the collection
 COLLECTIONS = ROOT / ".build" / "pytest"
 COLLECTION_LINK = COLLECTIONS / "ansible_collections" / "tcpstack" / "tuning"
@@ -328,6 +330,18 @@ class Sandbox:
         return self.sysctl(key) is not None
 
     # files --------------------------------------------------------------
+    def python_wrapper(self, directory):
+        """An interpreter that runs Python inside this namespace, for inventories run from outside it.
+
+        ``ansible_python_interpreter: <this path>`` with ``ansible_connection: local`` lets one
+        ansible-playbook on the machine reach this sandbox and, say, simulated Windows hosts on the
+        machine's loopback in the same inventory.
+        """
+        wrapper = Path(directory) / ("python-in-" + self.name)
+        wrapper.write_text("#!/bin/sh\nexec ip netns exec %s %s \"$@\"\n" % (shlex.quote(self.name), python_interpreter()))
+        wrapper.chmod(0o755)
+        return wrapper
+
     def path(self, name):
         """Where the file the namespace sees as /etc/sysctl.d/``name`` really is."""
         return self.sysctl_d / name
@@ -454,6 +468,8 @@ class Sandbox:
             work = Path(tmp)
             if isinstance(playbook, Path) or ("\n" not in playbook and os.path.isfile(playbook)):
                 playbook_path = Path(playbook).resolve()
+            elif FQCN.fullmatch(playbook):  # a collection playbook, e.g. tcpstack.tuning.tune
+                playbook_path = playbook
             else:
                 playbook_path = work / "playbook.yml"
                 playbook_path.write_text(playbook)
