@@ -1,171 +1,302 @@
-"""`make demo`: tune the TCP stack of a throwaway host with tcpstack.tuning.linux_tcp, and look at the result.
+"""`make demo`: real ephemeral-port exhaustion on a throwaway fleet, found by the audit, cured by the tuning.
 
-The "host" is a network namespace with its own /etc/sysctl.d (through
-/etc/netns/NAME), so nothing on this machine changes: ansible-playbook runs
-inside the namespace, where /proc/sys/net and /etc/sysctl.d are the
-namespace's own.  The namespace is deleted at the end, also on Ctrl-C or
-failure.  Needs root and iproute2.
+The fleet, all on this machine and all deleted at the end (also on Ctrl-C or failure):
+
+- "web" and "backend": two network namespaces joined by a veth pair (10.215.0.1 and 10.215.0.2, addresses
+  that exist only inside those two namespaces), each with its own /proc/sys/net and /etc/sysctl.d (through
+  /etc/netns/NAME); a small service listens on backend:8080;
+- "win2022": a simulated Windows Server 2022 (tests/windows_sim) on 127.0.0.1, reached over WinRM.
+
+One inventory holds the three; ansible-playbook runs on this machine, and reaches web and backend through an
+interpreter that runs Python inside their namespace.  The steps: a bounded connection churn from web to backend
+with stock settings (real EADDRNOTAVAIL), `ansible-playbook tcpstack.tuning.audit` (the report flags web),
+`ansible-playbook tcpstack.tuning.tune --diff`, the same churn again (no failure), the audit again (healthy).
+Nothing on this machine itself changes.  Needs root and iproute2.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
+import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 DEMO = Path(__file__).resolve().parent
 ROOT = DEMO.parent
 sys.path.insert(0, str(ROOT / "tests" / "lib"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 import netns  # noqa: E402  (tests/lib/netns.py)
 
-PLAYBOOK = DEMO / "tune.yml"
-INVENTORY = DEMO / "inventory.yml"
-PERSIST_FILE = "60-tcpstack-tuning.conf"
-SERVICE_PORT = 40000  # a pretend service listening inside the ephemeral range
+WEB_IP, BACKEND_IP, PORT = "10.215.0.1", "10.215.0.2", 8080
+NARROW_RANGE = "40000 40999"  # 1,000 ports
+ATTEMPTS, CHURN_SECONDS = 3000, 30
+REPORTS = ROOT / ".build" / "demo"
+USER, PASSWORD = "ansible", "Sim-Passw0rd!"
+STEPS = 9
 
-# key, what it is (for the table)
-SHOWN = (
-    ("net.ipv4.ip_local_port_range", "ports for outgoing connections"),
-    ("net.ipv4.ip_local_reserved_ports", "ports kept out of that range"),
-    ("net.ipv4.tcp_tw_reuse", "reuse TIME_WAIT ports (1 = for all)"),
-    ("net.ipv4.tcp_tw_reuse_delay", "ms before a TIME_WAIT port is reused"),
-    ("net.ipv4.tcp_timestamps", "needed by tcp_tw_reuse"),
-    ("net.ipv4.tcp_fin_timeout", "s an orphan stays in FIN_WAIT_2"),
-    ("net.core.somaxconn", "max accept backlog"),
-)
+# accept, wait for the client's FIN, close: the client closes first and keeps its port in TIME_WAIT
+SERVER = r"""
+import socket, sys, time
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind((sys.argv[1], int(sys.argv[2])))
+sock.listen(4096)
+sock.settimeout(1.0)
+print("listening", flush=True)
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    try:
+        conn, _ = sock.accept()
+    except socket.timeout:
+        continue
+    conn.settimeout(5.0)
+    try:
+        conn.recv(1)
+    except OSError:
+        pass
+    conn.close()
+"""
 
-STEPS = 6
+# a bounded churn: ATTEMPTS connect()/close() at most, for SECONDS at most; counts what failed and how
+CHURN = r"""
+import errno, json, socket, sys, time
+address, port, attempts, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+started = time.monotonic()
+made = eaddrnotavail = other = 0
+for _ in range(attempts):
+    if time.monotonic() - started > seconds:
+        break
+    sock = socket.socket()
+    sock.settimeout(2.0)
+    try:
+        sock.connect((address, port))
+        made += 1
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            eaddrnotavail += 1
+        else:
+            other += 1
+    finally:
+        sock.close()
+print(json.dumps({"made": made, "eaddrnotavail": eaddrnotavail, "other": other,
+                  "seconds": round(time.monotonic() - started, 1)}))
+"""
+
 _step = 0
-
-
-def heading(title):
-    global _step
-    _step += 1
-    print("\n\033[1m" if sys.stdout.isatty() else "\n", end="")
-    print("== Step %d/%d: %s ==" % (_step, STEPS, title), end="")
-    print("\033[0m" if sys.stdout.isatty() else "")
-    sys.stdout.flush()
-
-
-def say(text=""):
-    print(textwrap.indent(textwrap.dedent(text).strip("\n"), "   ") if text else "", flush=True)
-
-
-def values(box):
-    raw = box.sysctls([key for key, _what in SHOWN])
-    return {key: None if value is None else " ".join(value.split()) for key, value in raw.items()}
-
-
-def _shown(value):
-    return '""' if value == "" else value
-
-
-def table(now, before=None):
-    """key, value, what it is; with ``before``: key, before, now, changed, what it is."""
-    if before is None:
-        rows = [("key", "value", "what it is")]
-        rows += [(key, _shown(now[key]), what) for key, what in SHOWN if now.get(key) is not None]
-    else:
-        rows = [("key", "before", "now", "", "what it is")]
-        rows += [(key, _shown(before[key]), _shown(now[key]), "*" if before[key] != now[key] else "", what)
-                 for key, what in SHOWN if now.get(key) is not None]
-    # keys the kernel lacks are left out (tcp_tw_reuse_delay needs Linux 6.14)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for number, row in enumerate(rows):
-        say("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-        if number == 0:
-            say("  ".join("-" * w for w in widths))
-    if before is not None:
-        say("* = changed")
-
-
-def command_line(box, *extra):
-    cmd = ["ip", "netns", "exec", box.name, "ansible-playbook", "-i", os.path.relpath(INVENTORY),
-           os.path.relpath(PLAYBOOK)] + list(extra)
-    return "$ " + " ".join(cmd)
-
-
-def run_ansible(box):
-    """ansible-playbook with --diff inside the sandbox, its output going straight to the user."""
-    say(command_line(box, "--diff"))
-    print(flush=True)
-    rc, results = box.run_playbook(PLAYBOOK, inventory=INVENTORY, diff=True, stream=True)
-    print(flush=True)
-    if rc != 0 or not results or any(r.get("failed") for r in results):
-        raise DemoFailed("ansible-playbook failed (rc=%d): %s" % (rc, "; ".join(
-            str(r.get("msg")) for r in results if r.get("failed")) or "see its output above"))
-    return results
+_children = []
 
 
 class DemoFailed(Exception):
     pass
 
 
-def demo(box):
-    heading("create a throwaway host")
-    box.create()
+def bold(text):
+    return "\033[1m%s\033[0m" % text if sys.stdout.isatty() else text
+
+
+def heading(title):
+    global _step
+    _step += 1
+    print("\n" + bold("== Step %d/%d: %s ==" % (_step, STEPS, title)), flush=True)
+
+
+def say(text=""):
+    print(textwrap.indent(textwrap.dedent(text).strip("\n"), "   ") if text else "", flush=True)
+
+
+def stop(child):
+    """End a process this demo started (in a session of its own) and its process group."""
+    if child.poll() is not None:
+        return
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(timeout=5)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=5)
+
+
+class Fleet:
+    """web and backend (namespaces joined by a veth pair), a simulated Windows host, one inventory."""
+
+    def __init__(self, work):
+        self.work = Path(work)
+        self.web = netns.Sandbox.new(prefix="tcpst-demo-web")
+        self.backend = netns.Sandbox.new(prefix="tcpst-demo-be")
+        self.windows = None
+        self.inventory = self.work / "inventory.yml"
+
+    def create(self):
+        from windows_sim import Simulator  # pylint: disable=import-outside-toplevel
+
+        self.web.create()
+        self.backend.create()
+        link = "tcpdemo%d" % (os.getpid() % 10000)
+        subprocess.run(["ip", "link", "add", link + "a", "netns", self.web.name, "type", "veth", "peer", "name",
+                        link + "b", "netns", self.backend.name], check=True, capture_output=True, timeout=30)
+        for box, end, address in ((self.web, link + "a", WEB_IP), (self.backend, link + "b", BACKEND_IP)):
+            box.exec(["ip", "addr", "add", address + "/24", "dev", end])
+            box.exec(["ip", "link", "set", end, "up"])
+        server = subprocess.Popen(self.backend.argv([sys.executable, "-c", SERVER, BACKEND_IP, PORT, 600]),
+                                  stdout=subprocess.PIPE, text=True, start_new_session=True)
+        _children.append(server)
+        if server.stdout.readline().strip() != "listening":
+            raise DemoFailed("the backend service did not start")
+        self.windows = Simulator(profile="server2022", username=USER, password=PASSWORD).start()
+        linux = "\n".join(
+            "    %s:\n      ansible_connection: local\n      ansible_python_interpreter: %s" % (
+                name, box.python_wrapper(self.work)) for name, box in (("web", self.web), ("backend", self.backend)))
+        self.inventory.write_text(
+            "# made by demo/demo.py: two Linux hosts (network namespaces, Python runs inside them) and a\n"
+            "# simulated Windows host over WinRM on 127.0.0.1\n"
+            "all:\n  hosts:\n%s\n    win2022:\n      ansible_connection: winrm\n      ansible_host: 127.0.0.1\n"
+            "      ansible_port: %d\n      ansible_winrm_transport: basic\n      ansible_winrm_scheme: http\n"
+            "      ansible_user: %s\n      ansible_password: %s\n" % (linux, self.windows.port, USER, PASSWORD))
+
+    def destroy(self):
+        for child in _children:
+            stop(child)
+        if self.windows is not None:
+            self.windows.stop()
+        self.web.destroy()
+        self.backend.destroy()
+        return not any(os.path.exists("/run/netns/" + box.name) or box.etc_dir.exists()
+                       for box in (self.web, self.backend))
+
+
+def churn(fleet):
+    done = fleet.web.exec([sys.executable, "-c", CHURN, BACKEND_IP, PORT, ATTEMPTS, CHURN_SECONDS],
+                          timeout=CHURN_SECONDS + 30)
+    return json.loads(done.stdout)
+
+
+def show_churn(counts):
     say("""
-        A network namespace, %s, stands in for a server: it has its own TCP
-        settings (/proc/sys/net) and its own /etc/sysctl.d, which really is
-        %s.  Nothing on this machine is changed.
-        """ % (box.name, box.sysctl_d))
-    with box.listener(SERVICE_PORT, seconds=600):
-        say("A pretend service listens on TCP port %d there, inside the ephemeral port range." % SERVICE_PORT)
-        tune(box)
+        %(made)s connections made, %(eaddrnotavail)s failed with EADDRNOTAVAIL ("Cannot assign requested
+        address"), %(other)s failed otherwise, in %(seconds)ss.
+        """ % counts)
 
 
-def tune(box):
-    heading("its TCP settings now (the kernel's defaults)")
-    before = values(box)
-    table(before)
-
-    heading("apply the recommended tuning with ansible-playbook --diff")
-    say("The playbook, %s:" % os.path.relpath(PLAYBOOK))
+def ansible(fleet, playbook, *args):
+    """ansible-playbook over the fleet's inventory, its own output going straight to the user."""
+    cmd = [netns.ansible_playbook(), "-i", str(fleet.inventory), playbook] + list(args)
+    shown = ["ansible-playbook", "-i", str(fleet.inventory)] + [playbook] + list(args)
+    say("$ " + " ".join(shlex.quote(c) for c in shown))
     print(flush=True)
-    say("\n".join("  " + line for line in PLAYBOOK.read_text().splitlines() if not line.startswith("#")))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(netns.collections_path()), ANSIBLE_RETRY_FILES_ENABLED="false",
+               ANSIBLE_LOCALHOST_WARNING="false")
+    if sys.stdout.isatty():
+        env.setdefault("ANSIBLE_FORCE_COLOR", "1")
+    child = subprocess.Popen(cmd, cwd=str(fleet.work), env=env, start_new_session=True)
+    _children.append(child)
+    try:
+        rc = child.wait(timeout=300)
+    except BaseException:
+        stop(child)
+        raise
+    finally:
+        _children.remove(child)
     print(flush=True)
-    first = run_ansible(box)
-    changed = sum(1 for r in first if r.get("changed"))
-    for result in first:
-        for warning in result.get("warnings") or []:
-            say("module warning: " + warning)
+    return rc
 
-    heading("what changed")
-    now = values(box)
-    table(now, before)
+
+def audit(fleet, name):
+    target = REPORTS / name
+    rc = ansible(fleet, "tcpstack.tuning.audit", "-e", "port_audit_report_dir=%s" % target)
+    if rc != 0:
+        raise DemoFailed("the audit failed (rc=%d): see ansible's output above" % rc)
+    report = json.loads((target / "port_audit.json").read_text())
+    return report, target / "port_audit.html"
+
+
+def verdicts(report):
+    return ", ".join("%s %s" % (row["host"], row["verdict"]) for row in report["hosts"])
+
+
+def demo(fleet):
+    heading("a throwaway fleet: web -> backend, and a Windows host")
+    fleet.create()
+    say("""
+        web (%s) and backend (%s) are network namespaces joined by a veth pair,
+        %s -> %s, each with its own TCP settings and /etc/sysctl.d; a service listens on backend:%d.
+        win2022 is a simulated Windows Server 2022 on 127.0.0.1:%d (WinRM). Nothing on this machine
+        itself changes. The inventory (%s):
+        """ % (fleet.web.name, fleet.backend.name, WEB_IP, BACKEND_IP, PORT, fleet.windows.port, fleet.inventory))
     print()
+    say("\n".join("  | " + line for line in fleet.inventory.read_text().splitlines() if not line.startswith("#")))
+
+    heading("stock settings on web, with a narrower port range")
+    stock = fleet.web.sysctl("net.ipv4.ip_local_port_range")
+    fleet.web.set_sysctl("net.ipv4.ip_local_port_range", NARROW_RANGE)
     say("""
-        The port range now has %d ports instead of %d, port %d is reserved so
-        that no outgoing connection takes it while the service restarts, and
-        connect() may reuse ports in TIME_WAIT.
-        """ % (_size(now["net.ipv4.ip_local_port_range"]), _size(before["net.ipv4.ip_local_port_range"]),
-               SERVICE_PORT))
-    text = box.read_file(PERSIST_FILE)
+        web has the kernel's defaults: ip_local_port_range %s (28,232 ports) and tcp_tw_reuse %s
+        (TIME_WAIT ports are reused towards loopback only). Each closed connection keeps its port in
+        TIME_WAIT for 60 s, so web can sustain at most 28,232 / 60 = 470 new connections per second to
+        backend:%d; above that, connect() fails with EADDRNOTAVAIL.
+
+        To make it visible quickly, the demo narrows web's range to 1,000 ports (%s), which is the same
+        arithmetic as 28,232 ports under 470 connections/s: a burst uses up the range in under a second.
+        """ % (" ".join(stock.split()), fleet.web.sysctl("net.ipv4.tcp_tw_reuse"), PORT, NARROW_RANGE.replace(" ", "-")))
+
+    heading("a burst of %d connections from web to backend" % ATTEMPTS)
+    first = churn(fleet)
+    show_churn(first)
+    if first["eaddrnotavail"] == 0:
+        raise DemoFailed("the churn should have run out of ports with stock settings: %s" % first)
+
+    heading("the audit: ansible-playbook tcpstack.tuning.audit")
+    report, before_page = audit(fleet, "before")
     print()
+    say("The report flags: %s." % verdicts(report))
+    web = [row for row in report["hosts"] if row["host"] == "web"][0]
+    if web["verdict"] != "critical" or report["hosts"][0]["host"] != "web":
+        raise DemoFailed("the audit should have put web first, critical: %s" % verdicts(report))
+    say("web's recommendations: %s" % json.dumps(web["recommendations"], sort_keys=True))
+
+    heading("the cure: ansible-playbook tcpstack.tuning.tune --diff")
     say("""
-        So that it survives a reboot, the module wrote /etc/sysctl.d/%s
-        (mode %04o, really %s):
-        """ % (PERSIST_FILE, box.path(PERSIST_FILE).stat().st_mode & 0o777, box.path(PERSIST_FILE)))
-    print(flush=True)
-    say("\n".join("  | " + line for line in (text or "(missing!)").splitlines()))
-    if changed != 1 or text is None:
-        raise DemoFailed("the first run should have changed the host and written %s" % PERSIST_FILE)
+        With the tcp_tuning role's defaults: port range 32768-65535 (32,768 ports) and tcp_tw_reuse 1
+        (connect() may reuse a TIME_WAIT port after a second, with TCP timestamps), fin_timeout 30; on
+        Windows the same range and TcpTimedWaitDelay 30 (read at the next boot). Persisted in each host's
+        /etc/sysctl.d (really /etc/netns/NAME/sysctl.d) or registry.
+        """)
+    print()
+    rc = ansible(fleet, "tcpstack.tuning.tune", "--diff")
+    if rc != 0:
+        raise DemoFailed("the tuning failed (rc=%d): see ansible's output above" % rc)
+    say("web now: ip_local_port_range %s, tcp_tw_reuse %s." % (
+        " ".join(fleet.web.sysctl("net.ipv4.ip_local_port_range").split()), fleet.web.sysctl("net.ipv4.tcp_tw_reuse")))
 
-    heading("run it again: nothing left to do")
-    again = run_ansible(box)
-    changed = sum(1 for r in again if r.get("changed"))
-    if changed:
-        raise DemoFailed("the second run changed something (changed=%d): the module is not idempotent" % changed)
-    say("changed=0: the host already has these values (compared by meaning, so the kernel's")
-    say('"32768<TAB>65535" equals the playbook\'s [32768, 65535]) and the file is not rewritten.')
+    heading("the same burst again")
+    second = churn(fleet)
+    show_churn(second)
+    if second["eaddrnotavail"] or second["other"]:
+        raise DemoFailed("after the tuning, the churn should not fail: %s" % second)
 
+    heading("the audit again")
+    report, after_page = audit(fleet, "after")
+    print()
+    say("The report now: %s." % verdicts(report))
+    if any(row["verdict"] == "critical" for row in report["hosts"]):
+        raise DemoFailed("no host should be critical any more: %s" % verdicts(report))
 
-def _size(port_range):
-    low, high = (int(p) for p in port_range.split())
-    return high - low + 1
+    heading("the reports")
+    say("""
+        Before the tuning: %s
+        After the tuning:  %s
+        (one self-contained HTML page each, JSON and Markdown beside it; open them in a browser)
+        Before: %d connect() failures out of %d. After: %d out of %d.
+        """ % (before_page, after_page, first["eaddrnotavail"] + first["other"], ATTEMPTS,
+               second["eaddrnotavail"] + second["other"], ATTEMPTS))
 
 
 def _on_signal(signum, _frame):
@@ -173,42 +304,44 @@ def _on_signal(signum, _frame):
 
 
 def main():
-    print("tcpstack.tuning demo: tune the TCP stack of a throwaway host against ephemeral-port exhaustion")
+    started = time.monotonic()
+    print(bold("tcpstack.tuning demo: ephemeral-port exhaustion on a throwaway fleet, audited, tuned, audited again"))
     problems = netns.missing_requirements()
     if problems:
         print("\nThe demo cannot run here. It needs:", file=sys.stderr)
         for problem in problems:
             print("  - " + problem, file=sys.stderr)
-        print("\nIt creates a network namespace (a throwaway host) and changes TCP settings inside it only;\n"
+        print("\nIt creates network namespaces (throwaway hosts) and changes TCP settings inside them only;\n"
               "run it as root, e.g.: sudo make demo", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
-    box = netns.Sandbox.new(prefix="tcpst-demo")
     code = 0
-    try:
-        demo(box)
-    except DemoFailed as exc:
-        print("\nDEMO FAILED: %s" % exc, file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        print("\nInterrupted.", file=sys.stderr)
-        code = 130
-    except Exception as exc:  # noqa: BLE001 - say what broke, then clean up
-        print("\nDEMO FAILED: %s: %s" % (type(exc).__name__, exc), file=sys.stderr)
-        code = 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
-        global _step
-        _step = STEPS - 1
-        heading("remove the throwaway host")
-        box.destroy()
-        gone = not os.path.exists("/run/netns/" + box.name) and not box.etc_dir.exists()
-        say("Deleted namespace %s and %s." % (box.name, box.etc_dir) if gone
-            else "Could not delete everything: check `ip netns list` and %s" % box.etc_dir)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    with tempfile.TemporaryDirectory(prefix="tcpstack-demo-") as work:
+        fleet = Fleet(work)
+        try:
+            demo(fleet)
+        except DemoFailed as exc:
+            print("\nDEMO FAILED: %s" % exc, file=sys.stderr)
+            code = 1
+        except KeyboardInterrupt:
+            print("\nInterrupted.", file=sys.stderr)
+            code = 130
+        except Exception as exc:  # noqa: BLE001 - say what broke, then clean up
+            print("\nDEMO FAILED: %s: %s" % (type(exc).__name__, exc), file=sys.stderr)
+            code = 1
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
+            global _step
+            _step = STEPS - 1
+            heading("remove the throwaway fleet")
+            gone = fleet.destroy()
+            say("Deleted namespaces %s, %s (and /etc/netns/...), stopped the Windows simulator." % (
+                fleet.web.name, fleet.backend.name) if gone else
+                "Could not delete everything: check `ip netns list` and /etc/netns/")
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     if code == 0:
-        print("\nDone: the tuning applied, persisted, and a second run changed nothing.")
+        print("\nDone in %.0f s: exhaustion found, tuned, gone." % (time.monotonic() - started))
     return code
 
 

@@ -22,6 +22,7 @@ TOOLS = {
     'mount': 'util-linux',
     'git': 'git',
     'shellcheck': 'shellcheck',  # used by the ansible-test sanity test "shellcheck"
+    'chromium': 'chromium',  # the port_audit test opens the HTML report in a headless browser
 }
 
 

@@ -1,0 +1,161 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""fleet_report: gather every host's port audit on the controller into one report (JSON, Markdown, HTML).
+
+Runs on the controller only (it never uses the task's connection).  The
+rendering is module_utils/fleet_report.py (pure, unit-tested); this shell
+reads the hosts' results from hostvars, writes the files atomically and
+prints the summary table.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+
+from ansible_collections.tcpstack.tuning.plugins.module_utils.fleet_report import (
+    FORMATS,
+    build_report,
+    host_row,
+    render,
+    render_summary,
+)
+
+display = Display()
+
+
+def _write(path, text):
+    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename), mode 0644."""
+    directory = os.path.dirname(path)
+    handle, temporary = tempfile.mkstemp(prefix=".fleet_report-", dir=directory)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def _plain(value):
+    """Hostvars values as plain Python containers (2.19 hands out lazy, tagged ones)."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return dict((to_text(k), _plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return to_text(value)
+
+
+class ActionModule(ActionBase):
+    """Build, write and summarise the fleet report; changes no host."""
+
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(("hosts", "result_var", "error_vars", "dest", "formats", "title", "fail_on_critical",
+                             "results"))
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        self._supports_check_mode = True
+        self._supports_async = False
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        result["changed"] = False
+        args = self._task.args
+        formats = args.get("formats", ["json", "markdown", "html"])
+        if isinstance(formats, str):
+            formats = [f.strip() for f in formats.split(",") if f.strip()]
+        formats = [to_text(f) for f in formats]
+        bad = [f for f in formats if f not in FORMATS]
+        if bad:
+            result.update(failed=True, msg="formats must be among %s, got %s" % (", ".join(FORMATS), ", ".join(bad)))
+            return result
+        try:
+            fail_on_critical = self._bool(args.get("fail_on_critical", False), "fail_on_critical")
+        except ValueError as exc:
+            result.update(failed=True, msg=str(exc))
+            return result
+
+        rows = []
+        explicit = args.get("results")
+        if explicit is not None:
+            if not isinstance(explicit, dict):
+                result.update(failed=True, msg="results must be a dict {host: info module result with platform}")
+                return result
+            gathered = dict((to_text(h), _plain(r)) for h, r in explicit.items())
+        else:
+            hosts = args.get("hosts") or task_vars.get("ansible_play_hosts_all") or []
+            result_var = to_text(args.get("result_var", "port_audit_result"))
+            error_vars = [to_text(v) for v in (args.get("error_vars") or [])]
+            hostvars = task_vars.get("hostvars", {})
+            gathered = {}
+            for host in hosts:
+                host = to_text(host)
+                try:
+                    value = hostvars[host].get(result_var) if host in hostvars else None
+                    if value is None and host in hostvars:
+                        value = self._failure(hostvars[host], error_vars)
+                except Exception as exc:  # noqa: BLE001 - a broken variable is that host's error, not the report's
+                    value = {"failed": True, "msg": "could not read %s: %s" % (result_var, exc)}
+                gathered[host] = _plain(value) if value is not None else None
+        for host, value in gathered.items():
+            platform = value.get("platform") if isinstance(value, dict) else None
+            rows.append(host_row(host, platform, value))
+
+        generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        report = build_report(rows, generated, to_text(args.get("title", "Ephemeral-port audit")))
+        files = {}
+        if formats:
+            dest = os.path.abspath(os.path.expanduser(to_text(args.get("dest", "port_audit_report"))))
+            try:
+                os.makedirs(dest, exist_ok=True)
+                for fmt, text in render(report, formats).items():
+                    files[fmt] = os.path.join(dest, FORMATS[fmt])
+                    _write(files[fmt], text)
+            except OSError as exc:
+                result.update(failed=True, msg="could not write the report to %s: %s" % (dest, exc))
+                return result
+        summary = render_summary(report)
+        display.display("\nport audit of %d host(s), riskiest first:\n%s%s" % (
+            len(rows), summary, "".join("\n%s report: %s" % (f, p) for f, p in files.items())))
+        result.update(report=report, files=files, critical=report["critical"], verdict=report["verdict"],
+                      summary=summary.splitlines())
+        if fail_on_critical and report["critical"]:
+            result.update(failed=True, msg="critical ephemeral-port exhaustion on %d host(s): %s" % (
+                len(report["critical"]), ", ".join(report["critical"])))
+        return result
+
+    @staticmethod
+    def _failure(variables, names):
+        """The first registered result among ``names`` that failed or was unreachable: why the host has no result."""
+        for name in names:
+            registered = variables.get(name)
+            if hasattr(registered, "get") and (registered.get("failed") or registered.get("unreachable")):
+                return {"failed": True, "msg": to_text(registered.get("msg") or "the audit failed")}
+        return None
+
+    @staticmethod
+    def _bool(value, name):
+        if isinstance(value, bool):
+            return value
+        text = to_text(value).strip().lower()
+        if text in ("1", "true", "yes", "on", "y"):
+            return True
+        if text in ("0", "false", "no", "off", "n"):
+            return False
+        raise ValueError("%s must be a boolean, got %r" % (name, value))

@@ -1,0 +1,302 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The fleet report of the port_audit role: pure functions, no I/O.
+
+``host_row`` turns one host's port_usage_info / win_port_usage_info result
+into a row; ``build_report`` ranks the rows riskiest first; ``render_json``,
+``render_markdown``, ``render_html`` and ``render_summary`` turn the report
+into text.  Every value that reaches HTML or Markdown is escaped, so a host
+name or a finding holding markup renders as text.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+VERDICTS = ("critical", "warning", "unknown", "ok")  # riskiest first
+FORMATS = {"json": "port_audit.json", "markdown": "port_audit.md", "html": "port_audit.html"}
+NO_RESULT = "no result: the host was unreachable or its audit failed before it ran"
+
+
+def _number(value):
+    """``value`` as a float, or None when it is not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _clamp(value):
+    return None if value is None else max(0.0, min(1.0, value))
+
+
+def host_row(host, platform, result):
+    """One host's row from its info module result (None when there is none).
+
+    ``utilisation`` (0..1) is what the verdict is measured on: on Linux the
+    busiest destination tuple's share of the usable ports (the limit is per
+    tuple), on Windows the ports held on the host against the usable dynamic
+    ports (one host-wide pool).
+    """
+    row = {
+        "host": str(host),
+        "platform": str(platform or "unknown"),
+        "verdict": "unknown",
+        "utilisation": None,
+        "ports_held": None,
+        "usable_ports": None,
+        "top_destination": None,
+        "max_new_connections_per_second": None,
+        "findings": [],
+        "recommendations": {},
+        "error": None,
+    }
+    if not isinstance(result, dict):
+        row["error"] = NO_RESULT
+        return row
+    if result.get("failed") or result.get("unreachable") or result.get("skipped"):
+        row["error"] = str(result.get("msg") or "the audit failed")
+        return row
+    verdict = result.get("verdict")
+    row["verdict"] = verdict if verdict in VERDICTS else "unknown"
+    ephemeral = result.get("ephemeral") or {}
+    usable = ephemeral.get("usable")
+    row["usable_ports"] = usable if _number(usable) is not None else None
+    held = result.get("ports_held")
+    row["ports_held"] = held if _number(held) is not None else None
+    destinations = [d for d in (result.get("destinations") or []) if isinstance(d, dict)]
+    if destinations:
+        top = destinations[0]
+        row["top_destination"] = {
+            "endpoint": str(top.get("endpoint", "")),
+            "in_use": top.get("in_use"),
+            "time_wait": top.get("time_wait"),
+            "blocking": top.get("blocking"),
+            "utilisation": _number(top.get("utilisation")),
+        }
+    if row["platform"] == "windows":
+        if row["usable_ports"]:
+            row["utilisation"] = _clamp(float(row["ports_held"] or 0) / row["usable_ports"])
+        elif row["usable_ports"] == 0:
+            row["utilisation"] = 1.0
+    elif row["top_destination"] is not None:
+        row["utilisation"] = _clamp(row["top_destination"]["utilisation"])
+    elif row["usable_ports"] == 0:
+        row["utilisation"] = 1.0
+    else:
+        row["utilisation"] = 0.0
+    remote = (result.get("capacity") or {}).get("remote") or {}
+    row["max_new_connections_per_second"] = _number(remote.get("max_new_connections_per_second"))
+    row["findings"] = [str(f) for f in (result.get("findings") or [])]
+    recommendations = result.get("recommendations")
+    row["recommendations"] = dict(recommendations) if isinstance(recommendations, dict) else {}
+    return row
+
+
+def risk_key(row):
+    """Sort key: verdict (critical, warning, unknown, ok), then utilisation (highest first), then the ports held
+    towards the top destination (most first), then the name."""
+    utilisation = row.get("utilisation")
+    top = row.get("top_destination") or {}
+    in_use = _number(top.get("in_use")) or 0.0
+    return (VERDICTS.index(row["verdict"]) if row["verdict"] in VERDICTS else len(VERDICTS),
+            -(utilisation if utilisation is not None else -1.0), -in_use, row["host"])
+
+
+def build_report(rows, generated, title="Ephemeral-port audit"):
+    """The report: rows riskiest first, counts per verdict, the critical hosts and the fleet's verdict."""
+    ordered = sorted(rows, key=risk_key)
+    counts = dict((verdict, 0) for verdict in VERDICTS)
+    for row in ordered:
+        counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+    worst = ordered[0]["verdict"] if ordered else "ok"
+    return {
+        "title": str(title),
+        "generated": str(generated),
+        "verdict": worst,
+        "counts": counts,
+        "critical": [row["host"] for row in ordered if row["verdict"] == "critical"],
+        "hosts": ordered,
+    }
+
+
+# ---------------------------------------------------------------- text helpers
+def percent(value):
+    """0.912 -> "91.2%"; None -> "n/a"."""
+    if value is None:
+        return "n/a"
+    text = "%.1f" % (value * 100.0)
+    return (text[:-2] if text.endswith(".0") else text) + "%"
+
+
+def destination_text(row):
+    top = row.get("top_destination")
+    if not top:
+        return "-"
+    if top.get("in_use") is None:
+        return top["endpoint"]
+    return "%s (%s ports)" % (top["endpoint"], "{:,}".format(top["in_use"]))
+
+
+def recommendation_items(row):
+    """["tw_reuse: 1", "port_range: 32768 65535", ...] in a stable order."""
+    out = []
+    for key in sorted(row.get("recommendations") or {}):
+        value = row["recommendations"][key]
+        out.append("%s: %s" % (key, value if isinstance(value, str) else json.dumps(value, sort_keys=True)))
+    return out
+
+
+def render_json(report):
+    return json.dumps(report, indent=2, sort_keys=True) + "\n"
+
+
+# ---------------------------------------------------------------- markdown
+def md_escape(value):
+    """Text safe inside a Markdown table cell: no markup, no cell break, no line break."""
+    text = html.escape(str(value), quote=False)
+    for char in "\\`*_[]|":
+        text = text.replace(char, "\\" + char)
+    return " ".join(text.split())
+
+
+def render_markdown(report):
+    lines = ["# %s" % md_escape(report["title"]), "",
+             "Generated %s. Fleet verdict: **%s** (%s)." % (
+                 md_escape(report["generated"]), md_escape(report["verdict"]),
+                 ", ".join("%d %s" % (report["counts"].get(v, 0), v) for v in VERDICTS)), "",
+             "| host | platform | verdict | utilisation | top destination | recommendations | findings |",
+             "|---|---|---|---|---|---|---|"]
+    for row in report["hosts"]:
+        findings = row["findings"] + ([row["error"]] if row.get("error") else [])
+        lines.append("| %s |" % " | ".join([
+            md_escape(row["host"]), md_escape(row["platform"]), md_escape(row["verdict"]),
+            md_escape(percent(row["utilisation"])), md_escape(destination_text(row)),
+            "<br>".join(md_escape(item) for item in recommendation_items(row)) or "-",
+            "<br>".join(md_escape(item) for item in findings) or "-"]))
+    lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- summary (the play's output)
+def render_summary(report, width=40):
+    """A plain-text table: host, platform, verdict, utilisation, top destination, recommendations."""
+    header = ("host", "platform", "verdict", "utilisation", "top destination", "recommendations")
+    rows = [header]
+    for row in report["hosts"]:
+        recommended = ", ".join(sorted(row["recommendations"])) or ("-" if not row.get("error") else row["error"])
+        rows.append((row["host"], row["platform"], row["verdict"].upper() if row["verdict"] == "critical" else row["verdict"],
+                     percent(row["utilisation"]), destination_text(row), recommended))
+    rows = [tuple(_shorten(" ".join(str(cell).split()), width) for cell in row) for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for number, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if number == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("fleet verdict: %s (%s)" % (report["verdict"], ", ".join(
+        "%d %s" % (report["counts"].get(v, 0), v) for v in VERDICTS)))
+    return "\n".join(lines)
+
+
+def _shorten(text, width):
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+# ---------------------------------------------------------------- html
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem;color:#1d2330;background:#fff}
+h1{font-size:1.5rem;margin:0 0 .25rem}
+p.meta{color:#5a6270;margin:0 0 1.25rem}
+.counts span{display:inline-block;margin-right:.75rem}
+table{border-collapse:collapse;width:100%}
+th,td{border-bottom:1px solid #dde1e7;padding:.5rem .6rem;text-align:left;vertical-align:top;font-size:.92rem}
+th{background:#f3f5f8;font-weight:600}
+.badge{display:inline-block;padding:.1rem .5rem;border-radius:.8rem;font-size:.8rem;font-weight:700;color:#fff}
+.verdict-critical .badge,.badge.critical{background:#c62828}
+.verdict-warning .badge,.badge.warning{background:#ef8f00}
+.verdict-ok .badge,.badge.ok{background:#2e7d32}
+.verdict-unknown .badge,.badge.unknown{background:#6b7280}
+.bar{width:10rem;height:.8rem;background:#e6e9ee;border-radius:.4rem;overflow:hidden}
+.bar span{display:block;height:100%;background:#2e7d32}
+.verdict-warning .bar span{background:#ef8f00}
+.verdict-critical .bar span{background:#c62828}
+.pct{font-variant-numeric:tabular-nums;font-size:.85rem;color:#40464f}
+ul{margin:0;padding-left:1.1rem}
+code{white-space:nowrap;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.85rem}
+.muted{color:#6b7280}
+"""
+
+
+def _e(value):
+    return html.escape(str(value), quote=True)
+
+
+def _html_row(number, row):
+    utilisation = row["utilisation"]
+    width = 0 if utilisation is None else round(utilisation * 100.0, 1)
+    findings = row["findings"] + ([row["error"]] if row.get("error") else [])
+    recommended = recommendation_items(row)
+    capacity = row.get("max_new_connections_per_second")
+    cells = [
+        '<td class="host-name">%s</td>' % _e(row["host"]),
+        "<td>%s</td>" % _e(row["platform"]),
+        '<td><span class="badge %s">%s</span></td>' % (_e(row["verdict"]), _e(row["verdict"])),
+        '<td><div class="bar" title="%s"><span style="width:%s%%"></span></div><span class="pct">%s</span></td>' % (
+            _e(percent(utilisation)), _e(width), _e(percent(utilisation))),
+        "<td>%s%s</td>" % (_e(destination_text(row)), "" if capacity is None else
+                           '<br><span class="muted">max %s new connections/s %s</span>' % (
+                               _e("{:,}".format(capacity)),
+                               "for the host" if row["platform"] == "windows" else "per destination")),
+        "<td>%s</td>" % ("<ul>%s</ul>" % "".join("<li><code>%s</code></li>" % _e(i) for i in recommended)
+                         if recommended else '<span class="muted">none</span>'),
+        "<td>%s</td>" % ("<ul>%s</ul>" % "".join("<li>%s</li>" % _e(f) for f in findings)
+                         if findings else '<span class="muted">none</span>'),
+    ]
+    return '<tr class="host verdict-%s" id="host-%d" data-host="%s" data-verdict="%s">%s</tr>' % (
+        _e(row["verdict"]), number, _e(row["host"]), _e(row["verdict"]), "".join(cells))
+
+
+def render_html(report):
+    """One self-contained page: inline CSS, no script, no external asset."""
+    counts = "".join('<span><span class="badge %s">%d</span> %s</span>' % (_e(v), report["counts"].get(v, 0), _e(v))
+                     for v in VERDICTS)
+    rows = "\n".join(_html_row(number, row) for number, row in enumerate(report["hosts"], 1))
+    return """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>%(title)s</title>
+<style>%(css)s</style>
+</head>
+<body>
+<h1>%(title)s</h1>
+<p class="meta">Generated %(generated)s. Fleet verdict: <span class="badge %(verdict)s" id="fleet-verdict">%(verdict)s</span></p>
+<p class="counts">%(counts)s</p>
+<table id="hosts">
+<thead><tr><th>host</th><th>platform</th><th>verdict</th><th>utilisation</th><th>top destination</th>
+<th>recommendations</th><th>findings</th></tr></thead>
+<tbody>
+%(rows)s
+</tbody>
+</table>
+<p class="meta">Riskiest first. Utilisation: Linux, the busiest (local address, destination) tuple against the usable
+ephemeral ports; Windows, the ports held on the host against its usable dynamic ports. Recommendations are options of
+tcpstack.tuning.linux_tcp / win_tcp (or the tcp_tuning role).</p>
+</body>
+</html>
+""" % {"title": _e(report["title"]), "css": _CSS, "generated": _e(report["generated"]), "verdict": _e(report["verdict"]),
+       "counts": counts, "rows": rows}
+
+
+RENDERERS = {"json": render_json, "markdown": render_markdown, "html": render_html}
+
+
+def render(report, formats):
+    """{format: text} for the formats asked (json, markdown, html)."""
+    unknown = [f for f in formats if f not in RENDERERS]
+    if unknown:
+        raise ValueError("formats must be among %s, got %s" % (", ".join(sorted(RENDERERS)), ", ".join(map(str, unknown))))
+    return dict((f, RENDERERS[f](report)) for f in formats)

@@ -1,0 +1,407 @@
+"""The port_audit role and the audit playbook against a mixed fleet, with real ansible-playbook on the real kernel.
+
+The fleet, in one inventory and one ansible-playbook run:
+
+- ``web``: a network namespace joined by a veth pair to ``backend`` (10.214.0.1 and 10.214.0.2, addresses that
+  exist only inside those two namespaces).  web's range is narrowed to 1,000 ports with the stock reuse settings
+  and a bounded churn of connect()/close() towards backend:8080 runs until connect() fails with EADDRNOTAVAIL:
+  real exhaustion, so the audit must call web critical and recommend tw_reuse and a wider range;
+- ``backend`` and ``idle``: Linux namespaces with nothing wrong;
+- ``win2022`` (healthy) and ``win2016`` (80% of a 1,000-port dynamic range held: warning): simulated Windows
+  hosts over WinRM on 127.0.0.1 (tests/windows_sim).
+
+Linux hosts are reached with ``ansible_connection: local`` and an interpreter that runs Python inside their
+namespace (``Sandbox.python_wrapper``).  The HTML report is opened in a real headless browser (Debian's chromium).
+Only /proc/sys inside the namespaces this test created is written, never the machine's own.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+for extra in (TESTS, TESTS / "lib"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+from netns import _CALLBACK, Sandbox, ansible_playbook, collections_path  # noqa: E402  pylint: disable=wrong-import-position
+from windows_sim import Simulator  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def _load_conftest():
+    """tests/integration/conftest.py by path (every conftest is called "conftest": no plain import)."""
+    name = "tcpstack_tuning_integration_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+need = _load_conftest().need
+pytestmark = pytest.mark.usefixtures("root_netns")
+
+USER, PASSWORD = "ansible", "Sim-Passw0rd!"
+WEB_IP, BACKEND_IP, BACKEND_PORT = "10.214.0.1", "10.214.0.2", 8080
+RANGE = "40000 40999"
+ATTEMPTS, STOP_AFTER, CHURN_SECONDS = 3000, 20, 60
+ROLE = "tcpstack.tuning.port_audit"
+HOSTS = ("web", "backend", "idle", "win2022", "win2016")
+
+# accept, wait for the client's FIN, close: the client closes first and keeps its port in TIME_WAIT
+SERVER = r"""
+import socket, sys, time
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind((sys.argv[1], int(sys.argv[2])))
+sock.listen(4096)
+sock.settimeout(1.0)
+print("listening", flush=True)
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    try:
+        conn, _ = sock.accept()
+    except socket.timeout:
+        continue
+    conn.settimeout(5.0)
+    try:
+        conn.recv(1)
+    except OSError:
+        pass
+    conn.close()
+"""
+
+# bounded churn: at most ATTEMPTS connections, stop at the STOP_AFTER-th EADDRNOTAVAIL or after SECONDS
+CHURN = r"""
+import errno, json, socket, sys, time
+address, port, attempts, stop_after, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+deadline = time.monotonic() + seconds
+made = eaddrnotavail = other = 0
+for _ in range(attempts):
+    if time.monotonic() > deadline or eaddrnotavail >= stop_after:
+        break
+    sock = socket.socket()
+    sock.settimeout(2.0)
+    try:
+        sock.connect((address, port))
+        made += 1
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            eaddrnotavail += 1
+        else:
+            other += 1
+    finally:
+        sock.close()
+print(json.dumps({"made": made, "eaddrnotavail": eaddrnotavail, "other": other}))
+"""
+
+
+def _stop(child):
+    if child.poll() is not None:
+        return
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(timeout=5)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=5)
+
+
+def run_fleet(linux, sims, playbook, extra_vars=None, check=False, args=()):
+    """One ansible-playbook on the machine over the whole fleet.  Returns (rc, results, output)."""
+    with tempfile.TemporaryDirectory(prefix="tcpstack-audit-") as tmp:
+        work = Path(tmp)
+        hosts = {}
+        for name, box in linux.items():
+            hosts[name] = {"ansible_connection": "local", "ansible_python_interpreter": str(box.python_wrapper(work))}
+        for name, sim in sims.items():
+            hosts[name] = {"ansible_host": "127.0.0.1", "ansible_port": sim.port, "ansible_connection": "winrm",
+                           "ansible_winrm_transport": "basic", "ansible_winrm_scheme": "http",
+                           "ansible_user": USER, "ansible_password": PASSWORD}
+        (work / "inventory.json").write_text(json.dumps({"all": {"hosts": hosts}}))
+        if "\n" in playbook:
+            (work / "play.yml").write_text(playbook)
+            playbook = str(work / "play.yml")
+        (work / "callback_plugins").mkdir()
+        (work / "callback_plugins" / "tcpstack_results.py").write_text(_CALLBACK)
+        results_file = work / "results.jsonl"
+        results_file.touch()
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections_path()),
+                   ANSIBLE_CALLBACK_PLUGINS=str(work / "callback_plugins"), ANSIBLE_CALLBACKS_ENABLED="tcpstack_results",
+                   TCPSTACK_RESULTS=str(results_file), ANSIBLE_RETRY_FILES_ENABLED="false", ANSIBLE_NOCOLOR="1")
+        cmd = [ansible_playbook(), "-i", str(work / "inventory.json"), playbook] + list(args)
+        if extra_vars:
+            cmd += ["-e", json.dumps(extra_vars)]
+        cmd += ["--check"] if check else []
+        proc = subprocess.run(cmd, cwd=tmp, env=env, text=True, capture_output=True, timeout=300, check=False)
+        results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
+    return proc.returncode, results, proc.stdout + proc.stderr
+
+
+def play(**play_keys):
+    body = {"name": "site", "hosts": "all", "gather_facts": False, "roles": [ROLE]}
+    body.update(play_keys)
+    return json.dumps([body], indent=1)
+
+
+@pytest.fixture
+def fleet(request):
+    """web -> backend over a veth pair, an idle Linux host, two simulated Windows hosts; all removed afterwards."""
+    web, backend, idle = Sandbox.new(prefix="paw"), Sandbox.new(prefix="pab"), Sandbox.new(prefix="pai")
+    for box in (web, backend, idle):
+        request.addfinalizer(box.destroy)
+        box.create()
+    dev = "pa%d" % (os.getpid() % 100000)
+    subprocess.run(["ip", "link", "add", dev + "a", "netns", web.name, "type", "veth", "peer", "name", dev + "b",
+                    "netns", backend.name], check=True, capture_output=True, timeout=30)
+    for box, end, address in ((web, dev + "a", WEB_IP), (backend, dev + "b", BACKEND_IP)):
+        box.exec(["ip", "addr", "add", address + "/24", "dev", end])
+        box.exec(["ip", "link", "set", end, "up"])
+    server = subprocess.Popen(backend.argv([sys.executable, "-c", SERVER, BACKEND_IP, BACKEND_PORT, 600]),
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    request.addfinalizer(lambda: _stop(server))
+    assert server.stdout.readline().strip() == "listening"
+    assert web.set_sysctl("net.ipv4.ip_local_port_range", RANGE).split() == RANGE.split()
+    assert web.sysctl("net.ipv4.tcp_tw_reuse") == "2"  # stock: no reuse towards 10.214.0.2
+
+    with Simulator(profile="server2022", username=USER, password=PASSWORD) as win2022, \
+            Simulator(profile="server2016", language="de-DE", username=USER, password=PASSWORD) as win2016:
+        # win2016: 800 of 1,000 dynamic ports held towards one service: warning
+        win2016.host.set_dynamic_range(49152, 1000)
+        for port in range(49152, 49952):
+            win2016.host.add_connection("10.0.0.5", port, "10.0.0.9", 443, "TimeWait", 0)
+        yield {"web": web, "backend": backend, "idle": idle}, {"win2022": win2022, "win2016": win2016}
+
+
+def exhaust(web):
+    """Run the bounded churn from web to backend until EADDRNOTAVAIL (or at once when ports are still held)."""
+    done = web.exec([sys.executable, "-c", CHURN, BACKEND_IP, BACKEND_PORT, ATTEMPTS, STOP_AFTER, CHURN_SECONDS],
+                    timeout=CHURN_SECONDS + 30)
+    counts = json.loads(done.stdout)
+    assert counts["eaddrnotavail"] == STOP_AFTER and counts["other"] == 0, counts
+    return counts
+
+
+def task(results, name):
+    return [r for r in results if r["_task"] == name]
+
+
+REPORT_TASK = "Write the fleet report on the controller and print its summary"
+
+
+# ------------------------------------------------------------------ the browser
+def chromium():
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def browse(page, screenshot=None):
+    """The DOM of ``page`` after a real headless chromium loaded it (and, optionally, a screenshot)."""
+    browser = chromium()
+    need(browser is not None, "needs chromium (Debian package chromium; tools/hostdeps.py installs it)")
+    with tempfile.TemporaryDirectory(prefix="tcpstack-chromium-") as profile:
+        base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--user-data-dir=" + profile]
+        dom = subprocess.run(base + ["--dump-dom", Path(page).as_uri()], capture_output=True, text=True, timeout=120,
+                             check=False)
+        assert dom.returncode == 0 and "<html" in dom.stdout, dom.stderr[-2000:]
+        if screenshot is not None:
+            subprocess.run(base + ["--window-size=1400,900", "--screenshot=%s" % screenshot, Path(page).as_uri()],
+                           capture_output=True, timeout=120, check=False)
+    return dom.stdout
+
+
+class Rows(HTMLParser):
+    """Host rows (tr.host) of the DOM chromium dumped: data-host, data-verdict, the text of each cell."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.tags, self.h1 = [], [], ""
+        self._row = self._cell = None
+        self._in_h1 = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "tr" and "host" in (attrs.get("class") or "").split():
+            self._row = {"host": attrs.get("data-host"), "verdict": attrs.get("data-verdict"), "cells": []}
+        elif tag == "td" and self._row is not None:
+            self._cell = []
+        elif tag == "h1":
+            self._in_h1 = True
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._row is not None and self._cell is not None:
+            self._row["cells"].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.rows.append(self._row)
+            self._row = None
+        elif tag == "h1":
+            self._in_h1 = False
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._in_h1:
+            self.h1 += data
+
+
+# ------------------------------------------------------------------ tests
+def test_mixed_fleet_report_gate_and_check_mode(fleet, tmp_path):
+    linux, sims = fleet
+    web = linux["web"]
+    report_dir = tmp_path / "report"
+    title = 'Audit <script>document.title="owned"</script> & co'
+    first = exhaust(web)
+    assert first["made"] >= 1000, first  # a few more when a late RST frees a TIME_WAIT port (RFC 1337)
+
+    rc, results, output = run_fleet(linux, sims, "tcpstack.tuning.audit",
+                                    extra_vars={"port_audit_report_dir": str(report_dir), "port_audit_title": title})
+    assert rc == 0, output
+    # one info module call per host, the right one
+    for host in HOSTS:
+        ran = [r["_action"] for r in results if r["_host"] == host and r["_status"] == "ok"
+               and r["_action"].endswith("port_usage_info")]
+        assert ran == ["tcpstack.tuning.%s" % ("win_port_usage_info" if host.startswith("win") else "port_usage_info")]
+    (reported,) = task(results, REPORT_TASK)  # once for the fleet
+    assert reported["changed"] is False
+
+    report = json.loads((report_dir / "port_audit.json").read_text())
+    order = [row["host"] for row in report["hosts"]]
+    print("\n".join(reported["summary"]))
+    assert sorted(order) == sorted(HOSTS)
+    assert order[:2] == ["web", "win2016"], order  # critical, then warning, then the healthy ones
+    assert report["critical"] == ["web"] and report["verdict"] == "critical"
+    top = report["hosts"][0]
+    assert top["verdict"] == "critical" and top["platform"] == "linux" and top["utilisation"] == 1.0
+    assert top["top_destination"]["endpoint"] == "%s:%d" % (BACKEND_IP, BACKEND_PORT)
+    assert top["top_destination"]["in_use"] >= 1000
+    assert top["recommendations"]["tw_reuse"] == 1 and top["recommendations"]["port_range"] == "32768 65535"
+    assert top["findings"][0].startswith("%s:%d holds 1,000 of 1,000 usable ports" % (BACKEND_IP, BACKEND_PORT))
+    warn = report["hosts"][1]
+    assert warn["verdict"] == "warning" and warn["platform"] == "windows" and 0.7 <= warn["utilisation"] < 0.9
+    assert all(row["verdict"] == "ok" for row in report["hosts"][2:]), report["hosts"]
+    # the summary table at the end of the play, riskiest first
+    assert re.search(r"^web\s+linux\s+CRITICAL\s+100%\s+10\.214\.0\.2:8080", output, re.M), output
+    assert output.index("\nweb ") < output.index("\nwin2016 ") < output.index("\nidle ")
+    assert "html report: %s" % (report_dir / "port_audit.html") in output
+
+    markdown = (report_dir / "port_audit.md").read_text()
+    assert [line.split(" | ")[0][2:] for line in markdown.splitlines()[6:] if line.startswith("| ")] == order
+    assert "<script" not in markdown
+
+    # the HTML page in a real browser: every host has its row, riskiest first, the title is text
+    page = report_dir / "port_audit.html"
+    shot = tmp_path / "report.png"
+    rows = Rows()
+    rows.feed(browse(page, screenshot=shot))
+    print("screenshot:", shot, shot.exists())
+    assert [row["host"] for row in rows.rows] == order
+    assert [row["verdict"] for row in rows.rows] == [row["verdict"] for row in report["hosts"]]
+    web_cells = rows.rows[0]["cells"]
+    assert web_cells[0] == "web" and web_cells[2] == "critical" and web_cells[3] == "100%"
+    assert web_cells[4].startswith("%s:%d" % (BACKEND_IP, BACKEND_PORT))
+    assert "tw_reuse: 1" in web_cells[5] and "port_range: 32768 65535" in web_cells[5]
+    assert "script" not in rows.tags  # the title's markup stayed text: nothing ran
+    assert rows.h1 == title
+    assert "http" not in re.sub(r'xmlns="[^"]*"', "", page.read_text())  # no external asset
+    assert html.escape(title) in page.read_text()
+
+    # the CI gate: fail on critical, after writing the report
+    exhaust(web)
+    (report_dir / "port_audit.json").unlink()
+    rc, results, output = run_fleet(linux, sims, "tcpstack.tuning.audit",
+                                    extra_vars={"port_audit_report_dir": str(report_dir),
+                                                "port_audit_fail_on_critical": True, "port_audit_formats": ["json"]})
+    assert rc != 0, output
+    (gate,) = task(results, REPORT_TASK)
+    assert gate["_status"] == "failed" and gate["msg"] == "critical ephemeral-port exhaustion on 1 host(s): web", gate
+    assert json.loads((report_dir / "port_audit.json").read_text())["critical"] == ["web"]
+
+    # check mode: the same verdicts, and no host changes
+    exhaust(web)
+    before = {name: box.snapshot() for name, box in linux.items()}
+    registry = {name: (sim.host.registry_value("TcpTimedWaitDelay"), sim.host.dynamic_range()) for name, sim in sims.items()}
+    trips = {name: sim.round_trips for name, sim in sims.items()}
+    rc, results, output = run_fleet(linux, sims, "tcpstack.tuning.audit", check=True,
+                                    extra_vars={"port_audit_report_dir": str(tmp_path / "check")})
+    assert rc == 0, output
+    assert not any(r.get("changed") for r in results)
+    checked = json.loads((tmp_path / "check" / "port_audit.json").read_text())
+    assert [(r["host"], r["verdict"]) for r in checked["hosts"]][:2] == [("web", "critical"), ("win2016", "warning")]
+    assert {name: box.snapshot() for name, box in linux.items()} == before
+    assert {name: (sim.host.registry_value("TcpTimedWaitDelay"), sim.host.dynamic_range())
+            for name, sim in sims.items()} == registry
+    assert {name: sim.round_trips - trips[name] for name, sim in sims.items()} == {"win2022": 1, "win2016": 1}
+
+
+def test_hosts_variable_and_a_host_that_cannot_be_audited(fleet, tmp_path):
+    linux, sims = fleet
+    sims["win2022"].faults.drop_command(1)  # the next command to win2022 gets no answer
+    rc, results, output = run_fleet({"idle": linux["idle"]}, sims, "tcpstack.tuning.audit",
+                                    extra_vars={"port_audit_report_dir": str(tmp_path), "port_audit_hosts": "idle:win2022",
+                                                "port_audit_formats": ["json", "html"]})
+    assert rc != 0, output  # win2022 failed; the report still covers it
+    report = json.loads((tmp_path / "port_audit.json").read_text())
+    assert [(r["host"], r["verdict"]) for r in report["hosts"]] == [("win2022", "unknown"), ("idle", "ok")]
+    assert report["hosts"][0]["error"] and report["hosts"][0]["error"] != "no result: the host was unreachable or " \
+        "its audit failed before it ran", report["hosts"][0]  # the reason, from the failed task
+    print("win2022:", report["hosts"][0]["error"])
+    assert not (tmp_path / "port_audit.md").exists()
+    assert {r["_host"] for r in results} <= {"idle", "win2022"}  # win2016 is not in port_audit_hosts
+
+
+@pytest.mark.parametrize("variables, fragment, task_name", [
+    ({"port_audit_top": "many"}, "port_audit_top", "Validating arguments against arg spec"),
+    ({"port_audit_formats": ["pdf"]}, "port_audit_formats", "Validating arguments against arg spec"),
+    ({"port_audit_fail_on_critical": "perhaps"}, "port_audit_fail_on_critical", "Validating arguments against arg spec"),
+    ({"port_audit_platform": "solaris"}, "port_audit_platform", "Validating arguments against arg spec"),
+    ({"port_audit_sample_seconds": "soon"}, "port_audit_sample_seconds", "Validating arguments against arg spec"),
+    ({"port_audit_event_hours": [1]}, "port_audit_event_hours", "Validating arguments against arg spec"),
+    ({"port_audit_critical_percent": "high"}, "port_audit_critical_percent", "Validating arguments against arg spec"),
+    ({"port_audit_top": 0}, "port_audit_top must be 1-1000", "Check the ranges"),
+    ({"port_audit_sample_seconds": 61}, "port_audit_sample_seconds 0-60", "Check the ranges"),
+    ({"port_audit_warning_percent": 95}, "port_audit_warning_percent", "Check the ranges"),
+])
+def test_argument_errors_stop_before_any_host_is_audited(variables, fragment, task_name, tmp_path):
+    with Sandbox.new(prefix="paa") as box:
+        rc, results = box.run_playbook(play(), extra_vars=dict(variables, port_audit_report_dir=str(tmp_path)))
+        assert rc != 0
+        failed = [r for r in results if r["_status"] == "failed"]
+        assert failed and failed[0]["_task"].startswith(task_name), box.last_run.describe()
+        assert fragment in failed[0]["msg"] or fragment in json.dumps(failed[0].get("argument_errors", ""))
+        assert not [r for r in results if r["_action"].endswith("port_usage_info")]
+        assert not list(tmp_path.iterdir())
+
+
+def test_windows_only_fleet_and_no_files(fleet, tmp_path):
+    """The report task runs on the controller even when the first host is a Windows host; formats [] writes none."""
+    _linux, sims = fleet
+    trips = {name: sim.round_trips for name, sim in sims.items()}
+    rc, results, output = run_fleet({}, sims, "tcpstack.tuning.audit",
+                                    extra_vars={"port_audit_report_dir": str(tmp_path / "none"), "port_audit_formats": []})
+    assert rc == 0, output
+    (reported,) = task(results, REPORT_TASK)
+    assert [r["host"] for r in reported["report"]["hosts"]] == ["win2016", "win2022"]
+    assert reported["files"] == {} and not (tmp_path / "none").exists()
+    assert {name: sim.round_trips - trips[name] for name, sim in sims.items()} == {"win2022": 1, "win2016": 1}
