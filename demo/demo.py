@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "tests" / "lib"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import netns  # noqa: E402  (tests/lib/netns.py)
+from traffic import CHURN, SERVER  # noqa: E402  (tests/lib/traffic.py)
 
 WEB_IP, BACKEND_IP, PORT = "10.215.0.1", "10.215.0.2", 8080
 NARROW_RANGE = "40000 40999"  # 1,000 ports
@@ -40,54 +41,6 @@ ATTEMPTS, CHURN_SECONDS = 3000, 30
 REPORTS = ROOT / ".build" / "demo"
 USER, PASSWORD = "ansible", "Sim-Passw0rd!"
 STEPS = 9
-
-# accept, wait for the client's FIN, close: the client closes first and keeps its port in TIME_WAIT
-SERVER = r"""
-import socket, sys, time
-sock = socket.socket()
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind((sys.argv[1], int(sys.argv[2])))
-sock.listen(4096)
-sock.settimeout(1.0)
-print("listening", flush=True)
-deadline = time.monotonic() + float(sys.argv[3])
-while time.monotonic() < deadline:
-    try:
-        conn, _ = sock.accept()
-    except socket.timeout:
-        continue
-    conn.settimeout(5.0)
-    try:
-        conn.recv(1)
-    except OSError:
-        pass
-    conn.close()
-"""
-
-# a bounded churn: ATTEMPTS connect()/close() at most, for SECONDS at most; counts what failed and how
-CHURN = r"""
-import errno, json, socket, sys, time
-address, port, attempts, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-started = time.monotonic()
-made = eaddrnotavail = other = 0
-for _ in range(attempts):
-    if time.monotonic() - started > seconds:
-        break
-    sock = socket.socket()
-    sock.settimeout(2.0)
-    try:
-        sock.connect((address, port))
-        made += 1
-    except OSError as exc:
-        if exc.errno == errno.EADDRNOTAVAIL:
-            eaddrnotavail += 1
-        else:
-            other += 1
-    finally:
-        sock.close()
-print(json.dumps({"made": made, "eaddrnotavail": eaddrnotavail, "other": other,
-                  "seconds": round(time.monotonic() - started, 1)}))
-"""
 
 _step = 0
 _children = []
@@ -174,7 +127,7 @@ class Fleet:
 
 
 def churn(fleet):
-    done = fleet.web.exec([sys.executable, "-c", CHURN, BACKEND_IP, PORT, ATTEMPTS, CHURN_SECONDS],
+    done = fleet.web.exec([sys.executable, "-c", CHURN, BACKEND_IP, PORT, ATTEMPTS, 0, CHURN_SECONDS],
                           timeout=CHURN_SECONDS + 30)
     return json.loads(done.stdout)
 

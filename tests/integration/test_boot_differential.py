@@ -19,7 +19,6 @@ and ``TCPSTACK_DIFF_SEED=<seed> TCPSTACK_DIFF_LAYOUTS=1`` reruns just that layou
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import posixpath
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from ci import need  # tests/lib, on sys.path through tests/integration/conftest.py
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import canonical, loose
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d import (
     INITS,
@@ -40,19 +40,6 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d imp
     predict,
 )
 
-
-def _load_conftest():
-    """tests/integration/conftest.py by path (every conftest is called "conftest": no plain import)."""
-    name = "tcpstack_tuning_integration_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-need = _load_conftest().need
 
 RUNNER = Path(__file__).with_name("boot_runner.py")
 SYSTEMD_SYSCTL = "/lib/systemd/systemd-sysctl"

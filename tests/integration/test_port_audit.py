@@ -18,7 +18,6 @@ Only /proc/sys inside the namespaces this test created is written, never the mac
 from __future__ import annotations
 
 import html
-import importlib.util
 import json
 import os
 import re
@@ -36,77 +35,20 @@ TESTS = Path(__file__).resolve().parents[1]
 for extra in (TESTS, TESTS / "lib"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
-from netns import _CALLBACK, Sandbox, ansible_playbook, collections_path  # noqa: E402  pylint: disable=wrong-import-position
+from netns import Sandbox  # noqa: E402  pylint: disable=wrong-import-position
+from ci import need  # noqa: E402  pylint: disable=wrong-import-position
+from fleet import PASSWORD, USER, run_fleet  # noqa: E402  pylint: disable=wrong-import-position
+from traffic import CHURN, SERVER  # noqa: E402  pylint: disable=wrong-import-position
 from windows_sim import Simulator  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def _load_conftest():
-    """tests/integration/conftest.py by path (every conftest is called "conftest": no plain import)."""
-    name = "tcpstack_tuning_integration_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-need = _load_conftest().need
 pytestmark = pytest.mark.usefixtures("root_netns")
 
-USER, PASSWORD = "ansible", "Sim-Passw0rd!"
 WEB_IP, BACKEND_IP, BACKEND_PORT = "10.214.0.1", "10.214.0.2", 8080
 RANGE = "40000 40999"
 ATTEMPTS, STOP_AFTER, CHURN_SECONDS = 3000, 20, 60
 ROLE = "tcpstack.tuning.port_audit"
 HOSTS = ("web", "backend", "idle", "win2022", "win2016")
-
-# accept, wait for the client's FIN, close: the client closes first and keeps its port in TIME_WAIT
-SERVER = r"""
-import socket, sys, time
-sock = socket.socket()
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind((sys.argv[1], int(sys.argv[2])))
-sock.listen(4096)
-sock.settimeout(1.0)
-print("listening", flush=True)
-deadline = time.monotonic() + float(sys.argv[3])
-while time.monotonic() < deadline:
-    try:
-        conn, _ = sock.accept()
-    except socket.timeout:
-        continue
-    conn.settimeout(5.0)
-    try:
-        conn.recv(1)
-    except OSError:
-        pass
-    conn.close()
-"""
-
-# bounded churn: at most ATTEMPTS connections, stop at the STOP_AFTER-th EADDRNOTAVAIL or after SECONDS
-CHURN = r"""
-import errno, json, socket, sys, time
-address, port, attempts, stop_after, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-deadline = time.monotonic() + seconds
-made = eaddrnotavail = other = 0
-for _ in range(attempts):
-    if time.monotonic() > deadline or eaddrnotavail >= stop_after:
-        break
-    sock = socket.socket()
-    sock.settimeout(2.0)
-    try:
-        sock.connect((address, port))
-        made += 1
-    except OSError as exc:
-        if exc.errno == errno.EADDRNOTAVAIL:
-            eaddrnotavail += 1
-        else:
-            other += 1
-    finally:
-        sock.close()
-print(json.dumps({"made": made, "eaddrnotavail": eaddrnotavail, "other": other}))
-"""
 
 
 def _stop(child):
@@ -120,37 +62,6 @@ def _stop(child):
     except subprocess.TimeoutExpired:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=5)
-
-
-def run_fleet(linux, sims, playbook, extra_vars=None, check=False, args=()):
-    """One ansible-playbook on the machine over the whole fleet.  Returns (rc, results, output)."""
-    with tempfile.TemporaryDirectory(prefix="tcpstack-audit-") as tmp:
-        work = Path(tmp)
-        hosts = {}
-        for name, box in linux.items():
-            hosts[name] = {"ansible_connection": "local", "ansible_python_interpreter": str(box.python_wrapper(work))}
-        for name, sim in sims.items():
-            hosts[name] = {"ansible_host": "127.0.0.1", "ansible_port": sim.port, "ansible_connection": "winrm",
-                           "ansible_winrm_transport": "basic", "ansible_winrm_scheme": "http",
-                           "ansible_user": USER, "ansible_password": PASSWORD}
-        (work / "inventory.json").write_text(json.dumps({"all": {"hosts": hosts}}))
-        if "\n" in playbook:
-            (work / "play.yml").write_text(playbook)
-            playbook = str(work / "play.yml")
-        (work / "callback_plugins").mkdir()
-        (work / "callback_plugins" / "tcpstack_results.py").write_text(_CALLBACK)
-        results_file = work / "results.jsonl"
-        results_file.touch()
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections_path()),
-                   ANSIBLE_CALLBACK_PLUGINS=str(work / "callback_plugins"), ANSIBLE_CALLBACKS_ENABLED="tcpstack_results",
-                   TCPSTACK_RESULTS=str(results_file), ANSIBLE_RETRY_FILES_ENABLED="false", ANSIBLE_NOCOLOR="1")
-        cmd = [ansible_playbook(), "-i", str(work / "inventory.json"), playbook] + list(args)
-        if extra_vars:
-            cmd += ["-e", json.dumps(extra_vars)]
-        cmd += ["--check"] if check else []
-        proc = subprocess.run(cmd, cwd=tmp, env=env, text=True, capture_output=True, timeout=300, check=False)
-        results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
-    return proc.returncode, results, proc.stdout + proc.stderr
 
 
 def play(**play_keys):

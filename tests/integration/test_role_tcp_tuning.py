@@ -7,10 +7,7 @@ Each test runs in a throwaway network namespace (tests/lib/netns.py) whose
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,8 @@ TESTS = Path(__file__).resolve().parents[1]
 for extra in (TESTS, TESTS / "lib"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
-from netns import _CALLBACK, Sandbox, ansible_playbook, collections_path  # noqa: E402  pylint: disable=wrong-import-position
+from fleet import PASSWORD, USER, run_fleet as fleet_run  # noqa: E402  pylint: disable=wrong-import-position
+from netns import Sandbox  # noqa: E402  pylint: disable=wrong-import-position
 from windows_sim import Simulator  # noqa: E402  pylint: disable=wrong-import-position
 
 pytestmark = pytest.mark.usefixtures("root_netns")
@@ -141,38 +139,11 @@ def test_tune_playbook_hosts_variable_limits_the_targets(box):
 
 
 # ------------------------------------------------------------------ a mixed fleet: Linux in a namespace, simulated Windows
-USER, PASSWORD = "ansible", "Sim-Passw0rd!"
 
 
-def run_fleet(box, sims, playbook, extra_vars=None, check=False, diff=False):
-    """One ansible-playbook on the machine: host "lin" is the sandbox (Python run inside its namespace),
-    "win2022"/"win2016"... are simulated Windows hosts over WinRM on 127.0.0.1.  Returns (rc, results, output)."""
-    with tempfile.TemporaryDirectory(prefix="tcpstack-fleet-") as tmp:
-        work = Path(tmp)
-        hosts = {"lin": {"ansible_connection": "local", "ansible_python_interpreter": str(box.python_wrapper(work))}}
-        for name, sim in sims.items():
-            hosts[name] = {"ansible_host": "127.0.0.1", "ansible_port": sim.port, "ansible_connection": "winrm",
-                           "ansible_winrm_transport": "basic", "ansible_winrm_scheme": "http",
-                           "ansible_user": USER, "ansible_password": PASSWORD}
-        (work / "inventory.json").write_text(json.dumps({"all": {"hosts": hosts}}))
-        if "\n" in playbook:
-            (work / "play.yml").write_text(playbook)
-            playbook = str(work / "play.yml")
-        (work / "callback_plugins").mkdir()
-        (work / "callback_plugins" / "tcpstack_results.py").write_text(_CALLBACK)
-        results_file = work / "results.jsonl"
-        results_file.touch()
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections_path()),
-                   ANSIBLE_CALLBACK_PLUGINS=str(work / "callback_plugins"), ANSIBLE_CALLBACKS_ENABLED="tcpstack_results",
-                   TCPSTACK_RESULTS=str(results_file), ANSIBLE_RETRY_FILES_ENABLED="false", ANSIBLE_NOCOLOR="1")
-        cmd = [ansible_playbook(), "-i", str(work / "inventory.json"), playbook]
-        if extra_vars:
-            cmd += ["-e", json.dumps(extra_vars)]
-        cmd += ["--check"] if check else []
-        cmd += ["--diff"] if diff else []
-        proc = subprocess.run(cmd, cwd=tmp, env=env, text=True, capture_output=True, timeout=300, check=False)
-        results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
-    return proc.returncode, results, proc.stdout + proc.stderr
+def run_fleet(box, sims, playbook, **kwargs):
+    """Host "lin" is the sandbox, the others simulated Windows hosts (tests/lib/fleet.py)."""
+    return fleet_run({"lin": box}, sims, playbook, **kwargs)
 
 
 def calls(results, host=None):
