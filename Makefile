@@ -12,9 +12,9 @@ FQCN   := tcpstack-tuning
 # the venv's tools (ansible, ansible-galaxy, ...) come first for every recipe
 export PATH := $(BIN):$(PATH)
 
-.PHONY: test venv hostdeps unit sanity lint changelog-lint build integration demo clean
+.PHONY: test venv hostdeps unit sanity lint changelog-lint build integration molecule core-lines demo clean
 
-test: hostdeps venv unit sanity lint changelog-lint build integration
+test: hostdeps venv unit sanity lint changelog-lint build integration molecule core-lines
 
 venv: $(STAMP)
 
@@ -59,6 +59,22 @@ build: venv
 
 integration: venv
 	$(BIN)/pytest tests/integration -v
+
+# unit + sanity on the second ansible-core line, 2.21 on Python 3.12, in .venv-2.21 (requirements-core-2.21.txt);
+# `unit` and `sanity` above are the 2.19 line. No Python 3.12: skipped with a warning, or fails when CI=true
+core-lines:
+	$(PYTHON) tools/core_lines.py
+
+# molecule/ scenarios (root): default boots Debian containers under podman (images built once by
+# tools/images.py, then reused), windows drives simulated Windows hosts; see docs/testing.md
+MOLECULE_ENV := CONTAINERS_CONF=$(CURDIR)/molecule/containers.conf \
+  ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/collections MOLECULE_GLOB='molecule/*/molecule.yml'
+molecule: venv hostdeps
+	mkdir -p .build/collections/ansible_collections/tcpstack
+	ln -sfn ../../../.. .build/collections/ansible_collections/tcpstack/tuning
+	$(MOLECULE_ENV) $(BIN)/python tools/images.py
+	$(MOLECULE_ENV) $(BIN)/molecule test -s default
+	$(MOLECULE_ENV) $(BIN)/molecule test -s windows
 
 demo: venv hostdeps
 	$(BIN)/python demo/demo.py

@@ -23,6 +23,10 @@ TOOLS = {
     'git': 'git',
     'shellcheck': 'shellcheck',  # used by the ansible-test sanity test "shellcheck"
     'chromium': 'chromium',  # the port_audit test opens the HTML report in a headless browser
+    # molecule/default: containers booted with systemd (podman brings its network stack), images by debootstrap
+    'podman': 'podman',
+    'runc': 'runc',  # molecule/containers.conf selects it
+    'debootstrap': 'debootstrap',
 }
 
 

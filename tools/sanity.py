@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import stage  # noqa: E402  pylint: disable=wrong-import-position
 
 ROOT = stage.ROOT
-BUILD = ROOT / '.build'
+# staging dir; tools/core_lines.py gives the second ansible-core line its own, so the lines never share one
+BUILD = pathlib.Path(os.environ.get('SANITY_BUILD') or ROOT / '.build')
 CACHE = pathlib.Path('~/.ansible/test/cache').expanduser()
 MARKER = '# tcpstack.tuning get-pip stand-in'
 
