@@ -1,0 +1,316 @@
+"""``make bench``: every performance claim of tcpstack.tuning, measured side by side in one run, as ratios.
+
+    sudo .venv/bin/python bench/run.py [--hosts 20] [--only fleet,cure,audit,windows]
+
+Sections (each in its own module, each reporting its figure even when it misses its target):
+
+* audit   bench/audit_cost.py (100,000 sockets in a namespace; port_usage_info against ``ss -tan``)
+* windows bench/windows.py (WinRM commands per host against the Windows host simulator)
+* fleet   bench/fleet_converge.py (tune over N Podman hosts against ping and ansible.posix.sysctl)
+* cure    bench/cure.py (highest new-connection rate held with zero EADDRNOTAVAIL, stock and tuned)
+
+Writes bench/results/latest.json and bench/results/latest.png and prints the machine, the versions and the
+ratios.  A section that fails is recorded with its error (and the run exits 1); the others still run.
+Needs root (namespaces, Podman).  Nothing outside the namespaces and containers it creates is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "bench"))
+
+SECTIONS = ("audit", "windows", "fleet", "cure")
+
+
+def log(message):
+    print("[%6.1fs] %s" % (time.monotonic() - START, message), flush=True)
+
+
+START = time.monotonic()
+
+
+def command_output(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def machine():
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    os_name = None
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return {"kernel": platform.release(), "os": os_name, "cpus": os.cpu_count(), "cpu_model": model,
+            "memory_gib": memory, "arch": platform.machine(), "load_avg": [round(x, 2) for x in os.getloadavg()]}
+
+
+def versions():
+    out = {"python": platform.python_version()}
+    try:
+        from ansible.release import __version__ as core
+        out["ansible_core"] = core
+    except ImportError:
+        out["ansible_core"] = None
+    try:
+        from importlib.metadata import version
+        out["ansible"] = version("ansible")
+        out["matplotlib"] = version("matplotlib")
+    except Exception:  # pylint: disable=broad-except
+        pass
+    out["podman"] = command_output(["podman", "--version"])
+    out["module_python"] = command_output(["/usr/bin/python3", "-V"])
+    try:
+        import yaml
+        out["collection"] = yaml.safe_load((ROOT / "galaxy.yml").read_text()).get("version")
+    except Exception:  # pylint: disable=broad-except
+        out["collection"] = None
+    out["git_commit"] = command_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    return out
+
+
+def run_audit():
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "audit_cost.py"), "--sockets", "100000",
+                           "--repetitions", "9"], capture_output=True, text=True, timeout=300, check=False)
+    for line in done.stdout.splitlines():
+        log("audit: " + line)
+    if done.returncode != 0:
+        raise RuntimeError("audit_cost.py failed (rc=%d): %s" % (done.returncode, done.stderr[-2000:]))
+    data = json.loads((RESULTS / "audit.json").read_text())
+    audit = data["audit"]
+    return {"sockets": audit["sockets"], "seconds": audit["seconds"], "vs_ss": audit["vs_ss"],
+            "peak_rss_mb": audit["peak_rss_mb"], "ss_seconds": data["ss"]["seconds"],
+            "module_process_seconds": data["module_process"]["process_seconds"],
+            "module_process_peak_rss_mb": data["module_process"]["peak_rss_mb"],
+            "proc_fallback": data["proc_fallback"], "source": audit["source"], "churn": data["churn"],
+            "targets": data["targets"], "targets_met": data["targets_met"], "details": "bench/results/audit.json"}
+
+
+def ratios(result):
+    """The flat figures the issue names (KEY.FIELD), plus whether each target is met."""
+    flat = {}
+    wanted = {"fleet": ("tune_vs_ping", "converged_vs_ping", "tune_vs_posix_sysctl", "module_calls_per_host"),
+              "cure": ("stock_rate", "tuned_rate", "ratio"),
+              "audit": ("sockets", "seconds", "vs_ss", "peak_rss_mb"),
+              "windows": ("commands_cold", "commands_converged")}
+    for section, keys in wanted.items():
+        for key in keys:
+            flat["%s.%s" % (section, key)] = result.get(section, {}).get(key)
+    return flat
+
+
+def targets(flat):
+    def check(key, test):
+        value = flat.get(key)
+        return None if value is None else bool(test(value))
+    return {
+        "fleet.tune_vs_ping <= 1.5": check("fleet.tune_vs_ping", lambda v: v <= 1.5),
+        "fleet.converged_vs_ping <= 1.5": check("fleet.converged_vs_ping", lambda v: v <= 1.5),
+        "fleet.tune_vs_posix_sysctl <= 0.3": check("fleet.tune_vs_posix_sysctl", lambda v: v <= 0.3),
+        "fleet.module_calls_per_host == 1": check("fleet.module_calls_per_host", lambda v: v == 1),
+        "cure.ratio >= 20": check("cure.ratio", lambda v: v >= 20),
+        "audit.vs_ss <= 2": check("audit.vs_ss", lambda v: v <= 2),
+        "audit.seconds < 0.5": check("audit.seconds", lambda v: v < 0.5),
+        "audit.peak_rss_mb < 64": check("audit.peak_rss_mb", lambda v: v < 64),
+        "windows.commands_cold <= 2": check("windows.commands_cold", lambda v: v <= 2),
+        "windows.commands_converged <= 1": check("windows.commands_converged", lambda v: v <= 1),
+    }
+
+
+def chart(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig.suptitle("tcpstack.tuning make bench, %s (%s, %s CPUs)" % (
+        result["date"], result["machine"]["kernel"], result["machine"]["cpus"]), fontsize=11)
+
+    def missing(ax, title, section):
+        ax.set_title(title)
+        ax.text(0.5, 0.5, "not measured: %s" % (result.get(section, {}).get("error", "skipped"))[:60],
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+
+    fleet = result.get("fleet", {})
+    ax = axes[0][0]
+    if "seconds" in fleet:
+        s = fleet["seconds"]
+        labels = ["ping", "tune\ncold", "tune\nconverged", "posix.sysctl\ncold", "posix.sysctl\nconverged"]
+        keys = ("tune_cold", "tune_converged", "posix_sysctl_cold", "posix_sysctl_converged")
+        values = [1.0] + [s[k] / s["ping"] for k in keys]
+        bars = ax.bar(labels, values, color=["grey", "tab:green", "tab:green", "tab:red", "tab:red"])
+        ax.axhline(1.5, color="black", linestyle="--", linewidth=1, label="target: tune <= 1.5x ping")
+        ax.bar_label(bars, labels=["%.2fx" % v for v in values], fontsize=8)
+        ax.set_ylabel("wall time / ping")
+        ax.set_title("1. Fleet, %d Podman hosts (ping %.1f s): tune = %.2fx posix.sysctl (target 0.3)" % (
+            fleet["hosts"], s["ping"], fleet["tune_vs_posix_sysctl"]), fontsize=10)
+        ax.legend(fontsize=8)
+    else:
+        missing(ax, "1. Fleet converge", "fleet")
+
+    cure = result.get("cure", {})
+    ax = axes[0][1]
+    if cure.get("stock_rate") or cure.get("tuned_rate"):
+        stock = cure.get("stock_rate") or 0
+        tuned = cure.get("tuned_rate") or 0
+        capacity = cure.get("tuned", {}).get("predicted_port_capacity")
+        labels = ["stock", "role defaults"]
+        bars = ax.bar(labels, [stock, tuned], color=["tab:red", "tab:green"])
+        ax.bar_label(bars, labels=["%.0f/s" % stock, "%.0f/s" % tuned], fontsize=8)
+        if stock:
+            ax.axhline(20 * stock, color="black", linestyle="--", linewidth=1, label="target: 20x stock")
+        if capacity:
+            ax.axhline(capacity, color="tab:blue", linestyle=":", linewidth=1,
+                       label="tuned port capacity (%d/s)" % capacity)
+        ax.set_yscale("log")
+        ax.set_ylabel("new connections/s held 30 s, 0 EADDRNOTAVAIL")
+        ax.set_title("2. Exhaustion cure: %sx%s" % (cure.get("ratio"), " (CPU-bound)" if str(
+            cure.get("tuned", {}).get("limited_by", "")).startswith("cpu") else ""))
+        ax.legend(fontsize=8)
+    else:
+        missing(ax, "2. Exhaustion cure", "cure")
+
+    audit = result.get("audit", {})
+    ax = axes[1][0]
+    if "seconds" in audit:
+        labels = ["port_usage_info\n(audit())", "ss -tan", "module process\n(standalone)"]
+        values = [audit["seconds"], audit["ss_seconds"], audit["module_process_seconds"]]
+        bars = ax.bar(labels, values, color=["tab:green", "grey", "tab:olive"])
+        ax.bar_label(bars, labels=["%.3f s" % v for v in values], fontsize=8)
+        ax.axhline(0.5, color="black", linestyle="--", linewidth=1, label="target: < 0.5 s")
+        ax.set_ylabel("seconds")
+        ax.set_title("3. Audit cost, %d sockets: %.2fx ss, peak %.1f MiB" % (
+            audit["sockets"], audit["vs_ss"], audit["peak_rss_mb"]))
+        ax.legend(fontsize=8)
+    else:
+        missing(ax, "3. Audit cost", "audit")
+
+    windows = result.get("windows", {})
+    ax = axes[1][1]
+    if "commands_cold" in windows:
+        labels = ["cold", "converged"]
+        values = [windows["commands_cold"], windows["commands_converged"]]
+        bars = ax.bar(labels, values, color=["tab:green", "tab:green"])
+        ax.bar_label(bars, labels=["%d (%.2f s/host)" % (v, windows[k]["seconds_per_host"])
+                                   for v, k in zip(values, labels)], fontsize=8)
+        ax.plot([-0.4, 0.4], [2, 2], color="black", linestyle="--", linewidth=1, label="targets")
+        ax.plot([0.6, 1.4], [1, 1], color="black", linestyle="--", linewidth=1)
+        ax.set_ylim(0, 3)
+        ax.set_ylabel("WinRM commands per host")
+        ax.set_title("4. Windows round trips, %d simulated hosts in parallel" % windows["hosts"])
+        ax.legend(fontsize=8)
+    else:
+        missing(ax, "4. Windows round trips", "windows")
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=90)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
+    parser.add_argument("--hosts", type=int, default=20, help="Podman hosts and simulated Windows hosts (1 to 50)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ",".join(SECTIONS))
+    parser.add_argument("--output", default=str(RESULTS / "latest.json"))
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/run.py needs root (network namespaces, Podman)")
+    hosts = max(1, min(args.hosts, 50))
+    only = [s for s in args.only.split(",") if s]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        sys.exit("unknown section(s): %s" % ", ".join(sorted(unknown)))
+
+    # SIGTERM/SIGHUP end the run through the sections' finally clauses (namespaces, containers removed)
+    def stop(signum, _frame):
+        raise KeyboardInterrupt("signal %d" % signum)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "command": "make bench (%s)" % " ".join(["bench/run.py"] + sys.argv[1:]),
+              "machine": machine(), "versions": versions()}
+    log("machine: %s" % json.dumps(result["machine"]))
+    log("versions: %s" % json.dumps(result["versions"]))
+    runners = {"audit": run_audit,
+               "windows": lambda: __import__("windows").run(hosts, log=log),
+               "fleet": lambda: __import__("fleet_converge").run(hosts, log=log),
+               "cure": lambda: __import__("cure").run(log=log)}
+    failed = []
+    for section in SECTIONS:
+        if section not in only:
+            continue
+        started = time.monotonic()
+        log("--- %s" % section)
+        try:
+            result[section] = runners[section]()
+        except Exception as exc:  # pylint: disable=broad-except
+            failed.append(section)
+            result[section] = {"error": str(exc)[:4000], "traceback": traceback.format_exc()[-4000:]}
+            log("%s FAILED: %s" % (section, str(exc)[:2000]))
+        result[section]["section_seconds"] = round(time.monotonic() - started, 1)
+    result["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["seconds"] = round(time.monotonic() - START, 1)
+    result["ratios"] = ratios(result)
+    result["targets_met"] = targets(result["ratios"])
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    png = output.with_suffix(".png")
+    try:
+        chart(result, png)
+    except Exception as exc:  # pylint: disable=broad-except
+        failed.append("chart")
+        log("chart FAILED: %s" % exc)
+
+    print()
+    print("machine : %(os)s, Linux %(kernel)s, %(cpus)s x %(cpu_model)s, %(memory_gib)s GiB, load %(load_avg)s"
+          % result["machine"])
+    print("versions: " + ", ".join("%s %s" % (k, v) for k, v in result["versions"].items()))
+    print("ratios and figures:")
+    for key, value in result["ratios"].items():
+        print("  %-32s %s" % (key, value))
+    if isinstance(result.get("cure", {}).get("tuned", {}).get("limited_by"), str):
+        print("  cure tuned rate limited by: %s" % result["cure"]["tuned"]["limited_by"])
+    print("targets:")
+    for key, met in result["targets_met"].items():
+        print("  %-36s %s" % (key, {True: "met", False: "MISSED", None: "not measured"}[met]))
+    print("written: %s, %s (%.0f s)" % (output, png, result["seconds"]))
+    if failed:
+        print("FAILED sections: %s" % ", ".join(failed))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
