@@ -111,7 +111,15 @@ class ActionModule(ActionBase):
 
         if plan.changed and not check_mode:
             actions = plan_actions(plan)
-            rc, stdout, stderr = self._send(build_apply_script(actions, targets))
+            try:
+                rc, stdout, stderr = self._send(build_apply_script(actions, targets))
+            except WinTcpError:
+                raise
+            except Exception as exc:  # the connection's own errors: requests, pywinrm, pypsrp, ssh
+                raise WinTcpError(
+                    "the connection failed while applying %d change(s) (%s): %s. The host may have all or none of "
+                    "them; run the task again: it reads the host first and converges"
+                    % (len(actions), "; ".join(describe(a) for a in actions), exc)) from exc
             sections = split_sections(stdout)
             failed = [(i, a) for i, a in enumerate(actions)
                       if sections.get("apply-%d" % i) is None or not sections["apply-%d" % i].ok]

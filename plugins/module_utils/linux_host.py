@@ -188,6 +188,7 @@ class LinuxHost:
         try:
             if not os.path.isdir(directory):
                 os.makedirs(directory, 0o755)
+            self._remove_stale_temporaries(directory, name)
             fd, tmp = tempfile.mkstemp(prefix=".%s." % name, suffix=".tmp", dir=directory)
         except OSError as exc:
             raise HostError("cannot create a temporary file in %s: %s" % (posixpath.dirname(path), exc.strerror))
@@ -210,6 +211,19 @@ class LinuxHost:
                 pass
             raise HostError("writing %s failed: %s" % (path, exc.strerror))
         self._fsync_dir(directory)
+
+    @staticmethod
+    def _remove_stale_temporaries(directory, name):
+        """Temporary files an earlier, killed write left behind (".NAME.XXXX.tmp").
+
+        Callers hold the module's lock, so no other run of ours is writing one now.
+        """
+        for entry in os.listdir(directory):
+            if entry.startswith(".%s." % name) and entry.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(directory, entry))
+                except OSError:
+                    pass
 
     def remove_file(self, path):
         try:

@@ -100,7 +100,7 @@ def canonical(key, value):
         except ValidationError as exc:
             raise ValueError(str(exc))
     try:
-        return format_port_list(parse_port_list(text.strip(), key))
+        return format_port_list(parse_port_list(text.strip(), key, lowest=0))
     except ValidationError as exc:
         raise ValueError(str(exc))
 
@@ -239,9 +239,13 @@ def validate_options(params):
         elif setting.kind == "ports":
             desired[setting.key] = format_port_list(parse_port_list(value, setting.option))
         elif setting.choices is not None:
-            number = strict_int(value, setting.option, min(setting.choices), max(setting.choices))
+            valid = "one of %s" % ", ".join(map(str, setting.choices))
+            try:
+                number = strict_int(value, setting.option, min(setting.choices), max(setting.choices))
+            except ValidationError:
+                raise ValidationError(setting.option, value, valid)
             if number not in setting.choices:
-                raise ValidationError(setting.option, value, "one of %s" % ", ".join(map(str, setting.choices)))
+                raise ValidationError(setting.option, value, valid)
             desired[setting.key] = str(number)
         else:
             desired[setting.key] = str(strict_int(value, setting.option, setting.low, setting.high))
@@ -304,7 +308,10 @@ def validate_for_host(desired, current, missing_keys, listening_ports=(), reserv
 
     if effective_range is not None and listening_ports:
         low, high = parse_port_range(effective_range)
-        reserved = parse_port_list(desired.get(RESERVED_PORTS, current.get(RESERVED_PORTS, "")))
+        if RESERVED_PORTS in desired:
+            reserved = parse_port_list(desired[RESERVED_PORTS])
+        else:  # the host's own list, as the kernel prints it (port 0 included)
+            reserved = parse_port_list(current.get(RESERVED_PORTS, ""), RESERVED_PORTS, lowest=0)
         exposed = sorted(p for p in set(listening_ports) if low <= p <= high and not contains(reserved, p))
         if reserve_listening:
             desired[RESERVED_PORTS] = format_port_list(normalise_intervals(reserved + ports_to_intervals(exposed)))

@@ -74,10 +74,12 @@ def normalise_intervals(intervals):
     return tuple(merged)
 
 
-def parse_port_list(value, option="reserved_ports"):
+def parse_port_list(value, option="reserved_ports", lowest=PORT_MIN):
     """Parse a port list: kernel syntax "8080,9000-9100" or a list of ports and "LOW-HIGH" items.
 
     Returns the normalised interval tuple; an empty string or list is the empty list.
+    ``lowest`` is 0 for lists read from a kernel, which accepts port 0 in
+    ip_local_reserved_ports; what users give must start at 1.
     """
     valid = 'a comma-separated list of ports and LOW-HIGH ranges from 1 to 65535 (e.g. "8080,9000-9100"), or a list of them'
     if value is None:
@@ -102,8 +104,8 @@ def parse_port_list(value, option="reserved_ports"):
             high = int(match.group(2)) if match.group(2) is not None else low
         else:
             raise ValidationError(option, value, valid)
-        if not (PORT_MIN <= low <= PORT_MAX and PORT_MIN <= high <= PORT_MAX):
-            raise ValidationError(option, value, "ports must be integers from %d to %d" % (PORT_MIN, PORT_MAX))
+        if not (lowest <= low <= PORT_MAX and lowest <= high <= PORT_MAX):
+            raise ValidationError(option, value, "ports must be integers from %d to %d" % (lowest, PORT_MAX))
         if low > high:
             raise ValidationError(option, value, "in %r the low port must not be above the high port" % (item,))
         intervals.append((low, high))

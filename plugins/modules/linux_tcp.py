@@ -36,8 +36,10 @@ options:
   fin_timeout:
     description:
       - Seconds an orphaned connection may stay in FIN_WAIT_2 (C(net.ipv4.tcp_fin_timeout)). From 1 to 86400.
+      - "Like every integer option of this module, an int or a string of ASCII digits: other spellings that Python's
+        C(int()) would take (C(\"\u0663\u0660\"), C(\"3e1\")) are refused, so that what is applied is exactly what was written."
       - This does B(not) shorten TIME_WAIT, which lasts 60 seconds on Linux whatever this is set to.
-    type: int
+    type: raw
   port_range:
     description:
       - The ephemeral port range (C(net.ipv4.ip_local_port_range)), given as C("LOW HIGH") (spaces or tabs,
@@ -61,29 +63,27 @@ options:
         V(2) (the kernel default) only for loopback addresses.
       - Reuse needs TCP timestamps. V(1) while C(net.ipv4.tcp_timestamps) is 0 (and O(timestamps) does not
         turn it on) fails, because reuse would silently do nothing.
-    type: int
-    choices: [0, 1, 2]
+    type: raw
   tw_reuse_delay:
     description:
       - Milliseconds a TIME_WAIT port must wait before C(tcp_tw_reuse) may reuse it
         (C(net.ipv4.tcp_tw_reuse_delay)), from 1 to 60000; the kernel default is 1000.
       - Only on Linux 6.14 and later; on an older kernel the module fails naming the missing key.
-    type: int
+    type: raw
   timestamps:
     description:
       - C(net.ipv4.tcp_timestamps) (V(0) off, V(1) on with random offsets, the default, V(2) on without).
         O(tw_reuse) needs it on.
-    type: int
-    choices: [0, 1, 2]
+    type: raw
   somaxconn:
     description:
       - Upper limit of a listening socket's accept backlog (C(net.core.somaxconn)), from 1 to 2147483647.
         The backlog floods under the same load that exhausts ports.
-    type: int
+    type: raw
   max_syn_backlog:
     description:
       - Connections in SYN_RECV a listener may hold (C(net.ipv4.tcp_max_syn_backlog)), from 1 to 2147483647.
-    type: int
+    type: raw
   tw_recycle:
     description:
       - Always refused, with the reason. C(net.ipv4.tcp_tw_recycle) was removed in Linux 4.12 because it
@@ -250,14 +250,14 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            fin_timeout=dict(type="int"),
+            fin_timeout=dict(type="raw"),
             port_range=dict(type="raw"),
             reserved_ports=dict(type="raw"),
-            tw_reuse=dict(type="int", choices=[0, 1, 2]),
-            tw_reuse_delay=dict(type="int"),
-            timestamps=dict(type="int", choices=[0, 1, 2]),
-            somaxconn=dict(type="int"),
-            max_syn_backlog=dict(type="int"),
+            tw_reuse=dict(type="raw"),
+            tw_reuse_delay=dict(type="raw"),
+            timestamps=dict(type="raw"),
+            somaxconn=dict(type="raw"),
+            max_syn_backlog=dict(type="raw"),
             tw_recycle=dict(type="raw"),
             reserve_listening_ports=dict(type="bool", default=False),
             persist=dict(type="bool", default=True),

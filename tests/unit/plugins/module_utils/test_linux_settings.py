@@ -39,7 +39,7 @@ def test_only_given_options_are_managed_in_apply_order():
     ({"fin_timeout": 0}, "fin_timeout", "from 1 to 86400"),
     ({"fin_timeout": "30s"}, "fin_timeout", "from 1 to 86400"),
     ({"fin_timeout": True}, "fin_timeout", "from 1 to 86400"),
-    ({"tw_reuse": 3}, "tw_reuse", "from 0 to 2"),
+    ({"tw_reuse": 3}, "tw_reuse", "one of 0, 1, 2"),
     ({"tw_reuse_delay": 0}, "tw_reuse_delay", "from 1 to 60000"),
     ({"tw_reuse_delay": 60001}, "tw_reuse_delay", "from 1 to 60000"),
     ({"somaxconn": -1}, "somaxconn", "from 1 to 2147483647"),
