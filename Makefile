@@ -12,7 +12,7 @@ FQCN   := tcpstack-tuning
 # the venv's tools (ansible, ansible-galaxy, ...) come first for every recipe
 export PATH := $(BIN):$(PATH)
 
-.PHONY: test venv hostdeps unit sanity lint changelog-lint build integration molecule core-lines demo clean
+.PHONY: test venv hostdeps unit sanity lint changelog-lint build integration molecule core-lines demo bench clean
 
 test: hostdeps venv unit sanity lint changelog-lint build integration molecule core-lines
 
@@ -59,6 +59,7 @@ build: venv
 
 integration: venv
 	$(BIN)/pytest tests/integration -v
+	$(BIN)/python tools/reliability_report.py
 
 # unit + sanity on the second ansible-core line, 2.21 on Python 3.12, in .venv-2.21 (requirements-core-2.21.txt);
 # `unit` and `sanity` above are the 2.19 line. No Python 3.12: skipped with a warning, or fails when CI=true
@@ -78,6 +79,12 @@ molecule: venv hostdeps
 
 demo: venv hostdeps
 	$(BIN)/python demo/demo.py
+
+# not part of `test`: every performance figure, side by side in one run (root, Podman, under 10 minutes) ->
+# bench/results/latest.json + latest.png; see docs/benchmarks.md. The fleet runs on the bookworm image (built once)
+bench: venv hostdeps
+	CONTAINERS_CONF=$(CURDIR)/molecule/containers.conf $(BIN)/python tools/images.py bookworm
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .venv-* .build tests/output .pytest_cache .hypothesis
