@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "lib"))
-from netns import TCP_KEYS, Sandbox, _stop  # noqa: E402  pylint: disable=wrong-import-position
+from netns import TCP_KEYS, Sandbox, stop_process as _stop  # noqa: E402  pylint: disable=wrong-import-position
 
 CLIENT_IP, SERVER_IP = "10.213.7.1", "10.213.7.2"
 TIME_WAIT = 60.0

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "tests" / "lib"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import netns  # noqa: E402  (tests/lib/netns.py)
+from netns import stop_process as stop  # noqa: E402
 from traffic import CHURN, SERVER  # noqa: E402  (tests/lib/traffic.py)
 
 WEB_IP, BACKEND_IP, PORT = "10.215.0.1", "10.215.0.2", 8080
@@ -62,20 +63,6 @@ def heading(title):
 
 def say(text=""):
     print(textwrap.indent(textwrap.dedent(text).strip("\n"), "   ") if text else "", flush=True)
-
-
-def stop(child):
-    """End a process this demo started (in a session of its own) and its process group."""
-    if child.poll() is not None:
-        return
-    try:
-        os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=5)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait(timeout=5)
 
 
 class Fleet:

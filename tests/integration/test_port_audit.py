@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ TESTS = Path(__file__).resolve().parents[1]
 for extra in (TESTS, TESTS / "lib"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
-from netns import Sandbox  # noqa: E402  pylint: disable=wrong-import-position
+from netns import Sandbox, stop_process as _stop  # noqa: E402  pylint: disable=wrong-import-position
 from ci import need  # noqa: E402  pylint: disable=wrong-import-position
 from fleet import PASSWORD, USER, run_fleet  # noqa: E402  pylint: disable=wrong-import-position
 from traffic import CHURN, SERVER  # noqa: E402  pylint: disable=wrong-import-position
@@ -49,19 +48,6 @@ RANGE = "40000 40999"
 ATTEMPTS, STOP_AFTER, CHURN_SECONDS = 3000, 20, 60
 ROLE = "tcpstack.tuning.port_audit"
 HOSTS = ("web", "backend", "idle", "win2022", "win2016")
-
-
-def _stop(child):
-    if child.poll() is not None:
-        return
-    try:
-        os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=5)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait(timeout=5)
 
 
 def play(**play_keys):

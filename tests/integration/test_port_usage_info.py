@@ -16,8 +16,6 @@ Only /proc/sys inside the namespaces this test created is written, never the mac
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +24,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
-from netns import Sandbox  # noqa: E402
+from netns import Sandbox, stop_process as stop  # noqa: E402
 from traffic import CHURN, SERVER  # noqa: E402
 
 CLIENT_IP = "10.213.0.1"
@@ -84,20 +82,6 @@ while time.monotonic() < deadline and rounds < 200000:
 """
 
 AUDIT_TASK = {"name": "audit", "tcpstack.tuning.port_usage_info": {"top": 5}, "register": "audit"}
-
-
-def stop(child):
-    """End a process this test started (in a session of its own) and its process group."""
-    if child.poll() is not None:
-        return
-    try:
-        os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=5)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait(timeout=5)
 
 
 def start(box, request, script, *args):

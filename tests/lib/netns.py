@@ -269,7 +269,7 @@ class Sandbox:
         Does nothing to a namespace of that name that this object did not create.
         """
         for child in self._children:
-            _stop(child)
+            stop_process(child)
         self._children = []
         if not self._owned:
             return
@@ -393,7 +393,7 @@ class Sandbox:
                 raise SandboxError("listener on port %d did not start: %s %s" % (port, line, child.stderr.read()))
             yield child
         finally:
-            _stop(child)
+            stop_process(child)
             if child in self._children:
                 self._children.remove(child)
 
@@ -500,11 +500,11 @@ class Sandbox:
             try:
                 stdout, stderr = child.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
-                _stop(child)
+                stop_process(child)
                 stdout, stderr = child.communicate()
                 stderr = (stderr or "") + "\n[netns] killed after %ds" % timeout
             except BaseException:  # Ctrl-C: do not leave ansible running in a namespace we delete
-                _stop(child)
+                stop_process(child)
                 raise
             results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
             run = PlaybookRun(cmd, child.returncode, stdout or "", stderr or "", results, time.monotonic() - started)
@@ -512,7 +512,7 @@ class Sandbox:
         return run.rc, run.results
 
 
-def _stop(child, grace=3.0):
+def stop_process(child, grace=3.0):
     """End a process this module started, and its process group (it was started in a session of its own)."""
     if child.poll() is not None:
         return
