@@ -6,8 +6,6 @@ never pass by skipping.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,13 +15,10 @@ LIB = Path(__file__).resolve().parents[1] / "lib"
 if str(LIB) not in sys.path:
     sys.path.insert(0, str(LIB))
 
-from ci import need  # noqa: E402  pylint: disable=wrong-import-position
+from ci import need_root_netns  # noqa: E402  pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="session")
 def root_netns():
     """Root, the ip command and network-namespace support are all present."""
-    need(os.geteuid() == 0, "needs root (network namespaces, /proc/sys writes)")
-    need(shutil.which("ip") is not None, "needs the ip command (Debian package iproute2)")
-    need(os.path.exists("/proc/self/ns/net"), "needs a kernel with network namespaces")
-    return True
+    return need_root_netns()

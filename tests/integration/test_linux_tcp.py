@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -479,18 +478,10 @@ def test_unwritable_sysctl_d_rolls_back_every_key(box):
 # ---------------------------------------------------------------- overlapping runs
 def test_overlapping_runs_leave_runtime_and_file_in_agreement(box):
     runs = 5
-    outcomes = [None] * runs
-
-    def one(i):
-        options = {"fin_timeout": 31 + i, "port_range": [32768 + 2 * i, 60999], "somaxconn": 5000 + i,
-                   "reserved_ports": str(41000 + i)}
-        outcomes[i] = box.run_playbook(play(task("run %d" % i, **options)), timeout=180)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(runs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = box.run_playbooks_at_once([
+        play(task("run %d" % i, fin_timeout=31 + i, port_range=[32768 + 2 * i, 60999], somaxconn=5000 + i,
+                  reserved_ports=str(41000 + i)))
+        for i in range(runs)], timeout=180)
     for i, (rc, results) in enumerate(outcomes):
         assert rc == 0 and results and results[0]["failed"] is False, (i, results)
     persisted = assignments(box.read_file(OUR_FILE))

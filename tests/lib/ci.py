@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -16,3 +17,11 @@ def need(condition, reason):
     if ON_CI:
         pytest.fail("CI=true and this test cannot run: %s" % reason, pytrace=False)
     pytest.skip(reason)
+
+
+def need_root_netns():
+    """Root, the ip command and network-namespace support (the ``root_netns`` fixtures)."""
+    need(os.geteuid() == 0, "needs root (network namespaces, /proc/sys writes)")
+    need(shutil.which("ip") is not None, "needs the ip command (Debian package iproute2)")
+    need(os.path.exists("/proc/self/ns/net"), "needs a kernel with network namespaces")
+    return True

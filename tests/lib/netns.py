@@ -430,6 +430,20 @@ class Sandbox:
         return cls.private_mounts(sysctl_values={key: value})
 
     # ansible ------------------------------------------------------------
+    def run_playbooks_at_once(self, playbooks, timeout=300):
+        """Start one ansible-playbook per item of ``playbooks`` at the same moment; [(rc, results)] in order."""
+        outcomes = [None] * len(playbooks)
+
+        def one(index):
+            outcomes[index] = self.run_playbook(playbooks[index], timeout=timeout)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(playbooks))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return outcomes
+
     def playbook_argv(self, playbook, extra_vars=None, check=False, diff=False, inventory=None, args=()):
         """The ansible-playbook command (without the ``ip netns exec`` prefix)."""
         cmd = [ansible_playbook()]

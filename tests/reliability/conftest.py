@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ for extra in (TESTS, TESTS / "lib"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from ci import need  # noqa: E402  pylint: disable=wrong-import-position
+from ci import need_root_netns  # noqa: E402  pylint: disable=wrong-import-position
 
 ROOT = TESTS.parent
 FIGURES_ENV = "TCPSTACK_RELIABILITY_FIGURES"
@@ -30,10 +29,7 @@ FIGURES_ENV = "TCPSTACK_RELIABILITY_FIGURES"
 @pytest.fixture(scope="session")
 def root_netns():
     """Root, the ip command and network-namespace support are all present."""
-    need(os.geteuid() == 0, "needs root (network namespaces, /proc/sys writes)")
-    need(shutil.which("ip") is not None, "needs the ip command (Debian package iproute2)")
-    need(os.path.exists("/proc/self/ns/net"), "needs a kernel with network namespaces")
-    return True
+    return need_root_netns()
 
 
 class Figures:

@@ -19,7 +19,6 @@ import os
 import random
 import shlex
 import signal
-import threading
 import time
 
 import pytest
@@ -284,18 +283,11 @@ def test_sigkill_leaves_no_temporary_file_behind(box):
 # ---------------------------------------------------------------- overlapping runs
 def test_overlapping_runs_agree_at_the_end(box, figures):
     runs = 4
-    outcomes = [None] * runs
-
-    def one(i):
-        options = {"fin_timeout": 40 + i, "port_range": [32768 + 2 * i, 60999], "somaxconn": 6000 + i,
-                   "reserved_ports": "%d,%d" % (42000 + i, 43000 + i)}
-        outcomes[i] = box.run_playbook(play({"name": "run %d" % i, MODULE: options}), timeout=240)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(runs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = box.run_playbooks_at_once([
+        play({"name": "run %d" % i, MODULE: {"fin_timeout": 40 + i, "port_range": [32768 + 2 * i, 60999],
+                                             "somaxconn": 6000 + i,
+                                             "reserved_ports": "%d,%d" % (42000 + i, 43000 + i)}})
+        for i in range(runs)], timeout=240)
     for i, (rc, results) in enumerate(outcomes):
         assert rc == 0 and results and results[0]["failed"] is False, (i, results)
     persisted = assignments(box.read_file(OUR_FILE))
