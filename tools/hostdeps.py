@@ -27,6 +27,7 @@ TOOLS = {
     'podman': 'podman',
     'runc': 'runc',  # molecule/containers.conf selects it
     'debootstrap': 'debootstrap',
+    'ssh': 'openssh-client',  # Ansible's ssh connection to the Windows host simulator's SSH endpoint
 }
 
 
