@@ -16,6 +16,7 @@ from ansible.utils.display import Display
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError
 from ansible_collections.tcpstack.tuning.plugins.module_utils.windows_tcp import (
+    WIN_TCP_OPTIONS,
     WinTcpError,
     build_apply_script,
     encode_command,
@@ -37,14 +38,12 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.windows_tcp import
 
 display = Display()
 
-OPTIONS = frozenset(("time_wait_delay", "max_user_port", "port_range", "protocols", "ip_versions", "state"))
-
 
 class ActionModule(ActionBase):
     """Read, plan, apply and verify, in one or two round trips."""
 
     TRANSFERS_FILES = False
-    _VALID_ARGS = OPTIONS
+    _VALID_ARGS = frozenset(WIN_TCP_OPTIONS)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

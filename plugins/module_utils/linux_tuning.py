@@ -15,6 +15,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
     BY_KEY,
     PORT_RANGE,
+    SETTINGS,
     RESERVED_PORTS,
     TIMESTAMPS,
     TW_REUSE,
@@ -35,7 +36,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d imp
     render,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.plan import make_plan
-from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError
+from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_bool
 
 DEFAULT_PERSIST_FILE = "/etc/sysctl.d/60-tcpstack-tuning.conf"
 HEADER = (
@@ -114,6 +115,53 @@ def _apply(host, plan, raw_before):
         if failed:
             note += "; restoring failed too: %s" % "; ".join(failed)
         raise HostError("%s (%s; the persisted file is unchanged)" % (exc, note))
+
+
+# linux_tcp's options: one per managed sysctl (the SETTINGS table), then the module's own.
+ARGUMENT_SPEC = dict(
+    [(setting.option, dict(type="raw")) for setting in SETTINGS]
+    + [
+        ("tw_recycle", dict(type="raw")),
+        ("reserve_listening_ports", dict(type="bool", default=False)),
+        ("persist", dict(type="bool", default=True)),
+        ("persist_file", dict(type="path", default=DEFAULT_PERSIST_FILE)),
+        ("on_shadowed", dict(type="str", choices=["fail", "warn"], default="fail")),
+        ("state", dict(type="str", choices=["present", "absent"], default="present")),
+    ]
+)
+
+
+def _choice(params, option):
+    value = params.get(option)
+    if value is None:
+        return ARGUMENT_SPEC[option]["default"]
+    choices = ARGUMENT_SPEC[option]["choices"]
+    if value not in choices:
+        raise ValidationError(option, value, "one of %s" % ", ".join(choices))
+    return value
+
+
+def validate(params):
+    """Check every option that does not depend on the host; returns the desired sysctl values.
+
+    The same checks the module makes before it reads the host, for callers that
+    hold the options before any host is contacted (the tcp_tuning role's check
+    on the controller).  Raises ValidationError naming the option.
+    """
+    unknown = sorted(set(params) - set(ARGUMENT_SPEC))
+    if unknown:
+        raise ValidationError(unknown[0], params[unknown[0]], "not an option of linux_tcp; options are %s"
+                              % ", ".join(ARGUMENT_SPEC))
+    state = _choice(params, "state")
+    _choice(params, "on_shadowed")
+    for option in ("reserve_listening_ports", "persist"):
+        if params.get(option) is not None:
+            strict_bool(params[option], option)
+    path = params.get("persist_file") or DEFAULT_PERSIST_FILE
+    problem = check_persist_path(path)
+    if problem:
+        raise ValidationError("persist_file", path, problem)
+    return validate_options(params) if state == "present" else OrderedDict()
 
 
 def run(params, host, check_mode=False, want_diff=False):

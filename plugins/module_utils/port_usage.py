@@ -24,15 +24,37 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
     format_port_list,
     intersect,
 )
+from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_int
 
 WARNING_PERCENT = 70
 CRITICAL_PERCENT = 90
+MAX_TOP = 1000
+MAX_SAMPLE_SECONDS = 60
 TW_BUCKETS_PERCENT = 90
 SEVERITY = {"ok": 0, "warning": 1, "critical": 2}
 # Ranges recommended when the current one is too small, widest last; the low end is raised to the
 # host's lowest unprivileged port (and made even, so that LOW and HIGH differ in parity).
 RANGE_CANDIDATES = ((32768, 65535), (16384, 65535), (1024, 65535))
 RISING = ("ListenOverflows", "ListenDrops", "TCPTimeWaitOverflow", "AttemptFails")
+
+
+def validate_audit_options(top, sample_seconds, warning_percent, critical_percent, names=None):
+    """The ranges port_usage_info's options must be in; raises ValidationError naming the option.
+
+    ``names`` maps option names to the names the caller's user wrote (role variables).
+    """
+    names = dict({o: o for o in ("top", "sample_seconds", "warning_percent", "critical_percent")}, **(names or {}))
+    top = strict_int(top, names["top"], 1, MAX_TOP, "an integer number of destinations")
+    if isinstance(sample_seconds, bool) or not isinstance(sample_seconds, (int, float)) \
+            or not 0 <= sample_seconds <= MAX_SAMPLE_SECONDS:
+        raise ValidationError(names["sample_seconds"], sample_seconds,
+                              "a number of seconds from 0 to %d" % MAX_SAMPLE_SECONDS)
+    warning_percent = strict_int(warning_percent, names["warning_percent"], 1, 100, "an integer percentage")
+    critical_percent = strict_int(critical_percent, names["critical_percent"], 1, 100, "an integer percentage")
+    if warning_percent > critical_percent:
+        raise ValidationError(names["warning_percent"], warning_percent, "at most %s (%d)"
+                              % (names["critical_percent"], critical_percent))
+    return top, float(sample_seconds), warning_percent, critical_percent
 
 
 class Snapshot:

@@ -54,3 +54,22 @@ def strict_int(value, option, low, high, what="an integer"):
     if not low <= number <= high:
         raise ValidationError(option, value, valid)
     return number
+
+
+_TRUE = frozenset(("yes", "on", "1", "true", "y", "t"))
+_FALSE = frozenset(("no", "off", "0", "false", "n", "f"))
+
+
+def strict_bool(value, option):
+    """Return ``value`` as a bool, accepting what Ansible's ``type: bool`` accepts; else raise ValidationError."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ValidationError(option, value, "a boolean: true or false (also yes/no, on/off, 1/0)")

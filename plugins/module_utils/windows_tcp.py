@@ -95,7 +95,7 @@ class WinTcpError(Exception):
 
 
 # ------------------------------------------------------------------ validation
-_OPTIONS_WIN_TCP = ("time_wait_delay", "max_user_port", "port_range", "protocols", "ip_versions", "state")
+WIN_TCP_OPTIONS = ("time_wait_delay", "max_user_port", "port_range", "protocols", "ip_versions", "state")
 _OPTIONS_INFO = ("top", "event_hours")
 
 
@@ -165,7 +165,7 @@ def validate_dynamic_range(value, option="port_range"):
 def validate_win_tcp(args):
     """Validate win_tcp's options (everything that does not depend on the host); returns Desired."""
     args = dict(args or {})
-    _unknown(args, _OPTIONS_WIN_TCP)
+    _unknown(args, WIN_TCP_OPTIONS)
     state = args.get("state")
     if state is None:
         state = State.PRESENT

@@ -240,7 +240,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import HostError, LinuxHost
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning import (
-    DEFAULT_PERSIST_FILE,
+    ARGUMENT_SPEC,
     TuningError,
     run,
 )
@@ -249,22 +249,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            fin_timeout=dict(type="raw"),
-            port_range=dict(type="raw"),
-            reserved_ports=dict(type="raw"),
-            tw_reuse=dict(type="raw"),
-            tw_reuse_delay=dict(type="raw"),
-            timestamps=dict(type="raw"),
-            somaxconn=dict(type="raw"),
-            max_syn_backlog=dict(type="raw"),
-            tw_recycle=dict(type="raw"),
-            reserve_listening_ports=dict(type="bool", default=False),
-            persist=dict(type="bool", default=True),
-            persist_file=dict(type="path", default=DEFAULT_PERSIST_FILE),
-            on_shadowed=dict(type="str", choices=["fail", "warn"], default="fail"),
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-        ),
+        argument_spec=ARGUMENT_SPEC,
         supports_check_mode=True,
     )
     try:

@@ -210,10 +210,9 @@ unreadable:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import validate_audit_options
 from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table import audit
-
-MAX_SAMPLE_SECONDS = 60
-MAX_TOP = 1000
+from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError
 
 
 def main():
@@ -227,13 +226,11 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if not 1 <= params["top"] <= MAX_TOP:
-        module.fail_json(msg="top must be from 1 to %d, got %d" % (MAX_TOP, params["top"]))
-    if not 0 <= params["sample_seconds"] <= MAX_SAMPLE_SECONDS:
-        module.fail_json(msg="sample_seconds must be from 0 to %d, got %s" % (MAX_SAMPLE_SECONDS, params["sample_seconds"]))
-    if not 1 <= params["warning_percent"] <= params["critical_percent"] <= 100:
-        module.fail_json(msg="warning_percent and critical_percent must satisfy 1 <= warning_percent <= critical_percent <= 100,"
-                             " got %d and %d" % (params["warning_percent"], params["critical_percent"]))
+    try:
+        validate_audit_options(params["top"], params["sample_seconds"], params["warning_percent"],
+                               params["critical_percent"])
+    except ValidationError as exc:
+        module.fail_json(msg=str(exc), option=exc.option, changed=False)
     result = audit(top=params["top"], sample_seconds=params["sample_seconds"],
                    warning=params["warning_percent"], critical=params["critical_percent"])
     for item in result["unreadable"]:

@@ -276,9 +276,12 @@ def test_hosts_variable_and_a_host_that_cannot_be_audited(fleet, tmp_path):
     ({"port_audit_sample_seconds": "soon"}, "port_audit_sample_seconds", "Validating arguments against arg spec"),
     ({"port_audit_event_hours": [1]}, "port_audit_event_hours", "Validating arguments against arg spec"),
     ({"port_audit_critical_percent": "high"}, "port_audit_critical_percent", "Validating arguments against arg spec"),
-    ({"port_audit_top": 0}, "port_audit_top must be 1-1000", "Check the ranges"),
-    ({"port_audit_sample_seconds": 61}, "port_audit_sample_seconds 0-60", "Check the ranges"),
-    ({"port_audit_warning_percent": 95}, "port_audit_warning_percent", "Check the ranges"),
+    ({"port_audit_top": 0}, "port_audit_top: 0 is not valid: an integer number of destinations from 1 to 1000",
+     "Check the role variables"),
+    ({"port_audit_sample_seconds": 61}, "port_audit_sample_seconds: 61 is not valid: a number of seconds from 0 to 60",
+     "Check the role variables"),
+    ({"port_audit_warning_percent": 95}, "port_audit_warning_percent: 95 is not valid: at most port_audit_critical_percent (90)",
+     "Check the role variables"),
 ])
 def test_argument_errors_stop_before_any_host_is_audited(variables, fragment, task_name, tmp_path):
     with Sandbox.new(prefix="paa") as box:

@@ -234,5 +234,5 @@ def test_sample_measures_rates_and_rising_overflows(root_netns, request):
     assert dests["127.0.0.1:9000"]["time_wait"] == 0 and dests["127.0.0.1:9000"]["blocking"] > 0
     assert result["recommendations"]["somaxconn"] >= 8192
     assert "max_syn_backlog" in result["recommendations"]
-    assert by_name["top 0"]["failed"] and "top must be from 1 to 1000" in by_name["top 0"]["msg"]
-    assert by_name["sample 61"]["failed"] and "sample_seconds must be from 0 to 60" in by_name["sample 61"]["msg"]
+    assert by_name["top 0"]["failed"] and "top: 0 is not valid: an integer number of destinations from 1 to 1000" in by_name["top 0"]["msg"]
+    assert by_name["sample 61"]["failed"] and "sample_seconds: 61.0 is not valid: a number of seconds from 0 to 60" in by_name["sample 61"]["msg"]

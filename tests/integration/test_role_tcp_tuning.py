@@ -72,31 +72,54 @@ def test_check_mode_changes_nothing(box):
     assert box.snapshot() == before
 
 
+BEFORE_THE_HOST = ("Validating arguments against arg spec", "Check the role variables on the controller")
+
+
 @pytest.mark.parametrize("variables, fragment", [
     ({"tcp_tuning_tw_reuse": "maybe"}, "tcp_tuning_tw_reuse"),
     ({"tcp_tuning_time_wait": "thirty"}, "tcp_tuning_time_wait"),
+    ({"tcp_tuning_fin_timeout": "thirty"}, "tcp_tuning_fin_timeout"),
+    ({"tcp_tuning_fin_timeout": 0}, "tcp_tuning_fin_timeout: 0 is not valid: an integer from 1 to 86400"),
     ({"tcp_tuning_state": "gone"}, "tcp_tuning_state"),
     ({"tcp_tuning_platform": "solaris"}, "tcp_tuning_platform"),
     ({"tcp_tuning_reboot": "always"}, "tcp_tuning_reboot"),
     ({"tcp_tuning_reserved_ports": {"port": 8080}}, "tcp_tuning_reserved_ports"),
-    ({"tcp_tuning_linux": {"somaxcon": 8192}}, "somaxcon"),
-    ({"tcp_tuning_linux": {"tw_reuse": 5}}, "tw_reuse"),
-    # ansible-core 2.19 stops this one in the arg-spec task too, but its message does not name the variable
-    # ("argument of type '_AnsibleTaggedInt' is not iterable")
-    ({"tcp_tuning_linux": 5}, None),
-    ({"tcp_tuning_windows": {"max_user_prt": 65534}}, "max_user_prt"),
+    ({"tcp_tuning_reserved_ports": ["80x"]}, "tcp_tuning_reserved_ports: ['80x'] is not valid"),
+    ({"tcp_tuning_port_range": "lots"}, "tcp_tuning_port_range: 'lots' is not valid"),
+    ({"tcp_tuning_port_range": [70000, 80000]}, "tcp_tuning_port_range: [70000, 80000] is not valid"),
+    ({"tcp_tuning_linux": {"somaxcon": 8192}}, "tcp_tuning_linux.somaxcon: 8192 is not valid: not an option"),
+    ({"tcp_tuning_linux": {"tw_reuse": 5}}, "tcp_tuning_linux.tw_reuse: 5 is not valid: one of 0, 1, 2"),
+    ({"tcp_tuning_linux": {"persist_file": "/etc/passwd"}}, "tcp_tuning_linux.persist_file: '/etc/passwd' is not valid"),
+    ({"tcp_tuning_linux": {"tw_recycle": 1}}, "tcp_tuning_linux.tw_recycle: 1 is not valid"),
+    ({"tcp_tuning_linux": 5}, "tcp_tuning_linux"),
     ({"tcp_tuning_reboot_timeout": "soon"}, "tcp_tuning_reboot_timeout"),
 ])
-def test_argument_specs_fail_before_the_host_is_touched(box, variables, fragment):
+def test_bad_role_variables_fail_before_the_host_is_touched(box, variables, fragment):
     before = box.snapshot()
     rc, results = box.run_playbook(play(roles=[ROLE]), extra_vars=variables)
     assert rc != 0
     failed = [r for r in results if r["_status"] == "failed"]
-    assert failed and failed[0]["_task"].startswith("Validating arguments against arg spec"), box.last_run.describe()
-    if fragment is not None:
-        assert fragment in failed[0]["msg"] or fragment in json.dumps(failed[0].get("argument_errors", ""))
+    assert failed and failed[0]["_task"].startswith(BEFORE_THE_HOST), box.last_run.describe()
+    assert fragment in failed[0]["msg"] or fragment in json.dumps(failed[0].get("argument_errors", "")), failed[0]["msg"]
     assert not by_action(results, "tcpstack.tuning.linux_tcp")
     assert box.snapshot() == before
+
+
+def test_deprecated_time_wait_still_works_with_a_warning(box):
+    rc, results = box.run_playbook(play(roles=[ROLE]), extra_vars={"tcp_tuning_time_wait": 45})
+    assert rc == 0, box.last_run.describe()
+    assert box.sysctl("net.ipv4.tcp_fin_timeout") == "45"
+    checked = [r for r in results if r["_action"] == "tcpstack.tuning.check_role_vars"][0]
+    assert any("tcp_tuning_time_wait is deprecated" in d and "tcp_tuning_fin_timeout" in d
+               for d in checked["deprecations"]), checked
+    assert "DEPRECATION WARNING" in box.last_run.stdout + box.last_run.stderr
+
+
+def test_a_misspelt_role_variable_is_warned_about(box):
+    rc, results = box.run_playbook(play(roles=[ROLE]), extra_vars={"tcp_tuning_port_rnage": "1024 65535"})
+    assert rc == 0, box.last_run.describe()
+    checked = [r for r in results if r["_action"] == "tcpstack.tuning.check_role_vars"][0]
+    assert any("tcp_tuning_port_rnage: not a variable of the role" in w for w in checked["warnings"]), checked
 
 
 def test_site_playbook_include_role_with_tags_and_module_options(box):
@@ -114,7 +137,7 @@ def test_site_playbook_include_role_with_tags_and_module_options(box):
 
 def test_import_role_and_the_collection_playbooks_tune_then_rollback(box):
     rc, _results = box.run_playbook(play(tasks=[{"name": "Import", "ansible.builtin.import_role": {"name": ROLE}}]),
-                                    extra_vars={"tcp_tuning_time_wait": 45})
+                                    extra_vars={"tcp_tuning_fin_timeout": 45})
     assert rc == 0, box.last_run.describe()
     assert box.sysctl("net.ipv4.tcp_fin_timeout") == "45"
 
@@ -204,8 +227,11 @@ def test_windows_only_options_and_a_bad_windows_value(fleet):
     assert sims["win2022"].host.registry_value("MaxUserPort") == 65534
     assert any("legacy" in w for r in calls(results, "win2022") for w in r.get("warnings", []))
     before = {name: sim.round_trips for name, sim in sims.items()}
-    rc, results, output = run_fleet(box, sims, play(roles=[ROLE]), extra_vars={"tcp_tuning_time_wait": 500})
+    rc, results, output = run_fleet(box, sims, play(roles=[ROLE]), extra_vars={"tcp_tuning_time_wait_delay": 500})
     assert rc != 0
-    failed = [r for r in calls(results) if r["_status"] == "failed" and r["_host"].startswith("win")]
-    assert len(failed) == 2 and all("time_wait_delay" in r["msg"] for r in failed)
+    failed = [r for r in results if r["_status"] == "failed"]
+    assert sorted(r["_host"] for r in failed) == ["win2016", "win2022"], output  # Linux does not use it
+    assert all(r["_action"] == "tcpstack.tuning.check_role_vars" for r in failed)
+    assert all(r["msg"].startswith("tcp_tuning_time_wait_delay: 500 is not valid: an integer number of seconds")
+               for r in failed), failed
     assert {name: sim.round_trips for name, sim in sims.items()} == before  # validation: nothing sent

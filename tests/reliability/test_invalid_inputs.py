@@ -137,7 +137,8 @@ LINUX_CASES = [
     case("role-state", {"tcp_tuning_state": "gone"}, "tcp_tuning_state", "present, absent", kind="role"),
     case("role-platform", {"tcp_tuning_platform": "bsd"}, "tcp_tuning_platform", "auto, linux, windows", kind="role"),
     case("role-reboot", {"tcp_tuning_reboot": "always"}, "tcp_tuning_reboot", "never, if_required", kind="role"),
-    case("role-linux-unknown-key", {"tcp_tuning_linux": {"bogus": 1}}, "bogus", "Supported parameters", kind="role"),
+    case("role-linux-unknown-key", {"tcp_tuning_linux": {"bogus": 1}}, "tcp_tuning_linux.bogus", "not an option of the module",
+         kind="role"),
     case("role-linux-tw_reuse", {"tcp_tuning_linux": {"tw_reuse": 5}}, "tw_reuse", "0, 1, 2", kind="role"),
     case("role-linux-persist-dotdot", {"tcp_tuning_linux": {"persist_file": "/etc/sysctl.d/../x.conf"}},
          "persist_file", "sysctl.d", kind="role"),
@@ -186,7 +187,7 @@ WIN_CASES = [
          "from 5000 to 65534", kind="role"),
     case("w-role-windows-protocols", {"tcp_tuning_windows": {"protocols": ["icmp"]}}, "protocols", "tcp, udp",
          kind="role"),
-    case("w-role-windows-unknown-key", {"tcp_tuning_windows": {"bogus": 1}}, "bogus", "Supported parameters",
+    case("w-role-windows-unknown-key", {"tcp_tuning_windows": {"bogus": 1}}, "tcp_tuning_windows.bogus", "not an option of the module",
          kind="role"),
     case("w-role-time_wait-word", {"tcp_tuning_time_wait": "thirty"}, "tcp_tuning_time_wait", "int", kind="role"),
 ]

@@ -1,0 +1,238 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The roles' variables, checked on the controller before any host is contacted.
+
+``tcp_tuning(values, ...)`` and ``port_audit(values)`` take the role variables
+as the play has them (rendered) and return what the role's tasks need: whether
+the host is Windows, and the exact options for the module it will call.  Every
+check is the one the module itself makes (linux_tuning.validate,
+windows_tcp.validate_win_tcp, port_usage.validate_audit_options), so a value the
+role accepts is a value the module accepts; an error names the variable as the
+user wrote it (``tcp_tuning_port_range``, ``tcp_tuning_linux.persist_file``).
+
+Controller only: pure functions, no Ansible objects.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning import ARGUMENT_SPEC as LINUX_TCP_OPTIONS
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning import validate as validate_linux_tcp
+from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import validate_audit_options
+from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_bool, strict_int
+from ansible_collections.tcpstack.tuning.plugins.module_utils.windows_tcp import (
+    EVENT_HOURS_MAX,
+    WIN_TCP_OPTIONS,
+    validate_win_tcp,
+)
+
+WINDOWS_CONNECTIONS = frozenset(("winrm", "psrp", "ansible.builtin.winrm", "ansible.builtin.psrp"))
+WINDOWS_SHELLS = frozenset(("powershell", "cmd", "ansible.builtin.powershell", "ansible.builtin.cmd"))
+PLATFORMS = ("auto", "linux", "windows")
+REBOOT_MODULE = "ansible.windows.win_reboot"
+
+# Each role's variables: name -> the role default (the role's defaults/main.yml; its meta/argument_specs.yml
+# documents them, and a unit test holds the three in step).  Used to tell typos from the role's variables.
+TCP_TUNING_VARS = {
+    "tcp_tuning_fin_timeout": 30,
+    "tcp_tuning_time_wait_delay": 30,
+    "tcp_tuning_port_range": [32768, 65535],
+    "tcp_tuning_tw_reuse": True,
+    "tcp_tuning_reserved_ports": [],
+    "tcp_tuning_reserve_listening_ports": True,
+    "tcp_tuning_state": "present",
+    "tcp_tuning_platform": "auto",
+    "tcp_tuning_linux": {},
+    "tcp_tuning_windows": {},
+    "tcp_tuning_reboot": "never",
+    "tcp_tuning_reboot_timeout": 600,
+}
+PORT_AUDIT_VARS = {
+    "port_audit_report_dir": "port_audit_report",
+    "port_audit_formats": ["json", "markdown", "html"],
+    "port_audit_title": "Ephemeral-port audit",
+    "port_audit_top": 5,
+    "port_audit_sample_seconds": 0,
+    "port_audit_event_hours": 24,
+    "port_audit_warning_percent": 70,
+    "port_audit_critical_percent": 90,
+    "port_audit_fail_on_critical": False,
+    "port_audit_platform": "auto",
+}
+# Names with the roles' prefixes that are not role variables: the playbooks' own, and what the roles set.
+NOT_ROLE_VARS = frozenset((
+    "tcp_tuning_hosts", "tcp_tuning_serial", "tcp_tuning_max_fail_percentage", "tcp_tuning_result",
+    "tcp_tuning_reboot_required", "port_audit_hosts", "port_audit_result", "port_audit_report",
+))
+DEPRECATED = {
+    # old name -> (what replaces it, the release that removes it)
+    "tcp_tuning_time_wait": (
+        "tcp_tuning_fin_timeout (Linux tcp_fin_timeout: orphaned FIN_WAIT_2 only, Linux TIME_WAIT stays 60 s) and "
+        "tcp_tuning_time_wait_delay (Windows TcpTimedWaitDelay)", "0.3.0"),
+}
+REBOOT_TIMEOUT_MAX = 86400
+FORMATS = ("json", "markdown", "html")
+
+
+class RoleVarError(ValueError):
+    """A role variable is not valid; the message names it as the user wrote it, its value and what is valid."""
+
+    def __init__(self, name, value, valid):
+        self.name = name
+        super().__init__(str(ValidationError(name, value, valid)))
+
+
+def unknown_names(role_vars, names):
+    """Variables with the role's prefix that the role does not have (typos, most likely), sorted."""
+    prefix = "tcp_tuning_" if role_vars is TCP_TUNING_VARS else "port_audit_"
+    return sorted(name for name in names
+                  if name.startswith(prefix) and name not in role_vars and name not in NOT_ROLE_VARS
+                  and name not in DEPRECATED)
+
+
+def is_windows(platform, variable, connection=None, shell_type=None, os_family=None):
+    """The platform the role tunes on this host: from ``platform`` or, for auto, the connection without facts."""
+    if platform not in PLATFORMS:
+        raise RoleVarError(variable, platform, "one of %s" % ", ".join(PLATFORMS))
+    if platform != "auto":
+        return platform == "windows"
+    return (str(connection or "") in WINDOWS_CONNECTIONS or str(shell_type or "") in WINDOWS_SHELLS
+            or str(os_family or "") == "Windows")
+
+
+def _as_dict(values, name):
+    value = values.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RoleVarError(name, value, "a dictionary of module options, e.g. {somaxconn: 8192}")
+    return dict(value)
+
+
+def _bool(values, name):
+    try:
+        return strict_bool(values.get(name), name)
+    except ValidationError as exc:
+        raise RoleVarError(name, exc.value, exc.valid) from None
+
+
+def _renamed(exc, sources):
+    """Re-raise a module's ValidationError under the role variable that gave the option."""
+    name = sources.get(exc.option, exc.option)
+    return RoleVarError(name, exc.value, exc.valid)
+
+
+def _merge(options, sources, extra, extra_name, allowed):
+    """Overlay the per-OS dict (tcp_tuning_linux / tcp_tuning_windows) on the OS-neutral options."""
+    for option, value in extra.items():
+        if option not in allowed:
+            raise RoleVarError("%s.%s" % (extra_name, option), value,
+                               "not an option of the module; %s takes %s" % (extra_name, ", ".join(allowed)))
+        options[option] = value
+        sources[option] = "%s.%s" % (extra_name, option)
+
+
+def tcp_tuning(values, windows, have_reboot_module=lambda: True):
+    """Check the tcp_tuning role's variables for one host; returns (module options, deprecations).
+
+    ``values`` maps variable names to their rendered values (missing = the
+    role default).  ``windows``: the host's platform, from is_windows().
+    The options are those of tcpstack.tuning.win_tcp when ``windows``, else
+    of tcpstack.tuning.linux_tcp, with ``state`` set.  ``have_reboot_module()``
+    tells whether ansible.windows.win_reboot can be loaded on this controller
+    (asked only when a Windows host may be rebooted).
+    """
+    values = dict(TCP_TUNING_VARS, **{k: v for k, v in values.items() if v is not None})
+    deprecations = []
+    state = values["tcp_tuning_state"]
+    if state not in ("present", "absent"):
+        raise RoleVarError("tcp_tuning_state", state, "present or absent")
+    reboot = values["tcp_tuning_reboot"]
+    if reboot not in ("never", "if_required"):
+        raise RoleVarError("tcp_tuning_reboot", reboot, "never or if_required")
+    strict_int_var(values, "tcp_tuning_reboot_timeout", 1, REBOOT_TIMEOUT_MAX, "an integer number of seconds")
+    fin_timeout, time_wait_delay = values["tcp_tuning_fin_timeout"], values["tcp_tuning_time_wait_delay"]
+    sources = {"fin_timeout": "tcp_tuning_fin_timeout", "time_wait_delay": "tcp_tuning_time_wait_delay",
+               "port_range": "tcp_tuning_port_range", "tw_reuse": "tcp_tuning_tw_reuse",
+               "reserved_ports": "tcp_tuning_reserved_ports",
+               "reserve_listening_ports": "tcp_tuning_reserve_listening_ports"}
+    if "tcp_tuning_time_wait" in values:
+        replacement, version = DEPRECATED["tcp_tuning_time_wait"]
+        deprecations.append({
+            "msg": "The role variable tcp_tuning_time_wait is deprecated: it never shortened Linux TIME_WAIT. "
+                   "Use %s. Until then it sets both." % replacement,
+            "version": version, "collection_name": "tcpstack.tuning"})
+        fin_timeout = time_wait_delay = values["tcp_tuning_time_wait"]
+        sources.update(fin_timeout="tcp_tuning_time_wait", time_wait_delay="tcp_tuning_time_wait")
+
+    if windows:
+        options = {"state": state, "time_wait_delay": time_wait_delay, "port_range": values["tcp_tuning_port_range"]}
+        _merge(options, sources, _as_dict(values, "tcp_tuning_windows"), "tcp_tuning_windows",
+               [o for o in WIN_TCP_OPTIONS if o != "state"])
+        try:
+            validate_win_tcp(options)
+        except ValidationError as exc:
+            raise _renamed(exc, sources) from None
+        if reboot == "if_required" and not have_reboot_module():
+            raise RoleVarError("tcp_tuning_reboot", reboot,
+                               "never, unless the collection ansible.windows is installed on the controller: "
+                               "if_required reboots with %s. Install it with "
+                               "'ansible-galaxy collection install ansible.windows'" % REBOOT_MODULE)
+        return options, deprecations
+
+    options = {"state": state, "fin_timeout": fin_timeout, "port_range": values["tcp_tuning_port_range"],
+               "tw_reuse": 1 if _bool(values, "tcp_tuning_tw_reuse") else 2,
+               "reserve_listening_ports": _bool(values, "tcp_tuning_reserve_listening_ports")}
+    reserved = values["tcp_tuning_reserved_ports"]
+    if reserved not in ([], "", ()):  # empty leaves the host's reservations alone
+        options["reserved_ports"] = reserved
+    _merge(options, sources, _as_dict(values, "tcp_tuning_linux"), "tcp_tuning_linux",
+           [o for o in LINUX_TCP_OPTIONS if o != "state"])
+    try:
+        validate_linux_tcp(options)
+    except ValidationError as exc:
+        raise _renamed(exc, sources) from None
+    return options, deprecations
+
+
+def strict_int_var(values, name, low, high, what):
+    try:
+        return strict_int(values[name], name, low, high, what)
+    except ValidationError as exc:
+        raise RoleVarError(name, exc.value, exc.valid) from None
+
+
+def port_audit(values, windows):
+    """Check the port_audit role's variables for one host; returns the info module's options.
+
+    The options are those of tcpstack.tuning.win_port_usage_info when
+    ``windows``, else of tcpstack.tuning.port_usage_info.  The fleet report's
+    own variables (directory, formats, title, gate) are checked too.
+    """
+    values = dict(PORT_AUDIT_VARS, **{k: v for k, v in values.items() if v is not None})
+    report_dir = values["port_audit_report_dir"]
+    if not isinstance(report_dir, str) or not report_dir.strip():
+        raise RoleVarError("port_audit_report_dir", report_dir, "a directory path on the controller")
+    formats = values["port_audit_formats"]
+    if isinstance(formats, str) or not isinstance(formats, (list, tuple)) or any(f not in FORMATS for f in formats):
+        raise RoleVarError("port_audit_formats", formats, "a list of %s (or [] for none)" % ", ".join(FORMATS))
+    if not isinstance(values["port_audit_title"], str):
+        raise RoleVarError("port_audit_title", values["port_audit_title"], "a string")
+    _bool(values, "port_audit_fail_on_critical")
+    hours = strict_int_var(values, "port_audit_event_hours", 1, EVENT_HOURS_MAX, "an integer number of hours")
+    sample = values["port_audit_sample_seconds"]
+    if isinstance(sample, str) and len(sample) <= 32:  # -e port_audit_sample_seconds=2.5 arrives as text
+        try:
+            sample = float(sample)
+        except ValueError:
+            pass  # refused below, as it was written
+    names = {option: "port_audit_" + option for option in ("top", "sample_seconds", "warning_percent", "critical_percent")}
+    try:
+        top, sample, warning, critical = validate_audit_options(
+            values["port_audit_top"], sample, values["port_audit_warning_percent"], values["port_audit_critical_percent"],
+            names)
+    except ValidationError as exc:
+        raise RoleVarError(exc.option, exc.value, exc.valid) from None
+    if windows:
+        return {"top": top, "event_hours": hours}
+    return {"top": top, "sample_seconds": sample, "warning_percent": warning, "critical_percent": critical}
