@@ -114,7 +114,7 @@ class ActionModule(ActionBase):
                 rc, stdout, stderr = self._send(build_apply_script(actions, targets))
             except WinTcpError:
                 raise
-            except Exception as exc:  # the connection's own errors: requests, pywinrm, pypsrp, ssh
+            except Exception as exc:  # the connection's own errors: requests, pywinrm, ssh
                 raise WinTcpError(
                     "the connection failed while applying %d change(s) (%s): %s. The host may have all or none of "
                     "them; run the task again: it reads the host first and converges"

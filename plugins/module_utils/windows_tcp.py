@@ -364,8 +364,9 @@ def encode_command(script):
     """The command line that runs ``script``: PowerShell with the script as UTF-16LE base64.
 
     The same bytes Ansible's winrm connection would send for ``script`` (it recognises this prefix and does not
-    encode twice); the psrp connection decodes it and runs the script; over SSH it is an ordinary command line.
-    This is what ansible.windows' win_reboot sends too.
+    encode twice); the ssh connection passes it unchanged to Windows' OpenSSH server, whose default shell
+    (PowerShell) runs it. Both are tested against the Windows host simulator. This is what ansible.windows'
+    win_reboot sends too.
     """
     lines = [line.strip() for line in script.splitlines() if line.strip()]
     return POWERSHELL + base64.b64encode("\n".join(lines).encode("utf-16-le")).decode("ascii")

@@ -18,10 +18,10 @@ description:
     Answers "are we running out of ephemeral ports, and towards what?" with a verdict, findings in plain sentences
     and the M(tcpstack.tuning.win_tcp) options that would fix what was found.
   - Changes nothing. Runs the same in check mode.
-  - Runs on the controller (an action plugin) and sends one command over the task's own connection, which runs
-    standard Windows tools. C(reg) (build, C(TcpTimedWaitDelay), C(MaxUserPort)), C(netsh) (dynamic and excluded
-    port ranges of TCP and UDP, IPv4 and IPv6), C(Get-NetTCPConnection), C(Get-Process) and C(wevtutil) (Tcpip
-    events 4227 and 4231 in the System log).
+  - Runs on the controller (an action plugin) and sends one command over the task's own connection (WinRM or SSH),
+    which runs standard Windows tools. C(reg) (build, C(TcpTimedWaitDelay), C(MaxUserPort)), C(netsh) (dynamic
+    and excluded port ranges of TCP and UDP, IPv4 and IPv6), C(Get-NetTCPConnection), C(Get-Process) and
+    C(wevtutil) (Tcpip events 4227 and 4231 in the System log).
   - "B(The limit is host-wide.) On Windows C(connect()) takes an ephemeral port from one pool per IP version (event
     4231 says the global TCP port space is exhausted), so the verdict comes from all ephemeral ports held on the host
     against the usable dynamic ports (the range minus the excluded ranges in it). RV(destinations) and RV(processes)
@@ -56,6 +56,9 @@ attributes:
       Windows Vista / Server 2008 and later. The connection table needs C(Get-NetTCPConnection) (Windows Server
       2012 / Windows 8 and later); without it the ranges and events are still reported and RV(unreadable) says why.
 notes:
+  - "Connections: C(ansible_connection=winrm), or C(ansible_connection=ssh) to Windows' OpenSSH server with
+    C(powershell.exe) as its C(DefaultShell) and C(ansible_shell_type=powershell). Both are tested, against a
+    simulated Windows host; PSRP is not."
   - "How long a closed port stays unusable: C(TcpTimedWaitDelay) seconds of TIME_WAIT (120 when not set). The value is
     read from the registry; Windows takes it into effect at boot."
   - Sockets in TIME_WAIT belong to no process; Windows reports them with process id 0 (C(Idle)).

@@ -18,7 +18,7 @@ description:
     at once and persists, and the C(TcpTimedWaitDelay) and C(MaxUserPort) registry values under
     C(HKLM\SYSTEM\CurrentControlSet\Services\Tcpip\Parameters) as C(REG_DWORD), which Windows reads at boot.
   - Runs on the controller (an action plugin) and uses only standard Windows tools (C(reg), C(netsh)) over the
-    task's own connection (WinRM, PSRP or SSH). Nothing is copied to the host and no module runs there.
+    task's own connection (WinRM or SSH). Nothing is copied to the host and no module runs there.
   - One command reads everything; at most one more applies the changes and reads them back to verify. A host
     that already has the wanted values costs one round trip. RV(round_trips) reports the number.
   - Every option is validated on the controller before the host is contacted, so a bad value fails with a
@@ -90,6 +90,9 @@ attributes:
     platforms: windows
     description: Windows Vista / Server 2008 and later. Changing values needs an administrator.
 notes:
+  - "Connections: C(ansible_connection=winrm), or C(ansible_connection=ssh) to Windows' OpenSSH server with
+    C(powershell.exe) as its C(DefaultShell) and C(ansible_shell_type=powershell). Both are tested, against a
+    simulated Windows host; PSRP is not."
   - The registry values take effect after a reboot; use M(ansible.windows.win_reboot) when RV(reboot_required) is true.
   - The dynamic range is per protocol and IP version; O(port_range) with the defaults sets TCP for IPv4 and IPv6.
 seealso:

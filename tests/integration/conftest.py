@@ -6,6 +6,7 @@ never pass by skipping.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,10 +16,26 @@ LIB = Path(__file__).resolve().parents[1] / "lib"
 if str(LIB) not in sys.path:
     sys.path.insert(0, str(LIB))
 
-from ci import need_root_netns  # noqa: E402  pylint: disable=wrong-import-position
+from ci import need, need_root_netns  # noqa: E402  pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="session")
 def root_netns():
     """Root, the ip command and network-namespace support are all present."""
     return need_root_netns()
+
+
+@pytest.fixture
+def ssh_client_key(tmp_path):
+    """A key pair made for this test, for the Windows host simulator's SSH endpoint: (private key file, public key line).
+
+    Ansible's ssh connection runs the OpenSSH client, so that must be here (Debian package openssh-client).
+    """
+    need(os.access("/usr/bin/ssh", os.X_OK), "needs the OpenSSH client /usr/bin/ssh (Debian package openssh-client)")
+    import asyncssh  # pylint: disable=import-outside-toplevel  # only the SSH tests need it
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path = tmp_path / "id_ed25519"
+    key.write_private_key(str(path))
+    path.chmod(0o600)  # ssh refuses a private key others can read
+    return path, key.export_public_key().decode("ascii")

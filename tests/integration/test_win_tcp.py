@@ -45,19 +45,22 @@ def task(name, ignore_errors=False, check_mode=None, diff=None, ignore_unreachab
     return out
 
 
-def run_play(port, *tasks, timeout=180):
-    """Run the tasks against 127.0.0.1:port over WinRM; returns {task name: result}."""
+WINRM = {"ansible_connection": "winrm", "ansible_winrm_transport": "basic", "ansible_winrm_scheme": "http",
+         "ansible_user": USER, "ansible_password": PASSWORD,
+         "ansible_winrm_operation_timeout_sec": 20, "ansible_winrm_read_timeout_sec": 30}
+
+
+def run_play(port, *tasks, timeout=180, connection=None, roles=None):
+    """Run the tasks (after the roles, if any) against 127.0.0.1:port, over WinRM unless ``connection`` gives
+    other connection variables (test_win_ssh.py); returns {task name: result}."""
     with tempfile.TemporaryDirectory(prefix="tcpstack-win-") as tmp:
         work = Path(tmp)
-        inventory = {"all": {"hosts": {"win": {
-            "ansible_host": "127.0.0.1", "ansible_port": port, "ansible_connection": "winrm",
-            "ansible_winrm_transport": "basic", "ansible_winrm_scheme": "http",
-            "ansible_user": USER, "ansible_password": PASSWORD,
-            "ansible_winrm_operation_timeout_sec": 20, "ansible_winrm_read_timeout_sec": 30,
-        }}}}
-        (work / "inventory.json").write_text(json.dumps(inventory))
-        (work / "play.yml").write_text(json.dumps(
-            [{"name": "win_tcp", "hosts": "all", "gather_facts": False, "tasks": list(tasks)}]))
+        host = dict({"ansible_host": "127.0.0.1", "ansible_port": port}, **(WINRM if connection is None else connection))
+        (work / "inventory.json").write_text(json.dumps({"all": {"hosts": {"win": host}}}))
+        play = {"name": "win_tcp", "hosts": "all", "gather_facts": False, "tasks": list(tasks)}
+        if roles:
+            play["roles"] = list(roles)
+        (work / "play.yml").write_text(json.dumps([play]))
         (work / "callback_plugins").mkdir()
         (work / "callback_plugins" / "tcpstack_results.py").write_text(_CALLBACK)
         results_file = work / "results.jsonl"
@@ -76,7 +79,7 @@ def run_play(port, *tasks, timeout=180):
                               cwd=tmp, env=env, text=True, capture_output=True, timeout=timeout, check=False)
         results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
     by_name = {r["_task"]: r for r in results}
-    if len(by_name) != len(tasks):
+    if any(t["name"] not in by_name for t in tasks) or (roles and not results):
         raise AssertionError("ansible-playbook rc=%d\nstdout:\n%s\nstderr:\n%s" % (proc.returncode, proc.stdout, proc.stderr))
     return by_name
 

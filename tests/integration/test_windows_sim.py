@@ -1,11 +1,12 @@
-"""Tests of the Windows host simulator itself (tests/windows_sim), driven by the real pywinrm
-and, once, by a real ``ansible`` ad-hoc run over Ansible's winrm connection.
+"""Tests of the Windows host simulator itself (tests/windows_sim), driven by the real pywinrm, the asyncssh
+client (its SSH endpoint) and, once, by a real ``ansible`` ad-hoc run over Ansible's winrm connection.
 
 Everything runs on 127.0.0.1 without root: nothing here skips.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import os
@@ -15,7 +16,9 @@ import threading
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
+import asyncssh
 import pytest
 import requests
 import winrm
@@ -600,6 +603,88 @@ def test_twenty_hosts_in_parallel():
 
 
 # ---------------------------------------------------------------------------
+# SSH endpoint (Windows OpenSSH, DefaultShell powershell.exe), driven by the asyncssh client
+# ---------------------------------------------------------------------------
+CLIENT_KEY = asyncssh.generate_private_key("ssh-ed25519")
+ENCODED = "PowerShell -NoProfile -NonInteractive -ExecutionPolicy Unrestricted -EncodedCommand "
+
+
+@pytest.fixture
+def ssh_sim():
+    with Simulator(ssh=True, ssh_authorized_keys=CLIENT_KEY.export_public_key().decode()) as simulator:
+        yield simulator
+
+
+def ssh_run(simulator, command, username=USER, key=CLIENT_KEY):
+    """One exec request over a new connection, the host key checked against sim.ssh_known_hosts."""
+    async def run():
+        async with asyncssh.connect("127.0.0.1", simulator.ssh_port, username=username, client_keys=[key],
+                                    known_hosts=asyncssh.import_known_hosts(simulator.ssh_known_hosts),
+                                    connect_timeout=10) as conn:
+            return await asyncio.wait_for(conn.run(command, encoding=None), 20)
+    return asyncio.run(run())
+
+
+def encoded(script):
+    return ENCODED + base64.b64encode(script.encode("utf-16-le")).decode("ascii")
+
+
+def test_ssh_exec_shares_the_host_and_the_round_trips_with_winrm(ssh_sim):
+    r = ssh_run(ssh_sim, encoded("netsh int ipv4 set dynamicportrange protocol=tcp startport=10000 numberofports=1000\n"
+                                 + RC))
+    assert (r.exit_status, r.stdout, r.stderr) == (0, b"Ok.\r\n\r\n@@tcpstack:rc:0@@\r\n", b"")
+    assert "Number of Ports : 1000" in ps(ssh_sim, "netsh int ipv4 show dynamicportrange tcp")[1]  # over WinRM
+    r = ssh_run(ssh_sim, "netsh int ipv4 show dynamicportrange protocol=tcp")  # raw: the default shell runs it
+    assert r.exit_status == 0 and b"Start Port      : 10000" in r.stdout
+    assert ssh_sim.round_trips == 3 and ssh_sim.requests["Command"] == 3
+
+
+def test_ssh_exit_status_clixml_stderr_and_oem_code_page():
+    with Simulator(language="de-DE", ssh=True, ssh_authorized_keys=CLIENT_KEY.export_public_key().decode()) as sim:
+        r = ssh_run(sim, encoded("Write-Output 'x'\nGet-Service"))
+        assert r.exit_status == 1 and r.stdout == b"x\r\n" and r.stderr.startswith(b"#< CLIXML\r\n")
+        r = ssh_run(sim, encoded("reg query '%s' /v NoSuchValue\n%s" % (PARAMS, RC)))
+        assert r.exit_status == 0 and b"@@tcpstack:rc:1@@" in r.stdout  # the last statement succeeded
+        assert r.stderr.decode("cp850").startswith("FEHLER: Der angegebene Registrierungsschlüssel")
+        r = ssh_run(sim, "netsh int ipv4 show excludedportrange protocol=tcp")
+        assert "Verwaltete Portausschlüsse".encode("cp850") in r.stdout  # OEM code page 850, not UTF-8
+
+
+def test_ssh_refuses_other_keys_users_shells_and_subsystems(ssh_sim):
+    with pytest.raises(asyncssh.PermissionDenied):
+        ssh_run(ssh_sim, "netsh", key=asyncssh.generate_private_key("ssh-ed25519"))
+    with pytest.raises(asyncssh.PermissionDenied):
+        ssh_run(ssh_sim, "netsh", username="administrator")
+    assert ssh_run(ssh_sim, "netsh int ipv4 show dynamicportrange tcp", username="ANSIBLE").exit_status == 0
+
+    async def shell_and_sftp():
+        async with asyncssh.connect("127.0.0.1", ssh_sim.ssh_port, username=USER, client_keys=[CLIENT_KEY],
+                                    known_hosts=None, connect_timeout=10) as conn:
+            shell = await asyncio.wait_for(conn.run(encoding=None), 20)
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await asyncio.wait_for(conn.run(subsystem="sftp", encoding=None), 20)
+            return shell
+    shell = asyncio.run(shell_and_sftp())
+    assert shell.exit_status == 1 and b"only exec requests are simulated" in shell.stderr
+    assert ssh_sim.round_trips == 1
+
+
+def test_ssh_faults_and_stop_closes_connections(ssh_sim):
+    set_range = encoded("netsh int ipv4 set dynamicportrange protocol=tcp startport=30000 numberofports=1000")
+    ssh_sim.faults.drop_command(1, execute=True)
+    r = ssh_run(ssh_sim, set_range)
+    assert (r.exit_status, r.stdout) == (None, b"")  # the connection was closed: no output, no exit status
+    assert ssh_sim.host.dynamic_range() == (30000, 1000)  # ran, reply lost
+
+    async def held_open():
+        conn = await asyncssh.connect("127.0.0.1", ssh_sim.ssh_port, username=USER, client_keys=[CLIENT_KEY],
+                                      known_hosts=None, connect_timeout=10)
+        await asyncio.get_running_loop().run_in_executor(None, ssh_sim.stop)
+        await asyncio.wait_for(conn.wait_closed(), 10)  # the simulator closed it
+    asyncio.run(held_open())
+
+
+# ---------------------------------------------------------------------------
 # Real Ansible, real winrm connection
 # ---------------------------------------------------------------------------
 def _ansible_raw(sim, tmp_path, command):
@@ -643,6 +728,25 @@ def test_command_line_entry_point():
         r = winrm.Session(url, auth=(USER, PASSWORD), transport="basic", ca_trust_path=None).run_ps(
             "reg query 'HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion' /v CurrentBuildNumber")
         assert r.status_code == 0 and b"17763" in r.std_out
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+
+
+def test_command_line_entry_point_with_ssh(tmp_path):
+    keys = tmp_path / "authorized_keys"
+    keys.write_text(CLIENT_KEY.export_public_key().decode())
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    proc = subprocess.Popen([sys.executable, "-m", "windows_sim", "--port", "0", "--ssh-port", "0",
+                             "--ssh-authorized-keys", str(keys)], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    try:
+        assert "build 20348" in proc.stdout.readline()
+        line = proc.stdout.readline()
+        assert line.startswith("windows_sim: ssh://ansible@127.0.0.1:") and "DefaultShell powershell.exe" in line
+        known_hosts = line.split("known_hosts: ")[1].strip()
+        sim = SimpleNamespace(ssh_port=int(known_hosts.split("]:")[1].split()[0]), ssh_known_hosts=known_hosts)
+        r = ssh_run(sim, encoded("reg query 'HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion' /v CurrentBuildNumber"))
+        assert r.exit_status == 0 and b"20348" in r.stdout
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0

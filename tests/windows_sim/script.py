@@ -310,12 +310,17 @@ _PS_VALUE_OPTIONS = ("executionpolicy", "inputformat", "outputformat", "windowst
 _PS_FLAGS = ("noprofile", "noninteractive", "nologo", "noexit", "mta", "sta")
 
 
+def _program(word):
+    """``C:\\Windows\\...\\PowerShell.exe`` -> ``powershell``."""
+    return word.replace("/", "\\").split("\\")[-1].lower().removesuffix(".exe")
+
+
 def execute(host, command_line, log, faults=None):
     """Run one WinRS command line (rsp:Command + rsp:Arguments)."""
     args = split_cmdline(command_line)
     if not args:
         return Result("", "", 0)
-    program = args[0].replace("/", "\\").split("\\")[-1].lower().removesuffix(".exe")
+    program = _program(args[0])
     if program == "powershell":
         i = 1
         while i < len(args):
@@ -350,4 +355,23 @@ def execute(host, command_line, log, faults=None):
     return Result("", text(host.language, "cmd_not_recognized", name=args[0]) + CRLF, 1)
 
 
-__all__ = ["ParseError", "Result", "ToolResult", "classify", "execute", "run_powershell", "split_cmdline", "tokenize"]
+def run_ssh_command(host, command_line, log, faults=None):
+    """Run the command line of an SSH exec request as Windows' OpenSSH server does with
+    ``DefaultShell = powershell.exe``: as ``powershell.exe -c <command line>``.
+
+    DefaultShell is documented in learn.microsoft.com "OpenSSH Server configuration for Windows Server and
+    Windows"; its command switch, DefaultShellCommandOption, "By default this is -c" (PowerShell/Win32-OpenSSH
+    wiki "DefaultShell").  So the command line is a PowerShell script: a first word naming powershell(.exe)
+    starts a child PowerShell with that command line (what Ansible's ssh connection sends, see ssh.py), any
+    other line is a script of the contract's language (an Ansible ``raw``).  The outer -Command's exit code
+    is 0 when its last statement, here the child process, succeeded, else 1 (about_PowerShell_exe).
+    """
+    args = split_cmdline(command_line)
+    if args and _program(args[0]) == "powershell":
+        result = execute(host, command_line, log, faults)
+        return Result(result.stdout, result.stderr, 0 if result.exit_code == 0 else 1)
+    return run_powershell(host, command_line, log, faults)
+
+
+__all__ = ["ParseError", "Result", "ToolResult", "classify", "execute", "run_powershell", "run_ssh_command",
+           "split_cmdline", "tokenize"]

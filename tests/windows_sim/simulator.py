@@ -96,14 +96,19 @@ class Faults:
 
 
 class Simulator(ShellService):
-    """A simulated Windows host with a WinRM endpoint on 127.0.0.1 (http, Basic).
+    """A simulated Windows host with a WinRM endpoint on 127.0.0.1 (http, Basic) and, with ``ssh=True``, an
+    SSH endpoint too (ssh.py: Windows' OpenSSH server with PowerShell as the default shell, public-key
+    authentication with ``ssh_authorized_keys``, the text of an authorized_keys file). Both endpoints run
+    commands on the same emulated host and count them on the same ``round_trips``.
 
     >>> with Simulator(profile="server2022") as sim:
     ...     url = "http://127.0.0.1:%d/wsman" % sim.port
     """
 
     def __init__(self, profile="server2022", language="en-US", username="ansible", password="Sim-Passw0rd!",
-                 host_state=None, bind="127.0.0.1", port=0, clock=None):
+                 host_state=None, bind="127.0.0.1", port=0, clock=None, ssh=False, ssh_port=0, ssh_authorized_keys=None):
+        if ssh and not ssh_authorized_keys:
+            raise ValueError("ssh=True needs ssh_authorized_keys (public-key authentication only)")
         self.host = WindowsHost(profile=profile, language=language, host_state=host_state, clock=clock)
         self.username = username
         self.password = password
@@ -115,12 +120,36 @@ class Simulator(ShellService):
         self._count_lock = threading.Lock()
         self._server = None
         self._thread = None
+        self.ssh = ssh
+        self.ssh_port = ssh_port
+        self._ssh_authorized_keys = ssh_authorized_keys
+        self._ssh = None
         self._init_shells()
 
     @property
     def round_trips(self):
-        """Command requests received (one per exec_command)."""
+        """Commands received (one per exec_command): WinRS Command requests and SSH exec requests."""
         return self.requests.get("Command", 0)
+
+    @property
+    def ssh_known_hosts(self):
+        """The known_hosts line of the SSH endpoint (``[127.0.0.1]:PORT ssh-ed25519 AAAA...``), once started."""
+        if self._ssh is None:
+            return None
+        name = "127.0.0.1" if self.ssh_port == 22 else "[127.0.0.1]:%d" % self.ssh_port  # ssh's known_hosts format
+        return "%s %s" % (name, self._ssh.public_host_key)
+
+    def _start_ssh(self):
+        if self.ssh and self._ssh is None:
+            from .ssh import SSHEndpoint  # pylint: disable=import-outside-toplevel  # asyncssh only when asked for
+
+            self._ssh = SSHEndpoint(self, self.bind, self.ssh_port, self._ssh_authorized_keys).start()
+            self.ssh_port = self._ssh.port
+
+    def _stop_ssh(self):
+        if self._ssh is not None:
+            self._ssh.stop()
+            self._ssh = None
 
     @property
     def endpoint(self):
@@ -145,9 +174,15 @@ class Simulator(ShellService):
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="windows_sim:%d" % self.port, daemon=True)
         self._thread.start()
+        try:
+            self._start_ssh()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self):
+        self._stop_ssh()
         if self._server is None:
             return
         self._server.shutdown()
@@ -161,8 +196,10 @@ class Simulator(ShellService):
         self._server = WSManServer((self.bind, self.port), self)
         self.port = self._server.server_address[1]
         try:
+            self._start_ssh()
             self._server.serve_forever()
         finally:
+            self._stop_ssh()
             self._server.server_close()
             self._server = None
 
