@@ -12,9 +12,9 @@ FQCN   := tcpstack-tuning
 # the venv's tools (ansible, ansible-galaxy, ...) come first for every recipe
 export PATH := $(BIN):$(PATH)
 
-.PHONY: test venv hostdeps unit sanity lint changelog-lint build integration molecule core-lines demo bench clean
+.PHONY: test venv hostdeps unit sanity lint changelog-lint build integration user-path molecule core-lines demo bench clean
 
-test: hostdeps venv unit sanity lint changelog-lint build integration molecule core-lines
+test: hostdeps venv unit sanity lint changelog-lint build integration user-path molecule core-lines
 
 venv: $(STAMP)
 
@@ -34,6 +34,21 @@ hostdeps:
 # pytest exits 5 when it collected no test: that fails too
 unit: venv
 	$(BIN)/pytest tests/unit -q || { rc=$$?; [ $$rc != 5 ] || echo "unit: no tests collected" >&2; exit $$rc; }
+
+# The user's controller: ansible-core alone (+ pywinrm), exact pins in requirements-user.txt; no `ansible` package
+USER_VENV  := .venv-user
+USER_STAMP := $(USER_VENV)/.installed
+$(USER_STAMP): requirements-user.txt
+	rm -rf $(USER_VENV)
+	$(PYTHON) -m venv $(USER_VENV)
+	$(USER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(USER_VENV)/bin/python -m pip install --quiet -r requirements-user.txt
+	touch $@
+
+# the user's path: build the tarball, install it next to ansible-core alone, run everything by FQCN
+# (tests/user_path; the tests run from .venv, every Ansible command from .venv-user with a clean environment)
+user-path: venv $(USER_STAMP)
+	$(BIN)/pytest tests/user_path -v
 
 # also compiles for Python 3.9 (found via $$PYTHON39, PATH or pyenv); with no
 # Python 3.9 that step is skipped with a warning, or fails when CI=true
@@ -66,10 +81,10 @@ integration: venv
 core-lines:
 	$(PYTHON) tools/core_lines.py
 
-# molecule/ scenarios (root): default boots Debian containers under podman (images built once by
-# tools/images.py, then reused), windows drives simulated Windows hosts; see docs/testing.md
-MOLECULE_ENV := CONTAINERS_CONF=$(CURDIR)/molecule/containers.conf \
-  ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/collections MOLECULE_GLOB='molecule/*/molecule.yml'
+# extensions/molecule scenarios (molecule's place in a collection): default boots Debian containers under podman
+# (images built once by tools/images.py, then reused), windows drives simulated Windows hosts; see docs/testing.md
+MOLECULE_ENV := CONTAINERS_CONF=$(CURDIR)/extensions/molecule/containers.conf \
+  ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/collections
 molecule: venv hostdeps
 	mkdir -p .build/collections/ansible_collections/tcpstack
 	ln -sfn ../../../.. .build/collections/ansible_collections/tcpstack/tuning
@@ -83,7 +98,7 @@ demo: venv hostdeps
 # not part of `test`: every performance figure, side by side in one run (root, Podman, under 10 minutes) ->
 # bench/results/latest.json + latest.png; see docs/benchmarks.md. The fleet runs on the bookworm image (built once)
 bench: venv hostdeps
-	CONTAINERS_CONF=$(CURDIR)/molecule/containers.conf $(BIN)/python tools/images.py bookworm
+	CONTAINERS_CONF=$(CURDIR)/extensions/molecule/containers.conf $(BIN)/python tools/images.py bookworm
 	$(BIN)/python bench/run.py
 
 clean:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-LIB = Path(__file__).resolve().parent / "lib"
-if str(LIB) not in sys.path:
-    sys.path.insert(0, str(LIB))
+TESTS = Path(__file__).resolve().parent
+LIB = TESTS / "lib"
+for _path in (TESTS, LIB):  # tests/lib's modules, and the windows_sim package
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from netns import collections_path  # noqa: E402  pylint: disable=wrong-import-position
 

@@ -23,9 +23,9 @@ TOOLS = {
     'git': 'git',
     'shellcheck': 'shellcheck',  # used by the ansible-test sanity test "shellcheck"
     'chromium': 'chromium',  # the port_audit test opens the HTML report in a headless browser
-    # molecule/default: containers booted with systemd (podman brings its network stack), images by debootstrap
+    # extensions/molecule/default: containers booted with systemd (podman brings its network stack), images by debootstrap
     'podman': 'podman',
-    'runc': 'runc',  # molecule/containers.conf selects it
+    'runc': 'runc',  # extensions/molecule/containers.conf selects it
     'debootstrap': 'debootstrap',
     'ssh': 'openssh-client',  # Ansible's ssh connection to the Windows host simulator's SSH endpoint
 }

@@ -1,4 +1,4 @@
-"""Build the Debian images molecule/default boots, when they are missing.
+"""Build the Debian images extensions/molecule/default boots, when they are missing.
 
 Each image is a Debian rootfs made by ``debootstrap --variant=minbase`` from
 Debian's own packages (systemd as PID 1, python3 for Ansible), imported with
@@ -7,7 +7,7 @@ Debian's own packages (systemd as PID 1, python3 for Ansible), imported with
 Suites are built in parallel.  Needs root, podman and debootstrap
 (tools/hostdeps.py installs them).
 
-    CONTAINERS_CONF=molecule/containers.conf python3 tools/images.py [--force] [bookworm trixie]
+    CONTAINERS_CONF=extensions/molecule/containers.conf python3 tools/images.py [--force] [bookworm trixie]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Start, reboot and stop simulated Windows hosts for molecule/windows.
+"""Start, reboot and stop simulated Windows hosts for extensions/molecule/windows.
 
 The simulator (tests/windows_sim) has no way to be told from outside to
 reboot, so each host runs in a process of this launcher, which serves one
@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-TESTS = pathlib.Path(__file__).resolve().parents[2] / "tests"
+TESTS = pathlib.Path(__file__).resolve().parents[3] / "tests"
 TIMEOUT = 30.0
 
 
