@@ -7,8 +7,9 @@ in a temporary directory, with an environment built from nothing: no ANSIBLE_* v
 of its own, PATH without the development virtualenv. So nothing can reach the checkout or the ``ansible``
 package; the first test proves it.
 
-The fleet: two Linux hosts in network namespaces (tests/lib/netns.py) and one simulated Windows Server 2022 over
-WinRM (tests/windows_sim, a simulator: there is no Windows here), in one inventory, as tests/lib/fleet.py makes it.
+The fleet: two Linux hosts in network namespaces (tests/support/netns.py) and one simulated Windows Server 2022
+over WinRM (tests/support/windows_sim, a simulator: there is no Windows here), in one inventory, as
+tests/support/fleet.py makes it.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from ci import need, need_root_netns
-from fleet import PASSWORD, USER, run_fleet
-from netns import Sandbox
-from windows_sim import Simulator
+from tests.support.ci import need, need_root_netns
+from tests.support.collection import ROOT
+from tests.support.fleet import run_fleet
+from tests.support.netns import Sandbox
+from tests.support.windows_sim import PASSWORD, USER, Simulator
 
-ROOT = Path(__file__).resolve().parents[2]
 USER_VENV = Path(os.environ.get("TCPSTACK_USER_VENV", ROOT / ".venv-user"))
 ALLOWED = {  # requirements-user.txt: ansible-core, pywinrm and what they need, nothing more
     "ansible-core", "certifi", "cffi", "charset-normalizer", "cryptography", "idna", "jinja2", "markupsafe",
@@ -232,7 +233,7 @@ def test_both_roles_in_a_site_playbook(user, fleet, tmp_path):  # pylint: disabl
 
 
 def test_a_windows_reboot_without_ansible_windows_says_what_to_install(user, fleet):  # pylint: disable=redefined-outer-name
-    _, sims = fleet
+    sims = fleet[1]
     before, sent = state(fleet), sims["win2022"].round_trips
     rc, results, output = play(user, fleet, "tcpstack.tuning.tune", extra_vars={"tcp_tuning_reboot": "if_required"})
     assert rc != 0
@@ -244,7 +245,7 @@ def test_a_windows_reboot_without_ansible_windows_says_what_to_install(user, fle
 
 
 def test_a_bad_role_variable_is_named_before_any_host_is_contacted(user, fleet):  # pylint: disable=redefined-outer-name
-    _, sims = fleet
+    sims = fleet[1]
     before, sent = state(fleet), sims["win2022"].round_trips
     rc, results, output = play(user, fleet, "tcpstack.tuning.tune", extra_vars={"tcp_tuning_port_range": "lots"})
     assert rc != 0

@@ -43,7 +43,7 @@ def test_linux_defaults_give_the_options_the_role_always_gave():
 
 
 def test_windows_defaults_and_per_os_overrides():
-    options, _ = tcp_tuning({"tcp_tuning_windows": {"max_user_port": 65534, "port_range": "49152 65535"}}, windows=True)
+    options = tcp_tuning({"tcp_tuning_windows": {"max_user_port": 65534, "port_range": "49152 65535"}}, windows=True)[0]
     assert options == {"state": "present", "time_wait_delay": 30, "port_range": "49152 65535", "max_user_port": 65534}
 
 
@@ -85,13 +85,13 @@ def test_windows_errors_name_the_variable(values, message):
 
 
 def test_linux_only_variables_do_not_bother_windows_hosts():
-    options, _ = tcp_tuning({"tcp_tuning_fin_timeout": 0, "tcp_tuning_linux": {"persist_file": "bad"}}, windows=True)
+    options = tcp_tuning({"tcp_tuning_fin_timeout": 0, "tcp_tuning_linux": {"persist_file": "bad"}}, windows=True)[0]
     assert "fin_timeout" not in options and "persist_file" not in options
 
 
 def test_the_deprecated_name_still_sets_both_with_a_deprecation():
     linux, deprecations = tcp_tuning({"tcp_tuning_time_wait": 45}, windows=False)
-    windows, _ = tcp_tuning({"tcp_tuning_time_wait": 45}, windows=True)
+    windows = tcp_tuning({"tcp_tuning_time_wait": 45}, windows=True)[0]
     assert linux["fin_timeout"] == 45 and windows["time_wait_delay"] == 45
     assert deprecations[0]["version"] == "0.3.0" and "tcp_tuning_fin_timeout" in deprecations[0]["msg"]
 
