@@ -11,10 +11,15 @@ STAMP  := $(VENV)/.installed
 FQCN   := tcpstack-tuning
 # the venv's tools (ansible, ansible-galaxy, ...) come first for every recipe
 export PATH := $(BIN):$(PATH)
+# The collections directory whose ansible_collections/tcpstack/tuning links to this checkout: made (and printed)
+# by tests/support/collection.py, the one definition of it (pytest.ini's pythonpath names it for the tests).
+# Expanded in the recipes that use it, each time.
+COLLECTIONS = $(or $(shell $(PYTHON) -m tests.support.collection),$(error tests/support/collection.py failed))
 
-.PHONY: test venv hostdeps unit sanity lint changelog-lint build integration user-path molecule core-lines demo bench clean
+.PHONY: test venv hostdeps unit sanity lint changelog-lint build integration reliability user-path molecule core-lines \
+  demo bench clean
 
-test: hostdeps venv unit sanity lint changelog-lint build integration user-path molecule core-lines
+test: hostdeps venv unit sanity lint changelog-lint build integration reliability user-path molecule core-lines
 
 venv: $(STAMP)
 
@@ -57,9 +62,7 @@ sanity: venv
 
 # ansible-lint resolves tcpstack.tuning.* through a symlink to this checkout
 lint: venv
-	mkdir -p .build/collections/ansible_collections/tcpstack
-	ln -sfn ../../../.. .build/collections/ansible_collections/tcpstack/tuning
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/collections $(BIN)/ansible-lint
+	ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS) $(BIN)/ansible-lint
 
 changelog-lint: venv
 	$(BIN)/antsibull-changelog lint
@@ -74,6 +77,9 @@ build: venv
 
 integration: venv
 	$(BIN)/pytest tests/integration -v
+
+# tests/reliability and the property tests, in one pytest session; writes their figures to .build/reliability.json
+reliability: venv
 	$(BIN)/python tools/reliability_report.py
 
 # unit + sanity on the second ansible-core line, 2.21 on Python 3.12, in .venv-2.21 (requirements-core-2.21.txt);
@@ -83,23 +89,24 @@ core-lines:
 
 # extensions/molecule scenarios (molecule's place in a collection): default boots Debian containers under podman
 # (images built once by tools/images.py, then reused), windows drives simulated Windows hosts; see docs/testing.md
-MOLECULE_ENV := CONTAINERS_CONF=$(CURDIR)/extensions/molecule/containers.conf \
-  ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/collections
+MOLECULE_ENV = CONTAINERS_CONF=$(CURDIR)/extensions/molecule/containers.conf ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS)
 molecule: venv hostdeps
-	mkdir -p .build/collections/ansible_collections/tcpstack
-	ln -sfn ../../../.. .build/collections/ansible_collections/tcpstack/tuning
 	$(MOLECULE_ENV) $(BIN)/python tools/images.py
 	$(MOLECULE_ENV) $(BIN)/molecule test -s default
 	$(MOLECULE_ENV) $(BIN)/molecule test -s windows
 
+# demo/ and bench/ are packages run from the repository root: they import tests.support, and the collection from
+# PYTHONPATH, as the tests do through pytest.ini
 demo: venv hostdeps
-	$(BIN)/python demo/demo.py
+	PYTHONPATH=$(COLLECTIONS) $(BIN)/python -m demo.demo
 
 # not part of `test`: every performance figure, side by side in one run (root, Podman, under 10 minutes) ->
-# bench/results/latest.json + latest.png; see docs/benchmarks.md. The fleet runs on the bookworm image (built once)
+# bench/results/latest.json + latest.png; see docs/benchmarks.md. The fleet runs on the bookworm image (built once).
+# BENCH_ARGS: bench.run's arguments, e.g. BENCH_ARGS="--only cure" (default: every section, 20 hosts)
+BENCH_ARGS ?=
 bench: venv hostdeps
 	CONTAINERS_CONF=$(CURDIR)/extensions/molecule/containers.conf $(BIN)/python tools/images.py bookworm
-	$(BIN)/python bench/run.py
+	PYTHONPATH=$(COLLECTIONS) $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-* .build tests/output .pytest_cache .hypothesis

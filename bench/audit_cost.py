@@ -1,6 +1,6 @@
 """What port_usage_info costs on a host with ~100,000 TCP sockets in TIME_WAIT, side by side with ``ss -tan``.
 
-    sudo .venv/bin/python bench/audit_cost.py [--sockets 100000] [--repetitions 5]
+    sudo .venv/bin/python -m bench.audit_cost [--sockets 100000] [--repetitions 5]    # from the repository root
 
 1. Creates a network namespace (puib-PID) and, inside it only: loopback up, ip_local_port_range
    1024 65535, tcp_tw_reuse 0, tcp_max_tw_buckets 262144.
@@ -32,9 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-COLLECTIONS = ROOT / ".build" / "pytest"
-LINK = COLLECTIONS / "ansible_collections" / "tcpstack" / "tuning"
+from tests.support.collection import ROOT, collections_path
+
 RESULTS = ROOT / "bench" / "results" / "audit.json"
 TARGET_SECONDS = 0.5
 TARGET_VS_SS = 2.0
@@ -85,11 +84,11 @@ finally:
 print(json.dumps({"made": made, "failed": failed, "seconds": round(time.monotonic() - started, 2)}))
 """
 
+# the collection comes from PYTHONPATH (the collections directory), as for the module run below
 AUDIT_CHILD = r"""
 import json, sys, time
-sys.path.insert(0, sys.argv[1])
 from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table import audit
-use_netlink = sys.argv[2] == "netlink"
+use_netlink = sys.argv[1] == "netlink"
 started = time.perf_counter()
 result = audit(top=10, use_netlink=use_netlink)
 seconds = time.perf_counter() - started
@@ -151,9 +150,7 @@ def main():
         sys.exit("audit_cost.py needs root (it creates a network namespace)")
     sockets = max(1, min(args.sockets, 200000))
     reps = max(1, min(args.repetitions, 20))
-    if not LINK.exists():
-        LINK.parent.mkdir(parents=True, exist_ok=True)
-        LINK.symlink_to(os.path.relpath(ROOT, LINK.parent), target_is_directory=True)
+    collections = collections_path()
 
     namespace = "puib-%d" % os.getpid()
     run(["ip", "netns", "add", namespace])
@@ -169,14 +166,14 @@ def main():
         args_file = Path(tempfile.mkdtemp(prefix="puib-")) / "args.json"
         args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"top": 10}}))
         commands = (
-            ("audit", "audit", [args.python, "-c", AUDIT_CHILD, str(COLLECTIONS), "netlink"]),
-            ("proc", "audit", [args.python, "-c", AUDIT_CHILD, str(COLLECTIONS), "proc"]),
+            ("audit", "audit", [args.python, "-c", AUDIT_CHILD, "netlink"]),
+            ("proc", "audit", [args.python, "-c", AUDIT_CHILD, "proc"]),
             ("module", "module", [sys.executable, "-m", "ansible_collections.tcpstack.tuning.plugins.modules.port_usage_info",
                                   str(args_file)]),
             ("ss", "ss", ["ss", "-tan"]),
         )
         data = {}
-        env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
+        env = dict(os.environ, PYTHONPATH=str(collections))
         for label, kind, cmd in commands:
             driver = inside + [sys.executable, "-c", DRIVER, kind, reps, json.dumps(cmd)]
             data[label] = json.loads(run(driver, timeout=300, env=env).stdout)
@@ -190,7 +187,7 @@ def main():
     ss_seconds = median([r["process_seconds"] for r in data["ss"]["runs"]])
     proc_seconds = median([r["seconds"] for r in proc_runs])
     result = {
-        "command": "sudo .venv/bin/python bench/audit_cost.py --sockets %d --repetitions %d" % (sockets, reps),
+        "command": "sudo .venv/bin/python -m bench.audit_cost --sockets %d --repetitions %d" % (sockets, reps),
         "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": run([args.python, "-V"]).stdout.strip(),
                  "machine": platform.machine()},
         "churn": churn,

@@ -30,11 +30,9 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "lib"))
-from netns import TCP_KEYS, Sandbox, stop_process as _stop  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.netns import TCP_KEYS, stop_process
+from tests.support.veth import ClientServer
 
 CLIENT_IP, SERVER_IP = "10.213.7.1", "10.213.7.2"
 TIME_WAIT = 60.0
@@ -193,11 +191,12 @@ print(json.dumps(out))
 
 
 class Pair:
-    """A client and a server namespace joined by a veth pair, with a server running in the server namespace."""
+    """A client and a server namespace joined by a veth pair (tests.support.veth), with the server running in the
+    server namespace."""
 
     def __init__(self, label, ports, server_seconds, server_procs=1):
-        self.client = Sandbox.new(prefix="bcc")
-        self.server = Sandbox.new(prefix="bcs")
+        self.link = ClientServer(CLIENT_IP, SERVER_IP, prefixes=("bcc", "bcs"), devices=("bc0", "bc1"))
+        self.client, self.server = self.link.client, self.link.server
         self.ports = ports
         self.server_seconds = server_seconds
         self.server_procs = server_procs
@@ -205,31 +204,17 @@ class Pair:
         self.child = None
 
     def __enter__(self):
+        self.link.create()
         try:
-            self.client.create()
-            self.server.create()
-            subprocess.run(["ip", "link", "add", "bc0", "netns", self.client.name, "type", "veth", "peer", "name", "bc1",
-                            "netns", self.server.name], check=True, capture_output=True, timeout=30)
-            for box, dev, address in ((self.client, "bc0", CLIENT_IP), (self.server, "bc1", SERVER_IP)):
-                box.exec(["ip", "addr", "add", address + "/24", "dev", dev])
-                box.exec(["ip", "link", "set", dev, "up"])
-            self.child = subprocess.Popen(
-                self.server.argv([sys.executable, "-c", SERVER, SERVER_IP, ",".join(str(p) for p in self.ports),
-                                  self.server_seconds, self.server_procs]),
-                stdout=subprocess.PIPE, text=True, start_new_session=True)
-            line = self.child.stdout.readline().strip()
-            if line != "listening":
-                raise RuntimeError("cure server did not start: %r" % line)
+            self.child = self.link.serve(SERVER, SERVER_IP, ",".join(str(p) for p in self.ports), self.server_seconds,
+                                         self.server_procs)
         except BaseException:
-            self.__exit__()
+            self.link.destroy()
             raise
         return self
 
     def __exit__(self, *exc):
-        if self.child is not None:
-            _stop(self.child)
-        self.client.destroy()
-        self.server.destroy()
+        self.link.destroy()  # stops the server too
         return False
 
     def start_trial(self, port, rate, seconds, window_from, procs, grace=15.0):
@@ -242,7 +227,7 @@ def finish(child, timeout):
     try:
         out, err = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _stop(child)
+        stop_process(child)
         raise RuntimeError("cure trial did not finish in %ss" % timeout)
     if child.returncode != 0:
         raise RuntimeError("cure trial failed (rc=%s): %s" % (child.returncode, err[-2000:]))

@@ -27,14 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "lib"))
-from netns import _CALLBACK, collections_path  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.collection import ROOT, collections_path
+from tests.support.playbook import install_results_callback, read_results
 
 IMAGE = "localhost/tcpstack-debian:bookworm"
 CONTROLLER_ACTIONS = {"set_fact", "ansible.builtin.set_fact", "debug", "ansible.builtin.debug", "assert",
                       "validate_argument_spec", "ansible.builtin.validate_argument_spec",
-                      "ansible.builtin.assert", "meta", "ansible.builtin.meta"}
+                      "ansible.builtin.assert", "meta", "ansible.builtin.meta",
+                      "tcpstack.tuning.check_role_vars"}  # the roles' variable check: never uses the connection
 PERSIST_FILE = "/etc/sysctl.d/60-tcpstack-tuning.conf"
 # what the role's defaults set on these hosts (no listening ports to reserve), key by key
 POSIX_KEYS = {"net.ipv4.tcp_fin_timeout": "30", "net.ipv4.ip_local_port_range": "32768 65535",
@@ -55,7 +55,7 @@ class Fleet:
         self.hosts = hosts
         self.log = log
         self.label = "tcpstack.bench=%d" % os.getpid()
-        self.env = dict(os.environ, CONTAINERS_CONF=str(ROOT / "molecule" / "containers.conf"))
+        self.env = dict(os.environ, CONTAINERS_CONF=str(ROOT / "extensions" / "molecule" / "containers.conf"))
         self.names = {"a": ["tcpbench-%d-a%02d" % (os.getpid(), i) for i in range(hosts)],
                       "b": ["tcpbench-%d-b%02d" % (os.getpid(), i) for i in range(hosts)]}
         self.work = Path(tempfile.mkdtemp(prefix="tcpstack-bench-"))
@@ -75,8 +75,7 @@ class Fleet:
             hosts = {n: {"ansible_connection": "containers.podman.podman", "ansible_host": n,
                          "ansible_python_interpreter": "/usr/bin/python3"} for n in names}
             (self.work / ("inventory-%s.json" % key)).write_text(json.dumps({"all": {"hosts": hosts}}))
-        (self.work / "callback_plugins").mkdir(exist_ok=True)
-        (self.work / "callback_plugins" / "tcpstack_results.py").write_text(_CALLBACK)
+        install_results_callback(self.work)
         (self.work / "posix.yml").write_text(posix_playbook())
 
     def cleanup(self):
@@ -109,7 +108,7 @@ class Fleet:
         if done.returncode != 0:
             raise RuntimeError("%s failed (rc=%d):\n%s\n%s" % (" ".join(cmd[:4]), done.returncode, done.stdout[-3000:],
                                                                done.stderr[-2000:]))
-        records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        records = read_results(results)
         calls, changed, actions = {}, {}, {}
         for record in records:
             host = record["_host"]

@@ -1,6 +1,8 @@
 """``make bench``: every performance claim of tcpstack.tuning, measured side by side in one run, as ratios.
 
-    sudo .venv/bin/python bench/run.py [--hosts 20] [--only fleet,cure,audit,windows]
+    sudo make bench [BENCH_ARGS="--hosts 20 --only fleet,cure,audit,windows"]
+
+which runs ``python -m bench.run [ARGS]`` from the repository root, with the collection on PYTHONPATH.
 
 Sections (each in its own module, each reporting its figure even when it misses its target):
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -28,9 +31,9 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.collection import ROOT
+
 RESULTS = ROOT / "bench" / "results"
-sys.path.insert(0, str(ROOT / "bench"))
 
 SECTIONS = ("audit", "windows", "fleet", "cure")
 
@@ -101,12 +104,12 @@ def versions():
 
 
 def run_audit():
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "audit_cost.py"), "--sockets", "100000",
-                           "--repetitions", "9"], capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run([sys.executable, "-m", "bench.audit_cost", "--sockets", "100000", "--repetitions", "9"],
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=300, check=False)
     for line in done.stdout.splitlines():
         log("audit: " + line)
     if done.returncode != 0:
-        raise RuntimeError("audit_cost.py failed (rc=%d): %s" % (done.returncode, done.stderr[-2000:]))
+        raise RuntimeError("bench.audit_cost failed (rc=%d): %s" % (done.returncode, done.stderr[-2000:]))
     data = json.loads((RESULTS / "audit.json").read_text())
     audit = data["audit"]
     return {"sockets": audit["sockets"], "seconds": audit["seconds"], "vs_ss": audit["vs_ss"],
@@ -239,13 +242,13 @@ def chart(result, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--hosts", type=int, default=20, help="Podman hosts and simulated Windows hosts (1 to 50)")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ",".join(SECTIONS))
     parser.add_argument("--output", default=str(RESULTS / "latest.json"))
     args = parser.parse_args()
     if os.geteuid() != 0:
-        sys.exit("bench/run.py needs root (network namespaces, Podman)")
+        sys.exit("bench.run needs root (network namespaces, Podman)")
     hosts = max(1, min(args.hosts, 50))
     only = [s for s in args.only.split(",") if s]
     unknown = set(only) - set(SECTIONS)
@@ -259,14 +262,15 @@ def main():
     signal.signal(signal.SIGHUP, stop)
 
     result = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-              "command": "make bench (%s)" % " ".join(["bench/run.py"] + sys.argv[1:]),
+              "command": "make bench (%s)" % " ".join(["python -m bench.run"] + sys.argv[1:]),
               "machine": machine(), "versions": versions()}
     log("machine: %s" % json.dumps(result["machine"]))
     log("versions: %s" % json.dumps(result["versions"]))
+    # each section's module is imported when it runs
     runners = {"audit": run_audit,
-               "windows": lambda: __import__("windows").run(hosts, log=log),
-               "fleet": lambda: __import__("fleet_converge").run(hosts, log=log),
-               "cure": lambda: __import__("cure").run(log=log)}
+               "windows": lambda: importlib.import_module("bench.windows").run(hosts, log=log),
+               "fleet": lambda: importlib.import_module("bench.fleet_converge").run(hosts, log=log),
+               "cure": lambda: importlib.import_module("bench.cure").run(log=log)}
     failed = []
     for section in SECTIONS:
         if section not in only:

@@ -1,6 +1,6 @@
 """Windows round trips: WinRM commands per host for the tune playbook, against the Windows host simulator.
 
-N simulated Windows Server 2022 hosts (tests/windows_sim, each a WS-Management endpoint on 127.0.0.1 with a
+N simulated Windows Server 2022 hosts (tests/support/windows_sim, each a WS-Management endpoint on 127.0.0.1 with a
 fresh emulated host), one ansible-playbook with forks = N runs the tune playbook over all of them: cold
 (stock registry and netsh range), then converged.  ``Simulator.round_trips`` counts the Command requests
 (one per exec_command) each host received; the wall time of each run is divided by N.
@@ -12,13 +12,9 @@ import statistics
 import sys
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "lib"))
-sys.path.insert(0, str(ROOT / "tests"))
-from fleet import run_fleet  # noqa: E402  pylint: disable=wrong-import-position
-from windows_sim import Simulator  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.fleet import run_fleet
+from tests.support.windows_sim import Simulator
 
 
 def run(hosts=20, log=print):

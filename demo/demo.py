@@ -5,13 +5,15 @@ The fleet, all on this machine and all deleted at the end (also on Ctrl-C or fai
 - "web" and "backend": two network namespaces joined by a veth pair (10.215.0.1 and 10.215.0.2, addresses
   that exist only inside those two namespaces), each with its own /proc/sys/net and /etc/sysctl.d (through
   /etc/netns/NAME); a small service listens on backend:8080;
-- "win2022": a simulated Windows Server 2022 (tests/windows_sim) on 127.0.0.1, reached over WinRM.
+- "win2022": a simulated Windows Server 2022 (tests/support/windows_sim) on 127.0.0.1, reached over WinRM.
 
 One inventory holds the three; ansible-playbook runs on this machine, and reaches web and backend through an
 interpreter that runs Python inside their namespace.  The steps: a bounded connection churn from web to backend
 with stock settings (real EADDRNOTAVAIL), `ansible-playbook tcpstack.tuning.audit` (the report flags web),
 `ansible-playbook tcpstack.tuning.tune --diff`, the same churn again (no failure), the audit again (healthy).
-Nothing on this machine itself changes.  Needs root and iproute2.
+Nothing on this machine itself changes.  Needs root and iproute2.  ``make demo`` runs it as ``python -m demo.demo``
+from the repository root, with the collection on PYTHONPATH; the throwaway hosts, the traffic and the inventory
+come from tests.support.
 """
 
 from __future__ import annotations
@@ -27,20 +29,20 @@ import textwrap
 import time
 from pathlib import Path
 
-DEMO = Path(__file__).resolve().parent
-ROOT = DEMO.parent
-sys.path.insert(0, str(ROOT / "tests" / "lib"))
-sys.path.insert(0, str(ROOT / "tests"))
+import yaml
 
-import netns  # noqa: E402  (tests/lib/netns.py)
-from netns import stop_process as stop  # noqa: E402
-from traffic import CHURN, SERVER  # noqa: E402  (tests/lib/traffic.py)
+from tests.support.collection import ROOT, collections_path
+from tests.support.fleet import fleet_hosts
+from tests.support.netns import SandboxError, missing_requirements, stop_process as stop
+from tests.support.playbook import ansible_playbook
+from tests.support.traffic import CHURN, SERVER
+from tests.support.veth import ClientServer
+from tests.support.windows_sim import Simulator
 
 WEB_IP, BACKEND_IP, PORT = "10.215.0.1", "10.215.0.2", 8080
 NARROW_RANGE = "40000 40999"  # 1,000 ports
 ATTEMPTS, CHURN_SECONDS = 3000, 30
 REPORTS = ROOT / ".build" / "demo"
-USER, PASSWORD = "ansible", "Sim-Passw0rd!"
 STEPS = 9
 
 _step = 0
@@ -70,45 +72,30 @@ class Fleet:
 
     def __init__(self, work):
         self.work = Path(work)
-        self.web = netns.Sandbox.new(prefix="tcpst-demo-web")
-        self.backend = netns.Sandbox.new(prefix="tcpst-demo-be")
+        self.link = ClientServer(WEB_IP, BACKEND_IP, prefixes=("tcpst-demo-web", "tcpst-demo-be"))
+        self.web, self.backend = self.link.client, self.link.server
         self.windows = None
         self.inventory = self.work / "inventory.yml"
 
     def create(self):
-        from windows_sim import Simulator  # pylint: disable=import-outside-toplevel
-
-        self.web.create()
-        self.backend.create()
-        link = "tcpdemo%d" % (os.getpid() % 10000)
-        subprocess.run(["ip", "link", "add", link + "a", "netns", self.web.name, "type", "veth", "peer", "name",
-                        link + "b", "netns", self.backend.name], check=True, capture_output=True, timeout=30)
-        for box, end, address in ((self.web, link + "a", WEB_IP), (self.backend, link + "b", BACKEND_IP)):
-            box.exec(["ip", "addr", "add", address + "/24", "dev", end])
-            box.exec(["ip", "link", "set", end, "up"])
-        server = subprocess.Popen(self.backend.argv([sys.executable, "-c", SERVER, BACKEND_IP, PORT, 600]),
-                                  stdout=subprocess.PIPE, text=True, start_new_session=True)
-        _children.append(server)
-        if server.stdout.readline().strip() != "listening":
-            raise DemoFailed("the backend service did not start")
-        self.windows = Simulator(profile="server2022", username=USER, password=PASSWORD).start()
-        linux = "\n".join(
-            "    %s:\n      ansible_connection: local\n      ansible_python_interpreter: %s" % (
-                name, box.python_wrapper(self.work)) for name, box in (("web", self.web), ("backend", self.backend)))
+        self.link.create()
+        try:
+            self.link.serve(SERVER, BACKEND_IP, PORT, 600)
+        except SandboxError as exc:
+            raise DemoFailed("the backend service did not start: %s" % exc) from exc
+        self.windows = Simulator(profile="server2022").start()
+        hosts = fleet_hosts({"web": self.web, "backend": self.backend}, {"win2022": self.windows}, self.work)
         self.inventory.write_text(
             "# made by demo/demo.py: two Linux hosts (network namespaces, Python runs inside them) and a\n"
             "# simulated Windows host over WinRM on 127.0.0.1\n"
-            "all:\n  hosts:\n%s\n    win2022:\n      ansible_connection: winrm\n      ansible_host: 127.0.0.1\n"
-            "      ansible_port: %d\n      ansible_winrm_transport: basic\n      ansible_winrm_scheme: http\n"
-            "      ansible_user: %s\n      ansible_password: %s\n" % (linux, self.windows.port, USER, PASSWORD))
+            + yaml.safe_dump({"all": {"hosts": hosts}}, sort_keys=False, default_flow_style=False))
 
     def destroy(self):
         for child in _children:
             stop(child)
         if self.windows is not None:
             self.windows.stop()
-        self.web.destroy()
-        self.backend.destroy()
+        self.link.destroy()  # stops the backend service too
         return not any(os.path.exists("/run/netns/" + box.name) or box.etc_dir.exists()
                        for box in (self.web, self.backend))
 
@@ -128,11 +115,11 @@ def show_churn(counts):
 
 def ansible(fleet, playbook, *args):
     """ansible-playbook over the fleet's inventory, its own output going straight to the user."""
-    cmd = [netns.ansible_playbook(), "-i", str(fleet.inventory), playbook] + list(args)
+    cmd = [ansible_playbook(), "-i", str(fleet.inventory), playbook] + list(args)
     shown = ["ansible-playbook", "-i", str(fleet.inventory)] + [playbook] + list(args)
     say("$ " + " ".join(shlex.quote(c) for c in shown))
     print(flush=True)
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(netns.collections_path()), ANSIBLE_RETRY_FILES_ENABLED="false",
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections_path()), ANSIBLE_RETRY_FILES_ENABLED="false",
                ANSIBLE_LOCALHOST_WARNING="false")
     if sys.stdout.isatty():
         env.setdefault("ANSIBLE_FORCE_COLOR", "1")
@@ -246,7 +233,7 @@ def _on_signal(signum, _frame):
 def main():
     started = time.monotonic()
     print(bold("tcpstack.tuning demo: ephemeral-port exhaustion on a throwaway fleet, audited, tuned, audited again"))
-    problems = netns.missing_requirements()
+    problems = missing_requirements()
     if problems:
         print("\nThe demo cannot run here. It needs:", file=sys.stderr)
         for problem in problems:

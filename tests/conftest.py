@@ -1,23 +1,26 @@
-"""Make the collection importable as ``ansible_collections.tcpstack.tuning`` for every test.
+"""Shared by every suite: the collection is importable, and the ``root_netns`` fixture.
 
-The repository root *is* the collection; a symlink under .build/pytest gives it
-the path Ansible's import scheme needs, without copying anything (made by
-tests/lib/netns.py, which the demo shares).
+pytest.ini puts the repository root (for ``tests.support``) and .build/collections on pytest's path;
+collections_path() makes the link there, ansible_collections/tcpstack/tuning -> this checkout, before any test
+module imports the collection.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent
-LIB = TESTS / "lib"
-for _path in (TESTS, LIB):  # tests/lib's modules, and the windows_sim package
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import pytest
 
-from netns import collections_path  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.ci import need_root_netns
+from tests.support.collection import collections_path
 
-COLLECTIONS = str(collections_path())
-if COLLECTIONS not in sys.path:
-    sys.path.insert(0, COLLECTIONS)
+if os.path.realpath(collections_path()) not in {os.path.realpath(entry) for entry in sys.path}:
+    raise pytest.UsageError("%s is not on pytest's path: the repository's pytest.ini names it in pythonpath "
+                            "(was another configuration file used?)" % collections_path())
+
+
+@pytest.fixture(scope="session")
+def root_netns():
+    """Root, the ip command and network-namespace support are all present (else skip; fail under CI=true)."""
+    return need_root_netns()

@@ -13,7 +13,6 @@ when CI=true.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import pathlib
@@ -21,6 +20,8 @@ import shutil
 import subprocess
 import sys
 import time
+
+from pythons import find_python, works  # tools/pythons.py: this script's directory is on sys.path
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LINE = '2.21'
@@ -30,27 +31,11 @@ REQS = ROOT / f'requirements-core-{LINE}.txt'
 STAMP = VENV / '.installed'
 
 
-def works(python: str) -> bool:
-    """Return True when the interpreter runs and is the wanted version (a pyenv shim may not run)."""
-    try:
-        return subprocess.run([python, '-c', f'import sys; sys.exit(sys.version_info[:2] != {PYTHON_VERSION!r})'],
-                              capture_output=True, check=False).returncode == 0
-    except OSError:
-        return False
-
-
-def find_python() -> str | None:
-    name = 'python%d.%d' % PYTHON_VERSION
-    candidates = [os.environ.get('PYTHON312', ''), shutil.which(name) or '']
-    root = os.environ.get('PYENV_ROOT', os.path.expanduser('~/.pyenv'))
-    candidates += sorted(glob.glob(os.path.join(root, 'versions', '%d.%d.*' % PYTHON_VERSION, 'bin', name)), reverse=True)
-    return next((c for c in candidates if c and works(c)), None)
-
-
 def venv(python: str) -> None:
     """(Re)build the venv when the pinned requirements changed."""
     digest = hashlib.sha256(REQS.read_bytes()).hexdigest()
-    if STAMP.exists() and STAMP.read_text(encoding='utf-8').strip() == digest and works(str(VENV / 'bin' / 'python')):
+    if (STAMP.exists() and STAMP.read_text(encoding='utf-8').strip() == digest
+            and works(str(VENV / 'bin' / 'python'), PYTHON_VERSION)):
         return
     print(f'core-lines: building {VENV.name} with {python} from {REQS.name}', flush=True)
     shutil.rmtree(VENV, ignore_errors=True)
@@ -72,7 +57,7 @@ def run(cmd: list[str], **extra_env: str) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    python = find_python()
+    python = find_python(PYTHON_VERSION)
     if python is None:
         message = 'core-lines: no Python %d.%d found (set PYTHON312=/path/to/python3.12)' % PYTHON_VERSION
         if os.environ.get('CI', '').lower() == 'true':

@@ -48,7 +48,7 @@ def mirror() -> str:
 
 def podman_env() -> dict:
     env = dict(os.environ)
-    env.setdefault('CONTAINERS_CONF', str(ROOT / 'molecule' / 'containers.conf'))
+    env.setdefault('CONTAINERS_CONF', str(ROOT / 'extensions' / 'molecule' / 'containers.conf'))
     return env
 
 

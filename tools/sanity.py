@@ -11,7 +11,8 @@
 3. ``ansible-test sanity --local --python <venv's X.Y> -v`` (all tests).
 4. ``ansible-test sanity --local --test compile --python 3.9 -v`` so module
    code is proven to compile on Python 3.9.  The 3.9 interpreter is taken
-   from $PYTHON39, a working python3.9 on PATH, or pyenv's versions dir.
+   from $PYTHON39, a working python3.9 on PATH, or pyenv's versions dir
+   (tools/pythons.py, shared with tools/core_lines.py).
    When none is found the step is skipped with a warning, but fails when
    CI=true.
 
@@ -20,7 +21,6 @@ Run it with the .venv interpreter: ``.venv/bin/python tools/sanity.py``.
 
 from __future__ import annotations
 
-import glob
 import os
 import pathlib
 import re
@@ -28,9 +28,8 @@ import shutil
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import stage  # noqa: E402  pylint: disable=wrong-import-position
+import stage  # tools/stage.py, tools/pythons.py: this script's directory is on sys.path
+from pythons import find_python
 
 ROOT = stage.ROOT
 # staging dir; tools/core_lines.py gives the second ansible-core line its own, so the lines never share one
@@ -84,23 +83,6 @@ def prepare_get_pip() -> None:
     script.write_text(SHIM.format(wheel=wheel), encoding='utf-8')
 
 
-def works(python: str) -> bool:
-    """Return True when the interpreter really runs (a pyenv shim may not)."""
-    try:
-        return subprocess.run([python, '-c', 'import sys; sys.exit(sys.version_info[:2] != (3, 9))'],
-                              capture_output=True, check=False).returncode == 0
-    except OSError:
-        return False
-
-
-def find_python39() -> str | None:
-    """Find a working Python 3.9 interpreter."""
-    candidates = [os.environ.get('PYTHON39', ''), shutil.which('python3.9') or '']
-    root = os.environ.get('PYENV_ROOT', os.path.expanduser('~/.pyenv'))
-    candidates += sorted(glob.glob(os.path.join(root, 'versions', '3.9.*', 'bin', 'python3.9')), reverse=True)
-    return next((c for c in candidates if c and works(c)), None)
-
-
 def ansible_test(collection: pathlib.Path, args: list[str], path: str) -> bool:
     """Run ansible-test in the staged collection; return True on success."""
     bindir = os.path.dirname(sys.executable)
@@ -128,7 +110,7 @@ def main() -> int:
     version = f'{sys.version_info[0]}.{sys.version_info[1]}'
     ok = ansible_test(collection, ['--python', version], path)
 
-    python39 = find_python39()
+    python39 = find_python((3, 9))
     if python39 is None:
         message = 'sanity: no Python 3.9 found (set PYTHON39=/path/to/python3.9)'
         if os.environ.get('CI', '').lower() == 'true':

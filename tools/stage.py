@@ -2,7 +2,10 @@
 
 Copies the files git knows about (tracked, plus untracked files that are
 not ignored: ``git ls-files -co --exclude-standard``) into a fresh
-``<dest>/ansible_collections/tcpstack/tuning`` and prints that path.
+``<dest>/ansible_collections/tcpstack/tuning`` and prints that path.  A copy,
+not the link tests/support/collection.py makes for everything else:
+ansible-test resolves its working directory, and must find itself inside
+ansible_collections/NAMESPACE/NAME.
 
 The copy gets an empty git repository of its own: ansible-test walks up
 from the collection looking for ``.git`` and would otherwise find this
@@ -13,6 +16,7 @@ Usage: python3 tools/stage.py [DEST]     (DEST defaults to .build)
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -20,7 +24,21 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-NAMESPACE, NAME = 'tcpstack', 'tuning'
+
+
+def _collection():
+    """tests/support/collection.py, the one definition of where the collection goes (standard library only).
+
+    Loaded by its path: the tools run as scripts (``python tools/sanity.py``), with tools/, not the repository
+    root, on sys.path.
+    """
+    spec = importlib.util.spec_from_file_location('tcpstack_collection', ROOT / 'tests' / 'support' / 'collection.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+COLLECTION = _collection()
 
 
 def tracked_files(root: pathlib.Path) -> list[str]:
@@ -36,7 +54,7 @@ def tracked_files(root: pathlib.Path) -> list[str]:
 
 def stage(dest: pathlib.Path, root: pathlib.Path = ROOT) -> pathlib.Path:
     """Copy the collection into a fresh dest/ansible_collections/NS/NAME."""
-    target = dest / 'ansible_collections' / NAMESPACE / NAME
+    target = COLLECTION.collection_dir(dest)
     if target.exists():
         shutil.rmtree(target)
     for name in tracked_files(root):

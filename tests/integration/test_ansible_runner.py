@@ -14,11 +14,12 @@ must change nothing, then site.yml for real.  The layout:
     env/envvars                            ANSIBLE_COLLECTIONS_PATH: project/collections; the Windows login
     env/settings                           job_timeout
 
-The fleet: two Linux hosts in network namespaces (tests/lib/netns.py, reached with ``ansible_connection: local``
-and an interpreter that runs inside the namespace) and one simulated Windows Server 2022 over WinRM
-(tests/windows_sim).  The jobs must succeed; their events must carry every host's module result; the fleet report
-must name every host; the namespaces and the simulator must really be tuned.  The checkout's own copy of the
-collection is never on the job's collection path: the events show which copy ran.
+The fleet: two Linux hosts in network namespaces (tests/support/netns.py, reached with ``ansible_connection:
+local`` and an interpreter that runs inside the namespace) and one simulated Windows Server 2022 over WinRM
+(tests/support/windows_sim), their host variables from tests.support.fleet.fleet_hosts().  The jobs must succeed;
+their events must carry every host's module result; the fleet report must name every host; the namespaces and the
+simulator must really be tuned.  The checkout's own copy of the collection is never on the job's collection path:
+the events show which copy ran.
 """
 
 from __future__ import annotations
@@ -32,18 +33,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-TESTS = Path(__file__).resolve().parents[1]
-for extra in (TESTS, TESTS / "lib"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-from ci import need  # noqa: E402  pylint: disable=wrong-import-position
-from fleet import PASSWORD, USER  # noqa: E402  pylint: disable=wrong-import-position
-from netns import Sandbox, stop_process  # noqa: E402  pylint: disable=wrong-import-position
-from windows_sim import Simulator  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.ci import need
+from tests.support.collection import ROOT
+from tests.support.fleet import fleet_hosts
+from tests.support.netns import Sandbox, stop_process
+from tests.support.windows_sim import PASSWORD, USER, Simulator
 
 pytestmark = pytest.mark.usefixtures("root_netns")
 
-ROOT = TESTS.parent
 BIN = Path(sys.executable).parent
 JOB_TIMEOUT = 180  # ansible-runner's own job_timeout; the process is killed a little later still
 LINUX, WINDOWS = ("lin1", "lin2"), ("win2022",)
@@ -100,15 +97,11 @@ def private_data_dir(pdd, tarball, linux, sims, env):
     for name, text in PLAYBOOKS.items():
         (pdd / "project" / name).write_text(text)
 
-    hostvars = {}
-    for name, box in linux.items():
-        wrapper = box.python_wrapper(pdd / "bin")  # runs the modules inside the namespace
-        hostvars[name] = {"ansible_connection": "local", "ansible_python_interpreter": str(wrapper)}
-    for name, sim in sims.items():
-        hostvars[name] = {"ansible_host": "127.0.0.1", "ansible_port": sim.port}
-    # the Windows login comes from the environment, as an AWX custom credential type injects it (docs/awx.md)
-    windows = {"ansible_connection": "winrm", "ansible_winrm_transport": "basic", "ansible_winrm_scheme": "http",
-               "ansible_user": "{{ lookup('ansible.builtin.env', 'WINRM_USER') }}",
+    # the Linux hosts run their modules inside the namespace through an interpreter in pdd/bin; the Windows login
+    # is not in the host variables: it comes from the environment, as an AWX custom credential type injects it
+    # (docs/awx.md)
+    hostvars = fleet_hosts(linux, sims, pdd / "bin", login=False)
+    windows = {"ansible_user": "{{ lookup('ansible.builtin.env', 'WINRM_USER') }}",
                "ansible_password": "{{ lookup('ansible.builtin.env', 'WINRM_PASSWORD') }}"}
     inventory = {"linux": {"hosts": sorted(linux)}, "windows": {"hosts": sorted(sims), "vars": windows},
                  "_meta": {"hostvars": hostvars}}
@@ -136,7 +129,7 @@ def run_job(pdd, env, ident, playbook, cmdline=None):
     child = subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)
     try:
-        output, _ = child.communicate(timeout=JOB_TIMEOUT + 30)
+        output = child.communicate(timeout=JOB_TIMEOUT + 30)[0]
     finally:
         stop_process(child)
     artifacts = pdd / "artifacts" / ident

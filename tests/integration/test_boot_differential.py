@@ -31,7 +31,6 @@ from pathlib import Path
 
 import pytest
 
-from ci import need  # tests/lib, on sys.path through tests/integration/conftest.py
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import canonical, loose
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d import (
     INITS,
@@ -39,6 +38,8 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d imp
     boot_values,
     predict,
 )
+
+from tests.support.ci import need
 
 
 RUNNER = Path(__file__).with_name("boot_runner.py")

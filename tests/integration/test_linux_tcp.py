@@ -1,6 +1,6 @@
 """linux_tcp on the real kernel: real ansible-playbook runs inside network namespaces these tests create.
 
-Each test gets a Sandbox (tests/lib/netns.py): a fresh network namespace with
+Each test gets a Sandbox (tests/support/netns.py): a fresh network namespace with
 its own /etc/sysctl.d (and, where a test wants one, /etc/sysctl.conf), so the
 module reads and writes a real /proc/sys and real files, and the machine's
 own /proc/sys and /etc/sysctl.d are never written.  Assertions read
@@ -12,13 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
-from netns import TCP_KEYS, Sandbox  # noqa: E402
+from tests.support.netns import TCP_KEYS, Sandbox
 
 pytestmark = pytest.mark.usefixtures("root_netns")  # root, ip and netns support, else skip (fail under CI)
 

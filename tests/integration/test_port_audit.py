@@ -8,7 +8,7 @@ The fleet, in one inventory and one ansible-playbook run:
   real exhaustion, so the audit must call web critical and recommend tw_reuse and a wider range;
 - ``backend`` and ``idle``: Linux namespaces with nothing wrong;
 - ``win2022`` (healthy) and ``win2016`` (80% of a 1,000-port dynamic range held: warning): simulated Windows
-  hosts over WinRM on 127.0.0.1 (tests/windows_sim).
+  hosts over WinRM on 127.0.0.1 (tests/support/windows_sim).
 
 Linux hosts are reached with ``ansible_connection: local`` and an interpreter that runs Python inside their
 namespace (``Sandbox.python_wrapper``).  The HTML report is opened in a real headless browser (Debian's chromium).
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -30,15 +29,12 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-for extra in (TESTS, TESTS / "lib"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-from netns import Sandbox, stop_process as _stop  # noqa: E402  pylint: disable=wrong-import-position
-from ci import need  # noqa: E402  pylint: disable=wrong-import-position
-from fleet import PASSWORD, USER, run_fleet  # noqa: E402  pylint: disable=wrong-import-position
-from traffic import CHURN, SERVER  # noqa: E402  pylint: disable=wrong-import-position
-from windows_sim import Simulator  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.ci import need
+from tests.support.fleet import run_fleet
+from tests.support.netns import Sandbox
+from tests.support.traffic import CHURN, SERVER
+from tests.support.veth import ClientServer
+from tests.support.windows_sim import PASSWORD, USER, Simulator
 
 
 pytestmark = pytest.mark.usefixtures("root_netns")
@@ -59,19 +55,13 @@ def play(**play_keys):
 @pytest.fixture
 def fleet(request):
     """web -> backend over a veth pair, an idle Linux host, two simulated Windows hosts; all removed afterwards."""
-    web, backend, idle = Sandbox.new(prefix="paw"), Sandbox.new(prefix="pab"), Sandbox.new(prefix="pai")
-    for box in (web, backend, idle):
-        request.addfinalizer(box.destroy)
-        box.create()
-    dev = "pa%d" % (os.getpid() % 100000)
-    subprocess.run(["ip", "link", "add", dev + "a", "netns", web.name, "type", "veth", "peer", "name", dev + "b",
-                    "netns", backend.name], check=True, capture_output=True, timeout=30)
-    for box, end, address in ((web, dev + "a", WEB_IP), (backend, dev + "b", BACKEND_IP)):
-        box.exec(["ip", "addr", "add", address + "/24", "dev", end])
-        box.exec(["ip", "link", "set", end, "up"])
-    server = subprocess.Popen(backend.argv([sys.executable, "-c", SERVER, BACKEND_IP, BACKEND_PORT, 600]),
-                              stdout=subprocess.PIPE, text=True, start_new_session=True)
-    request.addfinalizer(lambda: _stop(server))
+    link = ClientServer(WEB_IP, BACKEND_IP, prefixes=("paw", "pab"))
+    idle = Sandbox.new(prefix="pai")
+    for made in (link, idle):
+        request.addfinalizer(made.destroy)
+        made.create()
+    web, backend = link.client, link.server
+    server = link.serve(SERVER, BACKEND_IP, BACKEND_PORT, 600, ready=None)  # stopped by link.destroy()
     assert server.stdout.readline().strip() == "listening"
     assert web.set_sysctl("net.ipv4.ip_local_port_range", RANGE).split() == RANGE.split()
     assert web.sysctl("net.ipv4.tcp_tw_reuse") == "2"  # stock: no reuse towards 10.214.0.2

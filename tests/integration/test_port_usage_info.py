@@ -16,16 +16,14 @@ Only /proc/sys inside the namespaces this test created is written, never the mac
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
-from netns import Sandbox, stop_process as stop  # noqa: E402
-from traffic import CHURN, SERVER  # noqa: E402
+from tests.support.netns import Sandbox
+from tests.support.traffic import CHURN, SERVER
+from tests.support.veth import ClientServer
 
 CLIENT_IP = "10.213.0.1"
 SERVER_IP = "10.213.0.2"
@@ -84,11 +82,10 @@ while time.monotonic() < deadline and rounds < 200000:
 AUDIT_TASK = {"name": "audit", "tcpstack.tuning.port_usage_info": {"top": 5}, "register": "audit"}
 
 
-def start(box, request, script, *args):
-    """Run ``script`` inside the sandbox in the background; it must print one line first.  Stopped at teardown."""
-    child = subprocess.Popen(box.argv([sys.executable, "-c", script] + [str(a) for a in args]), stdout=subprocess.PIPE,
-                             text=True, start_new_session=True)
-    request.addfinalizer(lambda: stop(child))
+def start(box, script, *args):
+    """Run ``script`` inside the sandbox in the background; returns it and the first line it printed.  Stopped
+    when the sandbox is destroyed (at teardown)."""
+    child = box.start(script, *args)
     return child, child.stdout.readline().strip()
 
 
@@ -99,18 +96,10 @@ def play(*tasks):
 @pytest.fixture
 def pair(root_netns, request):
     """(client, server) sandboxes joined by a veth pair; both deleted (with /etc/netns/NAME) afterwards."""
-    client = Sandbox.new(prefix="puic")
-    server = Sandbox.new(prefix="puis")
-    request.addfinalizer(client.destroy)
-    request.addfinalizer(server.destroy)
-    client.create()
-    server.create()
-    subprocess.run(["ip", "link", "add", "pui0", "netns", client.name, "type", "veth", "peer", "name", "pui1",
-                    "netns", server.name], check=True, capture_output=True, timeout=30)
-    for box, dev, address in ((client, "pui0", CLIENT_IP), (server, "pui1", SERVER_IP)):
-        box.exec(["ip", "addr", "add", address + "/24", "dev", dev])
-        box.exec(["ip", "link", "set", dev, "up"])
-    return client, server
+    link = ClientServer(CLIENT_IP, SERVER_IP, prefixes=("puic", "puis"))
+    request.addfinalizer(link.destroy)
+    link.create()
+    return link.client, link.server
 
 
 def ports_towards(box, address, port):
@@ -133,13 +122,13 @@ def audit(client, check=False):
     return result
 
 
-def test_exhaustion_found_fixed_and_gone(pair, request):
+def test_exhaustion_found_fixed_and_gone(pair):
     client, server = pair
     assert client.set_sysctl("net.ipv4.ip_local_port_range", RANGE).split() == RANGE.split()
     assert client.sysctl("net.ipv4.tcp_tw_reuse") == "2"  # stock: no reuse towards 10.213.0.2
     assert client.sysctl("net.ipv4.ip_local_reserved_ports") == ""
     # our own listener (not Sandbox.listener): it waits for the client's FIN before closing
-    dummy, line = start(server, request, SERVER, SERVER_IP, SERVER_PORT, 300)
+    dummy, line = start(server, SERVER, SERVER_IP, SERVER_PORT, 300)
     assert line == "listening"
 
     # 1. exhaust the 1,000 ports towards 10.213.0.2:8080
@@ -205,7 +194,7 @@ def test_sample_measures_rates_and_rising_overflows(root_netns, request):
     box = Sandbox.new(prefix="puil")
     request.addfinalizer(box.destroy)
     box.create()
-    load, line = start(box, request, LOAD, 40)
+    load, line = start(box, LOAD, 40)
     assert line == "running"
     rc, results = box.run_playbook(play(
         {"name": "sampled", "tcpstack.tuning.port_usage_info": {"sample_seconds": 3, "top": 3}},

@@ -1,24 +1,18 @@
 """The tcp_tuning role and the tune/rollback playbooks, with real ansible-playbook on the real kernel.
 
-Each test runs in a throwaway network namespace (tests/lib/netns.py) whose
+Each test runs in a throwaway network namespace (tests/support/netns.py) whose
 /etc/sysctl.d is its own; assertions read /proc/sys and files inside it.
 """
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-for extra in (TESTS, TESTS / "lib"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-from fleet import PASSWORD, USER, run_fleet as fleet_run  # noqa: E402  pylint: disable=wrong-import-position
-from netns import Sandbox  # noqa: E402  pylint: disable=wrong-import-position
-from windows_sim import Simulator  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.fleet import run_fleet as fleet_run
+from tests.support.netns import Sandbox
+from tests.support.windows_sim import PASSWORD, USER, Simulator
 
 pytestmark = pytest.mark.usefixtures("root_netns")
 
@@ -165,7 +159,7 @@ def test_tune_playbook_hosts_variable_limits_the_targets(box):
 
 
 def run_fleet(box, sims, playbook, **kwargs):
-    """Host "lin" is the sandbox, the others simulated Windows hosts (tests/lib/fleet.py)."""
+    """Host "lin" is the sandbox, the others simulated Windows hosts (tests/support/fleet.py)."""
     return fleet_run({"lin": box}, sims, playbook, **kwargs)
 
 

@@ -1,5 +1,5 @@
 """win_tcp and win_port_usage_info over SSH: real ansible-playbook, Ansible's real ``ssh`` connection and the real
-OpenSSH client (/usr/bin/ssh) against the SSH endpoint of the Windows host simulator (tests/windows_sim/ssh.py:
+OpenSSH client (/usr/bin/ssh) against the SSH endpoint of the Windows host simulator (tests/support/windows_sim/ssh.py:
 Windows' OpenSSH server with DefaultShell = powershell.exe), with ``ansible_shell_type: powershell``.
 
 Each test makes a client key pair, starts a simulator with that public key authorized, and checks the host key
@@ -9,19 +9,11 @@ of test_win_tcp.py over WinRM.  No root needed.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import asyncssh
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-for extra in (TESTS, TESTS / "lib"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
-from test_win_tcp import DEFAULT, USER, dword, info_task, run_play, task  # noqa: E402  pylint: disable=wrong-import-position
-from windows_sim import Simulator  # noqa: E402  pylint: disable=wrong-import-position
+from test_win_tcp import DEFAULT, dword, info_task, run_play, task
+from tests.support.windows_sim import USER, Simulator
 
 ROLE = "tcpstack.tuning.tcp_tuning"
 
@@ -29,17 +21,6 @@ ROLE = "tcpstack.tuning.tcp_tuning"
 def start_sim(ssh_client_key, language="en-US"):
     return Simulator(profile="server2022", language=language, username=USER, ssh=True,
                      ssh_authorized_keys=ssh_client_key[1])
-
-
-def ssh_vars(sim, ssh_client_key):
-    """Connection variables for the simulator's SSH endpoint, its host key pinned in a known_hosts file."""
-    key = ssh_client_key[0]
-    known_hosts = key.parent / "known_hosts"
-    known_hosts.write_text(sim.ssh_known_hosts + "\n")
-    return {"ansible_connection": "ssh", "ansible_shell_type": "powershell", "ansible_user": USER,
-            "ansible_ssh_private_key_file": str(key), "ansible_ssh_host_key_checking": True,
-            "ansible_ssh_common_args": "-o StrictHostKeyChecking=yes -o UserKnownHostsFile=%s -o IdentitiesOnly=yes"
-                                       % known_hosts}
 
 
 @pytest.fixture
@@ -50,11 +31,10 @@ def sim(ssh_client_key):
 
 @pytest.fixture
 def play(sim, ssh_client_key):
-    """run_play over SSH against ``sim``."""
-    connection = ssh_vars(sim, ssh_client_key)
+    """run_play over SSH against ``sim`` (its host key pinned in a known_hosts file: tests.support.fleet)."""
 
     def run(*tasks, roles=None):
-        return run_play(sim.ssh_port, *tasks, connection=connection, roles=roles)
+        return run_play(sim, *tasks, ssh_key=ssh_client_key[0], roles=roles)
     return run
 
 
@@ -119,10 +99,9 @@ def test_german_display_language(ssh_client_key):
     """Output in the OEM code page (850 on de-DE: the excluded-range footer has an ü), translated labels."""
     with start_sim(ssh_client_key, language="de-DE") as sim:
         sim.host.add_excluded(50000, 50059, ip="ipv4", proto="tcp", administered=True)
-        connection = ssh_vars(sim, ssh_client_key)
-        out = run_play(sim.ssh_port, task("tune", port_range="10000 65535", time_wait_delay=60),
+        out = run_play(sim, task("tune", port_range="10000 65535", time_wait_delay=60),
                        task("again", port_range="10000 65535", time_wait_delay=60), info_task("info"),
-                       connection=connection)
+                       ssh_key=ssh_client_key[0])
         assert out["tune"]["changed"] is True and out["tune"]["round_trips"] == 2
         assert out["tune"]["excluded_port_ranges"]["ipv4"]["tcp"] == [{"start": 50000, "end": 50059, "administered": True}]
         assert out["again"]["changed"] is False and out["again"]["round_trips"] == 1
@@ -141,11 +120,9 @@ def test_role_detects_windows_from_the_shell_type(sim, play):
 
 
 def test_a_wrong_host_key_is_refused(sim, ssh_client_key):
-    connection = ssh_vars(sim, ssh_client_key)
     other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode("ascii")
-    (ssh_client_key[0].parent / "known_hosts").write_text("[127.0.0.1]:%d %s" % (sim.ssh_port, other))
-    r = run_play(sim.ssh_port, task("tune", ignore_unreachable=True, port_range="10000 65535"),
-                 connection=connection)["tune"]
+    r = run_play(sim, task("tune", ignore_unreachable=True, port_range="10000 65535"), ssh_key=ssh_client_key[0],
+                 known_hosts="[127.0.0.1]:%d %s" % (sim.ssh_port, other))["tune"]
     assert r["_status"] == "unreachable" and "Host key verification failed" in r["msg"]
     assert sim.round_trips == 0 and tuple(sim.host.dynamic_range("ipv4", "tcp")) == DEFAULT
 

@@ -1,6 +1,6 @@
 """win_tcp against the Windows host simulator: real ansible-playbook, real pywinrm, real WS-Management.
 
-Each test starts a simulator (tests/windows_sim) on 127.0.0.1 and runs
+Each test starts a simulator (tests/support/windows_sim) on 127.0.0.1 and runs
 ansible-playbook with ``ansible_connection: winrm`` (Basic over http) against
 it.  Assertions read the emulated host's state and the simulator's count of
 round trips.  No root needed; nothing here ever skips.
@@ -9,26 +9,15 @@ round trips.  No root needed; nothing here ever skips.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-for extra in (TESTS, TESTS / "lib"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
-from netns import _CALLBACK, ansible_playbook, collections_path  # noqa: E402  pylint: disable=wrong-import-position
-from windows_sim import Simulator  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.fleet import run_fleet
+from tests.support.windows_sim import PASSWORD, USER, Simulator
 
 MODULE = "tcpstack.tuning.win_tcp"
-USER, PASSWORD = "ansible", "Sim-Passw0rd!"
 DEFAULT = (49152, 16384)
 
 
@@ -45,42 +34,22 @@ def task(name, ignore_errors=False, check_mode=None, diff=None, ignore_unreachab
     return out
 
 
-WINRM = {"ansible_connection": "winrm", "ansible_winrm_transport": "basic", "ansible_winrm_scheme": "http",
-         "ansible_user": USER, "ansible_password": PASSWORD,
-         "ansible_winrm_operation_timeout_sec": 20, "ansible_winrm_read_timeout_sec": 30}
+WINRM_TIMEOUTS = {"ansible_winrm_operation_timeout_sec": 20, "ansible_winrm_read_timeout_sec": 30}
 
 
-def run_play(port, *tasks, timeout=180, connection=None, roles=None):
-    """Run the tasks (after the roles, if any) against 127.0.0.1:port, over WinRM unless ``connection`` gives
-    other connection variables (test_win_ssh.py); returns {task name: result}."""
-    with tempfile.TemporaryDirectory(prefix="tcpstack-win-") as tmp:
-        work = Path(tmp)
-        host = dict({"ansible_host": "127.0.0.1", "ansible_port": port}, **(WINRM if connection is None else connection))
-        (work / "inventory.json").write_text(json.dumps({"all": {"hosts": {"win": host}}}))
-        play = {"name": "win_tcp", "hosts": "all", "gather_facts": False, "tasks": list(tasks)}
-        if roles:
-            play["roles"] = list(roles)
-        (work / "play.yml").write_text(json.dumps([play]))
-        (work / "callback_plugins").mkdir()
-        (work / "callback_plugins" / "tcpstack_results.py").write_text(_CALLBACK)
-        results_file = work / "results.jsonl"
-        results_file.touch()
-        env = dict(os.environ)
-        env.update(
-            ANSIBLE_COLLECTIONS_PATH=str(collections_path()),
-            ANSIBLE_CALLBACK_PLUGINS=str(work / "callback_plugins"),
-            ANSIBLE_CALLBACKS_ENABLED="tcpstack_results",
-            TCPSTACK_RESULTS=str(results_file),
-            ANSIBLE_RETRY_FILES_ENABLED="false",
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_HOST_KEY_CHECKING="false",
-        )
-        proc = subprocess.run([ansible_playbook(), "-i", str(work / "inventory.json"), str(work / "play.yml")],
-                              cwd=tmp, env=env, text=True, capture_output=True, timeout=timeout, check=False)
-        results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
+def run_play(sim, *tasks, timeout=180, roles=None, **inventory):
+    """Run the tasks (after the roles, if any) against the simulator ``sim`` (host "win"), over WinRM, or over its
+    SSH endpoint with ``ssh_key=`` (test_win_ssh.py; ``inventory``: arguments for fleet_hosts()); returns
+    {task name: result}."""
+    play = {"name": "win_tcp", "hosts": "all", "gather_facts": False, "tasks": list(tasks)}
+    if roles:
+        play["roles"] = list(roles)
+    if inventory.get("ssh_key") is None:
+        inventory.setdefault("simulator_vars", WINRM_TIMEOUTS)
+    rc, results, output = run_fleet({}, {"win": sim}, json.dumps([play], indent=1), timeout=timeout, **inventory)
     by_name = {r["_task"]: r for r in results}
     if any(t["name"] not in by_name for t in tasks) or (roles and not results):
-        raise AssertionError("ansible-playbook rc=%d\nstdout:\n%s\nstderr:\n%s" % (proc.returncode, proc.stdout, proc.stderr))
+        raise AssertionError("ansible-playbook rc=%d\n%s" % (rc, output))
     return by_name
 
 
@@ -107,7 +76,7 @@ def dword(sim, name):
 # ------------------------------------------------------------------ tests
 def test_apply_then_idempotent(sim):
     started = time.monotonic()
-    out = run_play(sim.port, task("tune", port_range="10000 65535", time_wait_delay=30))
+    out = run_play(sim, task("tune", port_range="10000 65535", time_wait_delay=30))
     r = out["tune"]
     assert r["_status"] == "ok" and r["changed"] is True, r
     assert r["round_trips"] == 2 and sim.round_trips == 2
@@ -129,14 +98,14 @@ def test_apply_then_idempotent(sim):
     assert sim.host.effective_value("TcpTimedWaitDelay") == 30
 
     sim.reset_counters()
-    again = run_play(sim.port, task("again", port_range=[10000, 65535], time_wait_delay="30"))["again"]
+    again = run_play(sim, task("again", port_range=[10000, 65535], time_wait_delay="30"))["again"]
     assert again["changed"] is False and again["reboot_required"] is False
     assert again["round_trips"] == 1 and sim.round_trips == 1
     assert time.monotonic() - started < 120
 
 
 def test_check_mode_and_diff(sim):
-    out = run_play(sim.port,
+    out = run_play(sim,
                    task("check", check_mode=True, diff=True, port_range="20000-40000", max_user_port=65534,
                         ip_versions=["ipv4"], protocols=["tcp", "udp"]))
     r = out["check"]
@@ -166,7 +135,7 @@ def test_check_mode_and_diff(sim):
     ({"bogus": 1}, "bogus", ["not an option"]),
 ])
 def test_validation_sends_nothing(sim, options, option, words):
-    r = run_play(sim.port, task("bad", ignore_errors=True, **options))["bad"]
+    r = run_play(sim, task("bad", ignore_errors=True, **options))["bad"]
     assert r["failed"] is True and r["_status"] == "failed"
     assert r["msg"].startswith(option + ": ")
     for word in words:
@@ -176,8 +145,8 @@ def test_validation_sends_nothing(sim, options, option, words):
 
 
 def test_validation_unreachable_host():
-    port = free_port()  # nothing listens there
-    out = run_play(port, task("bad", ignore_errors=True, port_range="1024 2000"),
+    nothing = Simulator(port=free_port())  # never started: nothing listens there
+    out = run_play(nothing, task("bad", ignore_errors=True, port_range="1024 2000"),
                    task("reach", ignore_errors=True, port_range="10000 65535"))
     assert out["bad"]["_status"] == "failed" and "below 1025" in out["bad"]["msg"]
     assert out["reach"]["_status"] == "unreachable"
@@ -185,7 +154,7 @@ def test_validation_unreachable_host():
 
 def test_wrong_type_corrected_and_reboot(sim):
     sim.host.set_registry("TcpTimedWaitDelay", "REG_SZ", "30")
-    r = run_play(sim.port, task("fix", time_wait_delay=30))["fix"]
+    r = run_play(sim, task("fix", time_wait_delay=30))["fix"]
     assert r["changed"] is True and r["reboot_required"] is True
     assert r["before"]["registry"]["TcpTimedWaitDelay"] == {"type": "REG_SZ", "data": "30"}
     assert sim.host.registry_type("TcpTimedWaitDelay") == "REG_DWORD" and dword(sim, "TcpTimedWaitDelay") == 30
@@ -193,7 +162,7 @@ def test_wrong_type_corrected_and_reboot(sim):
 
 
 def test_range_only_needs_no_reboot(sim):
-    r = run_play(sim.port, task("range", port_range=[30000, 65535], protocols=["udp"], ip_versions=["ipv6"]))["range"]
+    r = run_play(sim, task("range", port_range=[30000, 65535], protocols=["udp"], ip_versions=["ipv6"]))["range"]
     assert r["changed"] is True and r["reboot_required"] is False
     assert tuple(sim.host.dynamic_range("ipv6", "udp")) == (30000, 35536)
     assert tuple(sim.host.dynamic_range("ipv4", "udp")) == DEFAULT
@@ -203,7 +172,7 @@ def test_state_absent(sim):
     sim.host.set_registry("TcpTimedWaitDelay", "REG_DWORD", 30)
     sim.host.set_registry("MaxUserPort", "REG_DWORD", 65534)
     sim.host.set_dynamic_range(1024, 64511, ip="ipv4", proto="tcp")  # left by an installer
-    out = run_play(sim.port, task("absent", state="absent"), task("again", state="absent"))
+    out = run_play(sim, task("absent", state="absent"), task("again", state="absent"))
     r = out["absent"]
     assert r["changed"] is True and r["reboot_required"] is True and r["round_trips"] == 2
     assert r["before"]["dynamic_port_range"]["ipv4"]["tcp"] == {"start": 1024, "number": 64511, "end": 65534}
@@ -214,7 +183,7 @@ def test_state_absent(sim):
 
 def test_excluded_ranges_warning(sim):
     sim.host.add_excluded(50000, 50059, ip="ipv4", proto="tcp", administered=True)
-    r = run_play(sim.port, task("tune", port_range="10000 65535"))["tune"]
+    r = run_play(sim, task("tune", port_range="10000 65535"))["tune"]
     assert any("50000-50059" in w and "excluded" in w for w in r["warnings"]), r["warnings"]
     assert r["excluded_port_ranges"]["ipv4"]["tcp"] == [{"start": 50000, "end": 50059, "administered": True}]
 
@@ -222,7 +191,7 @@ def test_excluded_ranges_warning(sim):
 def test_german_display_language():
     with make_sim(language="de-DE") as sim:
         sim.host.set_dynamic_range(20000, 45536, ip="ipv4", proto="tcp")
-        out = run_play(sim.port, task("tune", port_range="10000 65535", time_wait_delay=60),
+        out = run_play(sim, task("tune", port_range="10000 65535", time_wait_delay=60),
                        task("again", port_range="10000 65535", time_wait_delay=60))
         assert out["tune"]["before"]["dynamic_port_range"]["ipv4"]["tcp"]["start"] == 20000
         assert out["tune"]["changed"] is True
@@ -232,7 +201,7 @@ def test_german_display_language():
 
 def test_legacy_2008r2_minimum():
     with make_sim(profile="server2008r2") as sim:
-        out = run_play(sim.port, task("short", ignore_errors=True, time_wait_delay=10, port_range="10000 65535"),
+        out = run_play(sim, task("short", ignore_errors=True, time_wait_delay=10, port_range="10000 65535"),
                        task("ok", time_wait_delay=30))
         r = out["short"]
         assert r["failed"] is True and r["option"] == "time_wait_delay"
@@ -244,7 +213,7 @@ def test_legacy_2008r2_minimum():
 
 def test_failed_apply_is_rolled_back(sim):
     sim.faults.fail_netsh(times=1, verb="set")
-    r = run_play(sim.port, task("tune", ignore_errors=True, time_wait_delay=30, port_range="10000 65535"))["tune"]
+    r = run_play(sim, task("tune", ignore_errors=True, time_wait_delay=30, port_range="10000 65535"))["tune"]
     assert r["failed"] is True and "failed" in r["msg"]
     assert r["round_trips"] == 3 and r.get("rolled_back") is True
     assert dword(sim, "TcpTimedWaitDelay") is None
@@ -264,7 +233,7 @@ def info_task(name, ignore_errors=False, **options):
 
 
 def test_info_quiet_host(sim):
-    r = run_play(sim.port, info_task("info"))["info"]
+    r = run_play(sim, info_task("info"))["info"]
     assert r["_status"] == "ok" and r["changed"] is False
     assert r["round_trips"] == 1 and sim.round_trips == 1
     assert r["verdict"] == "ok" and r["recommendations"] == {}
@@ -288,7 +257,7 @@ def test_info_exhausted_host_then_apply_recommendations(sim):
     sim.host.add_event(4231)
     sim.host.add_event(4227)
     started = time.monotonic()
-    out = run_play(sim.port, info_task("info", top=3),
+    out = run_play(sim, info_task("info", top=3),
                    {"name": "tune", MODULE: "{{ ports.recommendations }}"})
     r = out["info"]
     assert r["verdict"] == "critical" and r["round_trips"] == 1
@@ -309,13 +278,13 @@ def test_info_exhausted_host_then_apply_recommendations(sim):
 @pytest.mark.parametrize("options,option", [({"top": 0}, "top"), ({"event_hours": "x"}, "event_hours"),
                                             ({"bogus": 1}, "bogus")])
 def test_info_validation_sends_nothing(sim, options, option):
-    r = run_play(sim.port, info_task("bad", ignore_errors=True, **options))["bad"]
+    r = run_play(sim, info_task("bad", ignore_errors=True, **options))["bad"]
     assert r["failed"] is True and option in r["msg"] and sim.round_trips == 0
 
 
 def test_info_legacy_host_without_nettcpip():
     with make_sim(profile="server2008r2", language="de-DE") as sim:
-        r = run_play(sim.port, info_task("info"))["info"]
+        r = run_play(sim, info_task("info"))["info"]
         assert r["_status"] == "ok" and r["round_trips"] == 1
         assert r["sockets"] is None and r["verdict"] == "warning"
         assert any("Get-NetTCPConnection" in u["source"] for u in r["unreadable"])
@@ -326,9 +295,9 @@ def test_info_legacy_host_without_nettcpip():
 def test_lost_reply_then_rerun_converges(sim):
     """The apply ran on the host but its reply was lost: the task is unreachable, the next run reads it converged."""
     sim.faults.drop_command(2, execute=True)
-    out = run_play(sim.port, task("lost", ignore_errors=True, ignore_unreachable=True, port_range="20000 65535"))
+    out = run_play(sim, task("lost", ignore_errors=True, ignore_unreachable=True, port_range="20000 65535"))
     assert out["lost"]["_status"] in ("unreachable", "failed")
     assert tuple(sim.host.dynamic_range("ipv4", "tcp")) == (20000, 45536)
     sim.reset_counters()
-    again = run_play(sim.port, task("again", port_range="20000 65535"))["again"]
+    again = run_play(sim, task("again", port_range="20000 65535"))["again"]
     assert again["changed"] is False and again["round_trips"] == 1 and sim.round_trips == 1

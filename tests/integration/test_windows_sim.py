@@ -1,4 +1,4 @@
-"""Tests of the Windows host simulator itself (tests/windows_sim), driven by the real pywinrm, the asyncssh
+"""Tests of the Windows host simulator itself (tests/support/windows_sim), driven by the real pywinrm, the asyncssh
 client (its SSH endpoint) and, once, by a real ``ansible`` ad-hoc run over Ansible's winrm connection.
 
 Everything runs on 127.0.0.1 without root: nothing here skips.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -26,18 +27,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from winrm.exceptions import InvalidCredentialsError, WSManFaultError
 
-TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+from tests.support.collection import ROOT as REPO
+from tests.support.fleet import fleet_hosts
+from tests.support.windows_sim import PASSWORD, PROFILES, USER, Simulator
+from tests.support.windows_sim.host import WindowsHost
+from tests.support.windows_sim.script import SINGLE_QUOTES, run_powershell, tokenize
+from tests.support.windows_sim.tools import run_netsh
 
-from windows_sim import PROFILES, Simulator  # noqa: E402
-from windows_sim.host import WindowsHost  # noqa: E402
-from windows_sim.script import SINGLE_QUOTES, run_powershell, tokenize  # noqa: E402
-from windows_sim.tools import run_netsh  # noqa: E402
-
-REPO = TESTS.parent
 VENV_BIN = Path(sys.executable).parent
-USER, PASSWORD = "ansible", "Sim-Passw0rd!"
 PARAMS = r"HKLM\SYSTEM\CurrentControlSet\Services\Tcpip\Parameters"
 RC = 'Write-Output "@@tcpstack:rc:$LASTEXITCODE@@"'
 OK = 'Write-Output "@@tcpstack:ok:$?@@"'
@@ -688,11 +685,8 @@ def test_ssh_faults_and_stop_closes_connections(ssh_sim):
 # Real Ansible, real winrm connection
 # ---------------------------------------------------------------------------
 def _ansible_raw(sim, tmp_path, command):
-    inventory = tmp_path / "hosts.ini"
-    inventory.write_text(
-        "[windows]\nsim ansible_host=127.0.0.1 ansible_port=%d ansible_connection=winrm "
-        "ansible_winrm_transport=basic ansible_winrm_scheme=http ansible_winrm_server_cert_validation=ignore "
-        "ansible_user=%s ansible_password=%s\n" % (sim.port, USER, PASSWORD))
+    inventory = tmp_path / "hosts.json"
+    inventory.write_text(json.dumps({"windows": {"hosts": fleet_hosts({}, {"sim": sim}, tmp_path)}}))
     cfg = tmp_path / "ansible.cfg"
     cfg.write_text("[defaults]\nstdout_callback = default\n")
     env = dict(os.environ, ANSIBLE_CONFIG=str(cfg), ANSIBLE_HOME=str(tmp_path / "home"), ANSIBLE_NOCOLOR="1",
@@ -718,9 +712,8 @@ def test_real_ansible_raw_over_winrm(sim, tmp_path):
 # Command line
 # ---------------------------------------------------------------------------
 def test_command_line_entry_point():
-    env = dict(os.environ, PYTHONPATH=str(TESTS))
-    proc = subprocess.Popen([sys.executable, "-m", "windows_sim", "--profile", "server2019", "--language", "de-DE",
-                             "--port", "0"], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.windows_sim", "--profile", "server2019", "--language",
+                             "de-DE", "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         line = proc.stdout.readline()
         assert "server2019" in line and "build 17763" in line
@@ -736,9 +729,8 @@ def test_command_line_entry_point():
 def test_command_line_entry_point_with_ssh(tmp_path):
     keys = tmp_path / "authorized_keys"
     keys.write_text(CLIENT_KEY.export_public_key().decode())
-    env = dict(os.environ, PYTHONPATH=str(TESTS))
-    proc = subprocess.Popen([sys.executable, "-m", "windows_sim", "--port", "0", "--ssh-port", "0",
-                             "--ssh-authorized-keys", str(keys)], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.windows_sim", "--port", "0", "--ssh-port", "0",
+                             "--ssh-authorized-keys", str(keys)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert "build 20348" in proc.stdout.readline()
         line = proc.stdout.readline()

@@ -1,35 +1,22 @@
 """Reliability suites (issue 8): bad input and faults on the real kernel, files and the Windows simulator.
 
-``root_netns`` is the same fixture tests/integration provides (built on tests/lib/ci.py: skip locally,
-fail under CI=true).  ``figures`` collects the counts each test reports (inputs tried, faults injected,
-runs survived, data lost); at the end of the session they are written as JSON to
-$TCPSTACK_RELIABILITY_FIGURES (tools/reliability_report.py sets it), or to .build/reliability-figures.json.
+``root_netns`` comes from tests/conftest.py (skip locally, fail under CI=true).  ``figures`` collects the counts
+each test reports (inputs tried, faults injected, runs survived, data lost); at the end of the session they are
+written as JSON to $TCPSTACK_RELIABILITY_FIGURES (tools/reliability_report.py sets it), or to
+.build/reliability-figures.json.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-for extra in (TESTS, TESTS / "lib"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+from tests.support.collection import ROOT
 
-from ci import need_root_netns  # noqa: E402  pylint: disable=wrong-import-position
-
-ROOT = TESTS.parent
 FIGURES_ENV = "TCPSTACK_RELIABILITY_FIGURES"
-
-
-@pytest.fixture(scope="session")
-def root_netns():
-    """Root, the ip command and network-namespace support are all present."""
-    return need_root_netns()
 
 
 class Figures:

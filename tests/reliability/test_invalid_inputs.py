@@ -12,15 +12,14 @@ netsh set) may have run.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 
 import pytest
 
-from fleet import run_fleet  # tests/lib (conftest puts it on sys.path)
-from netns import TCP_KEYS, Sandbox, python_interpreter
-from windows_sim import Simulator
+from tests.support.fleet import run_fleet
+from tests.support.netns import TCP_KEYS, Sandbox, python_interpreter
+from tests.support.windows_sim import Simulator
 
 LINUX = "tcpstack.tuning.linux_tcp"
 WIN = "tcpstack.tuning.win_tcp"
@@ -293,15 +292,6 @@ def test_linux_no_file_appeared(linux_run):
 
 
 # ---------------------------------------------------------------- Windows
-def sim_state(sim):
-    """Everything win_tcp could change on the emulated host."""
-    host = sim.host
-    with host.lock:
-        return copy.deepcopy({"registry": host._registry, "persistent": host._persistent_ranges,  # pylint: disable=protected-access
-                              "active": host._active_ranges, "excluded": host.excluded,  # pylint: disable=protected-access
-                              "effective": host.effective})
-
-
 MUTATING = re.compile(r"\b(reg(\.exe)?\s+(add|delete)|netsh\b.*\bset\b)", re.IGNORECASE)
 
 
@@ -310,13 +300,13 @@ def windows_run(figures):
     with Simulator(profile="server2022", language="en-US") as sim:
         sim.host.set_registry("TcpTimedWaitDelay", "REG_DWORD", 60)
         sim.host.set_dynamic_range(20000, 20000, ip="ipv4", proto="tcp")
-        before = sim_state(sim)
+        before = sim.host.snapshot()
         cases = _values(WIN_CASES)
         play = [{"name": "invalid inputs", "hosts": "all", "gather_facts": False, "tasks": _tasks(cases, WIN)}]
         _rc, results, output = run_fleet({}, {"win": sim}, json.dumps(play, indent=1))
         per_case, _prints = _by_case(results, len(cases))
         figures.note("invalid_inputs_windows", playbook_runs=1)
-        yield {"cases": per_case, "before": before, "after": sim_state(sim), "log": list(sim.log),
+        yield {"cases": per_case, "before": before, "after": sim.host.snapshot(), "log": list(sim.log),
                "round_trips": sim.round_trips, "output": output}
 
 

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from netns import Sandbox
+from tests.support.netns import Sandbox
 
 pytestmark = pytest.mark.usefixtures("root_netns")
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet import PASSWORD, run_fleet  # tests/lib
-from netns import ROOT, Sandbox
-from windows_sim import Simulator
+from tests.support.collection import ROOT
+from tests.support.fleet import run_fleet
+from tests.support.netns import Sandbox
+from tests.support.windows_sim import PASSWORD, Simulator
 
 LINUX_CODE = ["plugins/modules/linux_tcp.py", "plugins/modules/port_usage_info.py"] + [
     "plugins/module_utils/%s.py" % name for name in (

@@ -1,4 +1,4 @@
-"""Issue 8: WinRM faults injected by the Windows host simulator (tests/windows_sim), real ansible-playbook and
+"""Issue 8: WinRM faults injected by the Windows host simulator (tests/support/windows_sim), real ansible-playbook and
 pywinrm: the connection dropping between reading and applying (before and after the apply ran), a failing
 netsh, a read timeout before the read and during the apply, WS-Management OperationTimeout faults.  Each
 faulty run fails with a clear error (or, for faults pywinrm retries, succeeds), the host is either unchanged
@@ -12,9 +12,8 @@ import time
 
 import pytest
 
-from fleet import run_fleet  # tests/lib
-from test_invalid_inputs import sim_state  # same directory
-from windows_sim import Simulator
+from tests.support.fleet import run_fleet
+from tests.support.windows_sim import Simulator
 
 WIN = "tcpstack.tuning.win_tcp"
 OPTIONS = {"port_range": "10000 65535", "time_wait_delay": 30, "max_user_port": 65534}
@@ -25,7 +24,7 @@ DELAY = 10
 
 
 def normalised(state):
-    """sim_state with each registry key's values as a dict (Windows does not promise an order)."""
+    """A host snapshot() with each registry key's values as a dict (Windows does not promise an order)."""
     out = dict(state)
     out["registry"] = {k: {"values": sorted(map(tuple, v["values"])), "subkeys": sorted(v["subkeys"])}
                        for k, v in state["registry"].items()}
@@ -77,7 +76,7 @@ SCENARIOS = [
 def test_winrm_fault_then_next_run_converges(figures, sid, arm, outcome, fragments):  # pylint: disable=unused-argument
     with Simulator(profile="server2022", language="en-US") as sim:
         sim.host.set_registry("TcpTimedWaitDelay", "REG_DWORD", 120)
-        before = normalised(sim_state(sim))
+        before = normalised(sim.host.snapshot())
         arm(sim)
         first = play(sim, task("faulty run"), timeouts=TIMEOUTS if sid.startswith("timeout") else None)["faulty run"]
         figures.add("windows_faults", faults_injected=1)
@@ -92,12 +91,12 @@ def test_winrm_fault_then_next_run_converges(figures, sid, arm, outcome, fragmen
                 for fragment in fragments:
                     assert fragment in msg, msg
             if outcome == "unchanged":
-                assert normalised(sim_state(sim)) == before, "the host was left half changed"
+                assert normalised(sim.host.snapshot()) == before, "the host was left half changed"
             elif outcome == "desired":
                 assert at_desired(sim), "the apply ran but the host is not at the desired state"
             else:  # the client gave up while the apply waited: once the delay is over the host is either
                 time.sleep(DELAY)  # untouched (the simulator drops a command whose shell was closed) or tuned
-                state = normalised(sim_state(sim))
+                state = normalised(sim.host.snapshot())
                 assert state == before or at_desired(sim), "the host was left half changed"
                 figures.note("windows_fault_outcomes", **{sid: "unchanged" if state == before else "applied late"})
             figures.add("windows_faults", failed_clearly=1)

@@ -20,7 +20,7 @@ def need(condition, reason):
 
 
 def need_root_netns():
-    """Root, the ip command and network-namespace support (the ``root_netns`` fixtures)."""
+    """Root, the ip command and network-namespace support (the ``root_netns`` fixture, tests/conftest.py)."""
     need(os.geteuid() == 0, "needs root (network namespaces, /proc/sys writes)")
     need(shutil.which("ip") is not None, "needs the ip command (Debian package iproute2)")
     need(os.path.exists("/proc/self/ns/net"), "needs a kernel with network namespaces")

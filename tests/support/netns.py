@@ -7,8 +7,8 @@ the namespace's /proc/sys/net and bind-mounts /etc/netns/NAME/sysctl.d over
 that file exists).  A playbook run that way changes only the sandbox: the
 machine's own /proc/sys and /etc/sysctl.d are never written.
 
-Used by tests/integration and by demo/demo.py.  Needs root and iproute2.
-Standard library only.
+Used by the tests, bench/ and demo/.  Needs root and iproute2.  Imports the
+collection (TCP_KEYS comes from its settings table).
 
     with Sandbox.new() as box:
         box.sysctl("net.ipv4.tcp_fin_timeout")                # "60"
@@ -35,94 +35,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import SETTINGS, UNPRIVILEGED_PORT_START
+
+from tests.support.collection import collections_path
+from tests.support.playbook import ansible_playbook, install_results_callback, read_results
+
 FQCN = re.compile(r"[a-z0-9_]+\.[a-z0-9_]+\.[a-z0-9_]+")
-ROOT = Path(__file__).resolve().parents[2]  # the repository, which is the collection
-COLLECTIONS = ROOT / ".build" / "pytest"
-COLLECTION_LINK = COLLECTIONS / "ansible_collections" / "tcpstack" / "tuning"
 PREFIX = "tcpst"
 
-# The keys linux_tcp manages, plus the host context it reads.
-TCP_KEYS = (
-    "net.ipv4.tcp_timestamps",
-    "net.ipv4.tcp_fin_timeout",
-    "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.ip_local_port_range",
-    "net.ipv4.tcp_tw_reuse",
-    "net.ipv4.tcp_tw_reuse_delay",
-    "net.core.somaxconn",
-    "net.ipv4.tcp_max_syn_backlog",
-    "net.ipv4.ip_unprivileged_port_start",
-)
+# The keys linux_tcp manages (its settings table, in apply order), plus the host context it reads.
+TCP_KEYS = tuple(setting.key for setting in SETTINGS) + (UNPRIVILEGED_PORT_START,)
 
 _counter = itertools.count(1)
 _counter_lock = threading.Lock()
-
-# A notification callback that writes every task result as one JSON line to
-# $TCPSTACK_RESULTS, leaving the stdout callback (what users see) alone.
-_CALLBACK = r'''
-from __future__ import annotations
-
-import json
-import os
-
-from ansible.plugins.callback import CallbackBase
-
-DOCUMENTATION = """
-name: tcpstack_results
-type: aggregate
-short_description: one JSON line per task result (tcpstack.tuning test helper)
-description: Writes each task result, as a playbook would register it, to the file named by TCPSTACK_RESULTS.
-"""
-
-
-def _message(item):
-    event = getattr(item, "event", None)
-    if event is not None:
-        return getattr(event, "msg", str(event))
-    if isinstance(item, dict):
-        if isinstance(item.get("event"), dict):
-            return item["event"].get("msg")
-        return item.get("msg", str(item))
-    return str(item)
-
-
-class CallbackModule(CallbackBase):
-    CALLBACK_VERSION = 2.0
-    CALLBACK_TYPE = "aggregate"
-    CALLBACK_NAME = "tcpstack_results"
-    CALLBACK_NEEDS_ENABLED = True
-
-    def _record(self, result, status):
-        data = getattr(result, "result", None)
-        if data is None:
-            data = result._result
-        data = dict(data)
-        data["warnings"] = [_message(w) for w in (data.get("warnings") or [])]
-        data["deprecations"] = [_message(w) for w in (data.get("deprecations") or [])]
-        if data.get("exception") is not None:
-            data["exception"] = _message(data["exception"])
-        data["failed"] = status == "failed"
-        data["skipped"] = status == "skipped"
-        data["unreachable"] = status == "unreachable"
-        data["_status"] = status
-        data["_task"] = result.task_name if hasattr(result, "task_name") else result._task.get_name()
-        data["_action"] = getattr(result, "task", None).action if hasattr(result, "task") else result._task.action
-        data["_host"] = result._host.get_name()
-        with open(os.environ["TCPSTACK_RESULTS"], "a") as handle:
-            handle.write(json.dumps(data, default=str) + "\n")
-
-    def v2_runner_on_ok(self, result):
-        self._record(result, "ok")
-
-    def v2_runner_on_failed(self, result, ignore_errors=False):
-        self._record(result, "failed")
-
-    def v2_runner_on_skipped(self, result):
-        self._record(result, "skipped")
-
-    def v2_runner_on_unreachable(self, result):
-        self._record(result, "unreachable")
-'''
 
 # Reads (or writes) sysctls inside the namespace; argv: JSON of {key: value or None}.
 _SYSCTL_SCRIPT = r"""
@@ -155,28 +80,6 @@ time.sleep(float(sys.argv[2]))
 
 class SandboxError(RuntimeError):
     """A sandbox command failed; the message holds the command and its output."""
-
-
-def collections_path():
-    """The directory to give ANSIBLE_COLLECTIONS_PATH: it holds tcpstack.tuning (a link to the repo)."""
-    if not COLLECTION_LINK.exists():
-        COLLECTION_LINK.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            COLLECTION_LINK.symlink_to(os.path.relpath(ROOT, COLLECTION_LINK.parent), target_is_directory=True)
-        except FileExistsError:  # made by another process meanwhile
-            pass
-    return COLLECTIONS
-
-
-def ansible_playbook():
-    """ansible-playbook of the running Python's environment (e.g. .venv/bin), else the one on PATH."""
-    beside = Path(sys.executable).parent / "ansible-playbook"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("ansible-playbook")
-    if found is None:
-        raise SandboxError("ansible-playbook is neither next to %s nor on PATH" % sys.executable)
-    return found
 
 
 def python_interpreter():
@@ -380,6 +283,22 @@ class Sandbox:
         return {"sysctl": self.sysctls(), "files": self.file_hashes()}
 
     # helpers for tests -------------------------------------------------
+    def start(self, script, *args, ready=None):
+        """Run ``python -c SCRIPT ARGS`` inside the namespace in the background; destroy() stops it.
+
+        Its stdout is a pipe (text).  With ``ready``, wait for the first line it prints and raise SandboxError
+        unless it is ``ready`` (e.g. "listening"); without, the caller reads it.
+        """
+        child = subprocess.Popen(self.argv([sys.executable, "-c", script] + [str(a) for a in args]),
+                                 stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self._children.append(child)
+        if ready is not None:
+            line = child.stdout.readline().strip()
+            if line != ready:
+                stop_process(child)
+                raise SandboxError("a process in %s did not start: it printed %r, not %r" % (self.name, line, ready))
+        return child
+
     @contextmanager
     def listener(self, port, seconds=120):
         """A TCP listener on ``port`` inside the namespace, for at most ``seconds``."""
@@ -487,11 +406,7 @@ class Sandbox:
             else:
                 playbook_path = work / "playbook.yml"
                 playbook_path.write_text(playbook)
-            plugins = work / "callback_plugins"
-            plugins.mkdir()
-            (plugins / "tcpstack_results.py").write_text(_CALLBACK)
-            results_file = work / "results.jsonl"
-            results_file.touch()
+            plugins, results_file = install_results_callback(work)
             run_env = dict(os.environ)
             run_env.update(
                 ANSIBLE_COLLECTIONS_PATH=str(collections_path()),
@@ -520,7 +435,7 @@ class Sandbox:
             except BaseException:  # Ctrl-C: do not leave ansible running in a namespace we delete
                 stop_process(child)
                 raise
-            results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
+            results = read_results(results_file)
             run = PlaybookRun(cmd, child.returncode, stdout or "", stderr or "", results, time.monotonic() - started)
         self.last_run = run
         return run.rc, run.results

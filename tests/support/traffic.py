@@ -1,4 +1,5 @@
-"""Bounded test traffic, run with ``python3 -c SCRIPT ARGS`` inside network namespaces the caller made.
+"""Bounded test traffic, run with ``python3 -c SCRIPT ARGS`` inside network namespaces the caller made
+(Sandbox.start, ClientServer.serve, Sandbox.exec).
 
 Shared by the integration tests and the demo; every loop is bounded in count and time.
 """

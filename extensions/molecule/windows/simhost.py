@@ -1,12 +1,13 @@
 """Start, reboot and stop simulated Windows hosts for extensions/molecule/windows.
 
-The simulator (tests/windows_sim) has no way to be told from outside to
-reboot, so each host runs in a process of this launcher, which serves one
-``windows_sim.Simulator`` and reboots its emulated host
+The simulator (tests/support/windows_sim) has no way to be told from outside
+to reboot, so each host runs in a process of this launcher, which serves one
+``tests.support.windows_sim.Simulator`` and reboots its emulated host
 (``WindowsHost.reboot()``: registry values read at boot take effect, the
 active netsh store reloads from the persistent one) on SIGHUP.  The state of
 each host is kept in DIR/NAME.json: pid, port, profile, boots and the
-registry values in effect since the last boot.
+registry values in effect since the last boot.  That process imports the
+simulator from the repository root, which it gets on its PYTHONPATH.
 
     python simhost.py start DIR NAME PROFILE    # prints the JSON once the host listens
     python simhost.py reboot DIR NAME           # returns once the host has rebooted
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 
-TESTS = pathlib.Path(__file__).resolve().parents[3] / "tests"
+ROOT = pathlib.Path(__file__).resolve().parents[3]  # the repository: tests.support is importable from here
 TIMEOUT = 30.0
 
 
@@ -47,8 +48,7 @@ def write_state(folder, name, sim, profile):
 
 
 def serve(folder, name, profile):
-    sys.path.insert(0, str(TESTS))
-    from windows_sim import Simulator  # pylint: disable=import-outside-toplevel
+    from tests.support.windows_sim import Simulator  # pylint: disable=import-outside-toplevel  # start() set PYTHONPATH
 
     sim = Simulator(profile=profile, port=0)
 
@@ -99,9 +99,10 @@ def start(folder, name, profile):
         print(json.dumps(old))
         return 0
     state_file(folder, name).unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     with open(pathlib.Path(folder) / ("%s.log" % name), "ab") as log:
         child = subprocess.Popen([sys.executable, __file__, "serve", folder, name, profile], stdin=subprocess.DEVNULL,
-                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def ready():
         if child.poll() is not None:

@@ -7,14 +7,14 @@ script language and the Windows tools (netsh, reg, wevtutil, two cmdlet
 pipelines) of docs/windows_commands.md. It is a simulator: it models the
 documented behaviour of those tools and never knows about our plugins.
 
-Import it with ``tests/`` on sys.path::
+Import it from the repository root (pytest.ini puts the root on pytest's path)::
 
-    from windows_sim import Simulator
+    from tests.support.windows_sim import Simulator
 
 See README.md.
 """
 
 from .host import PROFILES, WindowsHost
-from .simulator import Faults, Simulator
+from .simulator import PASSWORD, USER, Faults, Simulator
 
-__all__ = ["Faults", "PROFILES", "Simulator", "WindowsHost"]
+__all__ = ["Faults", "PASSWORD", "PROFILES", "Simulator", "USER", "WindowsHost"]

@@ -1,6 +1,6 @@
 """Run one simulated Windows host from the command line::
 
-    PYTHONPATH=tests python -m windows_sim --profile server2022 --port 5986
+    python -m tests.support.windows_sim --profile server2022 --port 5986     # from the repository root
 
 It serves http://127.0.0.1:PORT/wsman (Basic authentication) until SIGINT or
 SIGTERM. ``--state FILE`` loads a JSON host state (see WindowsHost).
@@ -17,19 +17,19 @@ import signal
 import sys
 
 from .host import LANGUAGES, PROFILES
-from .simulator import Simulator
+from .simulator import PASSWORD, USER, Simulator
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m windows_sim",
+    parser = argparse.ArgumentParser(prog="python -m tests.support.windows_sim",
                                      description="Windows host simulator (WinRM over http with Basic auth, optionally SSH; tests only)")
     parser.add_argument("--profile", default="server2022", choices=sorted(PROFILES))
     parser.add_argument("--language", default="en-US", choices=LANGUAGES)
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5985, help="0 picks a free port")
-    parser.add_argument("--username", default="ansible")
-    parser.add_argument("--password", default="Sim-Passw0rd!")
-    parser.add_argument("--state", help="JSON file with the host state (see windows_sim.host.WindowsHost)")
+    parser.add_argument("--username", default=USER)
+    parser.add_argument("--password", default=PASSWORD)
+    parser.add_argument("--state", help="JSON file with the host state (see tests.support.windows_sim.host.WindowsHost)")
     parser.add_argument("--ssh-port", type=int, help="also serve SSH on this port (0 picks a free port)")
     parser.add_argument("--ssh-authorized-keys", help="authorized_keys file for the SSH endpoint (public keys only)")
     args = parser.parse_args(argv)

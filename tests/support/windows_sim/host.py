@@ -305,6 +305,14 @@ class WindowsHost:
         value = self.effective.get(name)
         return BOOT_TIME_DEFAULTS[name] if value is None else value
 
+    def snapshot(self):
+        """A deep copy of everything win_tcp could change: the registry, the persistent and active dynamic ranges,
+        the excluded ranges and the values in effect since the last boot (for before/after comparisons)."""
+        with self.lock:
+            return copy.deepcopy({"registry": self._registry, "persistent": self._persistent_ranges,
+                                  "active": self._active_ranges, "excluded": self.excluded,
+                                  "effective": self.effective})
+
     def reboot(self):
         """Restart: registry values read at boot take effect; the active netsh store
         is reloaded from the persistent one; connections are gone (listeners stay,

@@ -9,6 +9,9 @@ from .messages import text
 from .tools import ToolResult
 from .wsman import ShellService, WSManServer
 
+# the login every simulator accepts unless given another (test credentials: the simulator is a test fixture)
+USER, PASSWORD = "ansible", "Sim-Passw0rd!"
+
 
 class Faults:
     """Fault injection for reliability tests. Request numbers are 1-based and
@@ -105,7 +108,7 @@ class Simulator(ShellService):
     ...     url = "http://127.0.0.1:%d/wsman" % sim.port
     """
 
-    def __init__(self, profile="server2022", language="en-US", username="ansible", password="Sim-Passw0rd!",
+    def __init__(self, profile="server2022", language="en-US", username=USER, password=PASSWORD,
                  host_state=None, bind="127.0.0.1", port=0, clock=None, ssh=False, ssh_port=0, ssh_authorized_keys=None):
         if ssh and not ssh_authorized_keys:
             raise ValueError("ssh=True needs ssh_authorized_keys (public-key authentication only)")

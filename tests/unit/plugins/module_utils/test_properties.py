@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) for every parser and for the planning logic (issue 8).
+"""Property-based tests (hypothesis) for every parser and for the planning logic.
 
 Parsers: port ranges and port lists, strict integers, sysctl.d files and the kernel's reading of values,
 netsh and reg output (rendered by the Windows host simulator's own tools, in English and German, from random
@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -45,16 +44,11 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_int
 
-TESTS = Path(__file__).resolve().parents[3]  # tests/
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-from windows_sim.host import WindowsHost  # noqa: E402  pylint: disable=wrong-import-position
-from windows_sim.script import run_powershell  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.windows_sim.host import WindowsHost
+from tests.support.windows_sim.script import run_powershell
 
 EXAMPLES = collections.Counter()
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SLOW = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -228,7 +222,7 @@ excluded_rows = st.lists(st.tuples(st.integers(1, 65535), st.integers(0, 50), st
                          .map(lambda t: (t[0], min(65535, t[0] + t[1]), t[2])), max_size=3)
 
 
-@SLOW
+@FAST
 @given(st.sampled_from(["en-US", "de-DE"]), st.lists(ranges, min_size=4, max_size=4),
        st.lists(excluded_rows, min_size=4, max_size=4), reg_data, reg_data)
 def test_reg_and_netsh_output_parse_back_to_the_host_state(language, dynamic, excluded, time_wait, max_user_port):
@@ -355,7 +349,7 @@ win_args = st.fixed_dictionaries({}, optional={
 start_ranges = st.tuples(st.integers(1025, 60000), st.integers(255, 5000)).filter(lambda r: r[0] + r[1] - 1 <= 65535)
 
 
-@SLOW
+@FAST
 @given(win_args, st.lists(start_ranges, min_size=4, max_size=4), reg_data.filter(lambda v: v is None or v <= 300),
        st.one_of(st.none(), st.integers(5000, 65534)))
 def test_windows_plan_applied_gives_desired_and_desired_plans_nothing(args, dynamic, time_wait, max_user_port):
