@@ -8,7 +8,7 @@
    port 8080 (one process each: accept, wait for the client's FIN, close), a client that connects and
    closes first, so that every client port stays 60 s in TIME_WAIT.  Bounded: at most --sockets
    connections and 45 s.
-3. Inside the namespace, times the module's core function (socket_table.audit(), what the module runs)
+3. Inside the namespace, times the module's core function (linux_port_usage.audit(), what the module runs)
    in a fresh Python process per repetition, and ``ss -tan >/dev/null`` as many times.  Each kind of run
    is driven by a process of its own, whose resource.getrusage(RUSAGE_CHILDREN) ru_maxrss is the peak
    RSS of those runs.  It also times the /proc/net/tcp fallback, and the whole module run standalone
@@ -87,7 +87,7 @@ print(json.dumps({"made": made, "failed": failed, "seconds": round(time.monotoni
 # the collection comes from PYTHONPATH (the collections directory), as for the module run below
 AUDIT_CHILD = r"""
 import json, sys, time
-from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table import audit
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_port_usage import audit
 use_netlink = sys.argv[1] == "netlink"
 started = time.perf_counter()
 result = audit(top=10, use_netlink=use_netlink)

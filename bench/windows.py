@@ -8,8 +8,9 @@ fresh emulated host), one ansible-playbook with forks = N runs the tune playbook
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
-import sys
 import time
 from contextlib import ExitStack
 
@@ -44,6 +45,16 @@ def run(hosts=20, log=print):
     return out
 
 
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.windows", description=__doc__.split("\n", maxsplit=1)[0])
+    parser.add_argument("--hosts", type=int, default=None, help="simulated Windows hosts, run in parallel (default 20)")
+    parser.add_argument("count", type=int, nargs="?", default=None, help=argparse.SUPPRESS)  # the old positional form
+    args = parser.parse_args(argv)
+    hosts = args.hosts or args.count or 20
+    if hosts < 1:
+        parser.error("--hosts must be at least 1")
+    print(json.dumps(run(hosts), indent=1))
+
+
 if __name__ == "__main__":
-    import json
-    print(json.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else 20), indent=1))
+    main()

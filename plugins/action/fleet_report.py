@@ -4,7 +4,7 @@
 """fleet_report: gather every host's port audit on the controller into one report (JSON, Markdown, HTML).
 
 Runs on the controller only (it never uses the task's connection).  The
-rendering is module_utils/fleet_report.py (pure, unit-tested); this shell
+rendering is plugin_utils/fleet_report.py (pure, unit-tested); this shell
 reads the hosts' results from hostvars, writes the files atomically and
 prints the summary table.
 """
@@ -19,7 +19,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils.fleet_report import (
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils.fleet_report import (
     FORMATS,
     build_report,
     host_row,

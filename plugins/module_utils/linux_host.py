@@ -1,31 +1,40 @@
 # -*- coding: utf-8 -*-
 # Copyright: tcpstack.tuning contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The thin imperative shell of the Linux side: /proc/sys, sysctl.d files, the lock.
+"""The thin imperative shell of the Linux side: /proc, netlink, sysctl.d files, the lock.
 
-Everything that touches the host is here and nothing else is.  ``root`` lets
-the unit tests run it against a directory tree; the module always uses "/".
+Everything that touches the host is here and nothing else is: /proc/sys, the
+socket table (/proc/net/tcp and the netlink sock_diag socket), the kernel's
+counters, sysctl.d files and the lock.  What is read is handed on as text or
+bytes; the parsers (socket_table, linux_sysctl_d, linux_settings) are pure.
+``root`` lets the unit tests run it against a directory tree; the modules
+always use "/".
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
-import json
 import os
 import posixpath
-import tempfile
+import socket
+import time
 from contextlib import contextmanager
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d import (
-    SYSCTL_CONF,
-    SYSCTL_D_DIRS,
+from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table import (
+    NETLINK_SOCK_DIAG,
+    PROC_TABLES,
+    TableError,
+    listener_tally,
+    tally_proc_chunks,
 )
 
 CLONE_NEWNET = 0x40000000
 LOCK_PATH = "/run/tcpstack-tuning.lock"
-_TCP_LISTEN = "0A"
+CHUNK = 1 << 20  # /proc/net/tcp is read in chunks of this size
+# ctypes, json and tempfile are imported by the methods only linux_tcp calls (fresh_defaults,
+# write_file_atomic): port_usage_info never needs them, and its start-up time and memory are
+# measured (docs/port_usage_info.md, Cost).
 
 
 class HostError(Exception):
@@ -45,17 +54,27 @@ class LinuxHost:
     def _p(self, path):
         return self.root.rstrip("/") + path if self.root != "/" else path
 
-    # runtime ------------------------------------------------------------
-    def has_sysctl(self, key):
-        return os.path.exists(self._p(sysctl_path(key)))
+    @property
+    def live(self):
+        """Whether this is the running host (root "/"), not a directory tree standing in for it."""
+        return self.root == "/"
 
-    def read_sysctl(self, key):
-        """The runtime value of ``key`` as the kernel prints it, or None if the kernel lacks it."""
+    # runtime ------------------------------------------------------------
+    def sysctl_text(self, key):
+        """``key``'s value as the kernel prints it (without the newline), None if the kernel lacks it.
+
+        Raises OSError when the key is there but cannot be read.
+        """
         try:
             with open(self._p(sysctl_path(key)), "r") as handle:
                 return handle.read().rstrip("\n")
         except FileNotFoundError:
             return None
+
+    def read_sysctl(self, key):
+        """The runtime value of ``key`` as the kernel prints it, or None if the kernel lacks it."""
+        try:
+            return self.sysctl_text(key)
         except OSError as exc:
             raise HostError("reading %s failed: %s" % (key, os.strerror(exc.errno or errno.EIO)))
 
@@ -75,20 +94,71 @@ class LinuxHost:
     def kernel_release(self):
         return os.uname().release
 
-    def listening_ports(self):
-        """TCP ports with a listening socket in this network namespace (IPv4 and IPv6)."""
-        ports = set()
-        for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+    # /proc and netlink ----------------------------------------------------
+    def read_proc(self, path):
+        """The text of a /proc file such as /proc/net/snmp; raises OSError."""
+        with open(self._p(path), "r") as handle:
+            return handle.read()
+
+    def read_chunks(self, path, size=CHUNK):
+        """Yield a file's bytes in chunks of about ``size`` (a large /proc/net/tcp is never held whole).
+
+        Raises OSError, from the first or a later chunk.
+        """
+        fd = os.open(self._p(path), os.O_RDONLY)
+        try:
+            while True:
+                chunk = os.read(fd, size)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            os.close(fd)
+
+    def sock_diag(self, dumps, timeout=10.0):
+        """Run netlink sock_diag dumps over NETLINK_SOCK_DIAG, one socket each (no root needed).
+
+        ``dumps`` is a sequence of (request, consume): ``request`` the message to
+        send, ``consume(buffer)`` called with each buffer received, returning True
+        when the dump is done.  All of them must be done within ``timeout``
+        seconds.  Raises socket_table.TableError, saying why, when the kernel or a
+        sandbox refuses the socket or the dump fails; the caller then reads /proc.
+        """
+        deadline = time.monotonic() + timeout
+        for request, consume in dumps:
             try:
-                with open(self._p(name), "r") as handle:
-                    next(handle, None)
-                    for line in handle:
-                        fields = line.split()
-                        if len(fields) > 3 and fields[3] == _TCP_LISTEN:
-                            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-            except (IOError, OSError):
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+            except (OSError, AttributeError, ValueError) as exc:
+                raise TableError("netlink sock_diag unavailable: %s" % exc)
+            try:
+                sock.settimeout(timeout)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                except OSError:
+                    pass
+                sock.sendall(request)
+                while True:
+                    buf = sock.recv(1 << 17)
+                    if not buf:
+                        raise TableError("netlink sock_diag: the dump ended early")
+                    if consume(buf):
+                        break
+                    if time.monotonic() > deadline:
+                        raise TableError("netlink sock_diag: the dump took more than %ds" % timeout)
+            except (OSError, socket.timeout) as exc:
+                raise TableError("netlink sock_diag: %s" % exc)
+            finally:
+                sock.close()
+
+    def listening_ports(self):
+        """TCP ports with a listening socket in this network namespace (IPv4 and IPv6), from /proc/net/tcp{,6}."""
+        tally = listener_tally()
+        for path, family in PROC_TABLES:
+            try:
+                tally_proc_chunks(self.read_chunks(path), family, tally)
+            except OSError:
                 continue
-        return ports
+        return tally.listening
 
     def fresh_defaults(self, keys):
         """The values ``keys`` have in a brand-new network namespace: the kernel's defaults.
@@ -96,8 +166,10 @@ class LinuxHost:
         Forks a child that unshares its network namespace and reads them.  Returns
         None when that is not possible (no CAP_SYS_ADMIN, not Linux, test root).
         """
-        if self.root != "/":
+        if not self.live:
             return None
+        import ctypes
+        import json
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             unshare = libc.unshare
@@ -141,11 +213,14 @@ class LinuxHost:
         except IsADirectoryError:
             return None
 
-    def read_layout(self):
-        """Every sysctl.d ``*.conf`` file and /etc/sysctl.conf (when a regular file): path -> text."""
+    def read_layout(self, directories, conf):
+        """Every ``*.conf`` file of ``directories`` and ``conf`` (when a regular file): path -> text.
+
+        linux_sysctl_d says which: the sysctl.d directories and /etc/sysctl.conf.
+        """
         layout = {}
         seen = set()
-        for directory in SYSCTL_D_DIRS:
+        for directory in directories:
             real = os.path.realpath(self._p(directory))
             if real in seen:  # merged /usr: /lib/sysctl.d is /usr/lib/sysctl.d, read it once
                 continue
@@ -161,18 +236,18 @@ class LinuxHost:
                 text = self.read_file(path)
                 if text is not None:
                     layout[path] = text
-        if os.path.isfile(self._p(SYSCTL_CONF)):
-            layout[SYSCTL_CONF] = self.read_file(SYSCTL_CONF) or ""
+        if os.path.isfile(self._p(conf)):
+            layout[conf] = self.read_file(conf) or ""
         return layout
 
-    def first_name(self, path):
-        """``path`` named through the first sysctl.d directory that is the same directory.
+    def first_name(self, path, directories):
+        """``path`` named through the first of ``directories`` that is the same directory as its own.
 
         On a merged /usr, /lib/sysctl.d/X is /usr/lib/sysctl.d/X: one file, one name.
         """
         parent, name = posixpath.split(path)
         real = os.path.realpath(self._p(parent))
-        for directory in SYSCTL_D_DIRS:
+        for directory in directories:
             if os.path.realpath(self._p(directory)) == real:
                 return posixpath.join(directory, name)
         return path
@@ -183,6 +258,7 @@ class LinuxHost:
         Either the old or the new file is there afterwards, never a partial one,
         and no temporary file is left behind.
         """
+        import tempfile
         real = self._p(path)
         directory, name = os.path.split(real)
         try:

@@ -35,16 +35,21 @@ TW_REUSE = "net.ipv4.tcp_tw_reuse"
 PORT_RANGE = "net.ipv4.ip_local_port_range"
 RESERVED_PORTS = "net.ipv4.ip_local_reserved_ports"
 TW_RECYCLE = "net.ipv4.tcp_tw_recycle"
+MAX_TW_BUCKETS = "net.ipv4.tcp_max_tw_buckets"
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One managed sysctl.
+    """One managed sysctl: the single declaration of a linux_tcp option.
 
-    ``kind`` is ``int``, ``range`` or ``ports``.  ``default`` is the value a new
+    ``kind`` is ``int``, ``range`` or ``ports``.  ``low``/``high`` (or
+    ``choices``) are what the option accepts.  ``default`` is the value a new
     network namespace starts with on a current kernel (None where the kernel
     computes it at boot); the module prefers to read the real default from a
-    fresh namespace and falls back to this.
+    fresh namespace and falls back to this.  ``handler`` is the kernel's proc
+    handler for the key, which decides how the kernel reads a number another
+    file writes to it (see ``kernel_int_rule``); ``kernel_low`` is the kernel's
+    own minimum where it is below the option's.
     """
 
     option: str
@@ -55,27 +60,38 @@ class Setting:
     choices: Optional[Tuple[int, ...]] = None
     default: Optional[str] = None
     since: Optional[str] = None
-
-    @property
-    def path(self):
-        return "/proc/sys/" + self.key.replace(".", "/")
+    handler: Optional[str] = None
+    kernel_low: Optional[int] = None
 
 
 # Apply order matters: reserve ports before the range widens over them, and turn
 # timestamps on before tcp_tw_reuse relies on them.
 SETTINGS = (
-    Setting("timestamps", TIMESTAMPS, "int", choices=(0, 1, 2), default="1"),
-    Setting("fin_timeout", "net.ipv4.tcp_fin_timeout", "int", 1, 86400, default="60"),
-    Setting("reserved_ports", RESERVED_PORTS, "ports", default=""),
-    Setting("port_range", PORT_RANGE, "range", default="32768 60999"),
-    Setting("tw_reuse", TW_REUSE, "int", choices=(0, 1, 2), default="2"),
-    Setting("tw_reuse_delay", "net.ipv4.tcp_tw_reuse_delay", "int", 1, 60000, default="1000", since="6.14"),
-    Setting("somaxconn", "net.core.somaxconn", "int", 1, INT_MAX, default="4096"),
-    Setting("max_syn_backlog", "net.ipv4.tcp_max_syn_backlog", "int", 1, INT_MAX),
+    Setting("timestamps", TIMESTAMPS, "int", choices=(0, 1, 2), default="1", handler="proc_dou8vec_minmax"),
+    Setting("fin_timeout", "net.ipv4.tcp_fin_timeout", "int", 1, 86400, default="60", handler="proc_dointvec_jiffies"),
+    Setting("reserved_ports", RESERVED_PORTS, "ports", default="", handler="proc_do_large_bitmap"),
+    Setting("port_range", PORT_RANGE, "range", default="32768 60999", handler="ipv4_local_port_range"),
+    Setting("tw_reuse", TW_REUSE, "int", choices=(0, 1, 2), default="2", handler="proc_dou8vec_minmax"),
+    Setting("tw_reuse_delay", "net.ipv4.tcp_tw_reuse_delay", "int", 1, 60000, default="1000", since="6.14",
+            handler="proc_douintvec_minmax"),
+    Setting("somaxconn", "net.core.somaxconn", "int", 1, INT_MAX, default="4096", handler="proc_dointvec_minmax",
+            kernel_low=0),
+    Setting("max_syn_backlog", "net.ipv4.tcp_max_syn_backlog", "int", 1, INT_MAX, handler="proc_dointvec"),
 )
 BY_OPTION = OrderedDict((s.option, s) for s in SETTINGS)
 BY_KEY = OrderedDict((s.key, s) for s in SETTINGS)
 KEY_ORDER = {s.key: i for i, s in enumerate(SETTINGS)}
+
+# Keys linux_tcp reads around the managed ones, to check them against the host (never written).
+CONTEXT_KEYS = (UNPRIVILEGED_PORT_START, TIMESTAMPS, TW_REUSE, PORT_RANGE, RESERVED_PORTS)
+# The keys linux_tcp manages plus the context keys it reads: everything a run can read or change.
+LINUX_TCP_KEYS = tuple(BY_KEY) + tuple(key for key in CONTEXT_KEYS if key not in BY_KEY)
+# What port_usage_info reports under ``settings`` (name, key): every managed key under its option's name,
+# then the sysctls that only inform the analysis.
+REPORTED_SETTINGS = tuple((s.option, s.key) for s in SETTINGS) + (
+    ("unprivileged_port_start", UNPRIVILEGED_PORT_START),
+    ("max_tw_buckets", MAX_TW_BUCKETS),
+)
 
 TW_RECYCLE_REASON = (
     "net.ipv4.tcp_tw_recycle was removed in Linux 4.12 because it broke clients behind NAT; "
@@ -123,15 +139,23 @@ def same(key, a, b):
 # How the kernel parses what is written to each key (used for values other files
 # set, never for our own options): proc_dointvec-style numbers in C syntax (base
 # 0: 010 is 8, 0x10 is 16), separated by blanks, the rest of the line ignored.
-# (lowest, highest, negative numbers accepted)
-KERNEL_INT_RULES = {
-    TIMESTAMPS: (0, 2, False),  # proc_dou8vec_minmax
-    TW_REUSE: (0, 2, False),  # proc_dou8vec_minmax
-    "net.ipv4.tcp_tw_reuse_delay": (1, 60000, False),  # proc_douintvec_minmax
-    "net.ipv4.tcp_fin_timeout": (-INT_MAX // 1000, INT_MAX // 1000, True),  # proc_dointvec_jiffies (HZ <= 1000)
-    "net.core.somaxconn": (0, INT_MAX, True),  # proc_dointvec_minmax
-    "net.ipv4.tcp_max_syn_backlog": (-INT_MAX - 1, INT_MAX, True),  # proc_dointvec
-}
+def kernel_int_rule(setting):
+    """(lowest, highest, negative numbers accepted) for an ``int`` setting, from its kernel proc handler."""
+    handler = setting.handler
+    if handler in ("proc_dou8vec_minmax", "proc_douintvec_minmax"):  # unsigned, the key's own bounds
+        if setting.choices is not None:
+            return (min(setting.choices), max(setting.choices), False)
+        return (setting.low, setting.high, False)
+    if handler == "proc_dointvec_minmax":  # signed, the key's own bounds
+        return (setting.low if setting.kernel_low is None else setting.kernel_low, setting.high, True)
+    if handler == "proc_dointvec_jiffies":  # seconds, stored as jiffies (HZ <= 1000)
+        return (-INT_MAX // 1000, INT_MAX // 1000, True)
+    if handler == "proc_dointvec":  # any int
+        return (-INT_MAX - 1, INT_MAX, True)
+    raise ValueError("%s: no rule for the kernel handler %r" % (setting.key, handler))
+
+
+KERNEL_INT_RULES = {s.key: kernel_int_rule(s) for s in SETTINGS if s.kind == "int"}
 KERNEL_DEFAULT_UNPRIVILEGED_PORT_START = 1024
 _C_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
 _BLANKS = " \t\n\r\v\f"
@@ -199,22 +223,23 @@ def kernel_value(key, text, previous=None):
     ``previous`` is the value before the write (writing one number to the port
     range changes only its low end).
     """
-    if key == PORT_RANGE:
+    setting = BY_KEY.get(key)
+    if setting is None:
+        return " ".join(text.split())
+    if setting.kind == "range":
         numbers = _kernel_ints(text, 2, True)
         if numbers is None:
             return None
         if len(numbers) == 1:
-            base = parse_port_range(" ".join((previous or BY_KEY[PORT_RANGE].default).split()))
+            base = parse_port_range(" ".join((previous or setting.default).split()))
             numbers = [numbers[0], base[1]]
         low, high = numbers
         if not (1 <= low <= 65535 and 1 <= high <= 65535) or high < low or low < KERNEL_DEFAULT_UNPRIVILEGED_PORT_START:
             return None
         return format_port_range((low, high))
-    if key == RESERVED_PORTS:
+    if setting.kind == "ports":
         return _kernel_bitmap(text)
-    rule = KERNEL_INT_RULES.get(key)
-    if rule is None:
-        return " ".join(text.split())
+    rule = KERNEL_INT_RULES[key]
     numbers = _kernel_ints(text, 1, rule[2])
     if numbers is None or not rule[0] <= numbers[0] <= rule[1]:
         return None

@@ -14,12 +14,9 @@ from collections import OrderedDict
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import HostError
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
     BY_KEY,
+    CONTEXT_KEYS,
     PORT_RANGE,
     SETTINGS,
-    RESERVED_PORTS,
-    TIMESTAMPS,
-    TW_REUSE,
-    UNPRIVILEGED_PORT_START,
     loose,
     same,
     sort_keys,
@@ -27,6 +24,8 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings imp
     validate_options,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d import (
+    SYSCTL_CONF,
+    SYSCTL_D_DIRS,
     boot_values,
     check_persist_path,
     hidden_by,
@@ -44,7 +43,6 @@ HEADER = (
     "Remove with the module's state: absent, which also restores the runtime values.\n"
     "Note: Linux TIME_WAIT lasts a fixed 60 s; tcp_fin_timeout only limits orphaned FIN_WAIT_2 sockets."
 )
-CONTEXT_KEYS = (UNPRIVILEGED_PORT_START, TIMESTAMPS, TW_REUSE, PORT_RANGE, RESERVED_PORTS)
 
 
 class TuningError(Exception):
@@ -173,7 +171,7 @@ def run(params, host, check_mode=False, want_diff=False):
         problem = check_persist_path(path)
         if problem:
             raise ValidationError("persist_file", path, problem)
-        path = host.first_name(path)
+        path = host.first_name(path, SYSCTL_D_DIRS)
     if state == "absent":
         return _absent(host, path, check_mode, want_diff)
     desired = validate_options(params)
@@ -192,7 +190,7 @@ def _present(params, host, desired, path, check_mode, want_diff):
         desired, current, missing, listening, reserve, kernel=host.kernel_release())
     warnings.extend(host_warnings)
 
-    layout = host.read_layout()
+    layout = host.read_layout(SYSCTL_D_DIRS, SYSCTL_CONF)
     file_before = layout.get(path) if path else None
     file_after = None
     if path is not None:
@@ -255,7 +253,7 @@ def _present(params, host, desired, path, check_mode, want_diff):
 def _absent(host, path, check_mode, want_diff):
     warnings = []
     with host.lock():
-        layout = host.read_layout()
+        layout = host.read_layout(SYSCTL_D_DIRS, SYSCTL_CONF)
         file_before = layout.get(path)
         result = OrderedDict([("persist_file", path), ("kernel", host.kernel_release())])
         if file_before is None:

@@ -3,26 +3,32 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ephemeral-port usage, OS-neutral: capacity maths, the top destinations, verdict, findings, recommendations.
 
-The OS side (socket_table.py on Linux) reads the host into a ``Snapshot``;
-``analyse()`` turns it into the port_usage_info result.  Nothing here reads
-the host.
+The OS side (linux_port_usage.py on Linux, the win_port_usage_info action on
+Windows) reads the host into a ``Snapshot``; ``analyse()`` turns it into the
+module's result.  Nothing here reads the host.
 
 The limit on outgoing connections applies per (local address, remote address,
-remote port) tuple: connect() may give the same local port to connections
-towards different destinations.  So a destination's utilisation is the ports
-held on its busiest tuple divided by the usable ephemeral ports, never a
-count set against 65535.
+remote port) tuple on Linux: connect() may give the same local port to
+connections towards different destinations.  So a destination's utilisation
+is the ports held on its busiest tuple divided by the usable ephemeral ports,
+never a count set against 65535.  Windows hands every connection a port from
+one host-wide pool per IP version: there the pools' utilisation decides too
+(``Snapshot.scope``).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
+    clip,
     count_ports,
     format_port_list,
     intersect,
+    usable_ports,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_int
 
@@ -57,40 +63,108 @@ def validate_audit_options(top, sample_seconds, warning_percent, critical_percen
     return top, float(sample_seconds), warning_percent, critical_percent
 
 
+TUPLE = "tuple"
+HOST = "host"
+# A host-wide pool's findings (Windows keeps one pool of dynamic ports per IP version).
+POOL_EMPTY = "no usable %s ports: %d-%d is entirely excluded"
+POOL_HELD = ("the host holds %s of %s usable %s TCP ports (%s); on Windows connect() takes them from one "
+             "host-wide pool")
+
+
+def _text_address(family, key):
+    return str(key)
+
+
+def _never_loopback(family, key):
+    return False
+
+
+class Pool(NamedTuple):
+    """A host-wide pool of local ports: every connect() of its address family takes its port from here.
+
+    ``name`` is how findings name it ("ipv4 dynamic"); ``reserved`` are the
+    ports of the range that are never handed out (any intervals: those inside
+    the range count).
+    """
+
+    name: str
+    family: int
+    port_range: Tuple[int, int]
+    reserved: Tuple[Tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    """What the OS side read: settings, the tallied socket table, counters.
+    """What the OS side read: settings, the tallied socket table, counters; and how to judge it.
 
     ``tuples``: {(family 4|6, local address key, remote address key, remote port): [in use, in TIME_WAIT]},
     the keys opaque to this module and turned into text by ``format_address(family, key)`` only for the
     destinations reported.  ``is_loopback(family, key)`` tells whether reuse-for-loopback applies.
+
+    ``scope``: TUPLE (Linux) measures each tuple against ``port_range`` minus
+    ``reserved``.  HOST (Windows) also measures ``pools``, the host-wide pools
+    connect() takes every port from (one per address family): each pool's
+    utilisation is a finding, and the IPv4 pool replaces ``port_range`` and
+    ``reserved``; the result gains ``ports_held_by_family`` and ``ephemeral_ipv6``.
+
+    When ports run short the recommendations are a wider ``port_range`` (from
+    ``min_port``), ``reserve_option`` when ports listen inside it (None: no
+    such option), and ``hold_remedy``, the options that shorten how long a
+    closed port is held (None: Linux's tcp_tw_reuse 1; in TUPLE scope only
+    towards a destination without TIME_WAIT reuse); then
+    ``extra_recommendations``.  ``counters`` None: the platform has none.
+    ``extra_result``: platform-only fields, added to the result as they are.
     """
 
-    def __init__(self, **fields):
-        self.settings = {}
-        self.port_range = None
-        self.reserved = ()
-        self.min_port = 1024
-        self.listening = set()
-        self.states = None
-        self.tuples = {}
-        self.format_address = lambda family, key: str(key)
-        self.is_loopback = lambda family, key: False
-        self.reuse_remote = False
-        self.reuse_loopback = False
-        self.reuse_delay = 1.0
-        self.time_wait_seconds = 60
-        self.counters = {}
-        self.counters_after = None
-        self.sample_seconds = None
-        self.source = None
-        self.unreadable = []
-        self.notes = []
-        self.extra_findings = []
-        self.extra_recommendations = {}
-        for name, value in fields.items():
-            if not hasattr(self, name):
-                raise TypeError("unknown Snapshot field %r" % name)
-            setattr(self, name, value)
+    settings: Dict[str, Any] = field(default_factory=dict)
+    port_range: Optional[Tuple[int, int]] = None
+    reserved: Tuple[Tuple[int, int], ...] = ()
+    min_port: int = 1024
+    listening: Any = field(default_factory=set)
+    states: Optional[Dict[str, Dict[str, int]]] = None
+    tuples: Dict[tuple, list] = field(default_factory=dict)
+    format_address: Callable[[int, Any], str] = _text_address
+    is_loopback: Callable[[int, Any], bool] = _never_loopback
+    reuse_remote: bool = False
+    reuse_loopback: bool = False
+    reuse_delay: float = 1.0
+    time_wait_seconds: float = 60
+    counters: Optional[Dict[str, int]] = field(default_factory=dict)
+    counters_after: Optional[Dict[str, int]] = None
+    sample_seconds: Optional[float] = None
+    source: Optional[str] = None
+    unreadable: List[dict] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    extra_findings: List[Tuple[str, str]] = field(default_factory=list)
+    extra_recommendations: Dict[str, Any] = field(default_factory=dict)
+    scope: str = TUPLE
+    pools: Tuple[Pool, ...] = ()
+    reserve_option: Optional[str] = "reserve_listening_ports"
+    hold_remedy: Optional[Dict[str, Any]] = None
+    extra_result: Dict[str, Any] = field(default_factory=dict)
+
+
+class Destination:
+    """The sockets towards one (family, remote address, remote port), and its busiest tuple.
+
+    ``blocking`` is what connect() cannot take on the busiest tuple (TIME_WAIT
+    is free where ``reuse`` applies); the busiest tuple is the one with the most
+    blocking ports, then the most ports held.  A mutable record: one per
+    destination, updated once per tuple.
+    """
+
+    __slots__ = ("in_use", "time_wait", "tuples", "busiest_local", "busiest_in_use", "busiest_time_wait", "blocking",
+                 "reuse")
+
+    def __init__(self, in_use, time_wait, tuples, busiest_local, busiest_in_use, busiest_time_wait, blocking, reuse):
+        self.in_use = in_use
+        self.time_wait = time_wait
+        self.tuples = tuples
+        self.busiest_local = busiest_local
+        self.busiest_in_use = busiest_in_use
+        self.busiest_time_wait = busiest_time_wait
+        self.blocking = blocking
+        self.reuse = reuse
 
 
 def number(value):
@@ -146,8 +220,7 @@ def capacity(usable, time_wait_seconds, reuse_remote, reuse_loopback, reuse_dela
 
 
 def group_destinations(tuples, reuse_remote, reuse_loopback, is_loopback):
-    """{(family, remote, port): [in use, in TIME_WAIT, tuples, busiest local, busiest in use, busiest TIME_WAIT,
-    busiest blocking, reuse]} where blocking is what connect() cannot take (TIME_WAIT is free when reuse applies)."""
+    """{(family, remote, port): Destination}, each with its busiest tuple."""
     groups = {}
     for (family, local, remote, port), (in_use, tw) in tuples.items():
         reuse = reuse_remote or (reuse_loopback and (is_loopback(family, remote) or is_loopback(family, local)))
@@ -155,36 +228,40 @@ def group_destinations(tuples, reuse_remote, reuse_loopback, is_loopback):
         key = (family, remote, port)
         group = groups.get(key)
         if group is None:
-            groups[key] = [in_use, tw, 1, local, in_use, tw, blocking, reuse]
+            groups[key] = Destination(in_use, tw, 1, local, in_use, tw, blocking, reuse)
         else:
-            group[0] += in_use
-            group[1] += tw
-            group[2] += 1
-            if (blocking, in_use) > (group[6], group[4]):
-                group[3:8] = [local, in_use, tw, blocking, reuse]
+            group.in_use += in_use
+            group.time_wait += tw
+            group.tuples += 1
+            if (blocking, in_use) > (group.blocking, group.busiest_in_use):
+                group.busiest_local = local
+                group.busiest_in_use = in_use
+                group.busiest_time_wait = tw
+                group.blocking = blocking
+                group.reuse = reuse
     return groups
 
 
 def top_destinations(groups, top, usable, format_address):
     """The ``top`` destinations, ranked by the ports blocked on their busiest tuple, then by ports held."""
-    ranked = heapq.nlargest(top, groups.items(), key=lambda item: (item[1][6], item[1][0], item[0][2]))
+    ranked = heapq.nlargest(top, groups.items(), key=lambda item: (item[1].blocking, item[1].in_use, item[0][2]))
     out = []
     for (family, remote, port), group in ranked:
         address = format_address(family, remote)
-        utilisation = (float(group[6]) / usable) if usable else None
+        utilisation = (float(group.blocking) / usable) if usable else None
         out.append({
             "endpoint": endpoint(family, address, port),
             "address": address,
             "port": port,
             "family": "ipv%d" % family,
-            "in_use": group[0],
-            "time_wait": group[1],
-            "local_addresses": group[2],
-            "busiest_local_address": format_address(family, group[3]),
-            "busiest_in_use": group[4],
-            "busiest_time_wait": group[5],
-            "reuse": group[7],
-            "blocking": group[6],
+            "in_use": group.in_use,
+            "time_wait": group.time_wait,
+            "local_addresses": group.tuples,
+            "busiest_local_address": format_address(family, group.busiest_local),
+            "busiest_in_use": group.busiest_in_use,
+            "busiest_time_wait": group.busiest_time_wait,
+            "reuse": group.reuse,
+            "blocking": group.blocking,
             "utilisation": round(utilisation, 4) if utilisation is not None else None,
         })
     return out
@@ -237,14 +314,58 @@ def counter_changes(before, after, seconds):
     return out
 
 
+def tw_reuse_remedy(settings):
+    """Linux's way to shorten how long a closed port is held: tcp_tw_reuse 1, with TCP timestamps on."""
+    remedy = {}
+    if settings.get("tw_reuse") != 1:
+        remedy["tw_reuse"] = 1
+        if not settings.get("timestamps"):
+            remedy["timestamps"] = 1
+    return remedy
+
+
+def _ports_held_by_family(tuples):
+    held = {"ipv4": 0, "ipv6": 0}
+    for (family, _local, _remote, _port), (in_use, _tw) in tuples.items():
+        held["ipv%d" % family] += in_use
+    return held
+
+
+def _pool_findings(pools, held, warning, critical):
+    """(findings, any pool short) for the host-wide pools, given the ports held per family."""
+    findings = []
+    short = False
+    for pool in pools:
+        low, high = pool.port_range
+        count = usable_ports(pool.port_range, pool.reserved)
+        if count <= 0:
+            findings.append(("critical", POOL_EMPTY % (pool.name, low, high)))
+            short = True
+            continue
+        fraction = float(held["ipv%d" % pool.family]) / count
+        severity = level(fraction, warning, critical)
+        if severity != "ok":
+            short = True
+            findings.append((severity, POOL_HELD % (number(held["ipv%d" % pool.family]), number(count), pool.name,
+                                                    percent(fraction))))
+    return findings, short
+
+
 def analyse(snap, top=10, warning=WARNING_PERCENT, critical=CRITICAL_PERCENT):
-    """The port_usage_info result for ``snap``."""
+    """The port_usage_info (or win_port_usage_info) result for ``snap``."""
+    # pylint: disable=too-many-locals,too-many-branches,too-many-statements
     findings = []  # (severity, sentence)
     notes = list(snap.notes)
     recommend = {}
-    eph = ephemeral_summary(snap.port_range, snap.reserved)
-    usable = eph["usable"]
     settings = snap.settings
+    host_scope = snap.scope == HOST
+    port_range, reserved = snap.port_range, snap.reserved
+    if host_scope:  # destinations and ``ephemeral`` are measured against the IPv4 pool
+        pool4 = next((pool for pool in snap.pools if pool.family == 4), None)
+        port_range = pool4.port_range if pool4 is not None else None
+        reserved = clip(pool4.reserved, port_range) if pool4 is not None else ()
+    eph = ephemeral_summary(port_range, reserved)
+    usable = eph["usable"]
 
     # sockets --------------------------------------------------------------
     sockets = None
@@ -273,27 +394,20 @@ def analyse(snap, top=10, warning=WARNING_PERCENT, critical=CRITICAL_PERCENT):
                 hot.append(dest)
                 findings.append((severity, destination_sentence(dest, usable)))
         shown = len(destinations)
-        beyond = sum(1 for group in groups.values() if group[6] * 100 >= warning * usable) - len(hot)
+        beyond = sum(1 for group in groups.values() if group.blocking * 100 >= warning * usable) - len(hot)
         if beyond > 0 and shown:
             findings.append(("warning", "%s more destinations beyond the top %d hold at least %d%% of the usable ports"
                              % (number(beyond), shown, warning)))
-    ports_held = sum(group[0] for group in groups.values())
+    ports_held = sum(group.in_use for group in groups.values())
 
-    if hot or usable == 0:
-        wider = recommended_range(snap.port_range, usable, snap.min_port)
-        if wider is not None:
-            recommend["port_range"] = "%d %d" % (wider[0], wider[1])
-            if any(wider[0] <= port <= wider[1] for port in snap.listening):
-                recommend["reserve_listening_ports"] = True
-        if any(not dest["reuse"] for dest in hot) and settings.get("tw_reuse") != 1:
-            recommend["tw_reuse"] = 1
-            if not settings.get("timestamps"):
-                recommend["timestamps"] = 1
-
-    # settings-level findings from the OS side -----------------------------------
-    for severity, sentence in snap.extra_findings:
-        findings.append((severity, sentence))
-    recommend.update(snap.extra_recommendations)
+    # findings from the OS side, then the host-wide pools --------------------------
+    findings.extend(snap.extra_findings)
+    held_by_family = None
+    pools_short = False
+    if host_scope:
+        held_by_family = _ports_held_by_family(snap.tuples)
+        pool_findings, pools_short = _pool_findings(snap.pools, held_by_family, warning, critical)
+        findings.extend(pool_findings)
 
     max_tw = settings.get("max_tw_buckets")
     if max_tw and tw_total * 100 >= TW_BUCKETS_PERCENT * max_tw:
@@ -301,32 +415,35 @@ def analyse(snap, top=10, warning=WARNING_PERCENT, critical=CRITICAL_PERCENT):
                                     "without TIME_WAIT" % (number(tw_total), percent(float(tw_total) / max_tw), number(max_tw))))
 
     # counters ------------------------------------------------------------------
-    counters = {"values": dict(snap.counters), "sample": None}
+    counters = None
     measured = None
-    if snap.counters_after is not None:
-        seconds = snap.sample_seconds or 0
-        changes = counter_changes(snap.counters, snap.counters_after, seconds)
-        counters["sample"] = {"seconds": round(seconds, 3), "changes": changes}
-        measured = {"seconds": round(seconds, 3)}
-        for name, key in (("ActiveOpens", "active_opens_per_second"), ("PassiveOpens", "passive_opens_per_second"),
-                          ("AttemptFails", "attempt_fails_per_second")):
-            measured[key] = changes[name]["per_second"] if name in changes else None
-        for name in RISING:
-            change = changes.get(name)
-            if change and change["delta"] > 0:
-                findings.append(("warning", "%s is rising: +%s in %.1f s" % (name, number(change["delta"]), seconds)))
-        if any(changes.get(name, {}).get("delta", 0) > 0 for name in ("ListenOverflows", "ListenDrops")):
-            for option in ("somaxconn", "max_syn_backlog"):
-                if settings.get(option):
-                    recommend[option] = max(4096, 2 * settings[option])
-            notes.append("a larger somaxconn only helps if the application asks for a larger listen() backlog")
-        if changes.get("TCPTimeWaitOverflow", {}).get("delta", 0) > 0:
-            notes.append("TCPTimeWaitOverflow rises when tcp_max_tw_buckets is reached (not a linux_tcp option)")
-    else:
-        for name in RISING[:3]:
-            if snap.counters.get(name):
-                notes.append("%s is %s since the network namespace started; sample_seconds shows whether it is rising"
-                             % (name, number(snap.counters[name])))
+    backlog = {}
+    if snap.counters is not None:
+        counters = {"values": dict(snap.counters), "sample": None}
+        if snap.counters_after is not None:
+            seconds = snap.sample_seconds or 0
+            changes = counter_changes(snap.counters, snap.counters_after, seconds)
+            counters["sample"] = {"seconds": round(seconds, 3), "changes": changes}
+            measured = {"seconds": round(seconds, 3)}
+            for name, key in (("ActiveOpens", "active_opens_per_second"), ("PassiveOpens", "passive_opens_per_second"),
+                              ("AttemptFails", "attempt_fails_per_second")):
+                measured[key] = changes[name]["per_second"] if name in changes else None
+            for name in RISING:
+                change = changes.get(name)
+                if change and change["delta"] > 0:
+                    findings.append(("warning", "%s is rising: +%s in %.1f s" % (name, number(change["delta"]), seconds)))
+            if any(changes.get(name, {}).get("delta", 0) > 0 for name in ("ListenOverflows", "ListenDrops")):
+                for option in ("somaxconn", "max_syn_backlog"):
+                    if settings.get(option):
+                        backlog[option] = max(4096, 2 * settings[option])
+                notes.append("a larger somaxconn only helps if the application asks for a larger listen() backlog")
+            if changes.get("TCPTimeWaitOverflow", {}).get("delta", 0) > 0:
+                notes.append("TCPTimeWaitOverflow rises when tcp_max_tw_buckets is reached (not a linux_tcp option)")
+        else:
+            for name in RISING[:3]:
+                if snap.counters.get(name):
+                    notes.append("%s is %s since the network namespace started; sample_seconds shows whether it is rising"
+                                 % (name, number(snap.counters[name])))
 
     cap = capacity(usable, snap.time_wait_seconds, snap.reuse_remote, snap.reuse_loopback, snap.reuse_delay)
     cap["measured"] = measured
@@ -337,7 +454,20 @@ def analyse(snap, top=10, warning=WARNING_PERCENT, critical=CRITICAL_PERCENT):
 
     findings.sort(key=lambda item: -SEVERITY[item[0]])
     verdict = max([item[0] for item in findings], key=lambda s: SEVERITY[s]) if findings else "ok"
-    return {
+
+    # recommendations, in the platform's options ------------------------------------
+    if (pools_short if host_scope else hot) or usable == 0 or verdict == "critical":  # ports run short
+        wider = recommended_range(port_range, usable, snap.min_port)
+        if wider is not None:
+            recommend["port_range"] = "%d %d" % (wider[0], wider[1])
+            if snap.reserve_option and any(wider[0] <= port <= wider[1] for port in snap.listening):
+                recommend[snap.reserve_option] = True
+        if host_scope or any(not dest["reuse"] for dest in hot):
+            recommend.update(tw_reuse_remedy(settings) if snap.hold_remedy is None else snap.hold_remedy)
+    recommend.update(snap.extra_recommendations)
+    recommend.update(backlog)
+
+    result = {
         "settings": dict(settings),
         "ephemeral": eph,
         "sockets": sockets,
@@ -353,3 +483,12 @@ def analyse(snap, top=10, warning=WARNING_PERCENT, critical=CRITICAL_PERCENT):
         "source": snap.source,
         "unreadable": list(snap.unreadable),
     }
+    if host_scope:
+        pool6 = next((pool for pool in snap.pools if pool.family == 6), None)
+        if port_range is not None and pool6 is not None:
+            low, high = pool6.port_range
+            result["ephemeral_ipv6"] = {"range": [low, high], "size": high - low + 1,
+                                        "usable": usable_ports(pool6.port_range, pool6.reserved)}
+        result["ports_held_by_family"] = held_by_family
+    result.update(snap.extra_result)
+    return result

@@ -141,3 +141,39 @@ def contains(intervals, port):
 def ports_to_intervals(ports):
     """Turn an iterable of single ports into normalised intervals."""
     return normalise_intervals((p, p) for p in ports)
+
+
+def clip(intervals, port_range):
+    """``intervals`` cut to ``port_range``, sorted and merged (a port list of the ports inside the range)."""
+    return normalise_intervals(intersect(intervals, port_range))
+
+
+def usable_ports(port_range, reserved):
+    """How many ports of ``port_range`` are not in ``reserved``."""
+    low, high = port_range
+    return (high - low + 1) - count_ports(clip(reserved, port_range))
+
+
+def start_count_range(start, number):
+    """A range given as a start port and a number of ports (Windows' form), as ``(low, high)``.
+
+    The high end is capped at 65535; ``number`` 0 gives an empty range (``high`` below ``low``).
+    """
+    return (start, min(start + number - 1, PORT_MAX))
+
+
+def port_flags(port_range, reserved):
+    """A 65536-byte table, 1 for each port of ``port_range`` that is not in ``reserved`` (0 everywhere without a range).
+
+    For tallies that test a port per socket: one index instead of an interval search.
+    """
+    flags = bytearray(65536)
+    if port_range is None:
+        return flags
+    low, high = port_range
+    flags[low:high + 1] = b"\x01" * (high - low + 1)
+    for a, b in reserved:
+        a, b = max(a, low), min(b, high)
+        if a <= b:
+            flags[a:b + 1] = bytes(b - a + 1)
+    return flags

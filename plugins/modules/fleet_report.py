@@ -4,7 +4,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 # This file only documents the module; the code is the action plugin plugins/action/fleet_report.py,
-# which runs on the controller; the rendering is plugins/module_utils/fleet_report.py.
+# which runs on the controller; the rendering is plugins/plugin_utils/fleet_report.py.
 
 from __future__ import annotations
 

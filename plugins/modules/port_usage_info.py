@@ -107,9 +107,9 @@ settings:
       (C(tw_reuse_delay) before Linux 6.14).
   returned: always
   type: dict
-  sample: {"port_range": "32768 60999", "reserved_ports": "", "unprivileged_port_start": 1024, "fin_timeout": 60,
-           "tw_reuse": 2, "tw_reuse_delay": 1000, "timestamps": 1, "max_tw_buckets": 131072, "somaxconn": 4096,
-           "max_syn_backlog": 512}
+  sample: {"timestamps": 1, "fin_timeout": 60, "reserved_ports": "", "port_range": "32768 60999", "tw_reuse": 2,
+           "tw_reuse_delay": 1000, "somaxconn": 4096, "max_syn_backlog": 512, "unprivileged_port_start": 1024,
+           "max_tw_buckets": 131072}
 ephemeral:
   description:
     - The ephemeral range C([LOW, HIGH]), its size, the reserved ports (kernel syntax), how many of them lie
@@ -210,8 +210,9 @@ unreadable:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import LinuxHost
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_port_usage import audit
 from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import validate_audit_options
-from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table import audit
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError
 
 
@@ -231,7 +232,7 @@ def main():
                                params["critical_percent"])
     except ValidationError as exc:
         module.fail_json(msg=str(exc), option=exc.option, changed=False)
-    result = audit(top=params["top"], sample_seconds=params["sample_seconds"],
+    result = audit(LinuxHost(), top=params["top"], sample_seconds=params["sample_seconds"],
                    warning=params["warning_percent"], critical=params["critical_percent"])
     for item in result["unreadable"]:
         module.warn("could not read %s: %s" % (item["source"], item["reason"]))

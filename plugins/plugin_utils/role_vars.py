@@ -7,7 +7,7 @@
 as the play has them (rendered) and return what the role's tasks need: whether
 the host is Windows, and the exact options for the module it will call.  Every
 check is the one the module itself makes (linux_tuning.validate,
-windows_tcp.validate_win_tcp, port_usage.validate_audit_options), so a value the
+windows_tuning.validate, port_usage.validate_audit_options), so a value the
 role accepts is a value the module accepts; an error names the variable as the
 user wrote it (``tcp_tuning_port_range``, ``tcp_tuning_linux.persist_file``).
 
@@ -20,11 +20,8 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning impor
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning import validate as validate_linux_tcp
 from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import validate_audit_options
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_bool, strict_int
-from ansible_collections.tcpstack.tuning.plugins.module_utils.windows_tcp import (
-    EVENT_HOURS_MAX,
-    WIN_TCP_OPTIONS,
-    validate_win_tcp,
-)
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import EVENT_HOURS_MAX, WIN_TCP_OPTIONS
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_tuning import validate as validate_win_tcp
 
 WINDOWS_CONNECTIONS = frozenset(("winrm", "psrp", "ansible.builtin.winrm", "ansible.builtin.psrp"))
 WINDOWS_SHELLS = frozenset(("powershell", "cmd", "ansible.builtin.powershell", "ansible.builtin.cmd"))

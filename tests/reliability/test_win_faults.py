@@ -1,4 +1,4 @@
-"""Issue 8: WinRM faults injected by the Windows host simulator (tests/support/windows_sim), real ansible-playbook and
+"""WinRM faults injected by the Windows host simulator (tests/support/windows_sim), real ansible-playbook and
 pywinrm: the connection dropping between reading and applying (before and after the apply ran), a failing
 netsh, a read timeout before the read and during the apply, WS-Management OperationTimeout faults.  Each
 faulty run fails with a clear error (or, for faults pywinrm retries, succeeds), the host is either unchanged

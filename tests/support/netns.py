@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import SETTINGS, UNPRIVILEGED_PORT_START
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import LINUX_TCP_KEYS
 
 from tests.support.collection import collections_path
 from tests.support.playbook import ansible_playbook, install_results_callback, read_results
@@ -44,7 +44,7 @@ FQCN = re.compile(r"[a-z0-9_]+\.[a-z0-9_]+\.[a-z0-9_]+")
 PREFIX = "tcpst"
 
 # The keys linux_tcp manages (its settings table, in apply order), plus the host context it reads.
-TCP_KEYS = tuple(setting.key for setting in SETTINGS) + (UNPRIVILEGED_PORT_START,)
+TCP_KEYS = LINUX_TCP_KEYS
 
 _counter = itertools.count(1)
 _counter_lock = threading.Lock()
@@ -381,7 +381,7 @@ class Sandbox:
         return cmd
 
     def run_playbook(self, playbook, extra_vars=None, check=False, diff=False, inventory=None, wrapper=(),
-                     stream=False, timeout=300, env=None, args=()):
+                     stream=False, timeout=300, env=None, args=(), kill_after=None):
         """Run ansible-playbook inside the namespace; returns (rc, results).
 
         ``playbook`` is a path (a Path, or a str without a newline naming a
@@ -394,7 +394,9 @@ class Sandbox:
         ``wrapper``: argv put between ``ip netns exec NAME`` and
         ansible-playbook (e.g. readonly_sysctl_wrapper()).  ``stream``: let
         ansible's own output go to this process's stdout/stderr instead of
-        capturing it.  The full run is kept in ``self.last_run``.
+        capturing it.  ``kill_after``: SIGKILL the whole run (ansible-playbook, its workers and the module, one
+        process group) after that many seconds, as a power cut or an OOM kill would; rc is then -9.  The full
+        run is kept in ``self.last_run``.
         """
         self._need()
         with tempfile.TemporaryDirectory(prefix="tcpstack-run-") as tmp:
@@ -427,7 +429,14 @@ class Sandbox:
                 cmd, cwd=tmp, env=run_env, text=True, start_new_session=True,
                 stdout=None if stream else subprocess.PIPE, stderr=None if stream else subprocess.PIPE)
             try:
-                stdout, stderr = child.communicate(timeout=timeout)
+                if kill_after is not None:
+                    try:
+                        stdout, stderr = child.communicate(timeout=kill_after)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(child.pid, signal.SIGKILL)
+                        stdout, stderr = child.communicate(timeout=timeout)
+                else:
+                    stdout, stderr = child.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
                 stop_process(child)
                 stdout, stderr = child.communicate()

@@ -26,10 +26,14 @@ class Faults:
       client's read timeout.
     - ``operation_timeout(times=1)``: the next ``times`` Receive requests answer
       with the WS-Management OperationTimeout fault (pywinrm retries Receive).
+    - ``refuse_command(n, stderr="Access is denied.", exit_code=1)``: answer the
+      n-th Command without running anything: nothing on stdout, ``stderr``,
+      ``exit_code`` (as when the account may not start PowerShell).
     - ``fail_tool(tool, times=1, verb=None, output=None, exit_code=1)``: the next
       ``times`` runs of ``tool`` (netsh|reg|wevtutil), only those whose arguments
-      contain ``verb`` if given, change nothing and print ``output`` (default:
-      the tool's "parameter is incorrect"/"not found" text) with ``exit_code``.
+      contain ``verb`` if given (a word, or a tuple of words that must all be
+      there), change nothing and print ``output`` (default: the tool's
+      "parameter is incorrect"/"not found" text) with ``exit_code``.
       ``fail_netsh(times=1, verb="set")`` is the short form.
     - ``reset()`` removes all of them.
     """
@@ -41,6 +45,7 @@ class Faults:
     def reset(self):
         with self._lock:
             self._drops = {}
+            self._refusals = {}
             self._delays = []
             self._timeouts = 0
             self._tool_failures = []
@@ -48,6 +53,10 @@ class Faults:
     def drop_command(self, n, execute=False):
         with self._lock:
             self._drops[int(n)] = bool(execute)
+
+    def refuse_command(self, n, stderr="Access is denied.", exit_code=1):
+        with self._lock:
+            self._refusals[int(n)] = ToolResult("", stderr + "\r\n", int(exit_code))
 
     def delay(self, seconds, action="Command", n=None):
         with self._lock:
@@ -72,6 +81,8 @@ class Faults:
             for act, n, seconds in self._delays:
                 if act == action and (n is None or n == count):
                     plan["delay"] = plan.get("delay", 0) + seconds
+            if action == "Command" and count in self._refusals:
+                plan["refuse"] = self._refusals.pop(count)
             if action == "Command" and count in self._drops:
                 plan["drop"] = True
                 plan["execute"] = self._drops.pop(count)
@@ -85,7 +96,8 @@ class Faults:
             for failure in self._tool_failures:
                 if failure["tool"] != tool or failure["times"] <= 0:
                     continue
-                if failure["verb"] and failure["verb"].lower() not in [a.lower() for a in argv]:
+                words = (failure["verb"],) if isinstance(failure["verb"], str) else failure["verb"] or ()
+                if not {w.lower() for w in words} <= {a.lower() for a in argv}:
                     continue
                 failure["times"] -= 1
                 output = failure["output"]

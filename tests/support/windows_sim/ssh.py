@@ -120,8 +120,11 @@ class SSHEndpoint:
             process.channel.get_connection().abort()
             return
         try:
-            with sim.host.lock:
-                result = run_ssh_command(sim.host, command, sim.log, sim.faults)
+            if plan.get("refuse"):
+                result = plan["refuse"]
+            else:
+                with sim.host.lock:
+                    result = run_ssh_command(sim.host, command, sim.log, sim.faults)
         except Exception as exc:  # pylint: disable=broad-except  # a simulator bug ends the command, never hangs it
             process.stderr.write(("windows_sim: internal error: %r\r\n" % exc).encode("utf-8"))
             process.exit(1)

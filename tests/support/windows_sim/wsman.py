@@ -243,8 +243,11 @@ class ShellService:
             command = (line.findtext("rsp:Command", "", NS) or "").strip()
             arguments = [(a.text or "") for a in line.iterfind("rsp:Arguments", NS)]
             command_line = " ".join([command] + arguments)
-            with self.host.lock:
-                result = execute(self.host, command_line, self.log, self.faults)
+            if fault_plan.get("refuse"):
+                result = fault_plan["refuse"]
+            else:
+                with self.host.lock:
+                    result = execute(self.host, command_line, self.log, self.faults)
             command_id = str(uuid.uuid4()).upper()
             shell.commands[command_id] = _Command(result)
             return ACTION_COMMAND + "Response", "<rsp:CommandResponse><rsp:CommandId>%s</rsp:CommandId></rsp:CommandResponse>" % command_id

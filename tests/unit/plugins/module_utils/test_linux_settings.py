@@ -3,8 +3,13 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
+    CONTEXT_KEYS,
+    KERNEL_INT_RULES,
+    LINUX_TCP_KEYS,
     PORT_RANGE,
+    REPORTED_SETTINGS,
     RESERVED_PORTS,
+    SETTINGS,
     canonical,
     kernel_value,
     same,
@@ -143,3 +148,26 @@ def test_reserve_listening_without_listeners_still_manages_the_key():
 ])
 def test_kernel_value_reads_like_the_kernel(key, text, previous, expected):
     assert kernel_value(key, text, previous) == expected
+
+
+def test_kernel_rules_follow_each_keys_proc_handler():
+    """The rules derived from SETTINGS are the kernel's (net/ipv4/sysctl_net_ipv4.c, net/core/sysctl_net_core.c)."""
+    int_max = 2147483647
+    assert KERNEL_INT_RULES == {
+        "net.ipv4.tcp_timestamps": (0, 2, False),  # proc_dou8vec_minmax
+        "net.ipv4.tcp_tw_reuse": (0, 2, False),  # proc_dou8vec_minmax
+        "net.ipv4.tcp_tw_reuse_delay": (1, 60000, False),  # proc_douintvec_minmax
+        "net.ipv4.tcp_fin_timeout": (-int_max // 1000, int_max // 1000, True),  # proc_dointvec_jiffies
+        "net.core.somaxconn": (0, int_max, True),  # proc_dointvec_minmax, extra1 = 0
+        "net.ipv4.tcp_max_syn_backlog": (-int_max - 1, int_max, True),  # proc_dointvec
+    }
+
+
+def test_key_lists_derive_from_the_settings_table():
+    assert LINUX_TCP_KEYS == tuple(s.key for s in SETTINGS) + ("net.ipv4.ip_unprivileged_port_start",)
+    assert set(CONTEXT_KEYS) <= set(LINUX_TCP_KEYS)
+    reported = dict(REPORTED_SETTINGS)
+    assert all(reported[s.option] == s.key for s in SETTINGS)
+    assert reported["unprivileged_port_start"] == "net.ipv4.ip_unprivileged_port_start"
+    assert reported["max_tw_buckets"] == "net.ipv4.tcp_max_tw_buckets"
+    assert all(s.key in KERNEL_INT_RULES for s in SETTINGS if s.kind == "int")

@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
+    clip,
     contains,
     count_ports,
     format_port_list,
@@ -13,6 +14,9 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
     normalise_intervals,
     parse_port_list,
     parse_port_range,
+    port_flags,
+    start_count_range,
+    usable_ports,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError
 
@@ -108,3 +112,33 @@ def test_port_list_text_round_trip(spans):
 def test_port_range_text_round_trip(a, b, sep):
     low, high = min(a, b), max(a, b)
     assert parse_port_range("%d%s%d" % (low, sep, high)) == (low, high)
+
+
+def test_ephemeral_flags():
+    table = port_flags((40000, 40999), ((39990, 40004), (40500, 40500), (41000, 41010)))
+    assert sum(table) == 1000 - 5 - 1
+    assert not table[40004] and table[40005] and not table[40500] and not table[41000]
+    assert sum(port_flags(None, ())) == 0
+
+
+def test_start_count_range():
+    assert start_count_range(49152, 16384) == (49152, 65535)
+    assert start_count_range(60000, 16384) == (60000, 65535)  # capped
+    assert start_count_range(50000, 0) == (50000, 49999)  # empty
+
+
+@given(st.lists(st.tuples(st.integers(1, 65535), st.integers(0, 300)).map(lambda t: (t[0], min(65535, t[0] + t[1]))),
+                max_size=6),
+       st.integers(1, 65535), st.integers(-1, 2000))
+def test_clip_usable_and_flags_agree(reserved, low, span):
+    """One port set three ways: the clipped list, the usable count and the per-port table."""
+    port_range = (low, min(65535, low + span))
+    inside = clip(reserved, port_range)
+    assert inside == normalise_intervals(inside)
+    assert all(port_range[0] <= a <= b <= port_range[1] for a, b in inside)
+    flags = port_flags(port_range, reserved)
+    assert usable_ports(port_range, reserved) == sum(flags)
+    for port in range(max(1, low - 2), min(65535, port_range[1] + 2) + 1, 7):
+        expected = port_range[0] <= port <= port_range[1] and not contains(normalise_intervals(reserved), port)
+        assert bool(flags[port]) == expected
+        assert contains(inside, port) == (port_range[0] <= port <= port_range[1] and contains(reserved, port))

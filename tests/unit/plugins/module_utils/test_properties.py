@@ -21,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils import windows_tcp as w
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
     BY_KEY,
     PORT_RANGE,
@@ -43,6 +42,10 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
     parse_port_range,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_int
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils import _windows_commands as wc
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils import _windows_options as wo
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils import _windows_parse as wp
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils import windows_tuning as wt
 
 from tests.support.windows_sim.host import WindowsHost
 from tests.support.windows_sim.script import run_powershell
@@ -197,7 +200,7 @@ def test_host_reserving_port_0_does_not_blame_the_user():
 # ---------------------------------------------------------------- netsh and reg output, from the simulator's tools
 ranges = st.tuples(st.integers(1, 65535), st.integers(1, 65535))
 reg_data = st.one_of(st.none(), st.integers(0, 0xFFFFFFFF))
-TARGETS = tuple((ip, proto) for ip in w.IpVersion for proto in w.Protocol)
+TARGETS = tuple((ip, proto) for ip in wo.IpVersion for proto in wo.Protocol)
 
 
 def _host(language, dynamic, excluded, time_wait, max_user_port, profile="server2022"):
@@ -228,29 +231,29 @@ excluded_rows = st.lists(st.tuples(st.integers(1, 65535), st.integers(0, 50), st
 def test_reg_and_netsh_output_parse_back_to_the_host_state(language, dynamic, excluded, time_wait, max_user_port):
     seen("netsh/reg output of random hosts")
     host = _host(language, dynamic, excluded, time_wait, max_user_port)
-    state = w.parse_read(_run(host, w.build_read_script(TARGETS)), TARGETS)
+    state = wp.parse_read(_run(host, wc.build_read_script(TARGETS)), TARGETS)
     assert state.build == host.build
     for (ip, proto), want in zip(TARGETS, dynamic):
         assert state.ranges[(ip, proto)] == tuple(host.dynamic_range(ip.value, proto.value))
         assert state.ranges[(ip, proto)] == want
         rows = host.excluded_ranges(ip.value, proto.value)
         assert [(a, b) for a, b, _admin in state.excluded[(ip, proto)]] == [(r[0], r[1]) for r in rows]
-    assert w.reg_value(state, w.RegName.TIME_WAIT_DELAY) == time_wait
-    assert w.reg_value(state, w.RegName.MAX_USER_PORT) == max_user_port
+    assert wp.reg_value(state, wo.RegName.TIME_WAIT_DELAY) == time_wait
+    assert wp.reg_value(state, wo.RegName.MAX_USER_PORT) == max_user_port
 
 
 @FAST
 @given(st.lists(st.text(max_size=40), max_size=8))
 def test_windows_parsers_never_crash(lines):
     seen("netsh/reg parsers any text")
-    w.parse_reg_query(lines)
-    assert all(len(row) == 3 for row in w.parse_excluded_ranges(lines))
+    wp.parse_reg_query(lines)
+    assert all(len(row) == 3 for row in wp.parse_excluded_ranges(lines))
     try:
-        start, number = w.parse_dynamic_range(lines)
+        start, number = wp.parse_dynamic_range(lines)
         assert start >= 0 and number >= 0
-    except w.WinTcpError as exc:
+    except wo.WinTcpError as exc:
         assert "dynamic port range" in str(exc)
-    sections = w.split_sections("\r\n".join(lines))
+    sections = wp.split_sections("\r\n".join(lines))
     assert all(isinstance(s.lines, list) for s in sections.values())
 
 
@@ -266,7 +269,7 @@ def test_convertto_csv_output_parses_back(rows):
         return '"%s"' % text.replace('"', '""')
 
     lines = [",".join(map(quote, ("LocalAddress", "LocalPort", "State")))] + [",".join(map(quote, row)) for row in rows]
-    assert w.parse_csv(lines) == [dict(zip(("LocalAddress", "LocalPort", "State"), row)) for row in rows]
+    assert wp.parse_csv(lines) == [dict(zip(("LocalAddress", "LocalPort", "State"), row)) for row in rows]
 
 
 @FAST
@@ -276,10 +279,10 @@ def test_wevtutil_output_parses_or_fails_clearly(noise, ids):
     events = ["<Event xmlns='http://schemas.microsoft.com/win/2004/08/events/event'><System><Provider Name='Tcpip'/>"
               "<EventID>%d</EventID><TimeCreated SystemTime='2026-11-24T10:00:00.0000000Z'/></System></Event>" % i
               for i in ids]
-    assert [e["id"] for e in w.parse_events(events)] == ids
+    assert [e["id"] for e in wp.parse_events(events)] == ids
     try:
-        found = w.parse_events([noise])
-    except w.WinTcpError as exc:
+        found = wp.parse_events([noise])
+    except wo.WinTcpError as exc:
         assert "wevtutil" in str(exc)
         return
     assert isinstance(found, list)
@@ -354,20 +357,20 @@ start_ranges = st.tuples(st.integers(1025, 60000), st.integers(255, 5000)).filte
        st.one_of(st.none(), st.integers(5000, 65534)))
 def test_windows_plan_applied_gives_desired_and_desired_plans_nothing(args, dynamic, time_wait, max_user_port):
     seen("windows plan on a simulated host")
-    desired = w.validate_win_tcp(args)
+    desired = wo.validate_win_tcp(args)
     targets = desired.targets
     host = _host("en-US", dynamic, [[], [], [], []], time_wait, max_user_port)
-    state = w.parse_read(_run(host, w.build_read_script(targets)), targets)
-    plan = w.plan_win_tcp(desired, state)
+    state = wp.parse_read(_run(host, wc.build_read_script(targets)), targets)
+    _current, plan = wt.plan_win_tcp(desired, state)
     if plan.changed:
-        actions = w.plan_actions(plan)
-        out = _run(host, w.build_apply_script(actions, targets))
-        sections = w.split_sections(out)
+        actions = wt.plan_actions(plan)
+        out = _run(host, wc.build_apply_script(actions, targets))
+        sections = wp.split_sections(out)
         assert all(sections["apply-%d" % i].ok for i in range(len(actions))), out
         wanted = {c.key: c.after for c in plan.changes}
-        assert w.verify(plan, wanted, w.parse_read(out, targets, prefix="verify-", excluded=False)) == []
-    again = w.plan_win_tcp(desired, w.parse_read(_run(host, w.build_read_script(targets)), targets))
+        assert wt.verify(wanted, wp.parse_read(out, targets, prefix="verify-", excluded=False)) == []
+    _current, again = wt.plan_win_tcp(desired, wp.parse_read(_run(host, wc.build_read_script(targets)), targets))
     assert not again.changed, again.changes
     # and (desired, desired) as pure values: empty
-    values = w.desired_values(desired)
-    assert not make_plan(values, values, w._same).changed  # pylint: disable=protected-access
+    values = wt.desired_values(desired)
+    assert not make_plan(values, values, wt.same).changed

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils import fleet_report as fr
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils import fleet_report as fr
 
 NOW = "2026-11-24 10:00:00 UTC"
 

@@ -1,13 +1,14 @@
 # -*- coding: utf-8 -*-
 # Copyright: tcpstack.tuning contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The fleet report of the port_audit role: pure functions, no I/O.
+"""The fleet report of the port_audit role: pure functions, no I/O, on the controller only.
 
 ``host_row`` turns one host's port_usage_info / win_port_usage_info result
 into a row; ``build_report`` ranks the rows riskiest first; ``render_json``,
 ``render_markdown``, ``render_html`` and ``render_summary`` turn the report
 into text.  Every value that reaches HTML or Markdown is escaped, so a host
-name or a finding holding markup renders as text.
+name or a finding holding markup renders as text.  Used by the fleet_report
+action plugin; never sent to a host.
 """
 
 from __future__ import annotations

@@ -1,0 +1,189 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The scripts the Windows plugins send, and the command line that carries them.
+
+Internal to the collection.  The command set is docs/windows_commands.md:
+standard ``reg``, ``netsh`` and ``wevtutil``, and two fixed cmdlet pipelines.
+Each part of a script is a section: a marker line, one command, its exit code
+(``_windows_parse.split_sections`` splits the output on the markers).
+
+No text from the user ever reaches a script: the builders accept only ints
+(checked again here) and members of the enums of ``_windows_options``, and
+every other word they emit is a constant of this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+
+from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import PORT_MAX
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import (
+    EVENT_HOURS_MAX,
+    EVENT_IDS,
+    EVENT_MAX,
+    NETSH_MIN_PORTS,
+    NETSH_MIN_START,
+    IpVersion,
+    Protocol,
+    RegName,
+)
+
+PARAMETERS_KEY = "HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters"
+VERSION_KEY = "HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion"
+MARKER = "@@tcpstack:%s@@"
+MARKER_RE = re.compile(r"\A@@tcpstack:([a-z0-9-]+)@@\Z")
+RC_RE = re.compile(r"\A@@tcpstack:(rc|ok):([^@]*)@@\Z")
+CONNECTIONS_PIPELINE = ("Get-NetTCPConnection | Select-Object -Property LocalAddress,LocalPort,RemoteAddress,RemotePort,"
+                        "State,OwningProcess | ConvertTo-Csv -NoTypeInformation")
+PROCESSES_PIPELINE = "Get-Process | Select-Object -Property Id,ProcessName | ConvertTo-Csv -NoTypeInformation"
+POWERSHELL = "PowerShell -NoProfile -NonInteractive -ExecutionPolicy Unrestricted -EncodedCommand "
+
+
+def _int(value, low, high):
+    """An int (never a bool, never a str) within [low, high]: the only numbers a script may contain."""
+    if type(value) is not int or not low <= value <= high:  # pylint: disable=unidiomatic-typecheck
+        raise TypeError("script values must be ints from %d to %d, got %r" % (low, high, value))
+    return value
+
+
+def _member(value, enum_type):
+    if not isinstance(value, enum_type):
+        raise TypeError("expected a %s member, got %r" % (enum_type.__name__, value))
+    return value
+
+
+# ------------------------------------------------------------------ the changes win_tcp can make
+@dataclass(frozen=True)
+class SetDword:
+    """reg add PARAMETERS_KEY /v NAME /t REG_DWORD /d VALUE /f"""
+
+    name: RegName
+    value: int
+
+    def __post_init__(self):
+        _member(self.name, RegName)
+        _int(self.value, 0, 0xFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class DeleteValue:
+    """reg delete PARAMETERS_KEY /v NAME /f"""
+
+    name: RegName
+
+    def __post_init__(self):
+        _member(self.name, RegName)
+
+
+@dataclass(frozen=True)
+class SetRange:
+    """netsh int IP set dynamicportrange protocol=PROTO startport=START numberofports=NUMBER"""
+
+    ip: IpVersion
+    protocol: Protocol
+    start: int
+    number: int
+
+    def __post_init__(self):
+        _member(self.ip, IpVersion)
+        _member(self.protocol, Protocol)
+        _int(self.start, NETSH_MIN_START, PORT_MAX)
+        _int(self.number, NETSH_MIN_PORTS, PORT_MAX)
+        if self.start + self.number - 1 > PORT_MAX:
+            raise TypeError("dynamic range %d + %d ends above %d" % (self.start, self.number, PORT_MAX))
+
+
+def describe(action):
+    """The command an action sends (also how messages name it)."""
+    if isinstance(action, SetDword):
+        return "reg add '%s' /v %s /t REG_DWORD /d %d /f" % (PARAMETERS_KEY, action.name.value, _int(action.value, 0, 0xFFFFFFFF))
+    if isinstance(action, DeleteValue):
+        return "reg delete '%s' /v %s /f" % (PARAMETERS_KEY, action.name.value)
+    if isinstance(action, SetRange):
+        return "netsh int %s set dynamicportrange protocol=%s startport=%d numberofports=%d" % (
+            action.ip.value, action.protocol.value,
+            _int(action.start, NETSH_MIN_START, PORT_MAX), _int(action.number, NETSH_MIN_PORTS, PORT_MAX))
+    raise TypeError("not a win_tcp action: %r" % (action,))
+
+
+# ------------------------------------------------------------------ sections and scripts
+def _section(word, command):
+    """Marker, command, exit-code marker: the three statements of one section."""
+    if not MARKER_RE.match(MARKER % word):
+        raise TypeError("bad section name %r" % (word,))
+    return ["Write-Output '%s'" % (MARKER % word), command, 'Write-Output "@@tcpstack:rc:$LASTEXITCODE@@"']
+
+
+def _pipeline(word, pipeline):
+    """A cmdlet pipeline's section: its success is ``$?`` (True/False), cmdlets set no exit code."""
+    return ["Write-Output '%s'" % (MARKER % word), pipeline, 'Write-Output "@@tcpstack:ok:$?@@"']
+
+
+def range_word(prefix, ip, proto):
+    """The section name of one (ip, protocol) read: ``range-ipv4-tcp``, ``verify-excluded-ipv6-udp``."""
+    return "%s-%s-%s" % (prefix, _member(ip, IpVersion).value, _member(proto, Protocol).value)
+
+
+def _build_lines():
+    return _section("build", "reg query '%s' /v CurrentBuildNumber" % VERSION_KEY)
+
+
+def _read_lines(targets, excluded=True, prefix=""):
+    lines = []
+    lines += _section(prefix + "params", "reg query '%s'" % PARAMETERS_KEY)
+    for ip, proto in targets:
+        lines += _section(range_word(prefix + "range", ip, proto),
+                          "netsh int %s show dynamicportrange protocol=%s" % (ip.value, proto.value))
+        if excluded:
+            lines += _section(range_word(prefix + "excluded", ip, proto),
+                              "netsh int %s show excludedportrange protocol=%s" % (ip.value, proto.value))
+    return lines
+
+
+def _script(lines):
+    return "\n".join(lines) + "\n"
+
+
+def build_read_script(targets):
+    """The one read of win_tcp: build, TCP parameters, dynamic and excluded ranges of each (ip, protocol)."""
+    return _script(_build_lines() + _read_lines(targets))
+
+
+def build_apply_script(actions, targets):
+    """Apply ``actions`` in order (sections ``apply-N``), then read back the parameters and ranges (``verify-``)."""
+    lines = []
+    for index, action in enumerate(actions):
+        lines += _section("apply-%d" % _int(index, 0, 1000), describe(action))
+    lines += _read_lines(targets, excluded=False, prefix="verify-")
+    return _script(lines)
+
+
+def event_query(hours):
+    """wevtutil's XPath for Tcpip 4227/4231 within ``hours`` (an int), doubled quotes as PowerShell needs."""
+    ms = _int(hours, 0, EVENT_HOURS_MAX) * 3600 * 1000
+    return ("*[System[Provider[@Name=''Tcpip''] and (EventID=%d or EventID=%d) and "
+            "TimeCreated[timediff(@SystemTime) <= %d]]]" % (EVENT_IDS[0], EVENT_IDS[1], ms))
+
+
+def build_info_script(targets, event_hours):
+    """The one read of win_port_usage_info: win_tcp's read, the connections, the processes, the Tcpip events."""
+    lines = _build_lines() + _read_lines(targets)
+    lines += _pipeline("connections", CONNECTIONS_PIPELINE)
+    lines += _pipeline("processes", PROCESSES_PIPELINE)
+    lines += _section("events", "wevtutil qe System '/q:%s' /f:xml /rd:true /c:%d" % (event_query(event_hours), EVENT_MAX))
+    return _script(lines)
+
+
+def encode_command(script):
+    """The command line that runs ``script``: PowerShell with the script as UTF-16LE base64.
+
+    The same bytes Ansible's winrm connection would send for ``script`` (it recognises this prefix and does not
+    encode twice); the ssh connection passes it unchanged to Windows' OpenSSH server, whose default shell
+    (PowerShell) runs it. Both are tested against the Windows host simulator. This is what ansible.windows'
+    win_reboot sends too.
+    """
+    lines = [line.strip() for line in script.splitlines() if line.strip()]
+    return POWERSHELL + base64.b64encode("\n".join(lines).encode("utf-16-le")).decode("ascii")

@@ -1,0 +1,203 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The Windows options: what win_tcp and win_port_usage_info accept, and Windows' own limits.
+
+Internal to the collection (leading underscore, as in ansible.windows).  Pure
+functions on the controller: validation happens here before any host is
+contacted; ``check_build`` is the one rule that needs the host's Windows build.
+The enums are the only words, besides constants, that the script builders of
+``_windows_commands`` accept.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import PORT_MAX, parse_port_range
+from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_int
+
+# netsh's rules for set dynamicportrange (windowsserverdocs netsh-interface.md, KB929851)
+NETSH_MIN_START = 1025
+NETSH_MIN_PORTS = 255
+DEFAULT_RANGE = (49152, 16384)  # start, number of ports (Vista / Server 2008 and later)
+
+# TcpTimedWaitDelay (KB314053; biztalk-docs): 30-300 before Windows 8.1 / Server 2012 R2, 2-300 from then on
+TIME_WAIT_MIN = 2
+TIME_WAIT_MIN_LEGACY = 30
+TIME_WAIT_MAX = 300
+TIME_WAIT_DEFAULT = 120
+BUILD_2012R2 = 9600
+MAX_USER_PORT_MIN = 5000
+MAX_USER_PORT_MAX = 65534
+
+EVENT_IDS = (4227, 4231)  # Tcpip: TIME_WAIT reuse failed; no ephemeral port left
+EVENT_MAX = 500  # events read at most (wevtutil /c:)
+EVENT_HOURS_MAX = 8760  # a year
+
+WIN_TCP_OPTIONS = ("time_wait_delay", "max_user_port", "port_range", "protocols", "ip_versions", "state")
+INFO_OPTIONS = ("top", "event_hours")
+
+
+class Protocol(enum.Enum):
+    """The transport protocols netsh keeps a dynamic range for."""
+
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class IpVersion(enum.Enum):
+    """The IP versions netsh keeps a dynamic range for."""
+
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+
+class RegName(enum.Enum):
+    """The registry values under Tcpip\\Parameters that win_tcp manages (REG_DWORD, read at boot)."""
+
+    TIME_WAIT_DELAY = "TcpTimedWaitDelay"
+    MAX_USER_PORT = "MaxUserPort"
+
+
+class State(enum.Enum):
+    PRESENT = "present"
+    ABSENT = "absent"
+
+
+class WinTcpError(Exception):
+    """The host did something unexpected (a command failed, output could not be parsed)."""
+
+
+@dataclass(frozen=True)
+class Desired:
+    """win_tcp's validated options."""
+
+    time_wait_delay: Optional[int] = None
+    max_user_port: Optional[int] = None
+    port_range: Optional[Tuple[int, int]] = None  # (start, number of ports)
+    protocols: Tuple[Protocol, ...] = (Protocol.TCP,)
+    ip_versions: Tuple[IpVersion, ...] = (IpVersion.IPV4, IpVersion.IPV6)
+    state: State = State.PRESENT
+
+    @property
+    def targets(self):
+        """The (ip version, protocol) pairs whose dynamic range is read and, with port_range, managed."""
+        return tuple((ip, proto) for ip in self.ip_versions for proto in self.protocols)
+
+
+@dataclass(frozen=True)
+class InfoOptions:
+    """win_port_usage_info's validated options."""
+
+    top: int = 10
+    event_hours: int = 24
+
+    @property
+    def targets(self):
+        """win_port_usage_info reads the dynamic and excluded ranges of every IP version and protocol."""
+        return tuple((ip, proto) for ip in IpVersion for proto in Protocol)
+
+
+def _choice_list(value, option, enum_type, default):
+    names = [m.value for m in enum_type]
+    valid = "a non-empty list of %s" % ", ".join(names)
+    if value is None:
+        return default
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValidationError(option, value, valid)
+    out = []
+    for item in items:
+        if not isinstance(item, str) or item.lower() not in names:
+            raise ValidationError(option, value, valid)
+        member = enum_type(item.lower())
+        if member not in out:
+            out.append(member)
+    if not out:
+        raise ValidationError(option, value, valid)
+    # a fixed order, whatever the order given
+    return tuple(m for m in enum_type if m in out)
+
+
+def _unknown(args, known):
+    extra = sorted(set(args) - set(known))
+    if extra:
+        raise ValidationError(extra[0], args[extra[0]], "not an option of this action; options are %s" % ", ".join(known))
+
+
+def validate_dynamic_range(value, option="port_range"):
+    """Parse a port range in the forms linux_tcp accepts and apply netsh's rules; returns (start, number)."""
+    low, high = parse_port_range(value, option)
+    low, high = int(low), int(high)  # plain ints: Ansible hands tagged int subclasses to action plugins
+    number = high - low + 1
+    if low < NETSH_MIN_START:
+        raise ValidationError(option, value, "netsh refuses a dynamic range starting below %d (the start is %d)"
+                              % (NETSH_MIN_START, low))
+    if number < NETSH_MIN_PORTS:
+        raise ValidationError(option, value, "netsh refuses a dynamic range of fewer than %d ports (%d-%d is %d ports)"
+                              % (NETSH_MIN_PORTS, low, high, number))
+    if low + number - 1 > PORT_MAX:  # cannot happen with LOW-HIGH forms; kept as netsh's own rule
+        raise ValidationError(option, value, "start + number of ports - 1 must be at most %d" % PORT_MAX)
+    return (low, number)
+
+
+def validate_win_tcp(args):
+    """Validate win_tcp's options (everything that does not depend on the host); returns Desired."""
+    args = dict(args or {})
+    _unknown(args, WIN_TCP_OPTIONS)
+    state = args.get("state")
+    if state is None:
+        state = State.PRESENT
+    elif isinstance(state, str) and state in ("present", "absent"):
+        state = State(state)
+    else:
+        raise ValidationError("state", state, "present or absent")
+    time_wait = args.get("time_wait_delay")
+    if time_wait is not None:
+        time_wait = int(strict_int(time_wait, "time_wait_delay", TIME_WAIT_MIN, TIME_WAIT_MAX,
+                                   "an integer number of seconds (TcpTimedWaitDelay)"))
+    max_user_port = args.get("max_user_port")
+    if max_user_port is not None:
+        max_user_port = int(strict_int(max_user_port, "max_user_port", MAX_USER_PORT_MIN, MAX_USER_PORT_MAX,
+                                       "an integer port (MaxUserPort)"))
+    port_range = args.get("port_range")
+    if port_range is not None:
+        port_range = validate_dynamic_range(port_range)
+    protocols = _choice_list(args.get("protocols"), "protocols", Protocol, (Protocol.TCP,))
+    ip_versions = _choice_list(args.get("ip_versions"), "ip_versions", IpVersion, (IpVersion.IPV4, IpVersion.IPV6))
+    return Desired(time_wait, max_user_port, port_range, protocols, ip_versions, state)
+
+
+def check_build(desired, build):
+    """The rule that depends on the host's Windows build (None: unreadable); run after the read, before any change.
+
+    Raises ValidationError for a TcpTimedWaitDelay below the old minimum on an
+    old build, WinTcpError when such a value is asked for and the build is unknown.
+    """
+    if desired.state is State.PRESENT and desired.time_wait_delay is not None and desired.time_wait_delay < TIME_WAIT_MIN_LEGACY:
+        if build is None:
+            raise WinTcpError("time_wait_delay: %d needs Windows 8.1 / Server 2012 R2 (build %d) or later, and the "
+                              "host's build could not be read" % (desired.time_wait_delay, BUILD_2012R2))
+        if build < BUILD_2012R2:
+            raise ValidationError(
+                "time_wait_delay", desired.time_wait_delay,
+                "an integer number of seconds from %d to %d on this host: its Windows build %d is older than "
+                "Windows 8.1 / Server 2012 R2 (build %d), where TcpTimedWaitDelay's minimum is %d"
+                % (TIME_WAIT_MIN_LEGACY, TIME_WAIT_MAX, build, BUILD_2012R2, TIME_WAIT_MIN_LEGACY))
+
+
+def validate_port_usage_info(args):
+    """Validate win_port_usage_info's options; returns InfoOptions."""
+    args = dict(args or {})
+    _unknown(args, INFO_OPTIONS)
+    top = args.get("top")
+    top = 10 if top is None else int(strict_int(top, "top", 1, 1000, "an integer number of destinations"))
+    hours = args.get("event_hours")
+    hours = 24 if hours is None else int(strict_int(hours, "event_hours", 1, EVENT_HOURS_MAX, "an integer number of hours"))
+    return InfoOptions(top, hours)

@@ -1,0 +1,269 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the win_port_usage_info action does: one read, then the analysis.
+
+The Windows twin of module_utils/linux_port_usage.py: ``audit(host, options)``
+runs one script on a WindowsHost (ranges, excluded ranges, TcpTimedWaitDelay,
+Get-NetTCPConnection, Get-Process, the Tcpip events) and ``analyse_windows``
+turns it into the result.  The interval maths is module_utils/ports.py, the
+capacity maths and the verdict are the OS-neutral module_utils/port_usage.py.
+
+On Windows connect() takes every local port from one host-wide pool per IP
+version, so the pools' utilisation is judged too, not only each destination's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+from ansible_collections.tcpstack.tuning.plugins.module_utils import port_usage
+from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
+    PORT_MAX,
+    clip,
+    port_flags,
+    start_count_range,
+    usable_ports,
+)
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import build_info_script
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import (
+    EVENT_MAX,
+    NETSH_MIN_START,
+    TIME_WAIT_DEFAULT,
+    TIME_WAIT_MAX,
+    TIME_WAIT_MIN,
+    IpVersion,
+    Protocol,
+    RegName,
+    WinTcpError,
+    validate_port_usage_info,
+)
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse import (
+    excluded_result,
+    nest,
+    parse_csv,
+    parse_events,
+    parse_read,
+    range_value,
+    reg_value,
+    split_sections,
+)
+
+SHORTER_TIME_WAIT = 30  # the time_wait_delay recommended when ports run short
+
+
+def validate(params):
+    """Check win_port_usage_info's options; returns InfoOptions.  Raises ValidationError."""
+    return validate_port_usage_info(params)
+
+
+def audit(host, options):
+    """win_port_usage_info's result from one round trip on ``host`` (a WindowsHost).
+
+    Raises WinTcpError when the output cannot be read (its message ends with
+    the host's stderr, if any); the connection's own errors propagate.
+    """
+    output = host.run(build_info_script(options.targets, options.event_hours))
+    try:
+        if "@@tcpstack:" not in output.stdout:
+            raise WinTcpError("reading the host failed (rc=%s): %s" % (output.rc, (output.stderr or output.stdout).strip()))
+        state = parse_read(output.stdout, options.targets)
+        return analyse_windows(options, state, split_sections(output.stdout))
+    except WinTcpError as exc:
+        stderr = output.stderr.strip()
+        raise WinTcpError("%s%s" % (exc, "; stderr: %s" % stderr if stderr else "")) from exc
+
+
+# ------------------------------------------------------------------ the parts of one read
+@dataclass(frozen=True)
+class _Pool:
+    """One IP version's dynamic TCP range: (low, high), the excluded ports inside it, how many are usable."""
+
+    port_range: tuple
+    reserved: tuple
+    usable: int
+
+
+def _pools(state):
+    pools = {}
+    for ip in IpVersion:
+        start_number = state.ranges.get((ip, Protocol.TCP))
+        if start_number is not None:
+            port_range = start_count_range(*start_number)
+            excluded = [(a, b) for a, b, _admin in state.excluded.get((ip, Protocol.TCP), ())]
+            pools[ip] = _Pool(port_range, clip(excluded, port_range), usable_ports(port_range, excluded))
+    return pools
+
+
+def _time_wait(state):
+    """(TcpTimedWaitDelay as read, the seconds TIME_WAIT lasts, notes)."""
+    value = reg_value(state, RegName.TIME_WAIT_DELAY)
+    seconds = value if isinstance(value, int) and TIME_WAIT_MIN <= value <= TIME_WAIT_MAX else TIME_WAIT_DEFAULT
+    notes = []
+    if value is not None and not isinstance(value, int):
+        notes.append("TcpTimedWaitDelay is %s %r, which Windows ignores: TIME_WAIT lasts the default %d seconds"
+                     % (value["type"], value["data"], TIME_WAIT_DEFAULT))
+    elif value is not None:
+        notes.append("TcpTimedWaitDelay is %d in the registry; Windows reads it at boot, so it is in effect once the "
+                     "host has restarted since it was set" % value)
+    return value, seconds, notes
+
+
+def _family(address):
+    """(4|6, address) with IPv4-mapped IPv6 addresses turned into IPv4."""
+    address = (address or "").strip()
+    if address.lower().startswith("::ffff:") and "." in address:
+        return 4, address[7:]
+    return (6 if ":" in address else 4), address
+
+
+def _port_of(text):
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        return None
+
+
+@dataclass
+class Tally:
+    """The connection table counted: states per family, ports held per tuple, family and process."""
+
+    source: Optional[str] = None  # None: the table could not be read
+    states: Optional[dict] = None
+    tuples: Dict[tuple, list] = field(default_factory=dict)
+    listening: set = field(default_factory=set)
+    held: Dict[IpVersion, int] = field(default_factory=lambda: {IpVersion.IPV4: 0, IpVersion.IPV6: 0})
+    by_process: Dict[Optional[int], dict] = field(default_factory=dict)
+
+
+def _process_names(sections):
+    section = sections.get("processes")
+    if section is None or not section.ok:
+        return None
+    names = {}
+    for row in parse_csv(section.lines):
+        pid = _port_of(row.get("Id"))
+        if pid is not None:
+            names[pid] = row.get("ProcessName")
+    return names
+
+
+def _tally(sections, pools, unreadable):
+    """Count the connections; the ports held are those of a pool, not excluded, not listening, any state but Listen."""
+    tally = Tally()
+    section = sections.get("connections")
+    if section is None or not section.ok:
+        unreadable.append({"source": "Get-NetTCPConnection", "reason": "Get-NetTCPConnection failed or is missing (it "
+                           "needs Windows Server 2012 / Windows 8 or later)"})
+        return tally
+    rows = parse_csv(section.lines)
+    names = _process_names(sections)
+    if names is None:
+        unreadable.append({"source": "Get-Process", "reason": "Get-Process failed"})
+        names = {}
+    tally.source = "Get-NetTCPConnection"
+    tally.states = {"ipv4": {}, "ipv6": {}}
+    for row in rows:
+        family, _address = _family(row.get("LocalAddress"))
+        tcp_state = (row.get("State") or "").strip()
+        bucket = tally.states["ipv%d" % family]
+        bucket[tcp_state] = bucket.get(tcp_state, 0) + 1
+        port = _port_of(row.get("LocalPort"))
+        if tcp_state == "Listen" and port is not None:
+            tally.listening.add(port)
+    flags = {ip: port_flags(pool.port_range, pool.reserved) for ip, pool in pools.items()}
+    for row in rows:
+        tcp_state = (row.get("State") or "").strip()
+        family, local = _family(row.get("LocalAddress"))
+        ip = IpVersion.IPV4 if family == 4 else IpVersion.IPV6
+        port = _port_of(row.get("LocalPort"))
+        if tcp_state == "Listen" or ip not in flags or port is None or not 0 <= port <= PORT_MAX \
+                or not flags[ip][port] or port in tally.listening:
+            continue
+        _rfamily, remote = _family(row.get("RemoteAddress"))
+        entry = tally.tuples.setdefault((family, local, remote, _port_of(row.get("RemotePort")) or 0), [0, 0])
+        entry[0] += 1
+        entry[1] += tcp_state == "TimeWait"
+        tally.held[ip] += 1
+        pid = _port_of(row.get("OwningProcess"))
+        proc = tally.by_process.setdefault(pid, {"pid": pid, "name": names.get(pid), "ports_held": 0, "time_wait": 0})
+        proc["ports_held"] += 1
+        proc["time_wait"] += tcp_state == "TimeWait"
+    return tally
+
+
+def _times(count):
+    return "once" if count == 1 else "%d times" % count
+
+
+def _events(sections, hours, unreadable):
+    """(the events entry of the result, findings) from the Tcpip 4227/4231 events of the last ``hours``."""
+    events = {"hours": hours, "4227": None, "4231": None, "latest": None, "capped": False}
+    findings = []
+    section = sections.get("events")
+    if section is None or not section.ok:
+        unreadable.append({"source": "wevtutil (System log, Tcpip 4227/4231)",
+                           "reason": (section.text if section is not None else "no output") or "failed"})
+        return events, findings
+    found = parse_events(section.lines)
+    events["4227"] = sum(1 for e in found if e["id"] == 4227)
+    events["4231"] = sum(1 for e in found if e["id"] == 4231)
+    events["latest"] = max((e["time"] for e in found if e["time"]), default=None)
+    events["capped"] = len(found) >= EVENT_MAX
+    more = "at least " if events["capped"] else ""
+    if events["4231"]:
+        findings.append(("critical", "Tcpip event 4231 (an ephemeral port could not be allocated from the global TCP "
+                                     "port space) was logged %s%s in the last %d hours"
+                         % (more, _times(events["4231"]), hours)))
+    if events["4227"]:
+        findings.append(("warning", "Tcpip event 4227 (a connect failed because the local endpoint was recently used "
+                                    "and is still in TIME_WAIT) was logged %s%s in the last %d hours"
+                         % (more, _times(events["4227"]), hours)))
+    return events, findings
+
+
+# ------------------------------------------------------------------ the analysis
+def analyse_windows(options, state, sections):
+    """The win_port_usage_info result from one read (``state``: parse_read; ``sections``: split_sections).
+
+    One port_usage.analyse() call in host scope: Windows takes every ephemeral port of an IP version from one
+    host-wide pool (the dynamic range minus its excluded ranges), and the remedies are win_tcp's options.
+    """
+    pools = _pools(state)
+    tw_value, time_wait, notes = _time_wait(state)
+    unreadable = []
+    tally = _tally(sections, pools, unreadable)
+    events, event_findings = _events(sections, options.event_hours, unreadable)
+    v4 = pools.get(IpVersion.IPV4)
+    shorter = {"time_wait_delay": SHORTER_TIME_WAIT} if time_wait > SHORTER_TIME_WAIT else {}
+    snap = port_usage.Snapshot(
+        scope=port_usage.HOST,
+        pools=tuple(port_usage.Pool("%s dynamic" % ip.value, 4 if ip is IpVersion.IPV4 else 6, pool.port_range,
+                                    pool.reserved) for ip, pool in pools.items()),
+        settings={"port_range": "%d %d" % v4.port_range if v4 else None, "time_wait_delay": tw_value,
+                  "max_user_port": reg_value(state, RegName.MAX_USER_PORT)},
+        min_port=NETSH_MIN_START,
+        listening=tally.listening,
+        states=tally.states,
+        tuples=tally.tuples,
+        format_address=lambda family, key: key,
+        time_wait_seconds=time_wait,
+        counters=None,
+        source=tally.source,
+        unreadable=unreadable,
+        notes=notes,
+        extra_findings=event_findings,
+        reserve_option=None,
+        hold_remedy=shorter,
+        extra_recommendations=shorter if events["4227"] else {},
+        extra_result={
+            "dynamic_port_range": nest({t: range_value(r) for t, r in state.ranges.items()})["dynamic_port_range"],
+            "excluded_port_ranges": excluded_result(state),
+            "processes": sorted(tally.by_process.values(), key=lambda p: (
+                -p["ports_held"], p["pid"] if p["pid"] is not None else -1))[:options.top],
+            "events": events,
+            "build": state.build,
+        },
+    )
+    return port_usage.analyse(snap, top=options.top)

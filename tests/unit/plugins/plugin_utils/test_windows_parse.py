@@ -1,0 +1,167 @@
+"""_windows_parse: the parsers (English, German and other label sets, CRLF) and whole reads of simulated hosts."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils import _windows_parse as w
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import PARAMETERS_KEY, build_read_script
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import IpVersion, Protocol, WinTcpError
+
+from tests.support.windows_sim import Faults
+from tests.support.windows_sim.connection import run_script, simulated_host
+
+IP4, IP6 = IpVersion.IPV4, IpVersion.IPV6
+TCP, UDP = Protocol.TCP, Protocol.UDP
+
+
+# ------------------------------------------------------------------ output samples (docs/windows_commands.md)
+def dyn_en(start, num, proto="tcp"):
+    return "\n".join(["", "Protocol %s Dynamic Port Range" % proto, "---------------------------------",
+                      "Start Port      : %d" % start, "Number of Ports : %d" % num, ""])
+
+
+def dyn_de(start, num, proto="tcp"):
+    return "\n".join(["", "Protokoll %s Dynamischer Portbereich" % proto, "---------------------------------",
+                      "Startport        : %d" % start, "Anzahl der Ports : %d" % num, ""])
+
+
+def excl(rows, de=False):
+    out = ["", ("Portausschlussbereiche für Protokoll tcp" if de else "Protocol tcp Port Exclusion Ranges"), "",
+           ("Startport    Endport" if de else "Start Port    End Port"), "----------    --------"]
+    out += ["%10d  %10d%s" % (a, b, "     *" if admin else "") for a, b, admin in rows]
+    out += ["", ("* - Verwaltete Portausschlüsse." if de else "* - Administered port exclusions."), ""]
+    return "\n".join(out)
+
+
+def reg_params(values):
+    lines = ["", "HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters"]
+    lines += ["    NV Hostname    REG_SZ    web01", "    Domain    REG_SZ    ", "    EnableDHCP    REG_DWORD    0x1"]
+    for name, (rtype, data) in values.items():
+        lines.append("    %s    %s    %s" % (name, rtype, data))
+    lines += ["", "HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters\\Adapters",
+              "HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters\\Interfaces"]
+    return "\n".join(lines)
+
+
+def reg_build(build):
+    return "\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\n    CurrentBuildNumber    REG_SZ    %d\n" % build
+
+
+def section(word, body, rc=0):
+    return "@@tcpstack:%s@@\n%s\n@@tcpstack:rc:%s@@\n" % (word, body, rc)
+
+
+# ------------------------------------------------------------------ parsing
+class TestParsing:
+    def test_dynamic_range_english(self):
+        assert w.parse_dynamic_range(dyn_en(49152, 16384).splitlines()) == (49152, 16384)
+
+    def test_dynamic_range_german_labels_by_position(self):
+        assert w.parse_dynamic_range(dyn_de(10000, 55536).splitlines()) == (10000, 55536)
+
+    def test_dynamic_range_other_languages(self):
+        french = ["", "Protocole tcp Plage de ports dynamique", "------", "Port de départ   : 5000",
+                  "Nombre de ports  : 60536", ""]
+        assert w.parse_dynamic_range(french) == (5000, 60536)
+        ipv6_title = ["Protocol tcp Dynamic Port Range IPv6", "---", "Start Port : 1025", "Number of Ports : 255"]
+        assert w.parse_dynamic_range(ipv6_title) == (1025, 255)
+
+    def test_dynamic_range_outside_netsh_minimum_is_read(self):
+        assert w.parse_dynamic_range(dyn_en(1024, 64511).splitlines()) == (1024, 64511)
+
+    def test_dynamic_range_crlf(self):
+        assert w.parse_dynamic_range(dyn_en(49152, 16384).replace("\n", "\r\n").splitlines()) == (49152, 16384)
+
+    @settings(max_examples=300, deadline=None)
+    @given(start=st.integers(0, 65535), num=st.integers(0, 65535), de=st.booleans(), crlf=st.booleans(),
+           label=st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Nd")), max_size=20))
+    def test_dynamic_range_any_labels(self, start, num, de, crlf, label):
+        text = (dyn_de if de else dyn_en)(start, num).replace("Start Port", label.strip() or "x")
+        if crlf:
+            text = text.replace("\n", "\r\n")
+        assert w.parse_dynamic_range(text.splitlines()) == (start, num)
+
+    @pytest.mark.parametrize("text", ["", "Protocol tcp Dynamic Port Range\n-----\nStart Port : 1\n",
+                                      "The parameter is incorrect."])
+    def test_dynamic_range_unreadable(self, text):
+        with pytest.raises(WinTcpError, match="dynamic port range"):
+            w.parse_dynamic_range(text.splitlines())
+
+    @pytest.mark.parametrize("de", [False, True])
+    def test_excluded(self, de):
+        rows = ((5357, 5357, False), (50000, 50059, True))
+        assert w.parse_excluded_ranges(excl(rows, de).splitlines()) == rows
+        assert w.parse_excluded_ranges(excl((), de).splitlines()) == ()
+
+    def test_reg_query(self):
+        values = w.parse_reg_query(reg_params({"TcpTimedWaitDelay": ("REG_DWORD", "0x1e"),
+                                               "MaxUserPort": ("REG_SZ", "65534")}).splitlines())
+        assert values["TcpTimedWaitDelay"] == w.RegValue("REG_DWORD", "0x1e")
+        assert values["TcpTimedWaitDelay"].dword == 30
+        assert values["MaxUserPort"].dword is None
+        assert values["NV Hostname"].data == "web01"
+        assert values["Domain"].data == ""
+        assert "Adapters" not in str(values)
+
+    def test_build(self):
+        sections = w.split_sections(section("build", reg_build(7601)))
+        assert w.parse_build(sections) == 7601
+        assert w.parse_build(w.split_sections(section("build", "ERROR", 1))) is None
+        assert w.parse_build({}) is None
+
+    def test_split_sections(self):
+        text = "noise\r\n" + section("a-b", "x\ny").replace("\n", "\r\n") + "@@tcpstack:c@@\nz\n@@tcpstack:rc:@@\n"
+        sections = w.split_sections(text)
+        assert sections["a-b"].lines == ["x", "y"] and sections["a-b"].ok
+        assert sections["c"].rc == "" and not sections["c"].ok
+
+    @pytest.mark.parametrize("de", [False, True])
+    @pytest.mark.parametrize("newline", ["\n", "\r\n"])
+    def test_read(self, de, newline):
+        targets = ((IP4, TCP), (IP6, UDP))
+        host = simulated_host(build=17763, language="de-DE" if de else "en-US",
+                              registry={"TcpTimedWaitDelay": ("REG_DWORD", 60)}, ranges={(IP4, TCP): (1024, 64511)},
+                              excluded={(IP6, UDP): ((50000, 50100, True),)})
+        out = run_script(host, build_read_script(targets)).replace("\r\n", newline)
+        state = w.parse_read(out, targets)
+        assert state.build == 17763
+        assert state.registry["TcpTimedWaitDelay"].dword == 60
+        assert state.ranges == {(IP4, TCP): (1024, 64511), (IP6, UDP): (49152, 16384)}
+        assert state.excluded == {(IP4, TCP): (), (IP6, UDP): ((50000, 50100, True),)}
+
+    def test_read_failed_section(self):
+        faults = Faults()
+        faults.fail_tool("reg", verb=("query", PARAMETERS_KEY))  # reg query of the parameters fails once
+        out = run_script(simulated_host(), build_read_script(((IP4, TCP), (IP6, TCP))), faults)
+        with pytest.raises(WinTcpError, match="reading params failed"):
+            w.parse_read(out, ((IP4, TCP), (IP6, TCP)))
+
+    def test_read_truncated(self):
+        out = run_script(simulated_host(), build_read_script(((IP4, TCP),)))
+        with pytest.raises(WinTcpError, match="no 'range-ipv6-tcp' section"):
+            w.parse_read(out, ((IP4, TCP), (IP6, TCP)))
+
+
+# ------------------------------------------------------------------ win_port_usage_info parsing
+class TestInfoParsing:
+    def test_csv(self):
+        lines = ['"LocalAddress","LocalPort","RemoteAddress","RemotePort","State","OwningProcess"',
+                 '"10.0.0.5","50001","10.0.0.9","443","TimeWait","0"', '"::","135","::","0","Listen","912"']
+        rows = w.parse_csv(lines)
+        assert rows[0]["State"] == "TimeWait" and rows[1]["LocalPort"] == "135"
+        assert w.parse_csv(["", "  "]) == []
+
+    def test_events(self):
+        ns = "http://schemas.microsoft.com/win/2004/08/events/event"
+        lines = ["<Event xmlns='%s'><System><Provider Name='Tcpip'/><EventID Qualifiers='49152'>4231</EventID>"
+                 "<TimeCreated SystemTime='2026-11-24T10:00:00.000Z'/></System></Event>" % ns,
+                 "<Event xmlns='%s'><System><Provider Name='Tcpip'/><EventID>4227</EventID>"
+                 "<TimeCreated SystemTime='2026-11-24T09:00:00.000Z'/></System></Event>" % ns]
+        assert w.parse_events(lines) == [{"id": 4231, "time": "2026-11-24T10:00:00.000Z"},
+                                         {"id": 4227, "time": "2026-11-24T09:00:00.000Z"}]
+        assert w.parse_events([]) == []
+        with pytest.raises(WinTcpError):
+            w.parse_events(["<Event>"])
