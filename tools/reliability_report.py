@@ -59,11 +59,14 @@ def summarise(suites):
     get = _getter(suites)
     inputs = get("invalid_inputs", "tried")
     faults = (get("linux_faults", "faults_injected") + get("sigkill", "sigkills_sent")
-              + get("windows_faults", "faults_injected") + get("overlapping_runs", "runs"))
+              + get("windows_faults", "faults_injected") + get("overlapping_runs", "runs")
+              + get("playbook_kills", "faults_injected"))
     survived = (get("linux_faults", "converged_after_fault") + get("sigkill", "old_file") + get("sigkill", "new_file")
-                + get("windows_faults", "converged") + get("overlapping_runs", "survived"))
+                + get("windows_faults", "converged") + get("overlapping_runs", "survived")
+                + get("playbook_kills", "survived"))
     # data lost: a partial file, a runtime that disagrees with the file, a fault not rolled back
     lost = (get("sigkill", "partial_files") + get("overlapping_runs", "runtime_file_disagreements")
+            + get("playbook_kills", "data_lost")
             + (get("linux_faults", "faults_injected") - get("linux_faults", "host_unchanged")))
     return {
         "invalid_inputs_tried": inputs,
@@ -92,6 +95,10 @@ def markdown(report):
             get("sigkill", "sigkills_sent"), get("sigkill", "killed_in_flight"), get("sigkill", "old_file"),
             get("sigkill", "new_file"), get("sigkill", "partial_files"))),
         ("... temporary files a kill left (removed by the next write, which the test checks)", "%d" % get("sigkill", "temporaries_left")),
+        ("A whole ansible-playbook run SIGKILLed at a random point while tuning or undoing",
+         "%d kills: ended old %d, new %d, some keys old and some new %d; next run converged %d" % (
+             get("playbook_kills", "faults_injected"), get("playbook_kills", "ended_old"),
+             get("playbook_kills", "ended_new"), get("playbook_kills", "mixed_keys"), get("playbook_kills", "survived"))),
         ("Overlapping runs on one host", "%d runs, %d succeeded, runtime/file disagreements %d" % (
             get("overlapping_runs", "runs"), get("overlapping_runs", "survived"),
             get("overlapping_runs", "runtime_file_disagreements"))),
