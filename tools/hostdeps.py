@@ -28,6 +28,8 @@ TOOLS = {
     'runc': 'runc',  # extensions/molecule/containers.conf selects it
     'debootstrap': 'debootstrap',
     'ssh': 'openssh-client',  # Ansible's ssh connection to the Windows host simulator's SSH endpoint
+    'promtool': 'prometheus',  # promtool check metrics / check rules / test rules (port_monitor)
+    'prometheus-node-exporter': 'prometheus-node-exporter',  # the real textfile collector scrapes our metrics
 }
 
 

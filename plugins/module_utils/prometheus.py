@@ -1,0 +1,166 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Prometheus text exposition of a port_usage_info result, for node_exporter's textfile collector.
+
+``render(result, ...)`` turns the result of the Linux audit (the dict the
+port_usage_info module returns) into the text format node_exporter serves
+(https://prometheus.io/docs/instrumenting/exposition_formats/): HELP and TYPE
+lines, base units (seconds, ratios), ``_total`` for counters, a ``tcpstack_``
+prefix, and a bounded number of series (``top`` destinations).  The alert rules
+shipped with the port_monitor role read the host's own range and thresholds
+from these series, never a hard-coded figure.
+
+Pure functions, standard library only (this runs on the monitored host, Python 3.9+).
+"""
+
+from __future__ import annotations
+
+import math
+
+VERDICT_VALUE = {"ok": 0, "warning": 1, "critical": 2}
+# settings exported as tcpstack_setting{sysctl=...}: the result's name -> the sysctl
+SETTINGS = (
+    ("fin_timeout", "net.ipv4.tcp_fin_timeout"),
+    ("tw_reuse", "net.ipv4.tcp_tw_reuse"),
+    ("tw_reuse_delay", "net.ipv4.tcp_tw_reuse_delay"),
+    ("timestamps", "net.ipv4.tcp_timestamps"),
+    ("somaxconn", "net.core.somaxconn"),
+    ("max_syn_backlog", "net.ipv4.tcp_max_syn_backlog"),
+    ("max_tw_buckets", "net.ipv4.tcp_max_tw_buckets"),
+    ("unprivileged_port_start", "net.ipv4.ip_unprivileged_port_start"),
+)
+# kernel counters (TcpExt / Tcp, since the network namespace started) -> metric, help
+COUNTERS = (
+    ("ListenOverflows", "tcpstack_listen_overflows_total",
+     "Times a listener's accept queue was full (TcpExt ListenOverflows)."),
+    ("ListenDrops", "tcpstack_listen_drops_total", "SYNs dropped at a listener (TcpExt ListenDrops)."),
+    ("TCPTimeWaitOverflow", "tcpstack_time_wait_overflow_total",
+     "Connections closed without TIME_WAIT because tcp_max_tw_buckets was reached (TcpExt TCPTimeWaitOverflow)."),
+    ("ActiveOpens", "tcpstack_active_opens_total", "Outgoing connections started (Tcp ActiveOpens)."),
+    ("AttemptFails", "tcpstack_attempt_fails_total", "Connection attempts that failed (Tcp AttemptFails)."),
+)
+
+
+def _escape(value):
+    """A label value as the text format wants it: backslash, double quote and newline escaped."""
+    return str(value).replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
+
+
+def _number(value):
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "+Inf" if value > 0 else "-Inf"
+        return repr(value)
+    return str(int(value))
+
+
+class _Family:
+    """One metric family: its HELP and TYPE lines and its samples."""
+
+    def __init__(self, name, kind, text):
+        self.name, self.kind, self.text = name, kind, text
+        self.samples = []
+
+    def add(self, value, **labels):
+        if value is None:
+            return
+        self.samples.append((labels, value))
+
+    def lines(self):
+        out = ["# HELP %s %s" % (self.name, self.text), "# TYPE %s %s" % (self.name, self.kind)]
+        for labels, value in self.samples:
+            label_text = ",".join('%s="%s"' % (k, _escape(v)) for k, v in sorted(labels.items()))
+            out.append("%s%s %s" % (self.name, "{%s}" % label_text if label_text else "", _number(value)))
+        return out
+
+
+def render(result, top=5, duration_seconds=None, timestamp=None, interval_seconds=None):
+    """The textfile for ``result`` (a port_usage_info result); returns text ending in a newline.
+
+    ``top`` bounds the destination series; ``duration_seconds``, ``timestamp``
+    (Unix time of this successful run) and ``interval_seconds`` describe the
+    sampler itself.
+    """
+    families = []
+
+    def family(name, kind, text):
+        made = _Family(name, kind, text)
+        families.append(made)
+        return made
+
+    ephemeral = result.get("ephemeral") or {}
+    low_high = ephemeral.get("range") or (None, None)
+    family("tcpstack_ephemeral_port_range_low", "gauge",
+           "First port of the ephemeral range (net.ipv4.ip_local_port_range).").add(low_high[0])
+    family("tcpstack_ephemeral_port_range_high", "gauge",
+           "Last port of the ephemeral range (net.ipv4.ip_local_port_range).").add(low_high[1])
+    family("tcpstack_ephemeral_ports_reserved", "gauge",
+           "Ports of the ephemeral range kept out of it by net.ipv4.ip_local_reserved_ports.").add(
+               ephemeral.get("reserved_in_range"))
+    family("tcpstack_ephemeral_ports_usable", "gauge",
+           "Ephemeral ports connect() can take towards one destination tuple.").add(ephemeral.get("usable"))
+    family("tcpstack_ephemeral_ports_held", "gauge",
+           "Ephemeral ports held by sockets of this host, all destinations together.").add(result.get("ports_held"))
+
+    settings = result.get("settings") or {}
+    setting = family("tcpstack_setting", "gauge", "A TCP sysctl in force, by name.")
+    for name, sysctl in SETTINGS:
+        if isinstance(settings.get(name), int) and not isinstance(settings.get(name), bool):
+            setting.add(settings[name], sysctl=sysctl)
+
+    sockets = result.get("sockets") or {}
+    by_state = family("tcpstack_sockets", "gauge", "TCP sockets by state, IPv4 and IPv6 together.")
+    for state, count in sorted((sockets.get("by_state") or {}).items()):
+        by_state.add(count, state=state)
+    time_wait = (sockets.get("by_state") or {}).get("TIME_WAIT", 0) if sockets else None
+    family("tcpstack_time_wait_sockets", "gauge", "TCP sockets in TIME_WAIT.").add(time_wait)
+
+    in_use = family("tcpstack_destination_ports_in_use", "gauge",
+                    "Ports held on a destination's busiest (local address, remote address, remote port) tuple.")
+    tw = family("tcpstack_destination_ports_time_wait", "gauge",
+                "Of those, ports in TIME_WAIT.")
+    blocking = family("tcpstack_destination_ports_blocking", "gauge",
+                      "Of those, ports connect() cannot take (TIME_WAIT ports are free when tcp_tw_reuse applies).")
+    ratio = family("tcpstack_destination_utilisation_ratio", "gauge",
+                   "Blocking ports over usable ports on a destination's busiest tuple, 0 to 1.")
+    for dest in (result.get("destinations") or [])[:top]:
+        labels = {"destination": dest.get("endpoint"), "local_address": dest.get("busiest_local_address") or ""}
+        in_use.add(dest.get("busiest_in_use"), **labels)
+        tw.add(dest.get("busiest_time_wait"), **labels)
+        blocking.add(dest.get("blocking"), **labels)
+        ratio.add(dest.get("utilisation"), **labels)
+
+    capacity = result.get("capacity") or {}
+    rate = family("tcpstack_capacity_new_connections_per_second", "gauge",
+                  "Sustainable new connections per second to one destination tuple (usable ports / hold time).")
+    for scope in ("remote", "loopback"):
+        rate.add((capacity.get(scope) or {}).get("max_new_connections_per_second"), scope=scope)
+
+    values = (result.get("counters") or {}).get("values") or {}
+    for key, name, text in COUNTERS:
+        family(name, "counter", text).add(values.get(key))
+
+    thresholds = result.get("thresholds") or {}
+    for level in ("warning", "critical"):
+        percent = thresholds.get(level + "_percent")
+        family("tcpstack_%s_utilisation_ratio" % level, "gauge",
+               "The audit's %s threshold for a destination's utilisation, 0 to 1." % level).add(
+                   None if percent is None else percent / 100.0)
+    family("tcpstack_verdict", "gauge", "The audit's verdict: 0 ok, 1 warning, 2 critical.").add(
+        VERDICT_VALUE.get(result.get("verdict")))
+
+    family("tcpstack_sampler_duration_seconds", "gauge", "How long the last sample took.").add(duration_seconds)
+    family("tcpstack_sampler_last_success_timestamp_seconds", "gauge",
+           "Unix time of the last sample written.").add(timestamp)
+    family("tcpstack_sampler_interval_seconds", "gauge", "How often the sampler runs.").add(interval_seconds)
+
+    lines = []
+    for made in families:
+        if made.samples:
+            lines.extend(made.lines())
+    return "\n".join(lines) + "\n"
