@@ -31,7 +31,7 @@ from tests.support.collection import ROOT as REPO
 from tests.support.fleet import fleet_hosts
 from tests.support.windows_sim import PASSWORD, PROFILES, USER, Simulator
 from tests.support.windows_sim.host import WindowsHost
-from tests.support.windows_sim.script import SINGLE_QUOTES, run_powershell, tokenize
+from tests.support.windows_sim.script import SINGLE_QUOTES, clixml_text, run_powershell, tokenize
 from tests.support.windows_sim.tools import run_netsh
 
 VENV_BIN = Path(sys.executable).parent
@@ -228,9 +228,7 @@ def test_errors_are_clixml_on_the_wire(sim):
     proto.close_shell(shell_id)
     assert rc == 1 and out == b""
     assert err.startswith(b'#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">')
-    from ansible.plugins.shell.powershell import _parse_clixml
-
-    assert _parse_clixml(err).startswith(b"Get-Service : The term 'Get-Service' is not recognized")
+    assert clixml_text(err).startswith(b"Get-Service : The term 'Get-Service' is not recognized")
 
 
 def test_quoting_rules():

@@ -33,10 +33,8 @@ import re
 import time
 from types import SimpleNamespace
 
-from ansible.plugins.shell.powershell import _parse_clixml
-
 from .host import PROFILES, WindowsHost
-from .script import execute, run_powershell
+from .script import clixml_text, execute, run_powershell
 from .simulator import Faults
 
 _ENCODED = re.compile(r"-EncodedCommand\s+(\S+)\s*\Z", re.IGNORECASE)
@@ -69,9 +67,7 @@ class InProcessConnection:
             result = execute(self.host, cmd, self.log, self.faults)
         if plan.get("drop"):
             raise ConnectionResetError("windows_sim: the connection was dropped after command %d ran" % self.round_trips)
-        stderr = result.stderr.encode("utf-8")
-        if stderr.startswith(b"#< CLIXML"):
-            stderr = _parse_clixml(stderr)
+        stderr = clixml_text(result.stderr.encode("utf-8"))  # decoded, as Ansible's winrm connection hands it over
         return result.exit_code, result.stdout.encode("utf-8"), stderr
 
 

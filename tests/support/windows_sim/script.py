@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
@@ -209,6 +211,27 @@ def _clixml(lines):
     body = "".join('<S S="Error">%s_x000D__x000A_</S>' % escape(line).replace("\r", "_x000D_").replace("\n", "_x000A_")
                    for line in lines)
     return '#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">%s</Objs>' % body
+
+
+_CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+
+
+def clixml_text(data):
+    """The text of the error records in ``data`` (bytes), the reverse of _clixml(); other bytes pass as they are.
+
+    What a WinRM client shows of stderr (Ansible's winrm connection decodes it the same way); the simulator's
+    in-process connection uses it, so that no test depends on a client's internal function.
+    """
+    header = b"#< CLIXML\r\n"
+    if not data.startswith(header):
+        return data
+    try:
+        root = ET.fromstring(data[len(header):])
+    except ET.ParseError:
+        return data
+    parts = [element.text or "" for element in root.iter() if element.tag.endswith("}S") and element.get("S") == "Error"]
+    text = _CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), "".join(parts))
+    return text.encode("utf-8")
 
 
 def _not_recognized(lang, name, lineno, statement):
