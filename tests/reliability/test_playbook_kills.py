@@ -8,9 +8,10 @@ old state: tuned), and kills the whole run, one process group, at a random momen
   with the old or the new text (never partial, never a leftover temporary file);
 - the next run, not killed, converges, and the one after it changes nothing.
 
-Between the first and the last key written there is a window of microseconds in which a kill leaves some keys
-new and the others old; a few sysctl writes cannot be made atomic against SIGKILL. The test counts such
-rounds (``mixed``) and asserts the per-key rule for them; the next run converges from them like from any other.
+A kill can land after the first runtime key is written and before the file is renamed into place (the module
+applies the runtime values, then persists them): some keys, or the keys but not the file, are then new and the rest
+old. Several sysctl writes and a file cannot be made atomic together against SIGKILL. The test counts such rounds
+(``mixed``) and asserts the per-key rule for them; the next run converges from them like from any other.
 """
 
 from __future__ import annotations
