@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import stat
 import tempfile
 
 from ansible.module_utils.common.text.converters import to_text
@@ -45,6 +46,30 @@ def _write(path, text):
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def _report_dir(path):
+    """Make ``path`` (absolute) ready for the report, or return why it cannot be used.
+
+    The report is what an operator trusts: a directory another local user owns, or may write to, would let that
+    user swap a page or fake a verdict. Missing directories are created 0755 (less under a stricter umask).
+    """
+    missing = []
+    probe = path
+    while not os.path.lexists(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    for directory in reversed(missing):
+        os.mkdir(directory, 0o755)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a directory%s" % (" (a symbolic link)" if stat.S_ISLNK(info.st_mode) else "")
+    if info.st_uid not in (os.geteuid(), 0):
+        return "it belongs to another user (uid %d); use a directory of your own" % info.st_uid
+    if info.st_mode & 0o022:
+        return "group or others may write to it (mode %04o): another user could replace the report; use a " \
+               "directory only you can write to" % stat.S_IMODE(info.st_mode)
+    return None
 
 
 def _plain(value):
@@ -123,7 +148,10 @@ class ActionModule(ActionBase):
         if formats:
             dest = os.path.abspath(os.path.expanduser(to_text(args.get("dest", "port_audit_report"))))
             try:
-                os.makedirs(dest, exist_ok=True)
+                problem = _report_dir(dest)
+                if problem:
+                    result.update(failed=True, msg="dest: refusing to write the report to %s: %s" % (dest, problem))
+                    return result
                 for fmt, text in render(report, formats).items():
                     files[fmt] = os.path.join(dest, FORMATS[fmt])
                     _write(files[fmt], text)

@@ -15,17 +15,61 @@ from __future__ import annotations
 
 import html
 import json
+import math
 
 VERDICTS = ("critical", "warning", "unknown", "ok")  # riskiest first
 FORMATS = {"json": "port_audit.json", "markdown": "port_audit.md", "html": "port_audit.html"}
 NO_RESULT = "no result: the host was unreachable or its audit failed before it ran"
 
 
+# Characters a terminal or an editor acts on instead of showing: C0/C1 controls, DEL, and the bidi controls
+# that reorder text (Trojan Source, CVE-2021-42574). Host text shows them as \\xNN / \\uNNNN instead.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+COUNT_MAX = 2 ** 63 - 1
+
+
+def clean_text(value):
+    """``value`` as text with every control and bidi character shown escaped, never acted on."""
+    text = value if isinstance(value, str) else str(value)
+    out = []
+    for char in text:
+        code = ord(char)
+        if code < 0x20 or 0x7f <= code < 0xa0:
+            out.append("\\x%02x" % code)
+        elif char in _BIDI:
+            out.append("\\u%04x" % code)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def _number(value):
-    """``value`` as a float, or None when it is not a number."""
+    """``value`` as a finite float, or None when it is not one (text, NaN, infinity, 10**400)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _count(value):
+    """``value`` as a whole number of ports or sockets, or None when it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= COUNT_MAX:
+        return None
+    return int(value)
+
+
+def _plain_value(value, depth=0):
+    """A recommendation's value as strict-JSON data with clean text (a host's result is not trusted)."""
+    if value is None or isinstance(value, bool) or _count(value) is not None:
+        return value
+    if isinstance(value, float) and _number(value) is not None:
+        return value
+    if isinstance(value, (list, tuple)) and depth < 4:
+        return [_plain_value(item, depth + 1) for item in value][:100]
+    return clean_text(value)[:1000]
 
 
 def _clamp(value):
@@ -41,8 +85,8 @@ def host_row(host, platform, result):
     ports (one host-wide pool).
     """
     row = {
-        "host": str(host),
-        "platform": str(platform or "unknown"),
+        "host": clean_text(host),
+        "platform": clean_text(platform or "unknown"),
         "verdict": "unknown",
         "utilisation": None,
         "ports_held": None,
@@ -57,23 +101,23 @@ def host_row(host, platform, result):
         row["error"] = NO_RESULT
         return row
     if result.get("failed") or result.get("unreachable") or result.get("skipped"):
-        row["error"] = str(result.get("msg") or "the audit failed")
+        row["error"] = clean_text(result.get("msg") or "the audit failed")
         return row
     verdict = result.get("verdict")
     row["verdict"] = verdict if verdict in VERDICTS else "unknown"
-    ephemeral = result.get("ephemeral") or {}
-    usable = ephemeral.get("usable")
-    row["usable_ports"] = usable if _number(usable) is not None else None
-    held = result.get("ports_held")
-    row["ports_held"] = held if _number(held) is not None else None
-    destinations = [d for d in (result.get("destinations") or []) if isinstance(d, dict)]
+    ephemeral = result.get("ephemeral")
+    ephemeral = ephemeral if isinstance(ephemeral, dict) else {}
+    row["usable_ports"] = _count(ephemeral.get("usable"))
+    row["ports_held"] = _count(result.get("ports_held"))
+    destinations = result.get("destinations")
+    destinations = [d for d in destinations if isinstance(d, dict)] if isinstance(destinations, list) else []
     if destinations:
         top = destinations[0]
         row["top_destination"] = {
-            "endpoint": str(top.get("endpoint", "")),
-            "in_use": top.get("in_use"),
-            "time_wait": top.get("time_wait"),
-            "blocking": top.get("blocking"),
+            "endpoint": clean_text(top.get("endpoint", "")),
+            "in_use": _count(top.get("in_use")),
+            "time_wait": _count(top.get("time_wait")),
+            "blocking": _count(top.get("blocking")),
             "utilisation": _number(top.get("utilisation")),
         }
     if row["platform"] == "windows":
@@ -87,12 +131,32 @@ def host_row(host, platform, result):
         row["utilisation"] = 1.0
     else:
         row["utilisation"] = 0.0
-    remote = (result.get("capacity") or {}).get("remote") or {}
-    row["max_new_connections_per_second"] = _number(remote.get("max_new_connections_per_second"))
-    row["findings"] = [str(f) for f in (result.get("findings") or [])]
+    capacity = result.get("capacity")
+    remote = capacity.get("remote") if isinstance(capacity, dict) else None
+    row["max_new_connections_per_second"] = _number(remote.get("max_new_connections_per_second")) \
+        if isinstance(remote, dict) else None
+    findings = result.get("findings")
+    row["findings"] = [clean_text(f) for f in findings] if isinstance(findings, list) else []
+    unreadable = _unreadable(result, ephemeral, destinations[:1], remote)
+    if unreadable:
+        row["error"] = "this host's result holds values that are not numbers: %s" % ", ".join(unreadable)
     recommendations = result.get("recommendations")
-    row["recommendations"] = dict(recommendations) if isinstance(recommendations, dict) else {}
+    row["recommendations"] = dict((clean_text(k), _plain_value(v)) for k, v in recommendations.items()) \
+        if isinstance(recommendations, dict) else {}
     return row
+
+
+def _unreadable(result, ephemeral, top, remote):
+    """The number fields of a result that hold something else, as "name value" texts (at most 5)."""
+    fields = [("ports_held", result.get("ports_held"), _count), ("usable", ephemeral.get("usable"), _count)]
+    for dest in top:
+        fields += [(name, dest.get(name), _count) for name in ("in_use", "time_wait", "blocking")]
+        fields.append(("utilisation", dest.get("utilisation"), _number))
+    if isinstance(remote, dict):
+        fields.append(("max_new_connections_per_second", remote.get("max_new_connections_per_second"), _number))
+    bad = ["%s %s" % (name, clean_text(repr(value))[:40]) for name, value, parse in fields
+           if value is not None and parse(value) is None]
+    return bad[:5]
 
 
 def risk_key(row):
@@ -113,7 +177,7 @@ def build_report(rows, generated, title="Ephemeral-port audit"):
         counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
     worst = ordered[0]["verdict"] if ordered else "ok"
     return {
-        "title": str(title),
+        "title": clean_text(title),
         "generated": str(generated),
         "verdict": worst,
         "counts": counts,
@@ -150,7 +214,8 @@ def recommendation_items(row):
 
 
 def render_json(report):
-    return json.dumps(report, indent=2, sort_keys=True) + "\n"
+    """Strict JSON (no NaN or Infinity: host_row keeps only finite numbers)."""
+    return json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
 # ---------------------------------------------------------------- markdown
