@@ -129,6 +129,15 @@ def _merge(options, sources, extra, extra_name, allowed):
         sources[option] = "%s.%s" % (extra_name, option)
 
 
+def _checked(options, sources, values, per_os_var, module_options, validate):
+    """Overlay the per-OS dict on ``options`` and run the module's own checks, errors under the variable's name."""
+    _merge(options, sources, _as_dict(values, per_os_var), per_os_var, [o for o in module_options if o != "state"])
+    try:
+        validate(options)
+    except ValidationError as exc:
+        raise _renamed(exc, sources) from None
+
+
 def tcp_tuning(values, windows, have_reboot_module=lambda: True):
     """Check the tcp_tuning role's variables for one host; returns (module options, deprecations).
 
@@ -164,12 +173,7 @@ def tcp_tuning(values, windows, have_reboot_module=lambda: True):
 
     if windows:
         options = {"state": state, "time_wait_delay": time_wait_delay, "port_range": values["tcp_tuning_port_range"]}
-        _merge(options, sources, _as_dict(values, "tcp_tuning_windows"), "tcp_tuning_windows",
-               [o for o in WIN_TCP_OPTIONS if o != "state"])
-        try:
-            validate_win_tcp(options)
-        except ValidationError as exc:
-            raise _renamed(exc, sources) from None
+        _checked(options, sources, values, "tcp_tuning_windows", WIN_TCP_OPTIONS, validate_win_tcp)
         if reboot == "if_required" and not have_reboot_module():
             raise RoleVarError("tcp_tuning_reboot", reboot,
                                "never, unless the collection ansible.windows is installed on the controller: "
@@ -183,12 +187,7 @@ def tcp_tuning(values, windows, have_reboot_module=lambda: True):
     reserved = values["tcp_tuning_reserved_ports"]
     if reserved not in ([], "", ()):  # empty leaves the host's reservations alone
         options["reserved_ports"] = reserved
-    _merge(options, sources, _as_dict(values, "tcp_tuning_linux"), "tcp_tuning_linux",
-           [o for o in LINUX_TCP_OPTIONS if o != "state"])
-    try:
-        validate_linux_tcp(options)
-    except ValidationError as exc:
-        raise _renamed(exc, sources) from None
+    _checked(options, sources, values, "tcp_tuning_linux", LINUX_TCP_OPTIONS, validate_linux_tcp)
     return options, deprecations
 
 
