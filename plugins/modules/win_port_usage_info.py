@@ -19,15 +19,28 @@ description:
     and the M(tcpstack.tuning.win_tcp) options that would fix what was found.
   - Changes nothing. Runs the same in check mode.
   - Runs on the controller (an action plugin) and sends one command over the task's own connection (WinRM or SSH),
-    which runs standard Windows tools. C(reg) (build, C(TcpTimedWaitDelay), C(MaxUserPort)), C(netsh) (dynamic
+    which runs standard Windows tools, called by their full path under C($env:SystemRoot\System32). C(reg)
+    (build, C(TcpTimedWaitDelay), C(MaxUserPort)), C(netsh) (dynamic
     and excluded port ranges of TCP and UDP, IPv4 and IPv6), C(Get-NetTCPConnection), C(Get-Process) and
     C(wevtutil) (Tcpip events 4227 and 4231 in the System log).
   - "B(The limit is host-wide.) On Windows C(connect()) takes an ephemeral port from one pool per IP version (event
     4231 says the global TCP port space is exhausted), so the verdict comes from all ephemeral ports held on the host
     against the usable dynamic ports (the range minus the excluded ranges in it). RV(destinations) and RV(processes)
     show who holds them."
+  - "B(The range as Windows really has it.) For each IP version the TCP dynamic range is set against its excluded
+    ranges, split into administered exclusions (C(netsh ... add excludedportrange), listed with C(*)) and system
+    ones (WinNAT, Hyper-V, WSL, Docker: usually blocks of 100 carved from the dynamic range when WinNAT starts,
+    elsewhere after each reboot): usable ports and the largest contiguous free block (RV(dynamic_range_analysis))."
+  - "Warnings for: a range left by an installer (start 1024 with 64,511 or 13,977 ports); a range fragmented so that
+    no contiguous block of 4,096 ports is free (the figure microsoft/WSL#12351 reported for the host networking
+    service, which then failed with 0x8007054f; a reported figure, not a documented Windows limit); a listening port
+    or one of O(service_ports) inside a system exclusion, where a bind fails with WSAEACCES (10013), which is that
+    exclusion and not port exhaustion. Their recommendations are M(tcpstack.tuning.win_tcp) options: C(port_range)
+    (back to 49152-65535) and C(excluded_ranges) (the ports to reserve, while the C(winnat) service and the service
+    itself are stopped)."
   - "B(Verdict.) V(critical) from 90% of the usable ports held, for any event 4231, or when no port is usable;
-    V(warning) from 70%, for event 4227, or when something could not be read; V(ok) otherwise."
+    V(warning) from 70%, for event 4227, for the range findings above, or when something could not be read; V(ok)
+    otherwise."
   - Output is parsed by position, not by label, so hosts in any display language work.
 author:
   - tcpstack.tuning contributors (@tcpstack)
@@ -42,6 +55,13 @@ options:
       - How far back to look for Tcpip events 4227 and 4231, in hours, from 1 to 8760. At most 500 events are read.
     type: int
     default: 24
+  service_ports:
+    description:
+      - Ports that services on the host are configured to listen on (at most 100). Each one inside a system
+        exclusion is a finding, as a listening port there is, even while the service is stopped.
+    type: list
+    elements: int
+    default: []
 attributes:
   check_mode:
     support: full
@@ -80,6 +100,10 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "{{ ports.verdict }}: {{ ports.findings }}"
 
+- name: Also check the ports our services are configured for
+  tcpstack.tuning.win_port_usage_info:
+    service_ports: [8080, 8443]
+
 - name: Apply what it recommends
   tcpstack.tuning.win_tcp: "{{ ports.recommendations }}"
   when: ports.verdict == 'critical'
@@ -103,6 +127,17 @@ excluded_port_ranges:
   returned: success
   type: dict
   sample: {"ipv4": {"tcp": [{"start": 50000, "end": 50059, "administered": true}]}}
+dynamic_range_analysis:
+  description:
+    - Per IP version, the TCP dynamic range (C(range) with C(start), C(end), C(number)), its C(administered) and
+      C(system) exclusions, the C(usable) ports after them, the C(largest_free_block) (C(start), C(end), C(size);
+      C(null) when none is free) and whether the range is one installers leave (C(installer_range)).
+  returned: success
+  type: dict
+  sample: {"ipv4": {"range": {"start": 49152, "end": 65535, "number": 16384},
+                    "administered": [{"start": 50000, "end": 50059}], "system": [{"start": 49153, "end": 49252}],
+                    "usable": 16224, "largest_free_block": {"start": 50060, "end": 65535, "size": 15476},
+                    "installer_range": false}}
 ephemeral:
   description:
     - The IPv4 TCP dynamic range C([LOW, HIGH]), its size, the excluded ports inside it (C(reserved), as a port
@@ -182,11 +217,12 @@ findings:
 recommendations:
   description:
     - M(tcpstack.tuning.win_tcp) options that would fix the findings (empty when there is nothing to fix). A wider
-      C(port_range) starts at 32768, 16384 or 1026, whichever is the first wider than now; C(time_wait_delay) 30 when
-      TIME_WAIT lasts longer.
+      C(port_range) starts at 32768, 16384 or 1026, whichever is the first wider than now, or is C("49152 65535")
+      for a range left by an installer; C(time_wait_delay) 30 when TIME_WAIT lasts longer; C(excluded_ranges) the
+      ports found inside a system exclusion.
   returned: success
   type: dict
-  sample: {"port_range": "32768 65535", "time_wait_delay": 30}
+  sample: {"port_range": "32768 65535", "time_wait_delay": 30, "excluded_ranges": ["8080"]}
 thresholds:
   description: The utilisation thresholds used, in percent.
   returned: success

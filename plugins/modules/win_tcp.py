@@ -15,10 +15,12 @@ short_description: Tune the Windows TCP/IP stack against ephemeral-port exhausti
 version_added: "0.1.0"
 description:
   - Sets the dynamic (ephemeral) port range with C(netsh int ipv4|ipv6 set dynamicportrange), which takes effect
-    at once and persists, and the C(TcpTimedWaitDelay) and C(MaxUserPort) registry values under
+    at once and persists, administered port exclusions with C(netsh int ipv4|ipv6 add excludedportrange ...
+    store=persistent), and the C(TcpTimedWaitDelay) and C(MaxUserPort) registry values under
     C(HKLM\SYSTEM\CurrentControlSet\Services\Tcpip\Parameters) as C(REG_DWORD), which Windows reads at boot.
-  - Runs on the controller (an action plugin) and uses only standard Windows tools (C(reg), C(netsh)) over the
-    task's own connection (WinRM or SSH). Nothing is copied to the host and no module runs there.
+  - Runs on the controller (an action plugin) and uses only standard Windows tools (C(reg), C(netsh)), called by
+    their full path under C($env:SystemRoot\System32) (never found through the host's C(PATH)), over the task's own
+    connection (WinRM or SSH). Nothing is copied to the host and no module runs there.
   - One command reads everything; at most one more applies the changes and reads them back to verify. A host
     that already has the wanted values costs one round trip. RV(round_trips) reports the number.
   - Every option is validated on the controller before the host is contacted, so a bad value fails with a
@@ -55,6 +57,30 @@ options:
       - A warning names the excluded port ranges (C(netsh int ipv4 show excludedportrange), often reserved by
         Hyper-V or WinNAT) that overlap the range; Windows never hands those ports out.
     type: raw
+  excluded_ranges:
+    description:
+      - Port ranges to keep as administered exclusions (listed with C(*) by C(netsh int ipv4 show
+        excludedportrange)), so that no program gets them as ephemeral ports and WinNAT, Hyper-V, WSL or Docker
+        cannot reserve them. A list of ports and ranges, each C(50000), C("50000-50099") or C([50000, 50099]),
+        or a comma-separated string; at most 100, none overlapping another. Each is managed for every
+        O(protocols) x O(ip_versions), as O(port_range) is.
+      - With O(state=present) each listed range missing on the host is added with C(netsh int ipv4|ipv6 add
+        excludedportrange protocol=tcp startport=N numberofports=M store=persistent), which takes effect at once
+        and survives a reboot. A listed range the host already has as an administered exclusion is left alone.
+      - With O(state=absent) each listed range the host has as an administered exclusion is deleted (C(delete
+        excludedportrange ... store=persistent)).
+      - Exclusions that are not listed are never touched. Exclusions made by the system (WinNAT, Hyper-V; listed
+        without C(*)) are never removed; a listed one gives a warning.
+      - netsh refuses a range that overlaps an exclusion the host has, or that holds a TCP port something listens
+        on. Both are checked after the read (which then also lists the listening ports with
+        C(Get-NetTCPConnection -State Listen)) and before any change, and the task fails naming the range and what
+        is in its way (for a system exclusion, stop the C(winnat) service, run the task, start it again; for a
+        listener, stop the service). Refusals that only netsh can know (a port in use on Windows Server 2008 R2,
+        which has no C(Get-NetTCPConnection), or a UDP port) fail the task with netsh's own message, and the
+        changes already made are undone.
+      - An exclusion made by hand with C(store=active) counts as present until the next boot, when the task adds
+        it again persistently.
+    type: raw
   protocols:
     description:
       - The protocols whose dynamic range O(port_range) sets (Windows keeps one per protocol and IP version).
@@ -75,6 +101,8 @@ options:
       - V(absent) restores Windows' defaults, whatever other options say. It removes both registry values
         (Windows then uses 120 seconds and 5000) and sets the dynamic range of each of O(protocols) and
         O(ip_versions) back to start 49152 with 16384 ports (49152-65535).
+      - With V(absent), O(excluded_ranges) lists the administered exclusions to delete; no other exclusion is
+        deleted.
     type: str
     choices: [present, absent]
     default: present
@@ -95,6 +123,11 @@ notes:
     simulated Windows host; PSRP is not."
   - The registry values take effect after a reboot; use M(ansible.windows.win_reboot) when RV(reboot_required) is true.
   - The dynamic range is per protocol and IP version; O(port_range) with the defaults sets TCP for IPv4 and IPv6.
+  - "After a failed apply the changes already made are undone (RV(rolled_back)). A value that cannot be written
+    back (a registry value that is not a C(REG_DWORD) from 0 to 0xFFFFFFFF, a range outside netsh's rules) is
+    skipped, named in RV(rollback_skipped) and in a warning, and the rest is still undone."
+  - Microsoft's networking team recommends administered exclusions (O(excluded_ranges)) over shrinking the dynamic
+    range to keep ports free for a service (Azure/AgentBaker#1913).
 seealso:
   - module: tcpstack.tuning.linux_tcp
   - module: tcpstack.tuning.win_port_usage_info
@@ -123,6 +156,17 @@ EXAMPLES = r"""
     protocols: [udp]
     ip_versions: [ipv4]
 
+- name: Keep ports for a service out of the dynamic range and away from WinNAT and Hyper-V
+  tcpstack.tuning.win_tcp:
+    excluded_ranges:
+      - 8080
+      - 50000-50099
+
+- name: Remove one administered exclusion (others, and system ones, stay)
+  tcpstack.tuning.win_tcp:
+    state: absent
+    excluded_ranges: [50000-50099]
+
 - name: Back to Windows' defaults
   tcpstack.tuning.win_tcp:
     state: absent
@@ -133,7 +177,8 @@ before:
   description:
     - The managed values before the run. C(registry) maps each managed registry value to its C(REG_DWORD) number,
       C(null) when absent, or C({type, data}) when it has the wrong type; C(dynamic_port_range) maps IP version
-      and protocol to C({start, number, end}).
+      and protocol to C({start, number, end}); with O(excluded_ranges), C(excluded_ranges) maps IP version and
+      protocol to each listed range and whether the host has it as an administered exclusion.
   returned: always
   type: dict
   sample: {"registry": {"TcpTimedWaitDelay": null},
@@ -159,6 +204,17 @@ build:
   returned: success
   type: int
   sample: 20348
+rolled_back:
+  description: After a failed apply, whether every change already made was undone.
+  returned: when an apply failed
+  type: bool
+  sample: true
+rollback_skipped:
+  description: After a failed apply, the old values that could not be written back, each with what it was.
+  returned: when an apply failed and a value could not be written back
+  type: list
+  elements: str
+  sample: ["TcpTimedWaitDelay (was REG_DWORD '0x1FFFFFFFF')"]
 excluded_port_ranges:
   description: The excluded port ranges the host reports, by IP version and protocol.
   returned: success

@@ -4,7 +4,10 @@
 """The scripts the Windows plugins send, and the command line that carries them.
 
 Internal to the collection.  The command set is docs/windows_commands.md:
-standard ``reg``, ``netsh`` and ``wevtutil``, and two fixed cmdlet pipelines.
+standard ``reg``, ``netsh`` and ``wevtutil``, called by their full path under
+``$env:SystemRoot\\System32`` (never through the host's PATH, which another
+program could have put a ``netsh.exe`` in front of), and two fixed cmdlet
+pipelines.
 Each part of a script is a section: a marker line, one command, its exit code
 (``_windows_parse.split_sections`` splits the output on the markers).
 
@@ -39,7 +42,13 @@ RC_RE = re.compile(r"\A@@tcpstack:(rc|ok):([^@]*)@@\Z")
 CONNECTIONS_PIPELINE = ("Get-NetTCPConnection | Select-Object -Property LocalAddress,LocalPort,RemoteAddress,RemotePort,"
                         "State,OwningProcess | ConvertTo-Csv -NoTypeInformation")
 PROCESSES_PIPELINE = "Get-Process | Select-Object -Property Id,ProcessName | ConvertTo-Csv -NoTypeInformation"
+LISTENERS_PIPELINE = ("Get-NetTCPConnection -State Listen | Select-Object -Property LocalAddress,LocalPort | "
+                      "ConvertTo-Csv -NoTypeInformation")
 POWERSHELL = "PowerShell -NoProfile -NonInteractive -ExecutionPolicy Unrestricted -EncodedCommand "
+TOOLS = ("reg", "netsh", "wevtutil")
+# The call operator with the tool's full path; $env:SystemRoot is the host's own variable (C:\Windows), the only
+# expansion besides $LASTEXITCODE and $? that a script contains.
+TOOL_PATH = '& "$env:SystemRoot\\System32\\%s.exe"'
 
 
 def _int(value, low, high):
@@ -96,8 +105,48 @@ class SetRange:
             raise TypeError("dynamic range %d + %d ends above %d" % (self.start, self.number, PORT_MAX))
 
 
+@dataclass(frozen=True)
+class AddExcluded:
+    """netsh int IP add excludedportrange protocol=PROTO startport=START numberofports=NUMBER store=persistent"""
+
+    ip: IpVersion
+    protocol: Protocol
+    start: int
+    number: int
+
+    def __post_init__(self):
+        _member(self.ip, IpVersion)
+        _member(self.protocol, Protocol)
+        _int(self.start, 1, PORT_MAX)
+        _int(self.number, 1, PORT_MAX)
+        if self.start + self.number - 1 > PORT_MAX:
+            raise TypeError("excluded range %d + %d ends above %d" % (self.start, self.number, PORT_MAX))
+
+
+@dataclass(frozen=True)
+class DeleteExcluded(AddExcluded):
+    """netsh int IP delete excludedportrange protocol=PROTO startport=START numberofports=NUMBER store=persistent"""
+
+
+def tool(name):
+    """The call of a System32 tool by full path: ``& "$env:SystemRoot\\System32\\netsh.exe"``."""
+    if name not in TOOLS:
+        raise TypeError("not a contract tool: %r" % (name,))
+    return TOOL_PATH % name
+
+
+def statement(action):
+    """The statement an action sends: describe()'s command with the tool called by its full path."""
+    name, rest = describe(action).split(" ", 1)
+    return "%s %s" % (tool(name), rest)
+
+
 def describe(action):
-    """The command an action sends (also how messages name it)."""
+    """The command an action runs, as messages name it (``netsh int ipv4 ...``; statement() is what is sent)."""
+    if isinstance(action, (AddExcluded, DeleteExcluded)):
+        return "netsh int %s %s excludedportrange protocol=%s startport=%d numberofports=%d store=persistent" % (
+            action.ip.value, "delete" if isinstance(action, DeleteExcluded) else "add", action.protocol.value,
+            _int(action.start, 1, PORT_MAX), _int(action.number, 1, PORT_MAX))
     if isinstance(action, SetDword):
         return "reg add '%s' /v %s /t REG_DWORD /d %d /f" % (PARAMETERS_KEY, action.name.value, _int(action.value, 0, 0xFFFFFFFF))
     if isinstance(action, DeleteValue):
@@ -128,18 +177,18 @@ def range_word(prefix, ip, proto):
 
 
 def _build_lines():
-    return _section("build", "reg query '%s' /v CurrentBuildNumber" % VERSION_KEY)
+    return _section("build", "%s query '%s' /v CurrentBuildNumber" % (tool("reg"), VERSION_KEY))
 
 
 def _read_lines(targets, excluded=True, prefix=""):
     lines = []
-    lines += _section(prefix + "params", "reg query '%s'" % PARAMETERS_KEY)
+    lines += _section(prefix + "params", "%s query '%s'" % (tool("reg"), PARAMETERS_KEY))
     for ip, proto in targets:
         lines += _section(range_word(prefix + "range", ip, proto),
-                          "netsh int %s show dynamicportrange protocol=%s" % (ip.value, proto.value))
+                          "%s int %s show dynamicportrange protocol=%s" % (tool("netsh"), ip.value, proto.value))
         if excluded:
             lines += _section(range_word(prefix + "excluded", ip, proto),
-                              "netsh int %s show excludedportrange protocol=%s" % (ip.value, proto.value))
+                              "%s int %s show excludedportrange protocol=%s" % (tool("netsh"), ip.value, proto.value))
     return lines
 
 
@@ -147,17 +196,22 @@ def _script(lines):
     return "\n".join(lines) + "\n"
 
 
-def build_read_script(targets):
-    """The one read of win_tcp: build, TCP parameters, dynamic and excluded ranges of each (ip, protocol)."""
-    return _script(_build_lines() + _read_lines(targets))
+def build_read_script(targets, listeners=False):
+    """The one read of win_tcp: build, TCP parameters, dynamic and excluded ranges of each (ip, protocol); with
+    ``listeners`` the listening TCP ports too (section ``listeners``), to refuse an exclusion netsh would refuse."""
+    lines = _build_lines() + _read_lines(targets)
+    if listeners:
+        lines += _pipeline("listeners", LISTENERS_PIPELINE)
+    return _script(lines)
 
 
-def build_apply_script(actions, targets):
-    """Apply ``actions`` in order (sections ``apply-N``), then read back the parameters and ranges (``verify-``)."""
+def build_apply_script(actions, targets, excluded=False):
+    """Apply ``actions`` in order (sections ``apply-N``), then read back the parameters and ranges (``verify-``),
+    with ``excluded`` the excluded ranges too."""
     lines = []
     for index, action in enumerate(actions):
-        lines += _section("apply-%d" % _int(index, 0, 1000), describe(action))
-    lines += _read_lines(targets, excluded=False, prefix="verify-")
+        lines += _section("apply-%d" % _int(index, 0, 1000), statement(action))
+    lines += _read_lines(targets, excluded=bool(excluded), prefix="verify-")
     return _script(lines)
 
 
@@ -173,7 +227,8 @@ def build_info_script(targets, event_hours):
     lines = _build_lines() + _read_lines(targets)
     lines += _pipeline("connections", CONNECTIONS_PIPELINE)
     lines += _pipeline("processes", PROCESSES_PIPELINE)
-    lines += _section("events", "wevtutil qe System '/q:%s' /f:xml /rd:true /c:%d" % (event_query(event_hours), EVENT_MAX))
+    lines += _section("events", "%s qe System '/q:%s' /f:xml /rd:true /c:%d"
+                      % (tool("wevtutil"), event_query(event_hours), EVENT_MAX))
     return _script(lines)
 
 

@@ -37,8 +37,23 @@ EVENT_IDS = (4227, 4231)  # Tcpip: TIME_WAIT reuse failed; no ephemeral port lef
 EVENT_MAX = 500  # events read at most (wevtutil /c:)
 EVENT_HOURS_MAX = 8760  # a year
 
-WIN_TCP_OPTIONS = ("time_wait_delay", "max_user_port", "port_range", "protocols", "ip_versions", "state")
-INFO_OPTIONS = ("top", "event_hours")
+# netsh int ipv4|ipv6 add excludedportrange: administered exclusions (Azure/AgentBaker#1913 recommends them with
+# store=persistent over shrinking the dynamic range)
+EXCLUDED_MAX = 100  # ranges win_tcp manages in one task at most
+
+# Figures the analysis cites, as they were reported (not documented Windows limits):
+# microsoft/WSL#12351: the host networking service asked for a contiguous block of 4,096 ports and failed with
+# 0x8007054f when the dynamic range was fragmented.
+CONTIGUOUS_BLOCK_REPORTED = 4096
+# Dynamic ranges left behind by installers: start 1024 with 64,511 ports (Visual Studio installer,
+# actions/runner-images#1442) or 13,977 ports (Windows 10/11 captures).
+INSTALLER_RANGES = ((1024, 64511), (1024, 13977))
+WSAEACCES = 10013
+
+WIN_TCP_OPTIONS = ("time_wait_delay", "max_user_port", "port_range", "excluded_ranges", "protocols", "ip_versions",
+                   "state")
+INFO_OPTIONS = ("top", "event_hours", "service_ports")
+DIGITS_MAX = 20  # digits of a number in an option or in host output that is converted at all
 
 
 class Protocol(enum.Enum):
@@ -67,6 +82,27 @@ class State(enum.Enum):
     ABSENT = "absent"
 
 
+@dataclass(frozen=True)
+class Exclusion:
+    """The plan key of one managed excluded range: an administered exclusion low-high of (ip, protocol).
+
+    Its value is True (the host has it as an administered exclusion, listed with ``*``) or False (it has not).
+    """
+
+    ip: IpVersion
+    protocol: Protocol
+    low: int
+    high: int
+
+    @property
+    def text(self):
+        return "%d-%d" % (self.low, self.high)
+
+    @property
+    def target(self):
+        return (self.ip, self.protocol)
+
+
 class WinTcpError(Exception):
     """The host did something unexpected (a command failed, output could not be parsed)."""
 
@@ -78,6 +114,7 @@ class Desired:
     time_wait_delay: Optional[int] = None
     max_user_port: Optional[int] = None
     port_range: Optional[Tuple[int, int]] = None  # (start, number of ports)
+    excluded_ranges: Optional[Tuple[Tuple[int, int], ...]] = None  # ((low, high), ...) sorted, disjoint
     protocols: Tuple[Protocol, ...] = (Protocol.TCP,)
     ip_versions: Tuple[IpVersion, ...] = (IpVersion.IPV4, IpVersion.IPV6)
     state: State = State.PRESENT
@@ -94,6 +131,7 @@ class InfoOptions:
 
     top: int = 10
     event_hours: int = 24
+    service_ports: Tuple[int, ...] = ()
 
     @property
     def targets(self):
@@ -131,6 +169,57 @@ def _unknown(args, known):
         raise ValidationError(extra[0], args[extra[0]], "not an option of this action; options are %s" % ", ".join(known))
 
 
+def bounded_int(value, option, low, high, what):
+    """strict_int with the length of a digit string bounded first (Python refuses ints of over 4,300 digits)."""
+    if isinstance(value, str) and len(value.strip(" \t")) > DIGITS_MAX:
+        shown = value if len(value) <= 40 else "%s... (%d characters)" % (value[:20], len(value))
+        raise ValidationError(option, shown, "%s from %d to %d" % (what, low, high))
+    return int(strict_int(value, option, low, high, what))
+
+
+def validate_excluded_ranges(value, option="excluded_ranges"):
+    """Port ranges to exclude: a list of ports and ranges (50000, "50000-50099", [50000, 50099]) or a comma string.
+
+    Returns a sorted tuple of disjoint (low, high); ranges that overlap each other are refused (each is one
+    exclusion on the host, managed as it is written).  An empty list manages nothing.
+    """
+    valid = ('a list of at most %d ports and port ranges from 1 to %d, each 50000, "50000-50099" or [50000, 50099], '
+             'none overlapping another' % (EXCLUDED_MAX, PORT_MAX))
+    if isinstance(value, str):
+        if len(value) > 20 * EXCLUDED_MAX:
+            raise ValidationError(option, value[:40] + "...", valid)
+        items = [item for item in value.split(",") if item.strip(" \t")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValidationError(option, value, valid)
+    if len(items) > EXCLUDED_MAX:
+        raise ValidationError(option, "%d ranges" % len(items), valid)
+    ranges = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValidationError(option, item, valid)
+        if isinstance(item, int) or (isinstance(item, str) and item.strip(" \t").isdigit()):
+            low = high = bounded_int(item, option, 1, PORT_MAX, "a port")
+        elif isinstance(item, (str, list, tuple)):
+            if isinstance(item, str) and len(item) > 40:
+                raise ValidationError(option, item[:40] + "...", valid)
+            try:
+                low, high = parse_port_range(item, option)
+            except ValidationError as exc:
+                raise ValidationError(option, item, "%s (%s)" % (valid, exc.valid)) from None
+            low, high = int(low), int(high)
+        else:
+            raise ValidationError(option, item, valid)
+        if (low, high) not in ranges:
+            ranges.append((low, high))
+    ranges.sort()
+    for (a, b), (c, d) in zip(ranges, ranges[1:]):
+        if c <= b:
+            raise ValidationError(option, value, "%s; %d-%d overlaps %d-%d" % (valid, a, b, c, d))
+    return tuple(ranges)
+
+
 def validate_dynamic_range(value, option="port_range"):
     """Parse a port range in the forms linux_tcp accepts and apply netsh's rules; returns (start, number)."""
     low, high = parse_port_range(value, option)
@@ -160,18 +249,21 @@ def validate_win_tcp(args):
         raise ValidationError("state", state, "present or absent")
     time_wait = args.get("time_wait_delay")
     if time_wait is not None:
-        time_wait = int(strict_int(time_wait, "time_wait_delay", TIME_WAIT_MIN, TIME_WAIT_MAX,
-                                   "an integer number of seconds (TcpTimedWaitDelay)"))
+        time_wait = bounded_int(time_wait, "time_wait_delay", TIME_WAIT_MIN, TIME_WAIT_MAX,
+                                "an integer number of seconds (TcpTimedWaitDelay)")
     max_user_port = args.get("max_user_port")
     if max_user_port is not None:
-        max_user_port = int(strict_int(max_user_port, "max_user_port", MAX_USER_PORT_MIN, MAX_USER_PORT_MAX,
-                                       "an integer port (MaxUserPort)"))
+        max_user_port = bounded_int(max_user_port, "max_user_port", MAX_USER_PORT_MIN, MAX_USER_PORT_MAX,
+                                    "an integer port (MaxUserPort)")
     port_range = args.get("port_range")
     if port_range is not None:
         port_range = validate_dynamic_range(port_range)
+    excluded = args.get("excluded_ranges")
+    if excluded is not None:
+        excluded = validate_excluded_ranges(excluded)
     protocols = _choice_list(args.get("protocols"), "protocols", Protocol, (Protocol.TCP,))
     ip_versions = _choice_list(args.get("ip_versions"), "ip_versions", IpVersion, (IpVersion.IPV4, IpVersion.IPV6))
-    return Desired(time_wait, max_user_port, port_range, protocols, ip_versions, state)
+    return Desired(time_wait, max_user_port, port_range, excluded, protocols, ip_versions, state)
 
 
 def check_build(desired, build):
@@ -197,7 +289,16 @@ def validate_port_usage_info(args):
     args = dict(args or {})
     _unknown(args, INFO_OPTIONS)
     top = args.get("top")
-    top = 10 if top is None else int(strict_int(top, "top", 1, 1000, "an integer number of destinations"))
+    top = 10 if top is None else bounded_int(top, "top", 1, 1000, "an integer number of destinations")
     hours = args.get("event_hours")
-    hours = 24 if hours is None else int(strict_int(hours, "event_hours", 1, EVENT_HOURS_MAX, "an integer number of hours"))
-    return InfoOptions(top, hours)
+    hours = 24 if hours is None else bounded_int(hours, "event_hours", 1, EVENT_HOURS_MAX, "an integer number of hours")
+    service_ports = args.get("service_ports")
+    ports = ()
+    if service_ports is not None:
+        valid = "a list of at most %d ports from 1 to %d" % (EXCLUDED_MAX, PORT_MAX)
+        if isinstance(service_ports, (str, int)) and not isinstance(service_ports, bool):
+            service_ports = [p for p in str(service_ports).split(",") if p.strip(" \t")]
+        if not isinstance(service_ports, (list, tuple)) or len(service_ports) > EXCLUDED_MAX:
+            raise ValidationError("service_ports", service_ports, valid)
+        ports = tuple(sorted({bounded_int(p, "service_ports", 1, PORT_MAX, "a port") for p in service_ports}))
+    return InfoOptions(top, hours, ports)

@@ -13,13 +13,44 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import MARKER_RE, RC_RE, range_word
-from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import RegName, WinTcpError
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import (
+    Exclusion,
+    IpVersion,
+    RegName,
+    WinTcpError,
+)
+
+
+# ------------------------------------------------------------------ limits
+# No line of the tools' output is anywhere near this long (an event's XML is a few KB); a longer one is refused, so
+# that a hostile host cannot make the controller parse megabytes as one line.  Every parser below is linear.
+LINE_MAX = 65536
+DIGITS_MAX = 10  # a port, a REG_DWORD, a build, an event id, a pid: never more digits than this
+
+
+def check_line(line, what):
+    """``line`` when it is at most LINE_MAX characters, else WinTcpError naming ``what``."""
+    if len(line) > LINE_MAX:
+        raise WinTcpError("%s: a line of %d characters, more than the %d accepted (the host's output is refused)"
+                          % (what, len(line), LINE_MAX))
+    return line
+
+
+def small_int(text, base=10):
+    """The int of a short string of digits (at most DIGITS_MAX; hex with base 16), else None.  Never raises."""
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    if not text or len(text) > DIGITS_MAX or not text.isascii():
+        return None
+    if not (text.isdigit() if base == 10 else all(c in "0123456789abcdefABCDEF" for c in text)):
+        return None
+    return int(text, base)
 
 
 # ------------------------------------------------------------------ sections
@@ -40,28 +71,39 @@ class Section:
 
 
 def split_sections(stdout):
-    """Split a script's stdout on the markers: {word: Section(lines, rc)}.  Text before the first marker is dropped."""
+    """Split a script's stdout on the markers: {word: Section(lines, rc)}.  Text before the first marker is dropped.
+
+    Raises WinTcpError for a line inside a section longer than LINE_MAX.
+    """
     sections = {}
     current = None
+    word = None
     for raw in stdout.splitlines():
         line = raw.rstrip("\r")
+        if current is not None:
+            check_line(line, "section %s" % word)
         stripped = line.strip()
-        match = MARKER_RE.match(stripped)
-        if match:
-            current = Section([])
-            sections[match.group(1)] = current
-            continue
-        match = RC_RE.match(stripped)
-        if match and current is not None:
-            current.rc = match.group(2)
-            current = None
-            continue
+        if stripped.startswith("@@tcpstack:"):
+            match = MARKER_RE.match(stripped)
+            if match:
+                word = match.group(1)
+                current = Section([])
+                sections[word] = current
+                continue
+            match = RC_RE.match(stripped)
+            if match and current is not None:
+                current.rc = match.group(2)
+                current = None
+                continue
         if current is not None:
             current.lines.append(line)
     return sections
 
 
 # ------------------------------------------------------------------ reg and netsh
+DWORD_MAX = 0xFFFFFFFF
+
+
 @dataclass(frozen=True)
 class RegValue:
     type: str
@@ -69,16 +111,36 @@ class RegValue:
 
     @property
     def dword(self):
-        """The value as an int when it is a well-formed REG_DWORD, else None."""
+        """The value as an int when it is a well-formed REG_DWORD (0 to 0xFFFFFFFF, as reg prints it), else None."""
         if self.type != "REG_DWORD":
             return None
-        try:
-            return int(self.data, 16) if self.data.lower().startswith("0x") else int(self.data)
-        except ValueError:
+        data = self.data.strip()
+        number = small_int(data[2:], 16) if data[:2].lower() == "0x" else small_int(data)
+        return number if number is not None and 0 <= number <= DWORD_MAX else None
+
+
+def _reg_line(line):
+    """(name, type, data) of a ``    Name    REG_TYPE    data`` line, else None.  Linear: str.find only.
+
+    The type is the first ``REG_X`` word with two or more spaces before it and two or more spaces (or the end)
+    after it; the name is what comes before it (it may contain single spaces), the data what follows.
+    """
+    if not line.startswith("  "):
+        return None
+    body = line.strip()
+    pos = 0
+    while True:
+        at = body.find("  REG_", pos)
+        if at < 0:
             return None
-
-
-_REG_LINE = re.compile(r"\A {2,}(\S(?:.*?\S)?) {2,}(REG_[A-Z0-9_]+)(?: {2,}(.*?))?\s*\Z")
+        end = at + 6
+        while end < len(body) and (body[end].isascii() and (body[end].isupper() or body[end].isdigit() or body[end] == "_")):
+            end += 1
+        if end > at + 6 and (end == len(body) or body.startswith("  ", end)):
+            name = body[:at].rstrip()
+            if name:
+                return name, body[at + 2:end], body[end:].strip()
+        pos = end
 
 
 def parse_reg_query(lines):
@@ -89,45 +151,64 @@ def parse_reg_query(lines):
     values = {}
     in_key = 0
     for line in lines:
+        check_line(line, "reg query")
         if line.startswith("HKEY_"):
             in_key += 1
             continue
-        match = _REG_LINE.match(line)
-        if match and in_key <= 1:
-            values[match.group(1)] = RegValue(match.group(2), match.group(3) or "")
+        found = _reg_line(line)
+        if found and in_key <= 1:
+            values[found[0]] = RegValue(found[1], found[2])
     return values
 
 
-_TRAILING_NUMBER = re.compile(r"(?:\A|[\s:：])(\d+)\s*\Z")
+def _trailing_number(line):
+    """The number a line ends with (after a space, a colon or the start), else None."""
+    text = line.rstrip()
+    end = len(text)
+    start = end
+    while start > 0 and text[start - 1].isascii() and text[start - 1].isdigit():
+        start -= 1
+    if start == end or (start > 0 and not (text[start - 1].isspace() or text[start - 1] in ":\uff1a")):
+        return None
+    return small_int(text[start:end])
 
 
 def parse_dynamic_range(lines):
     """``netsh int ipvX show dynamicportrange`` -> (start, number).
 
-    Labels are translated ("Start Port", "Startport", "Port de départ"...), so the two numbers are taken by
-    position: the first and the second line ending in a number.  Ranges outside netsh's minimums (start=1024)
-    are returned as they are.
+    Labels are translated ("Start Port", "Startport", "Port de départ"...) and padded differently by build, so
+    the two numbers are taken by position: the first and the second line ending in a number.  Ranges outside
+    netsh's minimums (start=1024) are returned as they are.
     """
     numbers = []
     for line in lines:
-        match = _TRAILING_NUMBER.search(line)
-        if match:
-            numbers.append(int(match.group(1)))
+        check_line(line, "netsh show dynamicportrange")
+        number = _trailing_number(line)
+        if number is not None:
+            numbers.append(number)
     if len(numbers) != 2:
-        raise WinTcpError("cannot read the dynamic port range from netsh's output: %r" % "\n".join(lines))
+        shown = "\n".join(lines)
+        raise WinTcpError("cannot read the dynamic port range from netsh's output: %r"
+                          % (shown if len(shown) <= 500 else shown[:500] + "..."))
     return (numbers[0], numbers[1])
 
 
-_EXCLUDED_ROW = re.compile(r"\A\s*(\d+)\s+(\d+)\s*(\*?)\s*\Z")
-
-
 def parse_excluded_ranges(lines):
-    """``netsh int ipvX show excludedportrange`` -> ((low, high, administered), ...), by position."""
+    """``netsh int ipvX show excludedportrange`` -> ((low, high, administered), ...), by position.
+
+    A row is two ports (1-65535, low not above high) and an optional ``*`` (administered), whatever the padding;
+    titles, headers and the footer in any language are not, and neither is a line of other numbers (never
+    converted when longer than DIGITS_MAX).
+    """
     out = []
     for line in lines:
-        match = _EXCLUDED_ROW.match(line)
-        if match:
-            out.append((int(match.group(1)), int(match.group(2)), match.group(3) == "*"))
+        check_line(line, "netsh show excludedportrange")
+        words = line.split()
+        if len(words) not in (2, 3) or (len(words) == 3 and words[2] != "*"):
+            continue
+        low, high = small_int(words[0]), small_int(words[1])
+        if low is not None and high is not None and 1 <= low <= high <= 65535:
+            out.append((low, high, len(words) == 3))
     return tuple(out)
 
 
@@ -139,6 +220,7 @@ class HostState:
 
     build: Optional[int] = None
     registry: Dict[str, RegValue] = field(default_factory=dict)
+    listening: Optional[frozenset] = None  # {(ip version, port)} listening on TCP; None: not read
     ranges: Dict[tuple, Tuple[int, int]] = field(default_factory=dict)
     excluded: Dict[tuple, tuple] = field(default_factory=dict)
 
@@ -158,18 +240,29 @@ def parse_build(sections):
     if section is None or not section.ok:
         return None
     value = parse_reg_query(section.lines).get("CurrentBuildNumber")
-    if value is None:
+    return None if value is None else small_int(value.data)
+
+
+def parse_listeners(sections):
+    """{(IpVersion, port)} from the ``listeners`` section; None when it is missing or failed (no
+    Get-NetTCPConnection before Windows Server 2012)."""
+    section = sections.get("listeners")
+    if section is None or not section.ok:
         return None
-    try:
-        return int(value.data.strip())
-    except ValueError:
-        return None
+    out = set()
+    for row in parse_csv(section.lines):
+        port = small_int(row.get("LocalPort") if isinstance(row.get("LocalPort"), str) else "")
+        address = row.get("LocalAddress") if isinstance(row.get("LocalAddress"), str) else ""
+        if port is not None and 0 <= port <= 65535:
+            out.add((IpVersion.IPV6 if ":" in address and "." not in address else IpVersion.IPV4, port))
+    return frozenset(out)
 
 
 def parse_read(stdout, targets, prefix="", excluded=True):
     """Parse a read (or, with ``prefix="verify-"`` and no excluded ranges, the read-back of an apply)."""
     sections = split_sections(stdout)
-    state = HostState(build=parse_build(sections) if not prefix else None)
+    state = HostState(build=parse_build(sections) if not prefix else None,
+                      listening=parse_listeners(sections) if not prefix else None)
     state.registry = parse_reg_query(_need(sections, prefix + "params").lines)
     for ip, proto in targets:
         state.ranges[(ip, proto)] = parse_dynamic_range(_need(sections, range_word(prefix + "range", ip, proto)).lines)
@@ -181,11 +274,17 @@ def parse_read(stdout, targets, prefix="", excluded=True):
 
 # ------------------------------------------------------------------ the connections, processes and events
 def parse_csv(lines):
-    """ConvertTo-Csv output -> list of dicts (header names are property names: never translated)."""
+    """ConvertTo-Csv output -> list of dicts (header names are property names: never translated).
+
+    A malformed CSV (a field over csv's 128 KiB limit, a NUL) is WinTcpError.
+    """
     text = "\n".join(line for line in lines if line.strip())
     if not text:
         return []
-    return list(csv.DictReader(io.StringIO(text)))
+    try:
+        return list(csv.DictReader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise WinTcpError("cannot parse the CSV of a cmdlet pipeline: %s" % exc) from exc
 
 
 _EVENT_NS = "{http://schemas.microsoft.com/win/2004/08/events/event}"
@@ -198,9 +297,11 @@ def _child(element, name):
 
 def parse_events(lines):
     """wevtutil qe /f:xml output (one <Event> per event, no root element) -> [{id, time}]."""
-    text = "\n".join(lines).strip()
+    text = "\n".join(check_line(line, "wevtutil") for line in lines).strip()
     if not text:
         return []
+    if "<!" in text:  # no DOCTYPE or ENTITY (no entity expansion), no CDATA, no comment: wevtutil prints none
+        raise WinTcpError("cannot parse wevtutil's XML: it contains a '<!' declaration")
     try:
         root = ET.fromstring("<Events>%s</Events>" % text)
     except ET.ParseError as exc:
@@ -212,10 +313,7 @@ def parse_events(lines):
             continue
         ident = _child(system, "EventID")
         created = _child(system, "TimeCreated")
-        try:
-            event_id = int((ident.text or "").strip()) if ident is not None else None
-        except ValueError:
-            event_id = None
+        event_id = small_int(ident.text or "") if ident is not None else None
         out.append({"id": event_id, "time": created.get("SystemTime") if created is not None else None})
     return out
 
@@ -238,11 +336,15 @@ def range_value(start_number):
 
 
 def nest(values):
-    """Plan values -> the result's shape: {"registry": {...}, "dynamic_port_range": {ipv4: {tcp: {...}}}}."""
+    """Plan values -> the result's shape: {"registry": {...}, "dynamic_port_range": {ipv4: {tcp: {...}}}}, and
+    with managed exclusions {"excluded_ranges": {ipv4: {tcp: {"50000-50099": true}}}}."""
     out = {"registry": {}, "dynamic_port_range": {}}
     for key, value in values.items():
         if isinstance(key, RegName):
             out["registry"][key.value] = value
+        elif isinstance(key, Exclusion):
+            out.setdefault("excluded_ranges", {}).setdefault(key.ip.value, {}).setdefault(
+                key.protocol.value, {})[key.text] = value
         else:
             ip, proto = key
             out["dynamic_port_range"].setdefault(ip.value, {})[proto.value] = value

@@ -28,7 +28,11 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
 )
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import build_info_script
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import (
+    CONTIGUOUS_BLOCK_REPORTED,
+    DEFAULT_RANGE,
     EVENT_MAX,
+    INSTALLER_RANGES,
+    WSAEACCES,
     NETSH_MIN_START,
     TIME_WAIT_DEFAULT,
     TIME_WAIT_MAX,
@@ -47,6 +51,7 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse imp
     parse_read,
     range_value,
     reg_value,
+    small_int,
     split_sections,
 )
 
@@ -119,10 +124,8 @@ def _family(address):
 
 
 def _port_of(text):
-    try:
-        return int(str(text).strip())
-    except ValueError:
-        return None
+    """The int of a short digit string from the host's CSV, else None (never int() of a long string)."""
+    return small_int(text if isinstance(text, str) else str(text))
 
 
 @dataclass
@@ -223,6 +226,97 @@ def _events(sections, hours, unreadable):
     return events, findings
 
 
+# ------------------------------------------------------------------ the dynamic range against its exclusions
+def free_blocks(port_range, excluded):
+    """The runs of ports of ``port_range`` that no interval of ``excluded`` covers: ((low, high), ...)."""
+    low, high = port_range
+    out = []
+    cursor = low
+    for a, b in clip(excluded, port_range):
+        if a > cursor:
+            out.append((cursor, a - 1))
+        cursor = max(cursor, b + 1)
+    if cursor <= high:
+        out.append((cursor, high))
+    return tuple(out)
+
+
+def _ranges_text(rows):
+    return ", ".join("%d-%d" % (a, b) for a, b in rows)
+
+
+def range_analysis(state, listening, service_ports):
+    """The TCP dynamic range of each IP version against its excluded ranges: (result, findings, recommendations).
+
+    ``result``: {ipv4: {range, administered, system, usable, largest_free_block, installer_range}}.  Findings: a
+    range left by an installer; fragmentation that leaves no contiguous block of CONTIGUOUS_BLOCK_REPORTED ports
+    (the figure microsoft/WSL#12351 reported, cited as such); listening or configured ports inside a system
+    exclusion (a bind there fails with WSAEACCES 10013: an exclusion, not exhaustion).  Recommendations are
+    win_tcp options: ``port_range`` and ``excluded_ranges``.
+    """
+    out = {}
+    findings = []
+    recommend = {}
+    blocked = {}
+    for ip in IpVersion:
+        start_number = state.ranges.get((ip, Protocol.TCP))
+        if start_number is None:
+            continue
+        port_range = start_count_range(*start_number)
+        rows = state.excluded.get((ip, Protocol.TCP), ())
+        administered = tuple((a, b) for a, b, admin in rows if admin)
+        system = tuple((a, b) for a, b, admin in rows if not admin)
+        blocks = free_blocks(port_range, [(a, b) for a, b, _admin in rows])
+        largest = max(blocks, key=lambda r: (r[1] - r[0], -r[0]), default=None)
+        installer = tuple(start_number) in INSTALLER_RANGES
+        inside = clip([(a, b) for a, b, _admin in rows], port_range)
+        out[ip.value] = {
+            "range": {"start": port_range[0], "end": port_range[1], "number": start_number[1]},
+            "administered": [{"start": a, "end": b} for a, b in administered],
+            "system": [{"start": a, "end": b} for a, b in system],
+            "usable": usable_ports(port_range, [(a, b) for a, b, _admin in rows]),
+            "largest_free_block": (None if largest is None else
+                                   {"start": largest[0], "end": largest[1], "size": largest[1] - largest[0] + 1}),
+            "installer_range": installer,
+        }
+        name = "%s tcp" % ip.value
+        if installer:
+            findings.append(("warning", "the %s dynamic range starts at %d with %s ports, as installers leave it (the "
+                                        "Visual Studio installer left 1024/64511, actions/runner-images#1442): services "
+                                        "listening on low ports compete with it, and WinNAT/Hyper-V carve their "
+                                        "reservations from it; set it back with win_tcp port_range"
+                             % (name, start_number[0], "{:,}".format(start_number[1]))))
+            recommend["port_range"] = "%d %d" % (DEFAULT_RANGE[0], DEFAULT_RANGE[0] + DEFAULT_RANGE[1] - 1)
+        size = largest[1] - largest[0] + 1 if largest else 0
+        if inside and size < CONTIGUOUS_BLOCK_REPORTED <= port_range[1] - port_range[0] + 1:
+            findings.append(("warning", "the %s dynamic range %d-%d is fragmented by %d excluded ranges: its largest "
+                                        "contiguous free block is %s ports%s. microsoft/WSL#12351 reported the host "
+                                        "networking service needing a contiguous block of 4,096 ports and failing "
+                                        "with 0x8007054f when the range was fragmented (a reported figure, not a "
+                                        "documented Windows limit). Restarting WinNAT (or the host) makes it carve its "
+                                        "blocks again; a wider port_range leaves more room"
+                             % (name, port_range[0], port_range[1], len(inside), "{:,}".format(size),
+                                " (%d-%d)" % largest if largest else "")))
+            if port_range[1] - port_range[0] + 1 < DEFAULT_RANGE[1]:
+                recommend.setdefault("port_range", "%d %d" % (DEFAULT_RANGE[0], DEFAULT_RANGE[0] + DEFAULT_RANGE[1] - 1))
+        for port in sorted(set(listening) | set(service_ports)):
+            hit = next(((a, b) for a, b in system if a <= port <= b), None)
+            if hit is not None:
+                blocked.setdefault(port, []).append((name, hit, port in listening))
+    for port, hits in sorted(blocked.items()):
+        what = "listens on" if any(h[2] for h in hits) else "is configured for"
+        where = "; ".join("%s system exclusion %d-%d" % (name, a, b) for name, (a, b), dummy in hits)
+        findings.append(("warning", "port %d, which a service %s, lies inside the %s (WinNAT/Hyper-V): a bind to it "
+                                    "fails with WSAEACCES (%d), which is this exclusion, not port exhaustion. Reserve "
+                                    "it as an administered exclusion (win_tcp excluded_ranges) while winnat and the "
+                                    "service are stopped (netsh refuses a port in use), so that WinNAT leaves it alone "
+                                    "after the next start"
+                         % (port, what, where, WSAEACCES)))
+    if blocked:
+        recommend["excluded_ranges"] = ["%d" % port for port in sorted(blocked)]
+    return out, findings, recommend
+
+
 # ------------------------------------------------------------------ the analysis
 def analyse_windows(options, state, sections):
     """The win_port_usage_info result from one read (``state``: parse_read; ``sections``: split_sections).
@@ -235,8 +329,11 @@ def analyse_windows(options, state, sections):
     unreadable = []
     tally = _tally(sections, pools, unreadable)
     events, event_findings = _events(sections, options.event_hours, unreadable)
+    ranges, range_findings, range_recommendations = range_analysis(state, tally.listening, options.service_ports)
     v4 = pools.get(IpVersion.IPV4)
     shorter = {"time_wait_delay": SHORTER_TIME_WAIT} if time_wait > SHORTER_TIME_WAIT else {}
+    extra = dict(shorter) if events["4227"] else {}
+    extra.update(range_recommendations)
     snap = port_usage.Snapshot(
         scope=port_usage.HOST,
         pools=tuple(port_usage.Pool("%s dynamic" % ip.value, 4 if ip is IpVersion.IPV4 else 6, pool.port_range,
@@ -253,13 +350,14 @@ def analyse_windows(options, state, sections):
         source=tally.source,
         unreadable=unreadable,
         notes=notes,
-        extra_findings=event_findings,
+        extra_findings=event_findings + range_findings,
         reserve_option=None,
         hold_remedy=shorter,
-        extra_recommendations=shorter if events["4227"] else {},
+        extra_recommendations=extra,
         extra_result={
             "dynamic_port_range": nest({t: range_value(r) for t, r in state.ranges.items()})["dynamic_port_range"],
             "excluded_port_ranges": excluded_result(state),
+            "dynamic_range_analysis": ranges,
             "processes": sorted(tally.by_process.values(), key=lambda p: (
                 -p["ports_held"], p["pid"] if p["pid"] is not None else -1))[:options.top],
             "events": events,

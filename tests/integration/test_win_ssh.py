@@ -136,3 +136,14 @@ def test_lost_reply_then_rerun_converges(sim, play):
     sim.reset_counters()
     again = play(task("again", port_range="20000 65535"))["again"]
     assert again["changed"] is False and again["round_trips"] == 1 and sim.round_trips == 1
+
+
+def test_excluded_ranges_over_ssh(sim, play):
+    """Issue 15 over SSH: the exclusions added with store=persistent in one apply, then converged after a reboot."""
+    out = play(task("add", excluded_ranges=["50000-50099"]), info_task("info"))
+    assert out["add"]["changed"] is True and out["add"]["round_trips"] == 2
+    assert out["info"]["dynamic_range_analysis"]["ipv6"]["administered"] == [{"start": 50000, "end": 50099}]
+    sim.host.reboot()
+    sim.reset_counters()
+    again = play(task("again", excluded_ranges=["50000-50099"]))["again"]
+    assert again["changed"] is False and again["round_trips"] == 1 and sim.requests == {"Command": 1}

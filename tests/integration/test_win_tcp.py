@@ -301,3 +301,101 @@ def test_lost_reply_then_rerun_converges(sim):
     sim.reset_counters()
     again = run_play(sim, task("again", port_range="20000 65535"))["again"]
     assert again["changed"] is False and again["round_trips"] == 1 and sim.round_trips == 1
+
+
+# ------------------------------------------------------------------ issue 15: excluded ranges, over real pywinrm
+def administered(sim, ip="ipv4", store="active"):
+    return [(a, b) for a, b, admin in sim.host.excluded_ranges(ip, "tcp", store=store) if admin]
+
+
+@pytest.mark.parametrize("language", ["en-US", "de-DE"])
+def test_excluded_ranges_across_a_reboot(language):
+    """Added idempotently with store=persistent, kept across a reboot while WinNAT's blocks move, removed by
+    state: absent (only the listed), check mode and diff first; an overlap is refused before anything is sent."""
+    with Simulator(profile="server2022", language=language, username=USER, password=PASSWORD,
+                   host_state={"winnat_blocks": 2}) as sim:
+        winnat = sim.host.excluded_ranges()
+        sim.host.add_excluded(40000, 40009, administered=True)  # not given: never touched
+        out = run_play(sim,
+                       task("check", check_mode=True, diff=True, excluded_ranges=["50000-50099", 60000]),
+                       task("add", excluded_ranges=["50000-50099", 60000]),
+                       task("again", excluded_ranges="50000-50099,60000"),
+                       task("overlap", ignore_errors=True, excluded_ranges=["%d-%d" % winnat[0][:2]], time_wait_delay=30))
+        check = out["check"]
+        assert check["changed"] is True and check["round_trips"] == 1
+        assert "ipv4 tcp excluded port range 50000-50099 = excluded (administered)" in check["diff"]["after"]
+        add = out["add"]
+        assert add["changed"] is True and add["round_trips"] == 2 and add["reboot_required"] is False
+        assert add["after"]["excluded_ranges"]["ipv6"]["tcp"] == {"50000-50099": True, "60000-60000": True}
+        assert out["again"]["changed"] is False and out["again"]["round_trips"] == 1
+        overlap = out["overlap"]
+        assert overlap.get("failed") is True and overlap["round_trips"] == 1, overlap
+        assert overlap["round_trips"] == 1 and "system exclusion" in overlap["msg"]
+        assert sim.host.registry_value("TcpTimedWaitDelay") is None
+        assert sim.round_trips == 1 + 2 + 1 + 1
+        for ip in ("ipv4", "ipv6"):
+            assert administered(sim, ip, "persistent") == ([(40000, 40009)] if ip == "ipv4" else []) + [
+                (50000, 50099), (60000, 60000)]
+
+        sim.host.reboot()
+        assert [r for r in sim.host.excluded_ranges() if not r[2]] != winnat  # WinNAT's blocks moved
+        sim.reset_counters()
+        out = run_play(sim, task("after reboot", excluded_ranges=["50000-50099", 60000]),
+                       task("remove", state="absent", excluded_ranges=[60000, "61000-61009"], ip_versions="ipv4"),
+                       {"name": "info", "tcpstack.tuning.win_port_usage_info": {}})
+        assert out["after reboot"]["changed"] is False and out["after reboot"]["round_trips"] == 1
+        assert out["remove"]["changed"] is True
+        assert administered(sim) == [(40000, 40009), (50000, 50099)]
+        assert administered(sim, "ipv6") == [(50000, 50099), (60000, 60000)]
+        info = out["info"]["dynamic_range_analysis"]["ipv4"]
+        assert info["administered"] == [{"start": 40000, "end": 40009}, {"start": 50000, "end": 50099}]
+        assert [(s["start"], s["end"]) for s in info["system"]] == [r[:2] for r in sim.host.excluded_ranges() if not r[2]]
+
+
+def test_a_port_in_use_refused_before_sending(sim):
+    sim.host.add_connection("::", 60000, "::", 0, "Listen", 4)  # a service listens there: netsh would refuse
+    r = run_play(sim, task("add", ignore_errors=True, excluded_ranges=["50000-50099", 60000]))["add"]
+    assert r["failed"] is True and r["option"] == "excluded_ranges" and r["round_trips"] == 1
+    assert "TCP port 60000 listens on ipv6" in r["msg"] and sim.round_trips == 1
+    assert administered(sim) == [] and administered(sim, "ipv6") == []
+
+
+def test_netsh_refusal_reported_and_rolled_back():
+    """Server 2008 R2 has no Get-NetTCPConnection: only netsh knows the port is in use, and says so."""
+    with make_sim(profile="server2008r2") as sim:
+        sim.host.add_connection("::", 60000, "::", 0, "Listen", 4)
+        r = run_play(sim, task("add", ignore_errors=True, excluded_ranges=[60000, "50000-50099"]))["add"]
+        assert r["failed"] is True and r["rolled_back"] is True and r["round_trips"] == 3
+        assert "netsh int ipv6 add excludedportrange protocol=tcp startport=60000 numberofports=1" in r["msg"]
+        assert "being used by another process" in r["msg"]
+        assert administered(sim) == [] and administered(sim, "ipv6") == []
+
+
+def test_info_installer_range_fragmentation_and_a_bind_in_an_exclusion_then_fixed():
+    """An installer-left range with WinNAT blocks from 1025, a service inside one of them: reported, and the
+    recommendations (port_range, excluded_ranges) applied by win_tcp after WinNAT is stopped."""
+    with Simulator(profile="server2022", username=USER, password=PASSWORD,
+                   host_state={"winnat_blocks": 3, "installer_range": "visual-studio"}) as sim:
+        sim.host.add_connection("0.0.0.0", 1100, "0.0.0.0", 0, "Listen", 4)  # bound before WinNAT took 1025-1124
+        for start in range(5000, 65000, 3000):  # fragmentation: no contiguous 4,096 left
+            sim.host.add_excluded(start, start + 99)
+        r = run_play(sim, info_task("info", service_ports=[1150, 7000]))["info"]
+        assert r["round_trips"] == 1
+        text = " ".join(r["findings"])
+        assert "as installers leave it" in text and "64,511" in text
+        assert "fragmented" in text and "4,096" in text and "microsoft/WSL#12351" in text
+        assert "port 1100, which a service listens on" in text and "port 1150, which a service is configured for" in text
+        assert "10013" in text
+        assert r["recommendations"]["port_range"] == "49152 65535"
+        assert r["recommendations"]["excluded_ranges"] == ["1100", "1150"]
+        sim.host.stop_winnat()  # net stop winnat, and the service on 1100 stopped: netsh refuses a port in use
+        sim.host.connections = [c for c in sim.host.connections if c["LocalPort"] != 1100]
+        sim.host.clear_excluded()
+        sim.reset_counters()
+        tune = run_play(sim, {"name": "tune", MODULE: {"port_range": r["recommendations"]["port_range"],
+                                                        "excluded_ranges": r["recommendations"]["excluded_ranges"]}})
+        assert tune["tune"]["changed"] is True and tune["tune"]["round_trips"] == 2
+        sim.host.start_winnat()
+        assert tuple(sim.host.dynamic_range("ipv4", "tcp")) == (49152, 16384)
+        assert all(a >= 49152 for a, b, admin in sim.host.excluded_ranges() if not admin)
+        assert administered(sim) == [(1100, 1100), (1150, 1150)]

@@ -6,10 +6,12 @@ to reboot, so each host runs in a process of this launcher, which serves one
 (``WindowsHost.reboot()``: registry values read at boot take effect, the
 active netsh store reloads from the persistent one) on SIGHUP.  The state of
 each host is kept in DIR/NAME.json: pid, port, profile, boots and the
-registry values in effect since the last boot.  That process imports the
+registry values in effect since the last boot, and the system (WinNAT) exclusions
+of IPv4 TCP now and at the first boot: with WINNAT_BLOCKS > 0 the host's WinNAT
+reserves that many blocks of 100 ports at each boot, elsewhere after a reboot.  That process imports the
 simulator from the repository root, which it gets on its PYTHONPATH.
 
-    python simhost.py start DIR NAME PROFILE    # prints the JSON once the host listens
+    python simhost.py start DIR NAME PROFILE [WINNAT_BLOCKS]    # prints the JSON once the host listens
     python simhost.py reboot DIR NAME           # returns once the host has rebooted
     python simhost.py stop DIR NAME
 """
@@ -39,22 +41,25 @@ def read_state(folder, name):
         return None
 
 
-def write_state(folder, name, sim, profile):
+def write_state(folder, name, sim, profile, first=None):
+    system = [[a, b] for a, b, administered in sim.host.excluded_ranges("ipv4", "tcp") if not administered]
     data = {"name": name, "pid": os.getpid(), "port": sim.port, "profile": profile, "boots": sim.host.boots,
-            "effective": sim.host.effective}
+            "effective": sim.host.effective, "system_excluded": system,
+            "first_system_excluded": system if first is None else first}
     tmp = state_file(folder, name).with_suffix(".tmp")
     tmp.write_text(json.dumps(data), encoding="utf-8")
     os.replace(tmp, state_file(folder, name))
 
 
-def serve(folder, name, profile):
+def serve(folder, name, profile, winnat_blocks="0"):
     from tests.support.windows_sim import Simulator  # pylint: disable=import-outside-toplevel  # start() set PYTHONPATH
 
-    sim = Simulator(profile=profile, port=0)
+    sim = Simulator(profile=profile, port=0, host_state={"winnat_blocks": int(winnat_blocks)})
+    first = [[a, b] for a, b, administered in sim.host.excluded_ranges("ipv4", "tcp") if not administered]
 
     def reboot(signum, frame):
         sim.host.reboot()
-        write_state(folder, name, sim, profile)
+        write_state(folder, name, sim, profile, first)
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -92,7 +97,7 @@ def alive(pid):
     return True
 
 
-def start(folder, name, profile):
+def start(folder, name, profile, winnat_blocks="0"):
     pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
     old = read_state(folder, name)
     if old and alive(old["pid"]):
@@ -101,7 +106,8 @@ def start(folder, name, profile):
     state_file(folder, name).unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     with open(pathlib.Path(folder) / ("%s.log" % name), "ab") as log:
-        child = subprocess.Popen([sys.executable, __file__, "serve", folder, name, profile], stdin=subprocess.DEVNULL,
+        child = subprocess.Popen([sys.executable, __file__, "serve", folder, name, profile, winnat_blocks],
+                                 stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def ready():
@@ -134,8 +140,8 @@ def stop(folder, name):
 
 
 def main(argv):
-    commands = {"serve": (serve, 3), "start": (start, 3), "reboot": (reboot, 2), "stop": (stop, 2)}
-    if not argv or argv[0] not in commands or len(argv) != commands[argv[0]][1] + 1:
+    commands = {"serve": (serve, (3, 4)), "start": (start, (3, 4)), "reboot": (reboot, (2,)), "stop": (stop, (2,))}
+    if not argv or argv[0] not in commands or len(argv) - 1 not in commands[argv[0]][1]:
         raise SystemExit(__doc__)
     return commands[argv[0]][0](*argv[1:])
 

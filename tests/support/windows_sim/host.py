@@ -36,7 +36,34 @@ PROFILES = {
     "server2019": {"build": 17763, "product": "Windows Server 2019 Datacenter", "version": "6.3", "has_nettcpip": True},
     "server2022": {"build": 20348, "product": "Windows Server 2022 Datacenter", "version": "6.3", "has_nettcpip": True},
     "server2025": {"build": 26100, "product": "Windows Server 2025 Datacenter", "version": "6.3", "has_nettcpip": True},
+    # Windows 11 25H2 (build 26200): a client build whose netsh pads the show dynamicportrange labels to 18
+    # columns and prints no blank line before the title (a public capture of that build, see README "Layouts").
+    "client26200": {"build": 26200, "product": "Windows 11 Pro", "version": "6.3", "has_nettcpip": True},
 }
+
+# How netsh lays out its tables, per profile (README "Layouts" gives the captures):
+# - "dyn_label_width": the width the show dynamicportrange labels are padded to (16 "Number of Ports " on most
+#   builds, 18 on 26200); "dyn_blank_first": a blank line before the title (not on 26200);
+# - "excl_padding": the English show excludedportrange header and non-administered rows carry six spaces of
+#   padding for the empty "*" column (seen on some builds; which ones is UNCONFIRMED, so two profiles have it).
+LAYOUTS = {
+    "client26200": {"dyn_label_width": 18, "dyn_blank_first": False, "excl_padding": True},
+    "server2022": {"dyn_label_width": 16, "dyn_blank_first": True, "excl_padding": True},
+}
+DEFAULT_LAYOUT = {"dyn_label_width": 16, "dyn_blank_first": True, "excl_padding": False}
+
+# Dynamic ranges that installers leave behind (README "Excluded ranges"): the Visual Studio installer on the
+# GitHub runner images set start 1024 with 64,511 ports (actions/runner-images#1442, Configure-DynamicPort.ps1);
+# Windows 10/11 machines show start 1024 with 13,977 ports in public captures.
+INSTALLER_RANGES = {"visual-studio": (1024, 64511), "windows-1024-13977": (1024, 13977)}
+
+# WinNAT (the NAT of Hyper-V, WSL 2 and Docker Desktop) reserves its ports when it starts, at boot: blocks of
+# 100 ports (the usual size in captures) carved from the *current* dynamic range, listed by show
+# excludedportrange without "*", elsewhere after each reboot (from 1025 upward when the range starts at 1024),
+# gone after "net stop winnat" (docker/for-win#3171, microsoft/WSL#5306, chocolatey-test-environment#68).
+# Where exactly a block lands is Windows' choice; the simulator's rule (a start that moves by 300 ports per
+# boot, skipping ports already excluded or listened on) is a model, not Windows' algorithm.
+WINNAT_BLOCK = 100
 
 LANGUAGES = ("en-US", "de-DE")
 
@@ -172,6 +199,11 @@ class WindowsHost:
         self._clock = clock or (lambda: _dt.datetime.now(UTC))
         self.lock = threading.RLock()
         self.hostname = state.get("hostname", "WIN-SIM-%s" % profile.upper())
+        # %SystemRoot% of a default install (about_Environment_Variables); the tools live in its System32.
+        self.system_root = "C:\\Windows"
+        # Programs planted on PATH before System32 (tools.run_planted), and what they were asked to do.
+        self.planted = set(state.get("planted_on_path", ()))
+        self.planted_runs = []
         self._registry = _default_registry(profile, self.hostname)
         for name, (rtype, data) in state.get("registry", {}).items():
             self.set_registry(name, rtype, data)
@@ -183,10 +215,15 @@ class WindowsHost:
             ip, proto = key.split("/")
             self._persistent_ranges[(ip, proto)] = (int(start), int(num))
         self._active_ranges = dict(self._persistent_ranges)
+        if state.get("installer_range"):
+            self.apply_installer_range(state["installer_range"])
         self.excluded = []
         for row in state.get("excluded", []):
             self.add_excluded(row["start"], row["end"], ip=row.get("ip", "ipv4"), proto=row.get("proto", "tcp"),
                               administered=row.get("administered", False))
+        self.boots = 0
+        self.winnat_blocks = int(state.get("winnat_blocks", 0))  # blocks of 100 per IP version; 0: no WinNAT
+        self.winnat_running = self.winnat_blocks > 0
         self.connections = []
         for row in state.get("connections", _default_connections()):
             self.add_connection(**row)
@@ -200,7 +237,12 @@ class WindowsHost:
             self.add_event(row["event_id"], self.now() - _dt.timedelta(seconds=row.get("seconds_ago", 0)))
         self.effective = {}
         self._take_boot_values()
-        self.boots = 0
+        self._carve_winnat()
+
+    def plant_on_path(self, program):
+        """Put a fake ``program``.exe (netsh, reg, wevtutil) in a PATH folder searched before System32."""
+        with self.lock:
+            self.planted.add(program)
 
     # -- time ---------------------------------------------------------------
     def now(self):
@@ -320,10 +362,66 @@ class WindowsHost:
         with self.lock:
             self._take_boot_values()
             self._active_ranges = dict(self._persistent_ranges)
-            self.excluded = [e for e in self.excluded if e["persistent"]]
+            # the persistent store is loaded again; active-only changes and WinNAT's blocks are gone
+            self.excluded = [dict(e, active=True) for e in self.excluded if e["persistent"] and not e.get("winnat")]
             self.connections = [c for c in self.connections if c["State"] == "Listen"]
             self.boot_time = self.now()
             self.boots += 1
+            self._carve_winnat()
+
+    @property
+    def layout(self):
+        return LAYOUTS.get(self.profile, DEFAULT_LAYOUT)
+
+    def apply_installer_range(self, name):
+        """Set the TCP dynamic range of both IP versions as an installer leaves it (INSTALLER_RANGES)."""
+        start, num = INSTALLER_RANGES[name]
+        for ip in IP_VERSIONS:
+            self.set_dynamic_range(start, num, ip=ip, proto="tcp")
+
+    # -- WinNAT -----------------------------------------------------------------
+    def _carve_winnat(self):
+        """WinNAT starts: reserve ``winnat_blocks`` blocks of WINNAT_BLOCK ports in each IP version's current TCP
+        dynamic range (see WINNAT_BLOCK for the sources), skipping excluded and listening ports."""
+        with self.lock:
+            self.excluded = [e for e in self.excluded if not e.get("winnat")]
+            if not self.winnat_running:
+                return
+            listening = {c["LocalPort"] for c in self.connections if c["State"] == "Listen"}
+            for ip in IP_VERSIONS:
+                start, num = self._active_ranges[(ip, "tcp")]
+                high = min(start + num - 1, 65535)
+                taken = [(e["start"], e["end"]) for e in self.excluded if e["ip"] == ip and e["proto"] == "tcp"]
+                span = max(1, (high - start) // WINNAT_BLOCK)
+                low = start + 1 + ((self.boots * 3) % span) * WINNAT_BLOCK
+                placed = 0
+                for dummy in range(2 * span + 2):  # bounded: every candidate once, wrapping around
+                    if placed == self.winnat_blocks:
+                        break
+                    if low + WINNAT_BLOCK - 1 > high:
+                        low = start + 1
+                    end = low + WINNAT_BLOCK - 1
+                    if end <= high and not any(a <= end and low <= b for a, b in taken) \
+                            and not any(low <= port <= end for port in listening):
+                        self.excluded.append({"ip": ip, "proto": "tcp", "start": low, "end": end, "administered": False,
+                                              "persistent": False, "active": True, "winnat": True})
+                        taken.append((low, end))
+                        placed += 1
+                    low = end + 1
+
+    def stop_winnat(self):
+        """``net stop winnat``: its reservations vanish at once."""
+        with self.lock:
+            self.winnat_running = False
+            self._carve_winnat()
+
+    def start_winnat(self, blocks=None):
+        """``net start winnat``: it reserves its blocks again, from the range as it is now."""
+        with self.lock:
+            if blocks is not None:
+                self.winnat_blocks = int(blocks)
+            self.winnat_running = True
+            self._carve_winnat()
 
     # -- dynamic port range --------------------------------------------------
     @staticmethod
@@ -356,16 +454,27 @@ class WindowsHost:
             raise ValueError("bad excluded range %r-%r" % (start, end))
         with self.lock:
             self.excluded.append({"ip": ip, "proto": proto, "start": int(start), "end": int(end),
-                                  "administered": bool(administered), "persistent": bool(persistent)})
+                                  "administered": bool(administered), "persistent": bool(persistent), "active": True})
+
+    def find_excluded(self, start, end, ip="ipv4", proto="tcp", store="active"):
+        """The entry start-end of (ip, proto) in ``store`` (active: listed now; persistent: loaded at boot)."""
+        for entry in self.excluded:
+            if (entry["ip"], entry["proto"], entry["start"], entry["end"]) == (ip, proto, start, end) \
+                    and entry["active" if store == "active" else "persistent"]:
+                return entry
+        return None
 
     def clear_excluded(self, ip=None, proto=None):
         with self.lock:
             self.excluded = [e for e in self.excluded
                              if (ip is not None and e["ip"] != ip) or (proto is not None and e["proto"] != proto)]
 
-    def excluded_ranges(self, ip="ipv4", proto="tcp"):
-        """[(start, end, administered)] sorted by start, as netsh lists them."""
-        rows = [(e["start"], e["end"], e["administered"]) for e in self.excluded if e["ip"] == ip and e["proto"] == proto]
+    def excluded_ranges(self, ip="ipv4", proto="tcp", store="active"):
+        """[(start, end, administered)] sorted by start, as netsh lists them (``store="persistent"``: what the next
+        boot loads, WinNAT's blocks not included)."""
+        key = "active" if store == "active" else "persistent"
+        rows = [(e["start"], e["end"], e["administered"]) for e in self.excluded
+                if e["ip"] == ip and e["proto"] == proto and e[key]]
         return sorted(rows)
 
     # -- connections and processes -------------------------------------------

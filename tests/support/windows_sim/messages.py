@@ -18,8 +18,10 @@ TEXTS = {
         # e.g. dorssel/usbipd-win#53).
         "dyn_title": "Protocol {proto} Dynamic Port Range",
         "dyn_dashes": "---------------------------------",
-        "dyn_start": "Start Port      : {value}",
-        "dyn_num": "Number of Ports : {value}",
+        # Labels without padding: tools.py pads them to the profile's width
+        # (16 columns on most builds, 18 on build 26200).
+        "dyn_start": "Start Port",
+        "dyn_num": "Number of Ports",
         # netsh interface ipv4 show excludedportrange (docker/for-win#3171 and
         # many public captures).
         "excl_title": "Protocol {proto} Port Exclusion Ranges",
@@ -32,6 +34,12 @@ TEXTS = {
         "param_incorrect": "The parameter is incorrect.",
         "param_missing": "One or more essential parameters were not entered.\r\nVerify the required parameters, and reenter them.",
         "cmd_not_found": "The following command was not found: {cmd}.",
+        # add excludedportrange over an existing exclusion or a port in use (Win32
+        # ERROR_SHARING_VIOLATION, 32, as users report it: docker/for-win#3171,
+        # microsoft/WSL#5306); delete of a range that is not an administered
+        # exclusion: ERROR_NOT_FOUND (1168) (UNCONFIRMED for netsh).
+        "in_use": "The process cannot access the file because it is being used by another process.",
+        "not_found": "Element not found.",
         # reg.exe (learn.microsoft.com windows-commands "reg query", "reg add",
         # "reg delete"); ERROR_SUCCESS text.
         "reg_ok": "The operation completed successfully.",
@@ -52,13 +60,16 @@ TEXTS = {
         "cmd_not_recognized": "'{name}' is not recognized as an internal or external command,\r\noperable program or batch file.",
     },
     "de-DE": {
-        # UNCONFIRMED: German netsh labels (no captured German output found).
+        # UNCONFIRMED: German show dynamicportrange labels and "OK." (no captured German
+        # output of them found); the excludedportrange title, header and footer are captured.
         "dyn_title": "Protokoll {proto} Dynamischer Portbereich",
         "dyn_dashes": "---------------------------------",
-        "dyn_start": "Startport        : {value}",
-        "dyn_num": "Anzahl der Ports : {value}",
-        "excl_title": "Portausschlussbereiche für Protokoll {proto}",
-        "excl_header": "Startport    Endport",
+        "dyn_start": "Startport",
+        "dyn_num": "Anzahl der Ports",
+        # Captured German output (README "Layouts"): the title quotes the protocol,
+        # the header has six spaces between the words.
+        "excl_title": 'Portausschlussbereiche für das Protokoll "{proto}"',
+        "excl_header": "Startport      Endport",
         "excl_dashes": "----------    --------",
         "excl_footer": "* - Verwaltete Portausschlüsse.",
         "ok": "OK.",
@@ -69,6 +80,9 @@ TEXTS = {
             "Überprüfen Sie die erforderlichen Parameter, und geben Sie sie erneut ein."
         ),
         "cmd_not_found": "Der folgende Befehl wurde nicht gefunden: {cmd}.",
+        # Win32 32 and 1168 in German (UNCONFIRMED for netsh).
+        "in_use": "Der Prozess kann nicht auf die Datei zugreifen, da sie von einem anderen Prozess verwendet wird.",
+        "not_found": "Element nicht gefunden.",
         # UNCONFIRMED: German reg.exe texts.
         "reg_ok": "Der Vorgang wurde erfolgreich beendet.",
         "reg_not_found": "FEHLER: Der angegebene Registrierungsschlüssel bzw. Wert wurde nicht gefunden.",

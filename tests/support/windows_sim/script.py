@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
 from .messages import text
-from .tools import NATIVE, ToolResult, run_get_nettcpconnection_csv, run_get_process_csv
+from .tools import (
+    NATIVE,
+    ToolResult,
+    run_get_listeners_csv,
+    run_get_nettcpconnection_csv,
+    run_get_process_csv,
+    run_planted,
+)
 
 CRLF = "\r\n"
 _SPECIAL = set("$(){}@;&<>`#")
@@ -41,6 +48,8 @@ _PIPELINES = {
     "Get-NetTCPConnection | Select-Object -Property LocalAddress,LocalPort,RemoteAddress,RemotePort,State,"
     "OwningProcess | ConvertTo-Csv -NoTypeInformation": "tcp",
     "Get-Process | Select-Object -Property Id,ProcessName | ConvertTo-Csv -NoTypeInformation": "process",
+    "Get-NetTCPConnection -State Listen | Select-Object -Property LocalAddress,LocalPort | ConvertTo-Csv "
+    "-NoTypeInformation": "listen",
 }
 
 
@@ -170,12 +179,54 @@ def _expand(dq, state):
     return "".join(out)
 
 
-def classify(tokens):
-    """(kind, payload): ("write", Word) | ("native", (program, argv)) |
-    ("pipeline", name) | ("unknown", name for the error message)."""
+_ENV_ROOT = re.compile(r"\$env:systemroot(?![A-Za-z0-9_])", re.IGNORECASE)
+
+
+def _tool_path(word, host):
+    """The System32 tool a call-operator target names (``"$env:SystemRoot\\System32\\netsh.exe"`` or
+    ``'C:\\Windows\\System32\\netsh.exe'``), else None.
+
+    about_Operators "Call operator &": runs the command a string names; in a double-quoted string
+    (about_Quoting_Rules) ``$env:SystemRoot`` expands to the environment variable, C:\\Windows on a default install
+    (about_Environment_Variables).  File names are case-insensitive.  No other expansion is modelled.
+    """
+    if len(word.parts) != 1 or word.parts[0][0] not in ("sq", "dq"):
+        return None
+    kind, value = word.parts[0]
+    if kind == "dq":
+        value = _ENV_ROOT.sub(lambda m: host.system_root, value)
+        if "$" in value or "`" in value:
+            return None
+    folder, sep, name = value.replace("/", "\\").rpartition("\\")
+    if not sep or folder.lower() != (host.system_root + "\\System32").lower():
+        return None
+    program = name.lower().removesuffix(".exe")
+    return program if program in NATIVE and name.lower().endswith(".exe") else None
+
+
+def _native_argv(tokens):
+    argv = []
+    for tok in tokens:
+        if not isinstance(tok, Word) or any(k == "dq" for k, dummy in tok.parts) or \
+                any(k == "bare" and (set(t) & _SPECIAL) for k, t in tok.parts):
+            return None
+        argv.append(tok.value)
+    return argv
+
+
+def classify(tokens, host=None):
+    """(kind, payload): ("write", Word) | ("native", (program, argv, how)) |
+    ("pipeline", name) | ("unknown", name for the error message).  ``how``: "path" for a tool called by its full
+    path, "bare" for one found through PATH."""
     if not tokens or not isinstance(tokens[0], Word):
         return "unknown", tokens[0] if tokens else ""
     first = tokens[0].value
+    if host is not None and tokens[0].bare and first == "&" and len(tokens) >= 2 and isinstance(tokens[1], Word):
+        program = _tool_path(tokens[1], host)
+        argv = _native_argv(tokens[2:]) if program else None
+        if argv is None:  # the call operator on anything else: not in the contract
+            return "unknown", first
+        return "native", (program, argv, "path")
     lower = first.lower()
     near_miss = lower in ("write-output", "get-nettcpconnection", "get-process") or \
         lower.removesuffix(".exe") in NATIVE
@@ -184,13 +235,10 @@ def classify(tokens):
         return "write", tokens[1]
     program = lower.removesuffix(".exe")
     if tokens[0].bare and program in NATIVE:
-        argv = []
-        for tok in tokens[1:]:
-            if not isinstance(tok, Word) or any(k == "dq" for k, dummy in tok.parts) or \
-                    any(k == "bare" and (set(t) & _SPECIAL) for k, t in tok.parts):
-                return "unknown", None
-            argv.append(tok.value)
-        return "native", (program, argv)
+        argv = _native_argv(tokens[1:])
+        if argv is None:
+            return "unknown", None
+        return "native", (program, argv, "bare")
     normal = _normal(tokens)
     if normal is not None and tuple(normal) in _PIPELINE_TOKENS:
         return "pipeline", _PIPELINE_TOKENS[tuple(normal)]
@@ -247,6 +295,27 @@ def _not_recognized(lang, name, lineno, statement):
     ]
 
 
+def _native_error_records(program, stderr, lineno, statement):
+    """Windows PowerShell 5.1 with its output redirected (WinRM, OpenSSH, -EncodedCommand from a service) turns
+    each line a native command writes to stderr into an ErrorRecord (NativeCommandError), which reaches the
+    client as error-record text: the first line as ``reg : ERROR: ...`` with its position, the others as they
+    are (PowerShell/PowerShell#3996 and #13361 describe the 5.1 behaviour; the layout is as captured, e.g.
+    ``reg : ERROR: The system was unable to find the specified registry key or value.`` followed by
+    ``At line:1 char:1``).  $LASTEXITCODE keeps the tool's own exit code: exit codes still decide.
+    The name printed for a tool called by its full path (``reg.exe``) is UNCONFIRMED; ``reg`` is used for both.
+    """
+    lines = [line for line in stderr.replace("\r\n", "\n").split("\n") if line.strip()]
+    if not lines:
+        return []
+    head = lines[0]
+    out = ["%s : %s" % (program, head), "At line:%d char:1" % lineno, "+ %s" % statement,
+           "+ %s" % ("~" * max(1, min(len(statement), 80))),
+           "    + CategoryInfo          : NotSpecified: (%s:String) [], RemoteException" % head[:20],
+           "    + FullyQualifiedErrorId : NativeCommandError", " "]
+    out += lines[1:]
+    return out
+
+
 def run_powershell(host, script, log, faults=None):
     """Run a script of the contract's language against ``host``.
 
@@ -271,10 +340,10 @@ def run_powershell(host, script, log, faults=None):
             log.append(line.strip())
             return Result("", _clixml(lines), 1)
     state = {"ok": True, "lastexit": None}
-    stdout, stderr, errors = [], [], []
+    stdout, errors = [], []
     for lineno, statement, tokens in parsed:
         log.append(statement)
-        kind, payload = classify(tokens)
+        kind, payload = classify(tokens, host)
         if kind == "write":
             kind_, value = payload.parts[0]
             literal = value if kind_ == "sq" else _expand(value, state)
@@ -285,26 +354,30 @@ def run_powershell(host, script, log, faults=None):
                 state["ok"] = True
                 continue
         if kind == "native":
-            program, argv = payload
+            program, argv, how = payload
             result = faults.tool_failure(host, program, argv) if faults is not None else None
+            if result is None and how == "bare" and program in host.planted:
+                result = run_planted(host, program, argv)  # found first on PATH (about_Command_Precedence)
             if result is None:
                 result = NATIVE[program](host, argv)
             stdout.append(result.stdout)
-            stderr.append(result.stderr)
+            if result.stderr:
+                errors += _native_error_records(program, result.stderr, lineno, statement)
             state["lastexit"] = result.exit_code
             state["ok"] = result.exit_code == 0
             continue
         if kind == "pipeline":
-            if payload == "tcp" and not host.has_nettcpip:
+            if payload in ("tcp", "listen") and not host.has_nettcpip:
                 errors += _not_recognized(lang, "Get-NetTCPConnection", lineno, statement)
                 state["ok"] = False
                 continue
-            stdout.append(run_get_nettcpconnection_csv(host) if payload == "tcp" else run_get_process_csv(host))
+            stdout.append({"tcp": run_get_nettcpconnection_csv, "listen": run_get_listeners_csv,
+                           "process": run_get_process_csv}[payload](host))
             state["ok"] = True
             continue
         errors += _not_recognized(lang, payload if payload else statement, lineno, statement)
         state["ok"] = False
-    err = "".join(stderr)
+    err = ""
     if errors:
         err += _clixml(errors)
     return Result("".join(stdout), err, 0 if state["ok"] else 1)

@@ -53,15 +53,22 @@ _IP_SHOW = ("addresses", "compartments", "config", "destinationcache", "dnsserve
             "excludedportrange", "global", "icmpstats", "interfaces", "ipaddresses", "ipnettomedia", "ipstats",
             "joins", "neighbors", "offload", "route", "subinterfaces", "tcpconnections", "tcpstats",
             "udpconnections", "udpstats", "winsservers")
+_IP_ADD = ("address", "dnsservers", "excludedportrange", "neighbors", "route", "winsservers")
+_IP_DELETE = ("address", "arpcache", "destinationcache", "dnsservers", "excludedportrange", "neighbors", "route",
+              "winsservers")
 _IP_SET = ("address", "compartment", "dnsservers", "dynamicportrange", "global", "interface", "neighbors", "route",
            "subinterface", "winsservers")
 _IP_VERBS = ("add", "delete", "dump", "help", "install", "reset", "set", "show", "uninstall")
 _EMULATED = {("show", "dynamicportrange"): ("protocol", "store"),
              ("show", "excludedportrange"): ("protocol", "store"),
-             ("set", "dynamicportrange"): ("protocol", "startport", "numberofports", "store")}
+             ("set", "dynamicportrange"): ("protocol", "startport", "numberofports", "store"),
+             ("add", "excludedportrange"): ("protocol", "startport", "numberofports", "store"),
+             ("delete", "excludedportrange"): ("protocol", "startport", "numberofports", "store")}
 _REQUIRED = {("show", "dynamicportrange"): ("protocol",),
              ("show", "excludedportrange"): ("protocol",),
-             ("set", "dynamicportrange"): ("protocol", "startport", "numberofports")}
+             ("set", "dynamicportrange"): ("protocol", "startport", "numberofports"),
+             ("add", "excludedportrange"): ("protocol", "startport", "numberofports"),
+             ("delete", "excludedportrange"): ("protocol", "startport", "numberofports")}
 
 
 class _NetshError(Exception):
@@ -96,7 +103,7 @@ def run_netsh(host, argv):
     context = _prefix_match(words[0], ("interface",), minimum=3)
     ip = words[1].lower() if words[1].lower() in IP_VERSIONS else None
     verb = _prefix_match(words[2], _IP_VERBS, minimum=2)
-    items = {"show": _IP_SHOW, "set": _IP_SET}.get(verb, ())
+    items = {"show": _IP_SHOW, "set": _IP_SET, "add": _IP_ADD, "delete": _IP_DELETE}.get(verb, ())
     item = _prefix_match(words[3], items, minimum=2)
     if context is None or ip is None or (verb, item) not in _EMULATED:
         return ToolResult(_lines(text(lang, "cmd_not_found", cmd=" ".join(words))), "", 1)
@@ -110,18 +117,28 @@ def run_netsh(host, argv):
                               ("active", "persistent"))
         if proto is None or store is None:
             raise _NetshError("param_incorrect")
+        layout = host.layout
         if verb == "show" and item == "dynamicportrange":
             start, num = host.dynamic_range(ip, proto, store=store)
             # A range outside netsh's own limits (start=1024 num=64511, left by some
-            # installers) is shown as it is.
-            return ToolResult(_lines("", text(lang, "dyn_title", proto=proto), text(lang, "dyn_dashes"),
-                                     text(lang, "dyn_start", value=start), text(lang, "dyn_num", value=num), ""))
+            # installers) is shown as it is. Labels padded to the profile's width
+            # (host.LAYOUTS: 18 columns on build 26200, no blank line before the title).
+            width = max(layout["dyn_label_width"], len(text(lang, "dyn_num")) + 1, len(text(lang, "dyn_start")) + 1)
+            head = [""] if layout["dyn_blank_first"] else []
+            return ToolResult(_lines(*head, text(lang, "dyn_title", proto=proto), text(lang, "dyn_dashes"),
+                                     "%s: %d" % (text(lang, "dyn_start").ljust(width), start),
+                                     "%s: %d" % (text(lang, "dyn_num").ljust(width), num), ""))
         if verb == "show" and item == "excludedportrange":
+            # Administered exclusions carry "*" in a last column; on some builds the
+            # English header and the other rows are padded for that column (six spaces).
+            pad = "      " if layout["excl_padding"] and lang == "en-US" else ""
             rows = []
-            for start, end, administered in host.excluded_ranges(ip, proto):
-                rows.append("%10d  %10d%s" % (start, end, "     *" if administered else ""))
-            return ToolResult(_lines("", text(lang, "excl_title", proto=proto), "", text(lang, "excl_header"),
+            for start, end, administered in host.excluded_ranges(ip, proto, store=store):
+                rows.append("%10d  %10d%s" % (start, end, "     *" if administered else pad))
+            return ToolResult(_lines("", text(lang, "excl_title", proto=proto), "", text(lang, "excl_header") + pad,
                                      text(lang, "excl_dashes"), *rows, "", text(lang, "excl_footer"), ""))
+        if item == "excludedportrange":
+            return _netsh_exclusion(host, lang, verb, ip, proto, store, params)
         # set dynamicportrange. KB929851: "The minimum range of ports that can be
         # set is 255. The minimum start port that can be set is 1025. The maximum
         # end port (based on the range being configured) cannot exceed 65535."
@@ -137,6 +154,47 @@ def run_netsh(host, argv):
         return ToolResult(_lines(text(lang, "ok"), ""))
     except _NetshError as exc:
         return ToolResult(_lines(text(lang, exc.args[0]), ""), "", 1)
+
+
+def _netsh_exclusion(host, lang, verb, ip, proto, store, params):
+    """netsh int ipv4|ipv6 add|delete excludedportrange protocol= startport= numberofports= [store=]
+    (learn.microsoft.com windowsserverdocs netsh-interface.md, "add excludedportrange": store=active lasts until
+    the next boot, store=persistent is the default and survives it; an administered exclusion is listed with
+    "*"). Refusals as users report them: adding a range that overlaps an exclusion, or holds a port something
+    listens on, fails with ERROR_SHARING_VIOLATION's text "The process cannot access the file because it is being
+    used by another process." (docker/for-win#3171, microsoft/WSL#5306); deleting a range that is not an
+    administered exclusion fails with ERROR_NOT_FOUND's "Element not found." (UNCONFIRMED wording). Exit code 1.
+    A persistent add is in effect at once, as set dynamicportrange's persistent store is (KB929851)."""
+    if not (params["startport"].isdigit() and params["numberofports"].isdigit()) \
+            or len(params["startport"]) > 5 or len(params["numberofports"]) > 5:
+        raise _NetshError("param_incorrect")
+    start, num = int(params["startport"]), int(params["numberofports"])
+    end = start + num - 1
+    if start < 1 or num < 1 or end > 65535:
+        raise _NetshError("param_incorrect")
+    with host.lock:
+        if verb == "add":
+            for entry in host.excluded:
+                if entry["ip"] == ip and entry["proto"] == proto and (entry["active"] or entry["persistent"]) \
+                        and entry["start"] <= end and start <= entry["end"]:
+                    raise _NetshError("in_use")
+            if any(c["State"] == "Listen" and start <= c["LocalPort"] <= end and _family_of(c["LocalAddress"]) == ip
+                   for c in host.connections):
+                raise _NetshError("in_use")
+            host.add_excluded(start, end, ip=ip, proto=proto, administered=True, persistent=store == "persistent")
+            return ToolResult(_lines(text(lang, "ok"), ""))
+        entry = host.find_excluded(start, end, ip=ip, proto=proto, store=store)
+        if entry is None or not entry["administered"]:
+            raise _NetshError("not_found")
+        if store == "persistent" or not entry["persistent"]:
+            host.excluded.remove(entry)
+        else:
+            entry["active"] = False  # back at the next boot, from the persistent store
+        return ToolResult(_lines(text(lang, "ok"), ""))
+
+
+def _family_of(address):
+    return "ipv6" if ":" in str(address) else "ipv4"
 
 
 # ---------------------------------------------------------------------------
@@ -296,9 +354,11 @@ def _reg_delete(host, lang, path, opts):
 EVT_INVALID_QUERY = 15001
 EVT_CHANNEL_NOT_FOUND = 15007
 EVENT_NS = "http://schemas.microsoft.com/win/2004/08/events/event"
-# Tcpip 4227 is a warning, 4231 an error (learn.microsoft.com troubleshoot
-# "Troubleshoot port exhaustion issues"); levels/qualifiers UNCONFIRMED.
-_EVENT_LEVEL = {4227: (3, 32768), 4231: (2, 49152)}
+# Tcpip 4227 and 4231 are Warnings: 4231 is 0x80001087 in netevent.h (the
+# Windows SDK), severity bits 10 = warning, so Qualifiers 32768 (0x8000) and
+# Level 3; 4227 (0x80001083) likewise (learn.microsoft.com troubleshoot "Troubleshoot
+# port exhaustion issues" shows both in the System log).
+_EVENT_LEVEL = {4227: (3, 32768), 4231: (3, 32768)}
 
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+)|(?P<str>'[^']*'|\"[^\"]*\")|(?P<op><=|>=|!=|=|<|>)|(?P<punct>[\[\]()*@/])"
                     r"|(?P<name>[A-Za-z_][A-Za-z0-9_:.-]*))")
@@ -428,18 +488,22 @@ class _XPath:
 
 
 def _event_xml(host, ev):
+    """One event as wevtutil /f:xml prints a classic (EventLog-API) Tcpip event, as captured: the provider by name
+    only (``<Provider Name='Tcpip'/>``, no Guid: Tcpip logs through the classic API, not the
+    Microsoft-Windows-TCPIP manifest), Keywords 0x80000000000000 (Classic), ProcessID 4, and EventData with
+    unnamed ``<Data>`` strings followed by ``<Binary>`` (the raw data, hex)."""
     level, qualifiers = _EVENT_LEVEL.get(ev["event_id"], (4, 0))
     when = ev["time"].astimezone(UTC)
     stamp = when.strftime("%Y-%m-%dT%H:%M:%S.") + "%07dZ" % (when.microsecond * 10)
     data = "".join("<Data>%s</Data>" % escape(str(d)) for d in ev["data"])
-    guid = "{2F07E2EE-15DB-40F1-90EF-9D7BA282188A}"  # Microsoft-Windows-TCPIP provider GUID
-    return ("<Event xmlns='%s'><System><Provider Name='%s' Guid='%s'/><EventID Qualifiers='%d'>%d</EventID>"
+    binary = "<Binary>%s</Binary>" % ("0000000001000000" + "%08X" % ev["event_id"])
+    return ("<Event xmlns='%s'><System><Provider Name='%s'/><EventID Qualifiers='%d'>%d</EventID>"
             "<Version>0</Version><Level>%d</Level><Task>0</Task><Opcode>0</Opcode><Keywords>0x80000000000000</Keywords>"
             "<TimeCreated SystemTime='%s'/><EventRecordID>%d</EventRecordID><Correlation/>"
             "<Execution ProcessID='4' ThreadID='%d'/><Channel>System</Channel><Computer>%s</Computer><Security/>"
-            "</System><EventData>%s</EventData></Event>"
-            % (EVENT_NS, escape(ev["provider"]), guid, qualifiers, ev["event_id"], level, stamp, ev["record_id"],
-               100 + ev["record_id"] % 900, escape(host.hostname), data))
+            "</System><EventData>%s%s</EventData></Event>"
+            % (EVENT_NS, escape(ev["provider"]), qualifiers, ev["event_id"], level, stamp, ev["record_id"],
+               100 + ev["record_id"] % 900, escape(host.hostname), data, binary))
 
 
 def run_wevtutil(host, argv):
@@ -511,6 +575,17 @@ def run_get_nettcpconnection_csv(host):
     return _lines(_csv_row(cols), *rows)
 
 
+def run_get_listeners_csv(host):
+    """Get-NetTCPConnection -State Listen (the -State filter of the cmdlet: learn.microsoft.com
+    "Get-NetTCPConnection"), two properties."""
+    cols = ("LocalAddress", "LocalPort")
+    with host.lock:
+        rows = [_csv_row(c[k] for k in cols) for c in host.connections if c["State"] == "Listen"]
+    if not rows:
+        return ""
+    return _lines(_csv_row(cols), *rows)
+
+
 def run_get_process_csv(host):
     # Get-Process returns the processes sorted by name (then Id).
     with host.lock:
@@ -519,3 +594,29 @@ def run_get_process_csv(host):
 
 
 NATIVE = {"netsh": run_netsh, "reg": run_reg, "wevtutil": run_wevtutil}
+
+
+# ---------------------------------------------------------------------------
+# A program planted on PATH. PowerShell finds a bare command name (``netsh``) by
+# searching the folders of $env:PATH in order, the first match wins
+# (learn.microsoft.com about_Command_Precedence, "Command precedence": "...
+# PowerShell searches ... the directories listed in the Path environment
+# variable"); a folder before System32 that someone else can write to lets
+# them run their netsh.exe as the administrator who runs the command. The
+# simulator's PATH is System32 and, after ``host.plant_on_path(name)``, such a
+# folder: a bare name then runs the planted program, which changes nothing and
+# prints what a faker would, while a call by full path still runs the tool.
+# ---------------------------------------------------------------------------
+PLANTED_OUTPUT = {
+    "netsh": ("", "Protocol tcp Dynamic Port Range", "---------------------------------", "Start Port      : 1025",
+              "Number of Ports : 64511", ""),
+    "reg": ("", "HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters",
+            "    TcpTimedWaitDelay    REG_DWORD    0x1e", ""),
+    "wevtutil": ("",),
+}
+
+
+def run_planted(host, program, argv):
+    with host.lock:
+        host.planted_runs.append([program] + list(argv))
+    return ToolResult(_lines(*PLANTED_OUTPUT[program]))

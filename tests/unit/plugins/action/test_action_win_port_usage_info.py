@@ -41,3 +41,16 @@ def test_unreadable_host():
     result = run({}, conn)
     assert result["failed"] and not result["changed"] and result["round_trips"] == 1
     assert result["msg"].startswith("reading the host failed (rc=1): Access is denied.")
+
+
+def test_service_ports_validated_before_connection():
+    conn = InProcessConnection()
+    result = run({"service_ports": [8080, 70000]}, conn)
+    assert result["failed"] and result["option"] == "service_ports" and result["round_trips"] == 0 == conn.round_trips
+
+
+def test_service_port_in_a_system_exclusion():
+    conn = InProcessConnection()
+    conn.host.add_excluded(49700, 49799)
+    result = run({"service_ports": [49710]}, conn)
+    assert result["verdict"] == "warning" and result["recommendations"] == {"excluded_ranges": ["49710"]}

@@ -95,3 +95,20 @@ def test_unknown_option(bad):
     result = run(bad, conn)
     assert result["failed"] and "bogus" in result["msg"]
     assert conn.round_trips == 0
+
+
+def test_excluded_ranges_overlap_fails_after_one_read_naming_the_option():
+    conn = InProcessConnection()
+    conn.host.add_excluded(50050, 50149)  # a system (WinNAT) block
+    result = run({"excluded_ranges": ["50000-50099"], "time_wait_delay": 30}, conn)
+    assert result["failed"] and result["option"] == "excluded_ranges" and result["round_trips"] == 1
+    assert "50050-50149" in result["msg"] and "winnat" in result["msg"]
+    assert conn.host.registry_value("TcpTimedWaitDelay") is None
+
+
+def test_excluded_ranges_added_then_converged():
+    conn = InProcessConnection()
+    result = run({"excluded_ranges": [8080]}, conn, diff=True)
+    assert result["changed"] and result["round_trips"] == 2 and not result["reboot_required"]
+    assert "ipv6 tcp excluded port range 8080-8080 = excluded (administered)" in result["diff"]["after"]
+    assert run({"excluded_ranges": "8080"}, conn)["round_trips"] == 1

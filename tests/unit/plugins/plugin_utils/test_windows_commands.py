@@ -22,26 +22,32 @@ TWD, MUP = RegName.TIME_WAIT_DELAY, RegName.MAX_USER_PORT
 
 
 # ------------------------------------------------------------------ script building
+REG, NETSH, WEVTUTIL = (re.escape('& "$env:SystemRoot\\System32\\%s.exe"' % t) for t in ("reg", "netsh", "wevtutil"))
 ALLOWED = [
     re.compile(r"\AWrite-Output '@@tcpstack:[a-z0-9-]+@@'\Z"),
     re.compile(r'\AWrite-Output "@@tcpstack:rc:\$LASTEXITCODE@@"\Z'),
     re.compile(r'\AWrite-Output "@@tcpstack:ok:\$\?@@"\Z'),
-    re.compile(r"\Areg query 'HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion' /v CurrentBuildNumber\Z"),
-    re.compile(r"\Areg query 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters'\Z"),
-    re.compile(r"\Areg add 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters' /v (TcpTimedWaitDelay|MaxUserPort)"
+    re.compile(r"\A" + REG + r" query 'HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion' /v CurrentBuildNumber\Z"),
+    re.compile(r"\A" + REG + r" query 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters'\Z"),
+    re.compile(r"\A" + REG + r" add 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters' /v (TcpTimedWaitDelay|MaxUserPort)"
                r" /t REG_DWORD /d [0-9]+ /f\Z"),
-    re.compile(r"\Areg delete 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters' /v (TcpTimedWaitDelay|MaxUserPort) /f\Z"),
-    re.compile(r"\Anetsh int ipv[46] show (dynamicportrange|excludedportrange) protocol=(tcp|udp)\Z"),
-    re.compile(r"\Anetsh int ipv[46] set dynamicportrange protocol=(tcp|udp) startport=[0-9]+ numberofports=[0-9]+\Z"),
+    re.compile(r"\A" + REG + r" delete 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters' /v (TcpTimedWaitDelay|MaxUserPort) /f\Z"),
+    re.compile(r"\A" + NETSH + r" int ipv[46] show (dynamicportrange|excludedportrange) protocol=(tcp|udp)\Z"),
+    re.compile(r"\A" + NETSH + r" int ipv[46] set dynamicportrange protocol=(tcp|udp) startport=[0-9]+ numberofports=[0-9]+\Z"),
+    re.compile(r"\A" + NETSH + r" int ipv[46] (add|delete) excludedportrange protocol=(tcp|udp) startport=[0-9]+ "
+               r"numberofports=[0-9]+ store=persistent\Z"),
     re.compile(r"\A" + re.escape(w.CONNECTIONS_PIPELINE) + r"\Z"),
     re.compile(r"\A" + re.escape(w.PROCESSES_PIPELINE) + r"\Z"),
-    re.compile(r"\Awevtutil qe System '/q:\*\[System\[Provider\[@Name=''Tcpip''\] and \(EventID=4227 or EventID=4231\) and "
+    re.compile(r"\A" + re.escape(w.LISTENERS_PIPELINE) + r"\Z"),
+    re.compile(r"\A" + WEVTUTIL + r" qe System '/q:\*\[System\[Provider\[@Name=''Tcpip''\] and \(EventID=4227 or EventID=4231\) and "
                r"TimeCreated\[timediff\(@SystemTime\) <= [0-9]+\]\]\]' /f:xml /rd:true /c:500\Z"),
 ]
 
 ALL_TARGETS = [tuple(itertools.product(ips, protos)) for ips in ([IP4], [IP6], [IP4, IP6]) for protos in ([TCP], [UDP], [TCP, UDP])]
 ALL_ACTIONS = [w.SetDword(TWD, 2), w.SetDword(TWD, 300), w.SetDword(MUP, 65534), w.DeleteValue(TWD), w.DeleteValue(MUP)]
 ALL_ACTIONS += [w.SetRange(ip, proto, 1025, 64511) for ip in IpVersion for proto in Protocol]
+ALL_ACTIONS += [kind(ip, proto, start, number) for kind in (w.AddExcluded, w.DeleteExcluded) for ip in IpVersion
+                for proto in Protocol for start, number in ((1, 1), (50000, 100), (65535, 1), (1, 65535))]
 
 
 def all_scripts():
@@ -49,8 +55,10 @@ def all_scripts():
     scripts = []
     for targets in ALL_TARGETS:
         scripts.append(w.build_read_script(targets))
+        scripts.append(w.build_read_script(targets, listeners=True))
         scripts.append(w.build_apply_script(tuple(ALL_ACTIONS), targets))
         scripts.append(w.build_apply_script((), targets))
+        scripts.append(w.build_apply_script(tuple(ALL_ACTIONS), targets, excluded=True))
         for hours in (0, 24, EVENT_HOURS_MAX):
             scripts.append(w.build_info_script(targets, hours))
     return scripts
@@ -120,16 +128,16 @@ class TestScripts:
     def test_read_script_exact(self):
         assert w.build_read_script(((IP4, TCP),)) == (
             "Write-Output '@@tcpstack:build@@'\n"
-            "reg query 'HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion' /v CurrentBuildNumber\n"
+            '& "$env:SystemRoot\\System32\\reg.exe" query \'HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\' /v CurrentBuildNumber\n'
             'Write-Output "@@tcpstack:rc:$LASTEXITCODE@@"\n'
             "Write-Output '@@tcpstack:params@@'\n"
-            "reg query 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters'\n"
+            '& "$env:SystemRoot\\System32\\reg.exe" query \'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters\'\n'
             'Write-Output "@@tcpstack:rc:$LASTEXITCODE@@"\n'
             "Write-Output '@@tcpstack:range-ipv4-tcp@@'\n"
-            "netsh int ipv4 show dynamicportrange protocol=tcp\n"
+            '& "$env:SystemRoot\\System32\\netsh.exe" int ipv4 show dynamicportrange protocol=tcp\n'
             'Write-Output "@@tcpstack:rc:$LASTEXITCODE@@"\n'
             "Write-Output '@@tcpstack:excluded-ipv4-tcp@@'\n"
-            "netsh int ipv4 show excludedportrange protocol=tcp\n"
+            '& "$env:SystemRoot\\System32\\netsh.exe" int ipv4 show excludedportrange protocol=tcp\n'
             'Write-Output "@@tcpstack:rc:$LASTEXITCODE@@"\n')
 
     def test_apply_script_exact(self):
@@ -137,16 +145,37 @@ class TestScripts:
                                       ((IP6, UDP),))
         assert script.splitlines()[:9] == [
             "Write-Output '@@tcpstack:apply-0@@'",
-            "reg add 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters' /v TcpTimedWaitDelay /t REG_DWORD /d 30 /f",
+            '& "$env:SystemRoot\\System32\\reg.exe" add \'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters\' '
+            "/v TcpTimedWaitDelay /t REG_DWORD /d 30 /f",
             'Write-Output "@@tcpstack:rc:$LASTEXITCODE@@"',
             "Write-Output '@@tcpstack:apply-1@@'",
-            "reg delete 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters' /v MaxUserPort /f",
+            '& "$env:SystemRoot\\System32\\reg.exe" delete \'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters\' '
+            "/v MaxUserPort /f",
             'Write-Output "@@tcpstack:rc:$LASTEXITCODE@@"',
             "Write-Output '@@tcpstack:apply-2@@'",
-            "netsh int ipv6 set dynamicportrange protocol=udp startport=10000 numberofports=55536",
+            '& "$env:SystemRoot\\System32\\netsh.exe" int ipv6 set dynamicportrange protocol=udp startport=10000 '
+            "numberofports=55536",
             'Write-Output "@@tcpstack:rc:$LASTEXITCODE@@"',
         ]
         assert "verify-params" in script and "verify-range-ipv6-udp" in script and "excluded" not in script
+
+    def test_tools_are_called_by_full_path_never_through_path(self):
+        """Issue 13 finding 8: no statement names reg, netsh or wevtutil bare (resolved through the host's PATH)."""
+        for script in all_scripts():
+            for line in script.splitlines():
+                first = line.split(" ", 1)[0].lower().removesuffix(".exe")
+                assert first not in ("reg", "netsh", "wevtutil"), line
+                if "System32" in line:
+                    assert line.startswith('& "$env:SystemRoot\\System32\\'), line
+
+    def test_excluded_range_statements(self):
+        add = w.AddExcluded(IP6, TCP, 50000, 100)
+        assert w.describe(add) == "netsh int ipv6 add excludedportrange protocol=tcp startport=50000 numberofports=100 store=persistent"
+        assert w.statement(w.DeleteExcluded(IP4, TCP, 50000, 1)) == (
+            '& "$env:SystemRoot\\System32\\netsh.exe" int ipv4 delete excludedportrange protocol=tcp startport=50000 '
+            "numberofports=1 store=persistent")
+        script = w.build_apply_script((add,), ((IP6, TCP),), excluded=True)
+        assert "verify-excluded-ipv6-tcp" in script
 
     def test_event_query(self):
         assert w.event_query(24).endswith("<= 86400000]]]")
@@ -168,6 +197,11 @@ class TestScripts:
         lambda: w.build_apply_script(("reg add x",), ()),
         lambda: w.build_info_script(((IP4, TCP),), "24"),
         lambda: w.event_query(24.5),
+        lambda: w.AddExcluded(IP4, TCP, 0, 10),
+        lambda: w.AddExcluded(IP4, TCP, 65535, 2),
+        lambda: w.DeleteExcluded(IP4, TCP, "50000", 1),
+        lambda: w.AddExcluded("ipv4", TCP, 50000, 1),
+        lambda: w.tool("powershell"),
     ])
     def test_builders_take_ints_and_enum_members_only(self, make):
         with pytest.raises(TypeError):

@@ -12,6 +12,8 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options i
 
 from tests.support.windows_sim import Faults
 from tests.support.windows_sim.connection import run_script, simulated_host
+from tests.support.windows_sim.host import LANGUAGES, PROFILES
+from tests.support.windows_sim.host import WindowsHost as SimHost
 
 IP4, IP6 = IpVersion.IPV4, IpVersion.IPV6
 TCP, UDP = Protocol.TCP, Protocol.UDP
@@ -165,3 +167,49 @@ class TestInfoParsing:
         assert w.parse_events([]) == []
         with pytest.raises(WinTcpError):
             w.parse_events(["<Event>"])
+
+
+# ------------------------------------------------------------------ issue 15 item 5: the layouts of real captures
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_profile_and_language_layout_reads_the_same(profile, language):
+    """German title and header, English trailing padding, build 26200's 18-column labels: the same values."""
+    host = SimHost(profile=profile, language=language, host_state={"winnat_blocks": 1})
+    host.add_excluded(50000, 50059, administered=True)
+    host.add_excluded(8000, 8000)
+    host.set_dynamic_range(10000, 55536, ip="ipv6")
+    targets = ((IP4, TCP), (IP6, TCP))
+    state = w.parse_read(run_script(host, build_read_script(targets)), targets)
+    assert state.build == PROFILES[profile]["build"]
+    assert state.ranges == {(IP4, TCP): (49152, 16384), (IP6, TCP): (10000, 55536)}
+    assert state.excluded[(IP4, TCP)] == ((8000, 8000, False), (49153, 49252, False), (50000, 50059, True))
+    assert state.excluded[(IP6, TCP)] == ((49153, 49252, False),)  # carved at boot, before the range changed
+
+
+def test_captured_layouts_verbatim():
+    german = ["", 'Portausschlussbereiche f\u00fcr das Protokoll "tcp"', "", "Startport      Endport",
+              "----------    --------", "      5357        5357", "     50000       50059     *", "",
+              "* - Verwaltete Portausschl\u00fcsse.", ""]
+    assert w.parse_excluded_ranges(german) == ((5357, 5357, False), (50000, 50059, True))
+    padded = ["", "Protocol tcp Port Exclusion Ranges", "", "Start Port    End Port      ", "----------    --------",
+              "      5357        5357      ", "     50000       50059     *", "", "* - Administered port exclusions.", ""]
+    assert w.parse_excluded_ranges(padded) == ((5357, 5357, False), (50000, 50059, True))
+    build_26200 = ["Protocol tcp Dynamic Port Range", "---------------------------------", "Start Port        : 49152",
+                   "Number of Ports   : 16384", ""]
+    assert w.parse_dynamic_range(build_26200) == (49152, 16384)
+
+
+def test_classic_tcpip_event():
+    xml = ("<Event xmlns='http://schemas.microsoft.com/win/2004/08/events/event'><System><Provider Name=\"Tcpip\" />"
+           "<EventID Qualifiers='32768'>4231</EventID><Level>3</Level><Keywords>0x80000000000000</Keywords>"
+           "<TimeCreated SystemTime='2026-11-24T10:00:00.0000000Z'/><Execution ProcessID='4' ThreadID='8'/>"
+           "</System><EventData><Data></Data><Binary>0000000001000000</Binary></EventData></Event>")
+    assert w.parse_events([xml]) == [{"id": 4231, "time": "2026-11-24T10:00:00.0000000Z"}]
+
+
+def test_powershell_51_error_records_do_not_decide():
+    """A failed reg as PowerShell 5.1 reports it (error records on stderr); the exit code in the marker decides."""
+    host = simulated_host()
+    script = build_read_script(((IP4, TCP),)).replace("CurrentBuildNumber", "NoSuchValue")
+    sections = w.split_sections(run_script(host, script))
+    assert not sections["build"].ok and sections["params"].ok and w.parse_build(sections) is None

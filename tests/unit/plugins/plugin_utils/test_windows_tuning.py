@@ -105,9 +105,10 @@ class TestPlanning:
         desired = validate_win_tcp({"time_wait_delay": 30, "max_user_port": 6000, "port_range": "10000 65535"})
         plan = plan_for(desired, state)
         actions = w.plan_actions(plan)
-        undo = w.rollback_actions(plan, actions)
-        # the 1024 start cannot be sent back (netsh would refuse it); ipv6 goes back to the default
+        undo, skipped = w.rollback_actions(plan, actions)
+        # the 1024 start cannot be sent back (netsh would refuse it), and says so; ipv6 goes back to the default
         assert undo == (c.DeleteValue(TWD), c.SetDword(MUP, 5000), c.SetRange(IP6, TCP, 49152, 16384))
+        assert skipped == ("ipv4 tcp dynamic port range (was start 1024, 64511 ports (1024-65534), outside netsh's rules)",)
 
     def test_verify(self):
         desired = validate_win_tcp({"time_wait_delay": 30})
@@ -257,3 +258,128 @@ class TestRun:
         with pytest.raises(ValidationError, match="build 7601"):
             w.run({"time_wait_delay": 10}, WindowsHost(conn))
         assert conn.round_trips == 1
+
+
+# ------------------------------------------------------------------ issue 15: excluded_ranges
+EXCL = {"excluded_ranges": ["50000-50099", 60000]}
+
+
+def administered(host, ip="ipv4", store="active"):
+    return [(a, b) for a, b, admin in host.excluded_ranges(ip, "tcp", store=store) if admin]
+
+
+class TestExcludedRanges:
+    def test_validation(self):
+        assert validate_win_tcp({"excluded_ranges": "60000, 50000-50099"}).excluded_ranges == ((50000, 50099), (60000, 60000))
+        assert validate_win_tcp({"excluded_ranges": [[50000, 50099]]}).excluded_ranges == ((50000, 50099),)
+        assert validate_win_tcp({"excluded_ranges": []}).excluded_ranges == ()
+        for bad in (["50000-50099", "50050-50150"], [0], [65536], "abc", {"a": 1}, [True], ["1-2-3"], [None],
+                    list(range(1, 103))):
+            with pytest.raises(ValidationError, match="excluded_ranges"):
+                validate_win_tcp({"excluded_ranges": bad})
+
+    def test_added_idempotently_and_kept_across_a_reboot(self):
+        conn = InProcessConnection()
+        conn.host.add_excluded(40000, 40009, administered=True)  # not given: never touched
+        conn.host.add_excluded(55000, 55099)  # a system exclusion: never touched
+        result, dummy, trips = tune(conn, EXCL)
+        assert result["changed"] and trips == 2 and not result["reboot_required"]
+        assert result["before"]["excluded_ranges"] == {
+            ip: {"tcp": {"50000-50099": False, "60000-60000": False}} for ip in ("ipv4", "ipv6")}
+        assert result["after"]["excluded_ranges"]["ipv6"]["tcp"] == {"50000-50099": True, "60000-60000": True}
+        for ip in ("ipv4", "ipv6"):
+            assert set(administered(conn.host, ip, "persistent")) >= {(50000, 50099), (60000, 60000)}
+        assert administered(conn.host) == [(40000, 40009), (50000, 50099), (60000, 60000)]
+        assert (55000, 55099, False) in conn.host.excluded_ranges("ipv4", "tcp")
+        statements = [s for s in conn.log if "excludedportrange" in s and " add " in s]
+        assert len(statements) == 4 and all(s.endswith("store=persistent") for s in statements)
+        conn.host.reboot()
+        result, dummy, trips = tune(InProcessConnection(host=conn.host), EXCL)
+        assert not result["changed"] and trips == 1
+
+    def test_absent_removes_only_the_listed(self):
+        conn = InProcessConnection()
+        for start in (40000, 50000, 60000):
+            conn.host.add_excluded(start, start + 9, administered=True)
+        conn.host.add_excluded(61000, 61099)  # system, and listed: left alone, with a warning
+        args = {"state": "absent", "excluded_ranges": ["50000-50009", "61000-61099", "62000"], "ip_versions": "ipv4"}
+        result, warnings, trips = tune(conn, args)
+        assert result["changed"] and trips == 2
+        assert administered(conn.host) == [(40000, 40009), (60000, 60009)]
+        assert (61000, 61099, False) in conn.host.excluded_ranges("ipv4", "tcp")
+        assert any("61000-61099 is a system exclusion" in w and "never removes" in w for w in warnings)
+        result, dummy, trips = tune(InProcessConnection(host=conn.host), args)
+        assert not result["changed"] and trips == 1
+
+    @pytest.mark.parametrize("existing, administered_, words", [
+        ((50050, 50149), False, "system exclusion"), ((50090, 50109), True, "administered exclusion 50090-50109")])
+    def test_an_overlap_is_refused_before_anything_is_sent(self, existing, administered_, words):
+        conn = InProcessConnection()
+        conn.host.add_excluded(*existing, ip="ipv6", administered=administered_)
+        before = conn.host.snapshot()
+        with pytest.raises(ValidationError) as info:
+            w.run(dict(EXCL, time_wait_delay=30), WindowsHost(conn))
+        assert info.value.option == "excluded_ranges" and words in str(info.value) and "50000-50099" in str(info.value)
+        assert conn.round_trips == 1 and conn.host.snapshot() == before
+
+    def test_a_port_in_use_is_refused_before_anything_is_sent(self):
+        conn = InProcessConnection()
+        conn.host.add_connection("::", 60000, "::", 0, "Listen", 4)
+        before = conn.host.snapshot()
+        with pytest.raises(ValidationError) as info:
+            w.run(dict(EXCL, time_wait_delay=30), WindowsHost(conn))
+        assert info.value.option == "excluded_ranges" and "TCP port 60000 listens on ipv6" in str(info.value)
+        assert conn.round_trips == 1 and conn.host.snapshot() == before
+        assert "Get-NetTCPConnection -State Listen" in conn.scripts[0]
+        absent = InProcessConnection()
+        tune(absent, {"excluded_ranges": [60000], "state": "absent"})
+        assert "Listen" not in absent.scripts[0]  # the listeners are read only when exclusions may be added
+
+    def test_netsh_refusal_is_reported_with_its_message_and_rolled_back(self):
+        """Server 2008 R2 has no Get-NetTCPConnection: the port in use is known to netsh only."""
+        conn = InProcessConnection(profile="server2008r2")
+        conn.host.add_connection("::", 60000, "::", 0, "Listen", 4)
+        error, trips = failure(conn, dict(EXCL, time_wait_delay=30))
+        assert trips == 3 and error.result["rolled_back"] is True and not error.result["changed"]
+        assert "netsh int ipv6 add excludedportrange protocol=tcp startport=60000 numberofports=1" in str(error)
+        assert "The process cannot access the file because it is being used by another process." in str(error)
+        assert administered(conn.host) == [] and administered(conn.host, "ipv6") == []
+        assert conn.host.registry_value("TcpTimedWaitDelay") is None
+
+    def test_check_mode_and_diff(self):
+        conn = InProcessConnection()
+        before = conn.host.snapshot()
+        result, dummy, trips = tune(conn, dict(EXCL, ip_versions="ipv4"), check_mode=True, want_diff=True)
+        assert result["changed"] and trips == 1 and conn.host.snapshot() == before
+        assert result["diff"]["before"] == ("ipv4 tcp excluded port range 50000-50099 = (not excluded)\n"
+                                            "ipv4 tcp excluded port range 60000-60000 = (not excluded)\n")
+        assert result["diff"]["after"] == ("ipv4 tcp excluded port range 50000-50099 = excluded (administered)\n"
+                                           "ipv4 tcp excluded port range 60000-60000 = excluded (administered)\n")
+
+    def test_rollback_actions_of_exclusions(self):
+        plan = plan_for(validate_win_tcp({"excluded_ranges": [50000], "ip_versions": "ipv4"}), state_of())
+        actions = w.plan_actions(plan)
+        assert actions == (c.AddExcluded(IP4, TCP, 50000, 1),)
+        assert w.rollback_actions(plan, actions) == ((c.DeleteExcluded(IP4, TCP, 50000, 1),), ())
+
+    def test_an_active_only_exclusion_counts_until_the_reboot(self):
+        """store=active (by hand) lasts until the next boot; win_tcp then adds it again, persistently."""
+        conn = InProcessConnection()
+        conn.host.add_excluded(60000, 60000, administered=True, persistent=False)
+        args = {"excluded_ranges": [60000], "ip_versions": "ipv4"}
+        assert not tune(conn, args)[0]["changed"]
+        conn.host.reboot()
+        assert tune(InProcessConnection(host=conn.host), args)[0]["changed"]
+        assert administered(conn.host, store="persistent") == [(60000, 60000)]
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 650), min_size=0, max_size=6, unique=True), st.sampled_from(["present", "absent"]))
+def test_plan_of_converged_exclusions_is_empty(blocks, state):
+    """Listed ranges the host has as administered exclusions (present), or lacks (absent): nothing to do."""
+    ranges = [(b * 100, b * 100 + 49) for b in blocks]
+    desired = validate_win_tcp({"excluded_ranges": ["%d-%d" % r for r in ranges], "ip_versions": "ipv4",
+                                **({"state": "absent"} if state == "absent" else {})})
+    rows = tuple((a, b, True) for a, b in sorted(ranges)) if state == "present" else ()
+    plan = plan_for(desired, state_of(excluded={(IP4, TCP): rows}, targets=((IP4, TCP),)))
+    assert [c for c in plan.changes if isinstance(c.key, w.Exclusion)] == []

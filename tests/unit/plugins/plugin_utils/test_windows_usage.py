@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils import fleet_report
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils import windows_usage as u
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import (
     InfoOptions,
@@ -14,6 +15,7 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options i
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_host import WindowsHost
 
 from tests.support.windows_sim.connection import InProcessConnection, simulated_host
+from tests.support.windows_sim.host import WindowsHost as SimHost
 
 IP4, TCP = IpVersion.IPV4, Protocol.TCP
 
@@ -90,3 +92,95 @@ class TestAnalysis:
         assert r["ephemeral"]["reserved"] == "49152-49160,50005-50009" and r["ephemeral"]["usable"] == 16384 - 14
         assert r["excluded_port_ranges"]["ipv4"]["tcp"] == [{"start": 49000, "end": 49160, "administered": True},
                                                             {"start": 50005, "end": 50009, "administered": False}]
+
+
+# ------------------------------------------------------------------ issue 15: the range as Windows really has it
+def blocks_host(blocks=0, installer=None, connections=(), language="en-US", profile="server2022"):
+    """A host whose WinNAT reserves ``blocks`` blocks of 100 at boot, optionally with an installer-left range."""
+    state = {"winnat_blocks": blocks, "installer_range": installer}
+    if connections:
+        keys = ("LocalAddress", "LocalPort", "RemoteAddress", "RemotePort", "State", "OwningProcess")
+        state["connections"] = [dict(zip(keys, row)) for row in connections]
+    return SimHost(profile=profile, language=language, host_state=state)
+
+
+class TestRangeAnalysis:
+    def test_free_blocks(self):
+        assert u.free_blocks((10, 100), [(20, 29), (5, 12), (95, 200)]) == ((13, 19), (30, 94))
+        assert u.free_blocks((10, 100), []) == ((10, 100),)
+        assert u.free_blocks((10, 100), [(1, 65535)]) == ()
+
+    @pytest.mark.parametrize("language", ["en-US", "de-DE"])
+    def test_administered_and_system_are_split(self, language):
+        host = blocks_host(2, language=language)
+        host.add_excluded(60000, 60009, administered=True)
+        r = analyse(host)
+        a = r["dynamic_range_analysis"]["ipv4"]
+        assert a["administered"] == [{"start": 60000, "end": 60009}]
+        assert a["system"] == [{"start": 49153, "end": 49252}, {"start": 49253, "end": 49352}]
+        assert a["usable"] == 16384 - 210
+        assert a["largest_free_block"] == {"start": 49353, "end": 59999, "size": 10647}
+        assert r["verdict"] == "ok" and r["recommendations"] == {}
+
+    def test_fragmentation_cites_the_reported_figure(self):
+        host = blocks_host()
+        for start in range(49152 + 3000, 65535 - 100, 3000):  # a block of 100 every 3,000 ports
+            host.add_excluded(start, start + 99)
+        r = analyse(host)
+        largest = r["dynamic_range_analysis"]["ipv4"]["largest_free_block"]
+        assert largest["size"] < 4096
+        finding = next(f for f in r["findings"] if "fragmented" in f)
+        assert "4,096" in finding and "microsoft/WSL#12351" in finding and "not a documented Windows limit" in finding
+        assert "largest contiguous free block is %s ports" % "{:,}".format(largest["size"]) in finding
+        assert r["verdict"] == "warning"
+
+    @pytest.mark.parametrize("installer, number", [("visual-studio", 64511), ("windows-1024-13977", 13977)])
+    def test_installer_range_flagged_with_winnat_blocks_from_1025(self, installer, number):
+        r = analyse(blocks_host(3, installer=installer))
+        a = r["dynamic_range_analysis"]["ipv4"]
+        assert a["installer_range"] is True and a["range"] == {"start": 1024, "end": 1024 + number - 1, "number": number}
+        assert a["system"][0] == {"start": 1025, "end": 1124}
+        assert any("as installers leave it" in f and "{:,}".format(number) in f for f in r["findings"])
+        assert r["recommendations"]["port_range"] == "49152 65535"
+        assert validate_win_tcp(r["recommendations"])
+
+    def test_a_listener_inside_a_system_exclusion(self):
+        rows = [("0.0.0.0", 49200, "0.0.0.0", 0, "Listen", 3100)]
+        host = blocks_host(0, connections=rows)
+        host.add_excluded(49153, 49252)  # WinNAT took the block after the service bound its port
+        r = analyse(host, service_ports=(49160, 8080))
+        text = " ".join(r["findings"])
+        assert "port 49200, which a service listens on, lies inside the ipv4 tcp system exclusion 49153-49252" in text
+        assert "port 49160, which a service is configured for" in text and "8080" not in text
+        assert "WSAEACCES (10013), which is this exclusion, not port exhaustion" in text
+        assert r["recommendations"]["excluded_ranges"] == ["49160", "49200"]
+        assert validate_win_tcp(r["recommendations"])
+
+    def test_an_administered_exclusion_is_no_finding(self):
+        host = blocks_host(0, connections=[("0.0.0.0", 50000, "0.0.0.0", 0, "Listen", 3100)])
+        host.add_excluded(50000, 50000, administered=True)
+        r = analyse(host, service_ports=(50000,))
+        assert r["findings"] == [] and r["recommendations"] == {}
+
+    def test_winnat_blocks_move_after_a_reboot_and_vanish_when_it_stops(self):
+        host = blocks_host(2)
+        first = analyse(host)["dynamic_range_analysis"]["ipv4"]["system"]
+        host.reboot()
+        second = analyse(host)["dynamic_range_analysis"]["ipv4"]["system"]
+        assert first != second and len(second) == 2
+        host.stop_winnat()
+        assert analyse(host)["dynamic_range_analysis"]["ipv4"]["system"] == []
+
+
+def test_the_fleet_report_shows_the_range_findings_of_a_windows_host():
+    """Issue 15 item 3: the findings and recommendations flow through fleet_report unchanged (no Windows code there)."""
+    host = blocks_host(1, installer="visual-studio")
+    host.add_connection("0.0.0.0", 1100, "0.0.0.0", 0, "Listen", 3100)  # bound after WinNAT took 1025-1124
+    row = fleet_report.host_row("win1", "windows", analyse(host))
+    assert any("as installers leave it" in f for f in row["findings"])
+    assert any("WSAEACCES (10013)" in f for f in row["findings"])
+    assert row["recommendations"] == {"port_range": "49152 65535", "excluded_ranges": ["1100"]}
+    report = fleet_report.build_report([row], "now")
+    markdown = fleet_report.render_markdown(report)
+    assert "excluded\\_ranges: \\[&quot;1100&quot;\\]" in markdown or "excluded\\_ranges: \\[\"1100\"\\]" in markdown
+    assert "as installers leave it" in fleet_report.render_html(report)
