@@ -18,6 +18,7 @@ import fcntl
 import os
 import posixpath
 import socket
+import stat
 import time
 from contextlib import contextmanager
 
@@ -31,7 +32,14 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table impor
 
 CLONE_NEWNET = 0x40000000
 LOCK_PATH = "/run/tcpstack-tuning.lock"
+LOCK_WAIT = 120.0  # seconds a run waits for another run's lock before it fails, saying who holds it
 CHUNK = 1 << 20  # /proc/net/tcp is read in chunks of this size
+FILE_MAX = 1 << 20  # the most a sysctl.d file, /etc/sysctl.conf or a /proc file may hold: 1 MiB
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# How a path that is not a regular file is named in messages.
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
 # ctypes, json and tempfile are imported by the methods only linux_tcp calls (fresh_defaults,
 # write_file_atomic): port_usage_info never needs them, and its start-up time and memory are
 # measured (docs/port_usage_info.md, Cost).
@@ -39,6 +47,81 @@ CHUNK = 1 << 20  # /proc/net/tcp is read in chunks of this size
 
 class HostError(Exception):
     """Something on the host failed; the message says what and where."""
+
+
+class UnsafeFile(OSError):
+    """A file that is not read: not a regular file, a symbolic link where none may be, or too large.
+
+    An OSError (errno EINVAL, EFBIG or ELOOP), so callers that already handle an unreadable file
+    handle this one too; ``strerror`` says why in words and ``filename`` is the path as the user
+    knows it.
+    """
+
+
+def kind(mode):
+    """What a file of ``mode`` is, in words ("a FIFO (named pipe)"), or "a regular file"."""
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _read_fd(fd, cap, shown):
+    """At most ``cap`` bytes from ``fd``; UnsafeFile when there are more (reads cap + 1 bytes at most)."""
+    chunks = []
+    total = 0
+    while total <= cap:
+        try:
+            chunk = os.read(fd, min(CHUNK, cap + 1 - total))
+        except BlockingIOError:  # only a FIFO or device can say this, and fstat refused those
+            raise UnsafeFile(errno.EAGAIN, "would block on read", shown)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+    raise UnsafeFile(errno.EFBIG, "is larger than %d bytes, the most read from such a file" % cap, shown)
+
+
+def _is_dev_null(st):
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+
+
+def read_regular(path, shown=None, follow=False, cap=FILE_MAX):
+    """The bytes of the regular file ``path``: never a FIFO, device, socket or directory, never more than ``cap``.
+
+    The file is looked at first (lstat, or stat with ``follow``) and opened only when it is a
+    regular file, with O_NONBLOCK (a FIFO swapped in meanwhile cannot block), O_CLOEXEC and, unless
+    ``follow``, O_NOFOLLOW; after the open, fstat must show the same regular file.  Procfs files
+    are regular files of size 0: they are read to their end like any other, up to ``cap``.
+
+    Raises FileNotFoundError when there is nothing at ``path``, UnsafeFile (an OSError) naming
+    ``shown`` and what the file is otherwise, or the OSError of the open or read.
+    """
+    shown = path if shown is None else shown
+    try:
+        before = os.stat(path) if follow else os.lstat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFile(errno.ELOOP, "is a symbolic link loop", shown)
+        raise
+    if not stat.S_ISREG(before.st_mode):
+        raise UnsafeFile(errno.EINVAL, "is %s, not a regular file" % kind(before.st_mode), shown)
+    if before.st_size > cap:
+        raise UnsafeFile(errno.EFBIG, "is %d bytes, more than the %d read from such a file" % (before.st_size, cap),
+                         shown)
+    try:
+        fd = os.open(path, _READ_FLAGS | (0 if follow else _NOFOLLOW))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # replaced by a symbolic link since the lstat
+            raise UnsafeFile(errno.ELOOP, "is a symbolic link", shown)
+        raise
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+            raise UnsafeFile(errno.EINVAL, "changed while it was opened (now %s)" % kind(now.st_mode), shown)
+        return _read_fd(fd, cap, shown)
+    finally:
+        os.close(fd)
 
 
 def sysctl_path(key):
@@ -65,16 +148,19 @@ class LinuxHost:
 
         Raises OSError when the key is there but cannot be read.
         """
+        path = sysctl_path(key)
         try:
-            with open(self._p(sysctl_path(key)), "r") as handle:
-                return handle.read().rstrip("\n")
+            data = read_regular(self._p(path), path)
         except FileNotFoundError:
             return None
+        return data.decode("utf-8", "replace").rstrip("\n")
 
     def read_sysctl(self, key):
         """The runtime value of ``key`` as the kernel prints it, or None if the kernel lacks it."""
         try:
             return self.sysctl_text(key)
+        except UnsafeFile as exc:
+            raise HostError("reading %s failed: %s %s" % (key, exc.filename, exc.strerror))
         except OSError as exc:
             raise HostError("reading %s failed: %s" % (key, os.strerror(exc.errno or errno.EIO)))
 
@@ -83,7 +169,8 @@ class LinuxHost:
         path = self._p(sysctl_path(key))
         data = (value + "\n").encode("ascii")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_TRUNC if self.root != "/" else os.O_WRONLY)
+            flags = os.O_WRONLY | os.O_NONBLOCK | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+            fd = os.open(path, flags | os.O_TRUNC if self.root != "/" else flags)
             try:
                 os.write(fd, data)
             finally:
@@ -96,17 +183,18 @@ class LinuxHost:
 
     # /proc and netlink ----------------------------------------------------
     def read_proc(self, path):
-        """The text of a /proc file such as /proc/net/snmp; raises OSError."""
-        with open(self._p(path), "r") as handle:
-            return handle.read()
+        """The text of a /proc file such as /proc/net/snmp; raises OSError (UnsafeFile: not a regular file, or over 1 MiB)."""
+        return read_regular(self._p(path), path).decode("utf-8", "replace")
 
     def read_chunks(self, path, size=CHUNK):
         """Yield a file's bytes in chunks of about ``size`` (a large /proc/net/tcp is never held whole).
 
         Raises OSError, from the first or a later chunk.
         """
-        fd = os.open(self._p(path), os.O_RDONLY)
+        fd = os.open(self._p(path), _READ_FLAGS)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafeFile(errno.EINVAL, "is not a regular file", path)
             while True:
                 chunk = os.read(fd, size)
                 if not chunk:
@@ -204,22 +292,53 @@ class LinuxHost:
 
     # files --------------------------------------------------------------
     def read_file(self, path):
-        """Text of ``path``, or None when it does not exist.  A link to /dev/null reads as ""."""
+        """Text of ``path`` as boot-time tools read it, or None when it does not exist or is a directory.
+
+        A symbolic link is followed to a regular file (systemd-sysctl and procps follow them); a
+        link to /dev/null reads as "" (it masks a file of that name) and is not opened.  Anything
+        else that is not a regular file, a symlink loop or a file over FILE_MAX raises UnsafeFile.
+        """
+        real = self._p(path)
         try:
-            with open(self._p(path), "r", encoding="utf-8", errors="replace") as handle:
-                return handle.read()
+            st = os.stat(real)
         except FileNotFoundError:
             return None
-        except IsADirectoryError:
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeFile(errno.ELOOP, "is a symbolic link loop", path)
+            raise
+        if stat.S_ISDIR(st.st_mode):
             return None
+        if _is_dev_null(st):
+            return ""
+        return read_regular(real, path, follow=True).decode("utf-8", "replace")
 
-    def read_layout(self, directories, conf):
+    def read_layout(self, directories, conf, notes=None):
         """Every ``*.conf`` file of ``directories`` and ``conf`` (when a regular file): path -> text.
 
-        linux_sysctl_d says which: the sysctl.d directories and /etc/sysctl.conf.
+        linux_sysctl_d says which: the sysctl.d directories and /etc/sysctl.conf.  These reads
+        predict what a boot applies, so they follow symbolic links as systemd-sysctl does (Debian's
+        99-sysctl.conf -> ../sysctl.conf).  A file that cannot be read safely (a FIFO, a device, a
+        socket, a symlink loop or a dangling link, a file over FILE_MAX, an unreadable one) is left
+        out and a sentence saying so is appended to ``notes``: it is never opened if it is not a
+        regular file, so it can neither block nor flood the run.
         """
         layout = {}
         seen = set()
+        notes = [] if notes is None else notes
+
+        def take(path):
+            try:
+                text = self.read_file(path)
+            except OSError as exc:
+                reason = exc.strerror if isinstance(exc, UnsafeFile) else "cannot be read (%s)" % (
+                    exc.strerror or exc)
+                notes.append("%s %s: it was not read, so what it sets at boot is not taken into account"
+                             % (path, reason))
+                return
+            if text is not None:
+                layout[path] = text
+
         for directory in directories:
             real = os.path.realpath(self._p(directory))
             if real in seen:  # merged /usr: /lib/sysctl.d is /usr/lib/sysctl.d, read it once
@@ -229,16 +348,44 @@ class LinuxHost:
                 names = os.listdir(self._p(directory))
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            for name in names:
-                if not name.endswith(".conf"):
-                    continue
-                path = posixpath.join(directory, name)
-                text = self.read_file(path)
-                if text is not None:
-                    layout[path] = text
-        if os.path.isfile(self._p(conf)):
-            layout[conf] = self.read_file(conf) or ""
+            for name in sorted(names):
+                if name.endswith(".conf"):
+                    take(posixpath.join(directory, name))
+        if os.path.lexists(self._p(conf)):
+            try:
+                st = os.stat(self._p(conf))
+            except OSError:
+                st = None
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                take(conf)
         return layout
+
+    def own_file(self, path, marks):
+        """The text of our persisted file ``path``, None when absent; UnsafeFile when it is not ours.
+
+        Ours is a regular file (not a symbolic link, FIFO, device, socket or directory) of at most
+        FILE_MAX bytes whose first line starts with one of ``marks``.  Never follows a symbolic link
+        and never opens anything but a regular file.
+        """
+        real = self._p(path)
+        try:
+            if os.path.islink(real):
+                target = os.readlink(real)
+                raise UnsafeFile(errno.ELOOP, "is a symbolic link (to %s), not a regular file"
+                                 % (target if len(target) <= 200 else target[:200] + "..."), path)
+            data = read_regular(real, path, follow=False)
+        except FileNotFoundError:
+            return None
+        except UnsafeFile:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ENOTDIR:
+                raise UnsafeFile(errno.ENOTDIR, "is inside something that is not a directory", path)
+            raise UnsafeFile(exc.errno or errno.EIO, "cannot be read (%s)" % (exc.strerror or exc), path)
+        text = data.decode("utf-8", "replace")
+        if not text.startswith(tuple(marks)):
+            raise UnsafeFile(errno.EPERM, "does not start with the header linux_tcp writes, so it is not ours", path)
+        return text
 
     def first_name(self, path, directories):
         """``path`` named through the first of ``directories`` that is the same directory as its own.
@@ -313,7 +460,7 @@ class LinuxHost:
     @staticmethod
     def _fsync_dir(directory):
         try:
-            fd = os.open(directory, os.O_RDONLY)
+            fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
         except OSError:
             return
         try:
@@ -327,18 +474,76 @@ class LinuxHost:
         return os.path.isdir(self._p(path))
 
     @contextmanager
-    def lock(self):
-        """Serialise runs on this host: runtime and file must always agree."""
+    def lock(self, wait=LOCK_WAIT, poll=0.2):
+        """Serialise runs on this host: runtime and file must always agree.
+
+        Takes an exclusive flock on LOCK_PATH, waiting at most ``wait`` seconds (polling every
+        ``poll`` seconds at most), then fails with HostError naming the process that holds it (its
+        pid is written into the file).  The lock file is opened with O_NOFOLLOW and O_NONBLOCK and
+        must be a regular file owned by the user running the module (root), else HostError.
+
+        The lock is skipped, and the run goes on unserialised, only when the file cannot be
+        created or opened because /run is read-only (EROFS), missing (ENOENT), or not writable by
+        this user (EACCES, EPERM: an unprivileged run, which cannot write /proc/sys or
+        /etc/sysctl.d either).
+        """
         path = self._p(LOCK_PATH)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
-            fd = None  # read-only /run: nothing to serialise against but ourselves
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.ENOENT, errno.EACCES, errno.EPERM):
+                what = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+                raise HostError("cannot open the lock file %s: %s" % (LOCK_PATH, what))
+            fd = None  # read-only or missing /run, or no permission: nothing to serialise against but ourselves
+        if fd is not None:
+            self._take_lock(fd, wait, poll)  # closes fd when it fails
         try:
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             if fd is not None:
+                try:
+                    os.ftruncate(fd, 0)
+                except OSError:
+                    pass
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
+
+    @staticmethod
+    def _take_lock(fd, wait, poll):
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                raise HostError("the lock file %s is %s owned by uid %d, not a regular file of uid %d: remove it"
+                                % (LOCK_PATH, kind(st.st_mode), st.st_uid, os.geteuid()))
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise HostError("another run holds the lock %s (%s) and did not release it within %g s; "
+                                        "nothing was changed" % (LOCK_PATH, _holder(fd), wait))
+                    time.sleep(min(poll, left))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, ("%d\n" % os.getpid()).encode("ascii"), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+def _holder(fd):
+    """Who holds the lock, from the pid the holder wrote into it: "pid 42, ansible-playbook" or what is known."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        text = ""
+    if not text.isdigit() or len(text) > 10:
+        return "its holder wrote no pid into it"
+    try:
+        comm = read_regular("/proc/%s/comm" % text, cap=64).decode("utf-8", "replace").strip()
+    except OSError:
+        return "pid %s" % text
+    return "pid %s, %s" % (text, "".join(c if c.isprintable() else "?" for c in comm))

@@ -161,12 +161,18 @@ _C_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
 _BLANKS = " \t\n\r\v\f"
 
 
+_KERNEL_NUMBER_CHARS = 21  # kernel/sysctl.c: TMPBUFLEN 22
+
+
 def _c_number(text, pos):
     """A C-syntax unsigned number at ``pos`` (strtoul base 0): (value, end) or (None, pos)."""
     match = _C_NUMBER.match(text, pos)
     if not match:
         return None, pos
     word = match.group(0)
+    if len(word) >= _KERNEL_NUMBER_CHARS:
+        # proc_get_long() copies at most TMPBUFLEN - 1 (21) characters and refuses a number that fills them
+        return None, pos
     if word[:2] in ("0x", "0X"):
         return int(word, 16), match.end()
     if word.startswith("0"):

@@ -43,6 +43,12 @@ SYSCTL_CONF = "/etc/sysctl.conf"
 # /run is a tmpfs emptied at every boot: a file there does not persist.
 PERSIST_DIRS = tuple(d for d in SYSCTL_D_DIRS if not d.startswith("/run/"))
 INITS = ("systemd", "procps")
+# The first line of every file linux_tcp has written, in this version and every earlier one (the
+# header has read the same since the first release; add the old text here if it ever changes): only a
+# file starting with one of these is rewritten or removed.
+OUR_MARKS = ("# Managed by Ansible: tcpstack.tuning.linux_tcp.",)
+# A value longer than this is refused unparsed (LinuxHost reads no file over 1 MiB, so none is this long).
+VALUE_MAX = 1 << 20
 _SAFE_NAME = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+@")
 
 
@@ -107,6 +113,27 @@ def parse(text, path=None, init="systemd"):
     return out
 
 
+def shorten(text, limit=60):
+    """``text`` for a message: at most ``limit`` characters, then how long it really is."""
+    if len(text) <= limit:
+        return text
+    return "%s... (%d characters)" % (text[:limit], len(text))
+
+
+def _kernel_value(key, text, previous):
+    """kernel_value(), with a value no kernel accepts refused before it is parsed: (value or None, why refused)."""
+    if len(text) > VALUE_MAX:
+        return None, "is %d characters long, more than the kernel accepts" % len(text)
+    try:
+        value = kernel_value(key, text, previous)
+    except ValueError:
+        value = None
+    if value is None and len(text) > 64:
+        # a number of 21 characters or more (kernel/sysctl.c, TMPBUFLEN): EINVAL
+        return None, "is not a value the kernel accepts (a number of 21 characters or more is EINVAL)"
+    return value, None
+
+
 def applied_files(layout, init="systemd"):
     """Paths of the files ``init`` applies at boot, in order.
 
@@ -152,7 +179,7 @@ def predict(layout, keys, init="systemd", defaults=None):
         for key, assignment in pending.items():
             if assignment.value is None:
                 continue
-            value = kernel_value(key, assignment.value, defaults.get(key))
+            value = _kernel_value(key, assignment.value, defaults.get(key))[0]
             if value is not None:
                 result[key] = replace(assignment, value=value)
         return result
@@ -161,10 +188,33 @@ def predict(layout, keys, init="systemd", defaults=None):
             if assignment.key not in wanted:
                 continue
             previous = result[assignment.key].value if assignment.key in result else defaults.get(assignment.key)
-            value = kernel_value(assignment.key, assignment.value, previous)
+            value = _kernel_value(assignment.key, assignment.value, previous)[0]
             if value is not None:
                 result[assignment.key] = replace(assignment, value=value)
     return result
+
+
+def unusable(layout, keys):
+    """Sentences naming each assignment of a key in ``keys`` whose value no kernel can take (too long to be a number).
+
+    Such a value is refused at boot (the key keeps its earlier value), never a reason to fail: the
+    run reports it as a warning and goes on.
+    """
+    wanted = set(keys)
+    found = []
+    seen = set()
+    for init in INITS:
+        for path in applied_files(layout, init):
+            for assignment in parse(layout[path] or "", path, init):
+                if (assignment.key not in wanted or assignment.value is None or len(assignment.value) <= 64
+                        or (path, assignment.line) in seen):
+                    continue  # a value of 64 characters or fewer is always parsed (kernel_value)
+                why = _kernel_value(assignment.key, assignment.value, None)[1]
+                if why is not None:
+                    seen.add((path, assignment.line))
+                    found.append("%s line %d sets %s to %s, which %s: the kernel refuses it at boot"
+                                 % (path, assignment.line, assignment.key, shorten(assignment.value), why))
+    return found
 
 
 def boot_values(layout, keys, defaults):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import HostError
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import FILE_MAX, HostError
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
     BY_KEY,
     CONTEXT_KEYS,
@@ -24,6 +24,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings imp
     validate_options,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d import (
+    OUR_MARKS,
     SYSCTL_CONF,
     SYSCTL_D_DIRS,
     boot_values,
@@ -33,6 +34,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d imp
     parse,
     predict,
     render,
+    unusable,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.plan import make_plan
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_bool
@@ -43,6 +45,29 @@ HEADER = (
     "Remove with the module's state: absent, which also restores the runtime values.\n"
     "Note: Linux TIME_WAIT lasts a fixed 60 s; tcp_fin_timeout only limits orphaned FIN_WAIT_2 sockets."
 )
+
+
+def own_text(host, path):
+    """The text of our persist_file ``path`` (None when absent); ValidationError when the file there is not ours.
+
+    linux_tcp rewrites or removes only a regular file that it wrote itself: one whose first line is
+    our header (OUR_MARKS), of at most FILE_MAX bytes.  A file of anyone else, a symbolic link, a
+    FIFO, a device, a socket or a directory is refused before anything changes, in check mode too.
+    """
+    try:
+        return host.own_file(path, OUR_MARKS)
+    except OSError as exc:
+        raise ValidationError("persist_file", path, "%s %s; linux_tcp rewrites or removes only a regular file of its "
+                              "own, of at most %d bytes, whose first line starts with %r. Nothing was changed: "
+                              "choose another persist_file, or move that file away yourself"
+                              % (exc.filename or path, exc.strerror or exc, FILE_MAX, OUR_MARKS[0]))
+
+
+def _read_layout(host, warnings):
+    notes = []
+    layout = host.read_layout(SYSCTL_D_DIRS, SYSCTL_CONF, notes)
+    warnings.extend(notes)
+    return layout
 
 
 class TuningError(Exception):
@@ -190,11 +215,12 @@ def _present(params, host, desired, path, check_mode, want_diff):
         desired, current, missing, listening, reserve, kernel=host.kernel_release())
     warnings.extend(host_warnings)
 
-    layout = host.read_layout(SYSCTL_D_DIRS, SYSCTL_CONF)
-    file_before = layout.get(path) if path else None
+    file_before = own_text(host, path) if path is not None else None  # refuses a file that is not ours
+    layout = _read_layout(host, warnings)
+    warnings.extend(unusable({p: t for p, t in layout.items() if p != path}, desired.keys()))
     file_after = None
     if path is not None:
-        kept = OrderedDict((a.key, a.value) for a in parse(file_before or ""))
+        kept = OrderedDict((a.key, a.value) for a in parse(file_before or "") if a.value is not None)
         kept.update(desired)
         file_after = render(sort_keys(kept), HEADER)
         layout = dict(layout)
@@ -253,8 +279,8 @@ def _present(params, host, desired, path, check_mode, want_diff):
 def _absent(host, path, check_mode, want_diff):
     warnings = []
     with host.lock():
-        layout = host.read_layout(SYSCTL_D_DIRS, SYSCTL_CONF)
-        file_before = layout.get(path)
+        file_before = own_text(host, path)
+        layout = _read_layout(host, warnings) if file_before is not None else {}
         result = OrderedDict([("persist_file", path), ("kernel", host.kernel_release())])
         if file_before is None:
             result.update(changed=False, before={}, after={}, boot_values={}, shadowed=[], reboot_required=False)
@@ -263,6 +289,8 @@ def _absent(host, path, check_mode, want_diff):
             return result, warnings
         named = OrderedDict()
         for assignment in parse(file_before):
+            if assignment.value is None:
+                continue
             if assignment.key in BY_KEY:
                 named[assignment.key] = assignment.value
             else:
@@ -270,6 +298,7 @@ def _absent(host, path, check_mode, want_diff):
                                 % (path, assignment.key))
         named = sort_keys(named)
         without = {p: t for p, t in layout.items() if p != path}
+        warnings.extend(unusable(without, named.keys()))
         defaults = _defaults(host, named.keys())
         init = "systemd" if host.is_dir("/run/systemd/system") else "procps"
         boot = predict(without, named.keys(), init)

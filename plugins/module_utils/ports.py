@@ -21,8 +21,68 @@ PORT_MIN = 1
 PORT_MAX = 65535
 
 _RANGE_FORMS = "two ports LOW HIGH (spaces or tabs), LOW-HIGH, or a list [LOW, HIGH]"
-_PAIR = re.compile(r"\A[ \t]*([0-9]+)[ \t]*(?:-|[ \t])[ \t]*([0-9]+)[ \t]*\Z")
-_ITEM = re.compile(r"\A[ \t]*([0-9]+)(?:[ \t]*-[ \t]*([0-9]+))?[ \t]*\Z")
+# Text longer than these is refused before it is parsed.  A port range is two ports and a separator; a port
+# list can hold every other port ("1,3,5,...,65535": 190,000 characters).
+RANGE_TEXT_MAX = 256
+LIST_TEXT_MAX = 1 << 20
+_DIGITS = re.compile(r"[0-9]+")  # one run of ASCII digits, matched at a position: linear, no backtracking
+_BLANK_RUN = re.compile(r"[ \t]*")  # one run of blanks, the same
+
+
+def _number(text, pos):
+    """The ASCII digits at ``pos``: (digits, end), or (None, pos)."""
+    match = _DIGITS.match(text, pos)
+    if not match:
+        return None, pos
+    return match.group(0), match.end()
+
+
+def _skip_blanks(text, pos):
+    return _BLANK_RUN.match(text, pos).end()
+
+
+def _small(digits, limit=PORT_MAX):
+    """``digits`` as an int, or ``limit + 1`` when it has more digits than any port (int() is never given those)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= len(str(limit)) else limit + 1
+
+
+def _split_pair(text):
+    """"LOW HIGH", "LOW-HIGH" (blanks allowed around '-') between optional blanks: (low, high) digits, or None.
+
+    One pass over the text: the old regular expression backtracked over every split of a run of
+    blanks, quadratic in its length.
+    """
+    pos = _skip_blanks(text, 0)
+    low, pos = _number(text, pos)
+    if low is None:
+        return None
+    after = _skip_blanks(text, pos)
+    if after < len(text) and text[after] == "-":
+        after = _skip_blanks(text, after + 1)
+    elif after == pos:
+        return None  # no separator at all
+    high, pos = _number(text, after)
+    if high is None or _skip_blanks(text, pos) != len(text):
+        return None
+    return low, high
+
+
+def _split_item(text):
+    """"PORT" or "LOW-HIGH" (blanks allowed around '-') between optional blanks: (low, high or None), or None."""
+    pos = _skip_blanks(text, 0)
+    low, pos = _number(text, pos)
+    if low is None:
+        return None
+    after = _skip_blanks(text, pos)
+    if after == len(text):
+        return low, None
+    if text[after] != "-":
+        return None
+    high, pos = _number(text, _skip_blanks(text, after + 1))
+    if high is None or _skip_blanks(text, pos) != len(text):
+        return None
+    return low, high
 
 
 def _port(value, option, whole):
@@ -45,11 +105,13 @@ def parse_port_range(value, option="port_range"):
         low = _port(value[0], option, value)
         high = _port(value[1], option, value)
     elif isinstance(value, str):
-        match = _PAIR.match(value)
-        if not match:
+        if len(value) > RANGE_TEXT_MAX:
+            raise ValidationError(option, value, "%s, at most %d characters" % (_RANGE_FORMS, RANGE_TEXT_MAX))
+        pair = _split_pair(value)
+        if pair is None:
             raise ValidationError(option, value, _RANGE_FORMS)
-        low = _port(match.group(1), option, value)
-        high = _port(match.group(2), option, value)
+        low = _port(pair[0], option, value)
+        high = _port(pair[1], option, value)
     else:
         raise ValidationError(option, value, _RANGE_FORMS)
     if low > high:
@@ -85,6 +147,8 @@ def parse_port_list(value, option="reserved_ports", lowest=PORT_MIN):
     if value is None:
         return ()
     if isinstance(value, str):
+        if len(value) > LIST_TEXT_MAX:
+            raise ValidationError(option, value, "%s, at most %d characters" % (valid, LIST_TEXT_MAX))
         items = [] if value.strip(" \t") == "" else value.split(",")
     elif isinstance(value, (list, tuple)):
         items = list(value)
@@ -97,11 +161,11 @@ def parse_port_list(value, option="reserved_ports", lowest=PORT_MIN):
         if isinstance(item, int):
             low = high = item
         elif isinstance(item, str):
-            match = _ITEM.match(item)
-            if not match:
+            found = _split_item(item)
+            if found is None:
                 raise ValidationError(option, value, valid)
-            low = int(match.group(1))
-            high = int(match.group(2)) if match.group(2) is not None else low
+            low = _small(found[0])
+            high = _small(found[1]) if found[1] is not None else low
         else:
             raise ValidationError(option, value, valid)
         if not (lowest <= low <= PORT_MAX and lowest <= high <= PORT_MAX):

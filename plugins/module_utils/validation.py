@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-_ASCII_INT = re.compile(r"\A[ \t]*([+]?[0-9]+)[ \t]*\Z")
+_ASCII_INT = re.compile(r"\A[ \t]*([+]?[0-9]+)[ \t]*\Z")  # linear: each backtrack step fails at once
+TEXT_MAX = 4096  # characters: a longer string is no integer we accept, and is refused unparsed
 
 
 class ValidationError(ValueError):
@@ -27,9 +28,19 @@ class ValidationError(ValueError):
         super().__init__("%s: %s is not valid: %s" % (option, show(value), valid))
 
 
+SHOW_MAX = 200  # characters of a value shown in an error message
+
+
 def show(value):
-    """Render a user value for an error message, unambiguously and on one line."""
-    return repr(value)
+    """Render a user value for an error message, unambiguously, on one line and at most about SHOW_MAX characters.
+
+    A longer rendering keeps its start and says how long the value is.
+    """
+    text = repr(value)
+    if len(text) <= SHOW_MAX:
+        return text
+    size = " (%d characters)" % len(value) if isinstance(value, (str, bytes)) else ""
+    return "%s...%s" % (text[:SHOW_MAX - 20], size)
 
 
 def strict_int(value, option, low, high, what="an integer"):
@@ -37,7 +48,8 @@ def strict_int(value, option, low, high, what="an integer"):
 
     Accepts Python ints (not bools) and strings of ASCII digits with optional
     surrounding spaces or tabs.  Rejects floats, non-ASCII digits, signs other
-    than a leading '+', and anything else.
+    than a leading '+', strings over TEXT_MAX characters, and anything else;
+    a string of more digits than ``high`` has is refused before int() sees it.
     """
     valid = "%s from %d to %d" % (what, low, high)
     if isinstance(value, bool):
@@ -45,10 +57,13 @@ def strict_int(value, option, low, high, what="an integer"):
     if isinstance(value, int):
         number = value
     elif isinstance(value, str):
-        match = _ASCII_INT.match(value)
+        match = _ASCII_INT.match(value) if len(value) <= TEXT_MAX else None
         if not match:
             raise ValidationError(option, value, valid)
-        number = int(match.group(1))
+        digits = match.group(1).lstrip("+").lstrip("0") or "0"
+        if len(digits) > len(str(max(abs(low), abs(high)))):  # out of range, and int() refuses over 4,300 digits
+            raise ValidationError(option, value, valid)
+        number = int(digits)
     else:
         raise ValidationError(option, value, valid)
     if not low <= number <= high:

@@ -21,7 +21,12 @@ description:
     systemd-sysctl and procps C(sysctl --system), and refuses (or warns, see O(on_shadowed)) when another file
     would override the tuning at the next boot.
   - All or nothing. If writing a key or the file fails, the keys already written get their previous values
-    back and the persisted file is left as it was. Runs that overlap on one host are serialised with a lock.
+    back and the persisted file is left as it was. Runs that overlap on one host are serialised with a lock
+    (C(/run/tcpstack-tuning.lock)); a run waits at most 120 seconds for it, then fails naming the process that
+    holds it.
+  - Reads only regular files, never more than 1 MiB of one. In the C(sysctl.d) directories a symbolic link is
+    followed to a regular file, as systemd-sysctl does; a FIFO, device, socket, symbolic-link loop or larger file
+    is not read and a warning says so.
   - Only the options given are managed; no other key is ever touched. The persisted file keeps the keys that
     earlier runs of the module put in it, so several tasks may each manage some keys in the same file.
   - "B(What frees ports.) On Linux a closed connection stays in TIME_WAIT for a fixed 60 seconds
@@ -109,6 +114,11 @@ options:
       - The file the module owns. An absolute path to a C(.conf) file directly inside C(/etc/sysctl.d),
         C(/usr/local/lib/sysctl.d), C(/usr/lib/sysctl.d) or C(/lib/sysctl.d); anything else is refused
         (C(/run/sysctl.d) is emptied at every boot).
+      - "The module rewrites or removes this file only when it is absent or is a regular file of at most 1 MiB
+        whose first line is the header the module writes (C(# Managed by Ansible: tcpstack.tuning.linux_tcp.),
+        the same in every release). Anything else there, such as another C(.conf) file, a symbolic link
+        (Debian's C(99-sysctl.conf -> ../sysctl.conf)), a FIFO, a device or a directory, makes the module fail
+        naming the file and the reason before anything changes, with O(state=absent) and in check mode too."
       - Its directory is created (mode 0755) when missing. On a merged C(/usr), where C(/lib) links to C(usr/lib),
         a file given under C(/lib/sysctl.d) is the same file as under C(/usr/lib/sysctl.d) and is reported by that name.
       - Its name decides when it is applied at boot. Files are applied sorted by name across all the

@@ -306,7 +306,7 @@ VALIDATION = [
 @pytest.mark.parametrize("option, fragment, options, setup", VALIDATION)
 def test_validation_error_names_the_option_and_changes_nothing(box, option, fragment, options, setup):
     # a host with history: our file, another file, and a runtime that differs from both
-    box.write_file(OUR_FILE, "# earlier run\nnet.ipv4.tcp_fin_timeout = 45\n")
+    box.write_file(OUR_FILE, HEADER_START + " Changes made here by hand are overwritten.\nnet.ipv4.tcp_fin_timeout = 45\n")
     box.write_file("10-other.conf", "net.ipv4.tcp_tw_reuse = 1\n")
     if "persist_file" in options:
         # {sandbox}: /etc/netns/NAME, outside every sysctl.d; were a file written there, file_hashes() shows it
@@ -437,7 +437,7 @@ def test_persist_file_hidden_by_the_same_name_in_an_earlier_directory(box):
 def test_failing_key_rolls_back_the_keys_already_written(box):
     """somaxconn is written 7th; making it fail leaves the six before it to be restored."""
     options, _expected = all_options(box)
-    box.write_file(OUR_FILE, "# earlier run\nnet.ipv4.tcp_fin_timeout = 60\n")
+    box.write_file(OUR_FILE, HEADER_START + " Changes made here by hand are overwritten.\nnet.ipv4.tcp_fin_timeout = 60\n")
     before = box.snapshot()
     wrapper = box.readonly_sysctl_wrapper(SOMAXCONN, before["sysctl"][SOMAXCONN])
     result = run(box, task("somaxconn fails", ignore_errors=True, **options), wrapper=wrapper)["somaxconn fails"]

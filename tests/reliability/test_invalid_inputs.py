@@ -17,6 +17,9 @@ import re
 
 import pytest
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d import render
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning import HEADER
+
 from tests.support.fleet import run_fleet
 from tests.support.netns import TCP_KEYS, Sandbox, python_interpreter
 from tests.support.windows_sim import Simulator
@@ -25,6 +28,7 @@ LINUX = "tcpstack.tuning.linux_tcp"
 WIN = "tcpstack.tuning.win_tcp"
 ROLE = "tcpstack.tuning.tcp_tuning"
 OUR_FILE = "60-tcpstack-tuning.conf"
+EARLIER_RUN = render({"net.ipv4.tcp_fin_timeout": "45"}, HEADER)
 
 
 _FINGERPRINT = r"""
@@ -120,6 +124,11 @@ LINUX_CASES = [
     case("fin_timeout-arabic-indic", {"fin_timeout": NONASCII_30}, "fin_timeout", "from 1 to 86400"),
     case("somaxconn-fullwidth", {"somaxconn": FULLWIDTH_1024}, "somaxconn", "2147483647"),
     case("fin_timeout-exponent", {"fin_timeout": "3e1"}, "fin_timeout", "from 1 to 86400"),
+    # issue 13: digit strings over 4,300 characters, and the line that took ports.parse_port_range 46.9 s
+    case("somaxconn-5000-digits", {"somaxconn": "1" * 5000}, "somaxconn", "(5000 characters) is not valid"),
+    case("fin_timeout-5000-digits", {"fin_timeout": "9" * 5000}, "fin_timeout", "from 1 to 86400"),
+    case("reserved_ports-5000-digits", {"reserved_ports": "1" * 5000}, "reserved_ports", "1 to 65535"),
+    case("port_range-64000-blanks", {"port_range": "1" + " " * 64000 + "x"}, "port_range", "at most 256 characters"),
     # role variables (tcp_tuning), Linux host
     case("role-time_wait-word", {"tcp_tuning_time_wait": "thirty"}, "tcp_tuning_time_wait", "int", kind="role"),
     case("role-time_wait-zero", {"tcp_tuning_time_wait": 0}, ("tcp_tuning_time_wait", "fin_timeout"), "86400",
@@ -191,6 +200,24 @@ WIN_CASES = [
     case("w-role-time_wait-word", {"tcp_tuning_time_wait": "thirty"}, "tcp_tuning_time_wait", "int", kind="role"),
 ]
 
+# Windows, issues 13 (digit strings over 4,300 characters) and 15 (excluded_ranges): H3's cases
+WIN_CASES_EXCLUDED = [
+    case("w-time_wait-5000-digits", {"time_wait_delay": "1" * 5000}, "time_wait_delay", "from 2 to 300"),
+    case("w-max_user_port-5000-digits", {"max_user_port": "9" * 5000}, "max_user_port", "from 5000 to 65534"),
+    case("w-excluded-overlapping", {"excluded_ranges": ["50000-50099", "50050-50149"]}, "excluded_ranges",
+         "overlaps 50050-50149"),
+    case("w-excluded-port-0", {"excluded_ranges": [0]}, "excluded_ranges", "from 1 to 65535"),
+    case("w-excluded-beyond-65535", {"excluded_ranges": ["65500-65600"]}, "excluded_ranges", "1 to 65535"),
+    case("w-excluded-5000-digits", {"excluded_ranges": ["1" * 5000]}, "excluded_ranges", "from 1 to 65535"),
+    case("w-excluded-injection", {"excluded_ranges": ["50000-50099'; netsh int ipv4 delete excludedportrange"]},
+         "excluded_ranges", "a list of at most 100"),
+    case("w-excluded-dict", {"excluded_ranges": {"start": 50000}}, "excluded_ranges", "a list of at most 100"),
+    case("w-excluded-too-many", {"excluded_ranges": list(range(1000, 1101))}, "excluded_ranges", "at most 100"),
+    case("w-role-windows-excluded", {"tcp_tuning_windows": {"excluded_ranges": ["x"]}},
+         ("tcp_tuning_windows.excluded_ranges", "excluded_ranges"), "a list of at most 100", kind="role"),
+]
+WIN_CASES = WIN_CASES + WIN_CASES_EXCLUDED
+
 
 def _values(params):
     return [p.values for p in params]
@@ -255,7 +282,7 @@ def linux_run(root_netns, figures):  # pylint: disable=unused-argument
     box = Sandbox.new()
     try:
         box.create()
-        box.write_file(OUR_FILE, "# earlier run\nnet.ipv4.tcp_fin_timeout = 45\n")
+        box.write_file(OUR_FILE, EARLIER_RUN)  # what an earlier run wrote: our header, then the keys
         box.write_file("10-other.conf", "net.ipv4.tcp_tw_reuse = 1\n")
         box.write_sysctl_conf("# the machine's own\nnet.ipv4.tcp_keepalive_time = 7200\n")
         (box.scratch / "keep.txt").write_text("scratch\n")
@@ -292,7 +319,7 @@ def test_linux_no_file_appeared(linux_run):
 
 
 # ---------------------------------------------------------------- Windows
-MUTATING = re.compile(r"\b(reg(\.exe)?\s+(add|delete)|netsh\b.*\bset\b)", re.IGNORECASE)
+MUTATING = re.compile(r"\b(reg(\.exe)?\"?\s+(add|delete)|netsh\b.*\b(set|add|delete)\b)", re.IGNORECASE)
 
 
 @pytest.fixture(scope="module")

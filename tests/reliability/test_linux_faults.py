@@ -23,12 +23,16 @@ import time
 
 import pytest
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d import render
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning import HEADER
+
 from tests.support.netns import Sandbox
 
 pytestmark = pytest.mark.usefixtures("root_netns")
 
 MODULE = "tcpstack.tuning.linux_tcp"
 OUR_FILE = "60-tcpstack-tuning.conf"
+EARLIER_RUN = render({"net.ipv4.tcp_fin_timeout": "45"}, HEADER)
 FIN = "net.ipv4.tcp_fin_timeout"
 RANGE = "net.ipv4.ip_local_port_range"
 RESERVED = "net.ipv4.ip_local_reserved_ports"
@@ -78,7 +82,7 @@ def box(root_netns, request):  # pylint: disable=unused-argument
     request.addfinalizer(sandbox.destroy)
     sandbox.create()
     # a host with history: an earlier run's file, another file, a runtime that differs from both
-    sandbox.write_file(OUR_FILE, "# earlier run\nnet.ipv4.tcp_fin_timeout = 45\n")
+    sandbox.write_file(OUR_FILE, EARLIER_RUN)  # what an earlier run wrote: our header, then the keys
     sandbox.write_file("10-other.conf", "net.ipv4.tcp_keepalive_time = 7200\n")
     sandbox.set_sysctl(SOMAXCONN, "1000")
     return sandbox

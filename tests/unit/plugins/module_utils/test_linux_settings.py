@@ -129,6 +129,11 @@ def test_reserve_listening_without_listeners_still_manages_the_key():
     ("net.ipv4.tcp_fin_timeout", "010", None, "8"),  # C syntax: octal
     ("net.ipv4.tcp_fin_timeout", "0x10", None, "16"),
     ("net.ipv4.tcp_fin_timeout", "08", None, None),
+    # the kernel copies at most 21 characters of a number and refuses one that fills them (checked by writing
+    # both to /proc/sys/net/ipv4/tcp_fin_timeout in a new network namespace: 24, then EINVAL)
+    ("net.ipv4.tcp_fin_timeout", "0" * 18 + "30", None, "24"),
+    ("net.ipv4.tcp_fin_timeout", "0" * 19 + "30", None, None),
+    ("net.ipv4.tcp_fin_timeout", "0" * 5000 + "1", None, None),
     ("net.ipv4.tcp_fin_timeout", "", None, None),
     ("net.ipv4.tcp_tw_reuse", "3", None, None),
     ("net.ipv4.tcp_tw_reuse", "-1", None, None),

@@ -51,7 +51,7 @@ from tests.support.windows_sim.host import WindowsHost
 from tests.support.windows_sim.script import run_powershell
 
 EXAMPLES = collections.Counter()
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(derandomize=True, max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module", autouse=True)
