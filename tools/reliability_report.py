@@ -3,7 +3,8 @@
     .venv/bin/python tools/reliability_report.py [--json PATH] [--markdown]
 
 Runs, in one pytest session, tests/unit/plugins/module_utils/test_properties.py (hypothesis properties of every
-parser and of the planning logic) and tests/reliability (invalid inputs through real ansible-playbook, faults on
+parser and of the planning logic), the hostile-file and hostile-text tests of issue 13 (HOSTILE) and
+tests/reliability (invalid inputs through real ansible-playbook, faults on
 the real kernel and filesystem, WinRM faults from the Windows simulator; root for the Linux parts).  The tests
 count what they tried; this script adds pytest's own counts and the run time, writes everything to
 .build/reliability.json (or --json PATH) and prints a summary (--markdown: the table docs/reliability.md
@@ -25,10 +26,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ["tests/unit/plugins/module_utils/test_properties.py", "tests/reliability"]
+# issue 13: hostile files and hostile text, counted per group from pytest's own results
+HOSTILE = {
+    "hostile_files": ["tests/unit/plugins/module_utils/test_linux_files.py", "tests/reliability/test_foreign_files.py"],
+    "hostile_text": ["tests/unit/plugins/module_utils/test_parsers_linear.py",
+                     "tests/unit/plugins/module_utils/test_socket_table_fuzz.py",
+                     "tests/unit/plugins/plugin_utils/test_windows_hardening.py",
+                     "tests/unit/plugins/plugin_utils/test_fleet_report_hostile.py"],
+    "write_order": ["tests/reliability/test_fsync_order.py"],
+}
+SUITES += [path for group in HOSTILE.values() for path in group if not path.startswith("tests/reliability/")]
+
+
+def _module(path):
+    """tests/unit/x/test_y.py -> tests.unit.x.test_y, as junit's classname starts."""
+    return path[:-len(".py")].replace("/", ".")
 
 
 def _junit_counts(path):
+    """pytest's counts, and for each HOSTILE group its tests and how many passed."""
     counts = {"tests": 0, "passed": 0, "failed": 0, "errors": 0, "skipped": 0, "xfailed": 0}
+    groups = {name: {"tests": 0, "passed": 0} for name in HOSTILE}
     failures = []
     root = ET.parse(path).getroot()
     for case in root.iter("testcase"):
@@ -45,6 +63,12 @@ def _junit_counts(path):
         counts[outcome] += 1
         if outcome in ("failed", "errors"):
             failures.append(name)
+        classname = case.get("classname") or ""
+        for group, paths in HOSTILE.items():
+            if any(classname == _module(p) or classname.startswith(_module(p) + ".") for p in paths):
+                groups[group]["tests"] += 1
+                groups[group]["passed"] += int(outcome == "passed")
+    counts["groups"] = groups
     return counts, failures
 
 
@@ -81,6 +105,9 @@ def summarise(suites):
 def markdown(report):
     s, t, fig = report["summary"], report["pytest"], report["suites"]
     get = _getter(fig)
+
+    def group(name, key):
+        return t.get("groups", {}).get(name, {}).get(key, 0)
     rows = [
         ("Invalid inputs tried (through ansible-playbook)", "%d (Linux %d, Windows %d; role variables %d)" % (
             s["invalid_inputs_tried"], get("invalid_inputs", "linux"), get("invalid_inputs", "windows"),
@@ -99,6 +126,14 @@ def markdown(report):
          "%d kills: ended old %d, new %d, some keys old and some new %d; next run converged %d" % (
              get("playbook_kills", "faults_injected"), get("playbook_kills", "ended_old"),
              get("playbook_kills", "ended_new"), get("playbook_kills", "mixed_keys"), get("playbook_kills", "survived"))),
+        ("Hostile files: a persist_file not ours, symbolic links, FIFOs, devices, loops, oversized files, the lock",
+         "%d tests, %d passed: never written, deleted, followed or hung on" % (
+             group("hostile_files", "tests"), group("hostile_files", "passed"))),
+        ("Hostile text: every parser fed 1 MB lines, 5,000-digit numbers and deterministic hypothesis examples",
+         "%d tests, %d passed: no other exception than the parser's own, linear time" % (
+             group("hostile_text", "tests"), group("hostile_text", "passed"))),
+        ("The persistence write's syscall order, traced with strace",
+         "%d tests, %d passed" % (group("write_order", "tests"), group("write_order", "passed"))),
         ("Overlapping runs on one host", "%d runs, %d succeeded, runtime/file disagreements %d" % (
             get("overlapping_runs", "runs"), get("overlapping_runs", "survived"),
             get("overlapping_runs", "runtime_file_disagreements"))),
