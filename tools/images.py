@@ -1,9 +1,12 @@
 """Build the Debian images extensions/molecule/default boots, when they are missing.
 
 Each image is a Debian rootfs made by ``debootstrap --variant=minbase`` from
-Debian's own packages (systemd as PID 1, python3 for Ansible), imported with
-``podman import`` as ``localhost/tcpstack-debian:<suite>`` with CMD
-/sbin/init.  An image already present is reused; ``--force`` rebuilds.
+Debian's own packages (systemd as PID 1, python3 for Ansible, and Debian's
+prometheus-node-exporter, whose textfile collector the port_monitor role feeds),
+imported with ``podman import`` as ``localhost/tcpstack-debian:<suite>`` with
+CMD /sbin/init.  The image carries its package list as the label
+``tcpstack.packages``: an image present with the same list is reused, one
+built from another list is rebuilt; ``--force`` rebuilds.
 Suites are built in parallel.  Needs root, podman and debootstrap
 (tools/hostdeps.py installs them).
 
@@ -26,7 +29,9 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SUITES = ('bookworm', 'trixie')
 REPO = 'localhost/tcpstack-debian'
-PACKAGES = 'systemd,systemd-sysv,python3,procps,iproute2,dbus,sudo'  # sudo: playbooks use become as on real hosts
+# sudo: playbooks use become as on real hosts; prometheus-node-exporter: the port_monitor scenario scrapes it
+PACKAGES = 'systemd,systemd-sysv,python3,procps,iproute2,dbus,sudo,prometheus-node-exporter'
+LABEL = 'tcpstack.packages'
 DEFAULT_MIRROR = 'http://deb.debian.org/debian'
 
 
@@ -53,7 +58,10 @@ def podman_env() -> dict:
 
 
 def present(tag: str) -> bool:
-    return subprocess.run(['podman', 'image', 'exists', tag], env=podman_env(), check=False).returncode == 0
+    """The image exists and was built from PACKAGES (its label says so)."""
+    done = subprocess.run(['podman', 'image', 'inspect', '--format', '{{ index .Labels "%s" }}' % LABEL, tag],
+                          env=podman_env(), capture_output=True, text=True, check=False)
+    return done.returncode == 0 and done.stdout.strip() == PACKAGES
 
 
 def build(suite: str, url: str) -> str:
@@ -77,6 +85,7 @@ def build(suite: str, url: str) -> str:
         tar = subprocess.Popen(['tar', '-C', str(rootfs), '--numeric-owner', '--xattrs', '-c', '.'], stdout=subprocess.PIPE)
         imported = subprocess.run(['podman', 'import', '--change', 'CMD ["/sbin/init"]',
                                    '--change', 'ENV container=podman', '--change', 'STOPSIGNAL SIGRTMIN+3',
+                                   '--change', f'LABEL {LABEL}={PACKAGES}',
                                    '--message', f'tcpstack.tuning molecule image, debootstrap {suite} from {url}',
                                    '-', tag], stdin=tar.stdout, env=podman_env(), capture_output=True, text=True, check=False)
         tar.stdout.close()
@@ -92,7 +101,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     missing = [s for s in args.suites if args.force or not present(f'{REPO}:{s}')]
     for suite in sorted(set(args.suites) - set(missing)):
-        print(f'images: {REPO}:{suite} present, reused', flush=True)
+        print(f'images: {REPO}:{suite} present with the same packages, reused', flush=True)
     if not missing:
         return 0
     if os.geteuid() != 0:

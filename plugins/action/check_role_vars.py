@@ -15,16 +15,18 @@ from ansible.plugins.loader import action_loader, module_loader
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.role_vars import (
     DEPRECATED,
     PORT_AUDIT_VARS,
+    PORT_MONITOR_VARS,
     REBOOT_MODULE,
     TCP_TUNING_VARS,
     RoleVarError,
     is_windows,
     port_audit,
+    port_monitor,
     tcp_tuning,
     unknown_names,
 )
 
-ROLES = {"tcp_tuning": TCP_TUNING_VARS, "port_audit": PORT_AUDIT_VARS}
+ROLES = {"tcp_tuning": TCP_TUNING_VARS, "port_audit": PORT_AUDIT_VARS, "port_monitor": PORT_MONITOR_VARS}
 
 
 def _reboot_module_available():
@@ -57,8 +59,10 @@ class ActionModule(ActionBase):
                   ("ansible_connection", "ansible_shell_type", "ansible_os_family")))
             if role == "tcp_tuning":
                 options, deprecations = tcp_tuning(values, windows, _reboot_module_available)
-            else:
+            elif role == "port_audit":
                 options, deprecations = port_audit(values, windows), []
+            else:
+                options, deprecations = port_monitor(values, windows), []
         except RoleVarError as exc:
             return dict(result, failed=True, msg=str(exc), variable=exc.name)
         typos = unknown_names(role_vars, task_vars)

@@ -79,10 +79,49 @@ class _Family:
         return out
 
 
+def _process_labels(proc):
+    """A process's labels: its name, user and systemd unit (no pid: a pid per series would not stay bounded)."""
+    return (("process", proc.get("name") or ""), ("user", proc.get("user") or ""), ("unit", proc.get("unit") or ""))
+
+
+def _processes(result, top, family):
+    """The busiest processes, when the audit attributed the ports to processes (result key "processes").
+
+    Processes with the same name, user and unit (workers of one service) are
+    added up, so that every series is unique; at most ``top`` series.
+    """
+    procs = result.get("processes")
+    if not isinstance(procs, list):
+        return
+    held, rates = {}, {}
+    for proc in procs:
+        if not isinstance(proc, dict):
+            continue
+        labels = _process_labels(proc)
+        if labels not in held and len(held) >= top:
+            continue
+        held[labels] = held.get(labels, 0) + (proc.get("ports_held") or 0)
+        per_second = proc.get("new_connections_per_second")
+        if per_second is not None:
+            rates[labels] = rates.get(labels, 0.0) + float(per_second)
+    ports = family("tcpstack_process_ports_held", "gauge",
+                   "Ephemeral ports held by the busiest processes (the top N), by process name, user and unit.")
+    for labels, value in held.items():
+        ports.add(value, **dict(labels))
+    churn = family("tcpstack_process_new_connections_per_second", "gauge",
+                   "New connections per second of the busiest processes, measured over the sampler's process "
+                   "sample (the top churners first).")
+    for labels, value in rates.items():
+        churn.add(value, **dict(labels))
+    family("tcpstack_process_attribution_sample_seconds", "gauge",
+           "How long the last process sample measured the rates of new connections.").add(
+               (result.get("attribution") or {}).get("sampled_seconds"))
+
+
 def render(result, top=5, duration_seconds=None, timestamp=None, interval_seconds=None):
     """The textfile for ``result`` (a port_usage_info result); returns text ending in a newline.
 
-    ``top`` bounds the destination series; ``duration_seconds``, ``timestamp``
+    ``top`` bounds the destination and process series; ``duration_seconds``, ``timestamp``
     (Unix time of this successful run) and ``interval_seconds`` describe the
     sampler itself.
     """
@@ -134,6 +173,8 @@ def render(result, top=5, duration_seconds=None, timestamp=None, interval_second
         tw.add(dest.get("busiest_time_wait"), **labels)
         blocking.add(dest.get("blocking"), **labels)
         ratio.add(dest.get("utilisation"), **labels)
+
+    _processes(result, top, family)
 
     capacity = result.get("capacity") or {}
     rate = family("tcpstack_capacity_new_connections_per_second", "gauge",

@@ -11,13 +11,17 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: check_role_vars
-short_description: Check the variables of the tcp_tuning or port_audit role on the controller
+short_description: Check the variables of the tcp_tuning, port_audit or port_monitor role on the controller
 version_added: "0.2.0"
 description:
-  - The first task of the roles C(tcpstack.tuning.tcp_tuning) and C(tcpstack.tuning.port_audit). It reads the role's
-    variables as the play has them for this host, checks them with the same checks the modules make
-    (M(tcpstack.tuning.linux_tcp), M(tcpstack.tuning.win_tcp), M(tcpstack.tuning.port_usage_info),
-    M(tcpstack.tuning.win_port_usage_info)), and returns the platform and the module options the role passes on.
+  - The first task of the roles C(tcpstack.tuning.tcp_tuning), C(tcpstack.tuning.port_audit) and
+    C(tcpstack.tuning.port_monitor). It reads the role's variables as the play has them for this host, checks them
+    with the same checks the modules make (M(tcpstack.tuning.linux_tcp), M(tcpstack.tuning.win_tcp),
+    M(tcpstack.tuning.port_usage_info), M(tcpstack.tuning.win_port_usage_info)), and returns the platform and the
+    module options the role passes on.
+  - For C(port_monitor) it checks the sampler's settings (interval 1-3600 s, top 1-100, the thresholds as
+    M(tcpstack.tuning.port_usage_info) checks them, the process sample below the interval, absolute plain paths)
+    and refuses a Windows host, which the role does not support.
   - Runs on the controller only and never contacts the host, so a bad variable fails before the host is touched.
     The error names the variable as it was written (for example C(tcp_tuning_port_range) or
     C(tcp_tuning_linux.persist_file)), its value and what is valid.
@@ -34,7 +38,7 @@ options:
     description: Which role's variables to check.
     type: str
     required: true
-    choices: [tcp_tuning, port_audit]
+    choices: [tcp_tuning, port_audit, port_monitor]
 attributes:
   check_mode:
     support: full
@@ -71,7 +75,10 @@ options:
   description:
     - The options the role passes to its module on this host, C(state) included. For C(tcp_tuning), those of
       M(tcpstack.tuning.win_tcp) on Windows and of M(tcpstack.tuning.linux_tcp) otherwise; for C(port_audit),
-      those of M(tcpstack.tuning.win_port_usage_info) or M(tcpstack.tuning.port_usage_info).
+      those of M(tcpstack.tuning.win_port_usage_info) or M(tcpstack.tuning.port_usage_info). For C(port_monitor),
+      the sampler's settings C(state), C(interval), C(textfile_dir), C(top), C(warning_percent),
+      C(critical_percent), C(processes), C(process_sample_seconds), C(python) and C(rules_dir) (V('') when the
+      alert rules are not installed).
   returned: success
   type: dict
   sample: {"state": "present", "fin_timeout": 30, "port_range": [32768, 65535], "tw_reuse": 1,

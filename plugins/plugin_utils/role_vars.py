@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The roles' variables, checked on the controller before any host is contacted.
 
-``tcp_tuning(values, ...)`` and ``port_audit(values)`` take the role variables
+``tcp_tuning(values, ...)``, ``port_audit(values)`` and ``port_monitor(values)`` take the role variables
 as the play has them (rendered) and return what the role's tasks need: whether
 the host is Windows, and the exact options for the module it will call.  Every
 check is the one the module itself makes (linux_tuning.validate,
@@ -18,6 +18,13 @@ from __future__ import annotations
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning import ARGUMENT_SPEC as LINUX_TCP_OPTIONS
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning import validate as validate_linux_tcp
+from ansible_collections.tcpstack.tuning.plugins.module_utils.port_monitor import (
+    DEFAULT_DIRECTORY as MONITOR_DIRECTORY,
+    DEFAULT_INTERVAL as MONITOR_INTERVAL,
+    INTERVAL_MAX as MONITOR_INTERVAL_MAX,
+    PROCESS_SAMPLE_MAX as MONITOR_PROCESS_SAMPLE_MAX,
+    TOP_MAX as MONITOR_TOP_MAX,
+)
 from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import validate_audit_options
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_bool, strict_int
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import EVENT_HOURS_MAX, WIN_TCP_OPTIONS
@@ -56,10 +63,24 @@ PORT_AUDIT_VARS = {
     "port_audit_fail_on_critical": False,
     "port_audit_platform": "auto",
 }
+PORT_MONITOR_VARS = {
+    "port_monitor_state": "present",
+    "port_monitor_interval": MONITOR_INTERVAL,
+    "port_monitor_textfile_dir": MONITOR_DIRECTORY,
+    "port_monitor_top": 5,
+    "port_monitor_warning_percent": 70,
+    "port_monitor_critical_percent": 90,
+    "port_monitor_processes": False,
+    "port_monitor_process_sample_seconds": 0,
+    "port_monitor_python": "/usr/bin/python3",
+    "port_monitor_rules_dir": "",
+    "port_monitor_platform": "auto",
+}
 # Names with the roles' prefixes that are not role variables: the playbooks' own, and what the roles set.
 NOT_ROLE_VARS = frozenset((
     "tcp_tuning_hosts", "tcp_tuning_serial", "tcp_tuning_max_fail_percentage", "tcp_tuning_result",
     "tcp_tuning_reboot_required", "port_audit_hosts", "port_audit_result", "port_audit_report",
+    "port_monitor_hosts", "port_monitor_result",
 ))
 DEPRECATED = {
     # old name -> (what replaces it, the release that removes it)
@@ -81,7 +102,8 @@ class RoleVarError(ValueError):
 
 def unknown_names(role_vars, names):
     """Variables with the role's prefix that the role does not have (typos, most likely), sorted."""
-    prefix = "tcp_tuning_" if role_vars is TCP_TUNING_VARS else "port_audit_"
+    prefix = {id(TCP_TUNING_VARS): "tcp_tuning_", id(PORT_AUDIT_VARS): "port_audit_",
+              id(PORT_MONITOR_VARS): "port_monitor_"}[id(role_vars)]
     return sorted(name for name in names
                   if name.startswith(prefix) and name not in role_vars and name not in NOT_ROLE_VARS
                   and name not in DEPRECATED)
@@ -232,3 +254,68 @@ def port_audit(values, windows):
     if windows:
         return {"top": top, "event_hours": hours}
     return {"top": top, "sample_seconds": sample, "warning_percent": warning, "critical_percent": critical}
+
+
+def _absolute_path(values, name, what, empty_ok=False):
+    """An absolute, normalised path with no control characters (it is written into a systemd unit)."""
+    value = values[name]
+    if empty_ok and value in ("", None):
+        return ""
+    if (not isinstance(value, str) or not value.startswith("/") or len(value) > 1024
+            or any(ord(c) < 32 or ord(c) == 127 or c in "%\\" or c.isspace() for c in value)
+            or "/../" in value + "/" or "/./" in value + "/" or "//" in value or value == "/"):
+        raise RoleVarError(name, value, what)
+    return value.rstrip("/") if len(value) > 1 else value
+
+
+def port_monitor(values, windows):
+    """Check the port_monitor role's variables for one host; returns the sampler's settings.
+
+    Linux only: a Windows host (``windows``, is_windows() of
+    ``port_monitor_platform``) is refused.  Paths must be absolute and
+    plain (they go into the systemd unit's command line): no spaces, control
+    characters, ``%`` (systemd specifiers), backslashes, ``.``/``..`` parts.
+    Whether the textfile directory is a directory is checked on the host by
+    the role, before it changes anything.
+    """
+    values = dict(PORT_MONITOR_VARS, **{k: v for k, v in values.items() if v is not None})
+    state = values["port_monitor_state"]
+    if state not in ("present", "absent"):
+        raise RoleVarError("port_monitor_state", state, "present or absent")
+    if windows:
+        raise RoleVarError("port_monitor_platform", values["port_monitor_platform"],
+                           "auto or linux on a Linux host; this host is Windows, and the role tcpstack.tuning."
+                           "port_monitor runs its sampler under systemd: Windows is out of scope (audit Windows hosts "
+                           "with tcpstack.tuning.port_audit)")
+    interval = strict_int_var(values, "port_monitor_interval", 1, MONITOR_INTERVAL_MAX, "an integer number of seconds")
+    names = {option: "port_monitor_" + option for option in ("top", "sample_seconds", "warning_percent",
+                                                              "critical_percent")}
+    strict_int_var(values, "port_monitor_top", 1, MONITOR_TOP_MAX, "an integer number of destinations")
+    try:
+        checked = validate_audit_options(values["port_monitor_top"], 0, values["port_monitor_warning_percent"],
+                                         values["port_monitor_critical_percent"], names)
+    except ValidationError as exc:
+        raise RoleVarError(exc.option, exc.value, exc.valid) from None
+    processes = _bool(values, "port_monitor_processes")
+    if processes:
+        high = min(MONITOR_PROCESS_SAMPLE_MAX, interval - 1)
+        sample = strict_int_var(values, "port_monitor_process_sample_seconds", 0, high,
+                                "an integer number of seconds below port_monitor_interval (%d)" % interval)
+    else:
+        sample = strict_int_var(values, "port_monitor_process_sample_seconds", 0, 0,
+                                "0 while port_monitor_processes is false: an integer")
+    return {
+        "state": state,
+        "interval": interval,
+        "textfile_dir": _absolute_path(values, "port_monitor_textfile_dir",
+                                       "an absolute path to a directory, without spaces, %, backslashes or . parts"),
+        "top": checked[0],
+        "warning_percent": checked[2],
+        "critical_percent": checked[3],
+        "processes": processes,
+        "process_sample_seconds": sample,
+        "python": _absolute_path(values, "port_monitor_python", "an absolute path to a Python 3.9+ interpreter"),
+        "rules_dir": _absolute_path(values, "port_monitor_rules_dir",
+                                    "'' (do not install the alert rules) or an absolute path to a directory",
+                                    empty_ok=True),
+    }

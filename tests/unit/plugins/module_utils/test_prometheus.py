@@ -74,3 +74,41 @@ def test_promtool_accepts_the_textfile(tmp_path):
     done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done.stdout + done.stderr
+
+
+PROCESSES = [
+    {"pid": 10, "name": "curl", "user": "www-data", "unit": "fetch.service", "ports_held": 700,
+     "new_connections_per_second": 95.5},
+    {"pid": 11, "name": "curl", "user": "www-data", "unit": "fetch.service", "ports_held": 200,
+     "new_connections_per_second": 4.5},
+    {"pid": 12, "name": 'we"ird', "user": None, "unit": None, "ports_held": 3, "new_connections_per_second": None},
+    {"pid": 13, "name": "java", "user": "app", "unit": "app.service", "ports_held": 1,
+     "new_connections_per_second": 0.0},
+]
+
+
+def test_processes_by_name_user_and_unit_workers_added_up():
+    result = dict(RESULT, processes=PROCESSES, attribution={"sampled_seconds": 2.0})
+    lines = samples(render(result, top=5))
+    assert 'tcpstack_process_ports_held{process="curl",unit="fetch.service",user="www-data"} 900' in lines
+    assert 'tcpstack_process_new_connections_per_second{process="curl",unit="fetch.service",user="www-data"} 100.0' \
+        in lines
+    assert 'tcpstack_process_ports_held{process="we\\"ird",unit="",user=""} 3' in lines
+    assert not any(line.startswith('tcpstack_process_new_connections_per_second{process="we') for line in lines)
+    assert "tcpstack_process_attribution_sample_seconds 2.0" in lines
+    # bounded: top series at most, whatever the number of processes
+    bounded = samples(render(result, top=2))
+    assert sum(line.startswith("tcpstack_process_ports_held{") for line in bounded) == 2
+
+
+def test_no_attribution_no_process_series():
+    assert not any(line.startswith("tcpstack_process_") for line in samples(render(RESULT)))
+
+
+def test_promtool_accepts_the_process_series():
+    promtool = shutil.which("promtool")
+    need(promtool is not None, "needs promtool (Debian package prometheus)")
+    text = render(dict(RESULT, processes=PROCESSES, attribution={"sampled_seconds": 2.0}), top=5)
+    done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done.stdout + done.stderr

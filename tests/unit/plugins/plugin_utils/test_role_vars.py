@@ -10,10 +10,12 @@ import yaml
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.role_vars import (
     DEPRECATED,
     PORT_AUDIT_VARS,
+    PORT_MONITOR_VARS,
     TCP_TUNING_VARS,
     RoleVarError,
     is_windows,
     port_audit,
+    port_monitor,
     tcp_tuning,
     unknown_names,
 )
@@ -27,7 +29,8 @@ def _role(name):
     return defaults, specs["argument_specs"]["main"]["options"]
 
 
-@pytest.mark.parametrize("name, table", [("tcp_tuning", TCP_TUNING_VARS), ("port_audit", PORT_AUDIT_VARS)])
+@pytest.mark.parametrize("name, table", [("tcp_tuning", TCP_TUNING_VARS), ("port_audit", PORT_AUDIT_VARS),
+                                         ("port_monitor", PORT_MONITOR_VARS)])
 def test_the_table_matches_the_role_defaults_and_argument_specs(name, table):
     defaults, options = _role(name)
     assert defaults == table
@@ -157,3 +160,58 @@ def test_port_audit_errors_name_the_variable(values, message):
     with pytest.raises(RoleVarError) as caught:
         port_audit(values, windows=False)
     assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_port_monitor_defaults_give_the_sampler_its_defaults():
+    assert port_monitor({}, windows=False) == {
+        "state": "present", "interval": 15, "textfile_dir": "/var/lib/prometheus/node-exporter", "top": 5,
+        "warning_percent": 70, "critical_percent": 90, "processes": False, "process_sample_seconds": 0,
+        "python": "/usr/bin/python3", "rules_dir": ""}
+    options = port_monitor({"port_monitor_processes": "yes", "port_monitor_process_sample_seconds": 14}, False)
+    assert (options["processes"], options["process_sample_seconds"]) == (True, 14)
+    options = port_monitor({"port_monitor_interval": "60", "port_monitor_textfile_dir": "/srv/textfile/",
+                            "port_monitor_rules_dir": "/etc/prometheus/rules", "port_monitor_state": "absent"},
+                           windows=False)
+    assert (options["interval"], options["textfile_dir"], options["rules_dir"], options["state"]) == (
+        60, "/srv/textfile", "/etc/prometheus/rules", "absent")
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"port_monitor_interval": 0}, "port_monitor_interval: 0 is not valid: an integer number of seconds from 1 to 3600"),
+    ({"port_monitor_interval": 3601}, "port_monitor_interval: 3601 is not valid: an integer number of seconds"),
+    ({"port_monitor_interval": 1.5}, "port_monitor_interval: 1.5 is not valid"),
+    ({"port_monitor_top": 0}, "port_monitor_top: 0 is not valid: an integer number of destinations from 1 to 100"),
+    ({"port_monitor_top": 101}, "port_monitor_top: 101 is not valid: an integer number of destinations from 1 to 100"),
+    ({"port_monitor_warning_percent": 95}, "port_monitor_warning_percent: 95 is not valid: at most "
+                                           "port_monitor_critical_percent (90)"),
+    ({"port_monitor_critical_percent": 0}, "port_monitor_critical_percent: 0 is not valid"),
+    ({"port_monitor_textfile_dir": "var/lib/x"}, "port_monitor_textfile_dir: 'var/lib/x' is not valid: an absolute"),
+    ({"port_monitor_textfile_dir": "/a b"}, "port_monitor_textfile_dir: '/a b' is not valid"),
+    ({"port_monitor_textfile_dir": "/a/../etc"}, "port_monitor_textfile_dir: '/a/../etc' is not valid"),
+    ({"port_monitor_textfile_dir": "/var/%h"}, "port_monitor_textfile_dir: '/var/%h' is not valid"),
+    ({"port_monitor_textfile_dir": "/x\nExecStartPre=/bin/true"}, "port_monitor_textfile_dir: "),
+    ({"port_monitor_textfile_dir": ["/x"]}, "port_monitor_textfile_dir: ['/x'] is not valid"),
+    ({"port_monitor_python": "python3"}, "port_monitor_python: 'python3' is not valid: an absolute path"),
+    ({"port_monitor_rules_dir": "rules"}, "port_monitor_rules_dir: 'rules' is not valid: '' (do not install"),
+    ({"port_monitor_state": "gone"}, "port_monitor_state: 'gone' is not valid: present or absent"),
+    ({"port_monitor_processes": "maybe"}, "port_monitor_processes: 'maybe' is not valid: a boolean"),
+    ({"port_monitor_process_sample_seconds": 5}, "port_monitor_process_sample_seconds: 5 is not valid: 0 while "
+                                                 "port_monitor_processes is false"),
+    ({"port_monitor_processes": True, "port_monitor_process_sample_seconds": 15},
+     "port_monitor_process_sample_seconds: 15 is not valid: an integer number of seconds below port_monitor_interval "
+     "(15) from 0 to 14"),
+])
+def test_port_monitor_errors_name_the_variable(values, message):
+    with pytest.raises(RoleVarError) as caught:
+        port_monitor(values, windows=False)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_port_monitor_refuses_windows_and_finds_typos():
+    with pytest.raises(RoleVarError) as caught:
+        port_monitor({}, windows=True)
+    assert str(caught.value).startswith("port_monitor_platform: 'auto' is not valid: auto or linux on a Linux host; "
+                                        "this host is Windows")
+    assert caught.value.name == "port_monitor_platform"
+    assert unknown_names(PORT_MONITOR_VARS, ["port_monitor_intreval", "port_monitor_top", "port_monitor_result"]) == [
+        "port_monitor_intreval"]

@@ -1,0 +1,289 @@
+"""The port_monitor role and its sampler, for real: bad input through ansible-playbook, check mode, and the sampler's
+metrics through a real node_exporter during a real exhaustion.
+
+- Bad role variables fail before the host changes, naming the variable (controller-side check_role_vars, or, for a
+  textfile directory that is not a directory on the host, the role's first host-side check).  The runs go through
+  ``ansible_connection: local`` inside a throwaway network namespace; none of them may change the machine, and each
+  test checks that the unit file and the code directory the role would install are still absent.
+- The sampler, laid out exactly as the role installs it (the collection's module_utils under
+  ansible_collections/tcpstack/tuning/plugins/module_utils beside the entry point, run with ``python3 -s -E -B``),
+  runs inside a namespace ``web`` whose range is narrowed to 1,000 ports and which a bounded churn towards
+  ``backend`` has exhausted.  Debian's node_exporter serves its textfile on 127.0.0.1 inside ``web``; /metrics is
+  fetched over HTTP.  ``promtool check metrics`` passes on the file and on the tcpstack_ part of the scrape; the
+  verdict is critical; every metric name of every Grafana dashboard query and alert rule is in the scrape.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.ci import need
+from tests.support.netns import Sandbox, stop_process
+from tests.support.promql import exposed_names, metric_names, samples
+from tests.support.traffic import CHURN, SERVER
+from tests.support.veth import ClientServer
+
+pytestmark = pytest.mark.usefixtures("root_netns")
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLE = "tcpstack.tuning.port_monitor"
+UNIT_FILE = Path("/etc/systemd/system/tcpstack-port-monitor.service")
+CODE_DIR = Path("/usr/local/lib/tcpstack-port-monitor")
+DASHBOARD = ROOT / "extensions" / "grafana" / "tcpstack-ports.json"
+RULES = ROOT / "extensions" / "prometheus" / "tcpstack-rules.yml"
+PACKAGE = "ansible_collections/tcpstack/tuning/plugins/module_utils"
+WEB_IP, BACKEND_IP, BACKEND_PORT = "10.216.0.1", "10.216.0.2", 8080
+RANGE = "40000 40999"
+ATTEMPTS, STOP_AFTER, CHURN_SECONDS = 3000, 20, 60
+EXPORTER_PORT = 9100  # inside web's own namespace, where nothing else listens
+BEFORE_THE_HOST = ("Validating arguments against arg spec", "Check the role variables on the controller")
+FETCH = r"""
+import sys, time, urllib.request
+for attempt in range(100):  # bounded: at most about 20 s
+    try:
+        with urllib.request.urlopen(sys.argv[1], timeout=5) as answer:
+            sys.stdout.write(answer.read().decode("utf-8"))
+            break
+    except OSError:
+        time.sleep(0.2)
+else:
+    sys.exit("no answer from " + sys.argv[1])
+"""
+
+
+def play(**variables):
+    return json.dumps([{"name": "site", "hosts": "all", "gather_facts": False, "vars": variables,
+                        "roles": [ROLE]}], indent=1)
+
+
+def untouched_machine():
+    """What the role would install on the machine running the tests is not there (before and after each run)."""
+    return not UNIT_FILE.exists() and not CODE_DIR.exists()
+
+
+@pytest.fixture
+def box():
+    need(untouched_machine(), "the machine itself has %s or %s (the role is installed here)" % (UNIT_FILE, CODE_DIR))
+    with Sandbox.new(prefix="pmb") as sandbox:
+        yield sandbox
+    assert untouched_machine()
+
+
+@pytest.mark.parametrize("variables, fragment", [
+    ({"port_monitor_interval": 0}, "port_monitor_interval: 0 is not valid: an integer number of seconds from 1 to 3600"),
+    ({"port_monitor_interval": "soon"}, "port_monitor_interval"),
+    ({"port_monitor_top": 0}, "port_monitor_top: 0 is not valid: an integer number of destinations from 1 to 100"),
+    ({"port_monitor_top": 101}, "port_monitor_top: 101 is not valid: an integer number of destinations from 1 to 100"),
+    ({"port_monitor_warning_percent": 95}, "port_monitor_warning_percent: 95 is not valid: at most"),
+    ({"port_monitor_textfile_dir": "textfile"}, "port_monitor_textfile_dir: 'textfile' is not valid: an absolute path"),
+    ({"port_monitor_textfile_dir": "/srv/a b"}, "port_monitor_textfile_dir: '/srv/a b' is not valid"),
+    ({"port_monitor_state": "gone"}, "port_monitor_state"),
+])
+def test_bad_variables_fail_on_the_controller_before_the_host_is_touched(box, variables, fragment):
+    before = box.snapshot()
+    rc, results = box.run_playbook(play(), extra_vars=variables)
+    assert rc != 0
+    failed = [r for r in results if r["_status"] == "failed"]
+    assert failed and failed[0]["_task"].startswith(BEFORE_THE_HOST), box.last_run.describe()
+    assert fragment in failed[0]["msg"] or fragment in json.dumps(failed[0].get("argument_errors", "")), failed[0]
+    assert [r["_task"] for r in results if r["_status"] != "skipped"][-1] == failed[0]["_task"]  # nothing after it
+    assert box.snapshot() == before
+
+
+@pytest.mark.parametrize("what", ["a regular file", "missing", "a symbolic link"])
+def test_a_textfile_directory_that_is_not_a_directory_fails_before_anything_changes(box, what):
+    target = box.scratch / "textfile"
+    if what == "a regular file":
+        target.write_text("not a directory\n")
+    elif what == "a symbolic link":
+        (box.scratch / "real").mkdir()
+        target.symlink_to(box.scratch / "real")
+    before = box.file_hashes()
+    rc, results = box.run_playbook(play(port_monitor_textfile_dir=str(target)))
+    assert rc != 0
+    failed = [r for r in results if r["_status"] == "failed"]
+    assert [r["_task"] for r in failed] == ["Refuse a textfile directory that is not a directory"], \
+        box.last_run.describe()
+    expected = {"a regular file": "not a directory", "missing": "missing", "a symbolic link": "a symbolic link"}[what]
+    assert failed[0]["msg"].startswith("port_monitor_textfile_dir: '%s' is not valid: an existing directory" % target)
+    assert "it is %s" % expected in failed[0]["msg"] and "Nothing was changed" in failed[0]["msg"]
+    assert not any(r.get("changed") for r in results)
+    assert box.file_hashes() == before
+
+
+def test_check_mode_on_a_fresh_host_reports_the_install_and_changes_nothing(box):
+    textfile_dir = box.scratch / "textfile"
+    textfile_dir.mkdir()
+    rc, results = box.run_playbook(play(port_monitor_textfile_dir=str(textfile_dir)), check=True, diff=True)
+    assert rc == 0, box.last_run.describe()
+    changed = {r["_task"] for r in results if r.get("changed")}
+    assert {"Create the code directory and its package directories", "Copy the collection's analysis code",
+            "Install the systemd unit"} <= changed, changed
+    unit = [r for r in results if r["_task"] == "Install the systemd unit"][0]
+    after = unit["diff"][0]["after"] if isinstance(unit["diff"], list) else unit["diff"]["after"]
+    assert "--directory %s --interval 15 --top 5" % textfile_dir in after
+    assert list(textfile_dir.iterdir()) == []
+    assert untouched_machine()
+
+
+# ----------------------------------------------------------------- the sampler through node_exporter
+def install_like_the_role(code_dir):
+    """The layout the role's tasks make: every module_utils file, __init__.py per package, the entry point."""
+    package = code_dir / PACKAGE
+    package.mkdir(parents=True)
+    for depth in range(1, len(PACKAGE.split("/")) + 1):
+        (code_dir.joinpath(*PACKAGE.split("/")[:depth]) / "__init__.py").write_text("")
+    for source in sorted((ROOT / "plugins" / "module_utils").glob("*.py")):
+        shutil.copyfile(source, package / source.name)
+    entry = code_dir / "tcpstack-port-monitor"
+    shutil.copyfile(ROOT / "roles" / "port_monitor" / "files" / "tcpstack-port-monitor", entry)
+    return entry
+
+
+@pytest.fixture
+def exhausted():
+    """web -> backend over a veth pair; web's range narrowed to 1,000 ports and exhausted by a bounded churn."""
+    with ClientServer(WEB_IP, BACKEND_IP, prefixes=("pmw", "pms")) as link:
+        server = link.serve(SERVER, BACKEND_IP, BACKEND_PORT, 600, ready=None)
+        assert server.stdout.readline().strip() == "listening"
+        assert link.client.set_sysctl("net.ipv4.ip_local_port_range", RANGE).split() == RANGE.split()
+        done = link.client.exec([sys.executable, "-c", CHURN, BACKEND_IP, BACKEND_PORT, ATTEMPTS, STOP_AFTER,
+                                 CHURN_SECONDS], timeout=CHURN_SECONDS + 30)
+        counts = json.loads(done.stdout)
+        assert counts["eaddrnotavail"] == STOP_AFTER and counts["other"] == 0, counts
+        yield link.client
+
+
+def promtool(*args, stdin=None):
+    tool = shutil.which("promtool")
+    need(tool is not None, "needs promtool (Debian package prometheus)")
+    return subprocess.run([tool, *args], input=stdin, capture_output=True, text=True, timeout=120, check=False)
+
+
+def queries(dashboard):
+    """Every PromQL expression of the dashboard: panel targets and the templating queries."""
+    out = []
+    for panel in dashboard["panels"]:
+        out.extend(target["expr"] for target in panel.get("targets", []))
+    for variable in dashboard.get("templating", {}).get("list", []):
+        query = variable.get("query")
+        text = query.get("query") if isinstance(query, dict) else None
+        if text:  # label_values(METRIC, LABEL): the metric only
+            out.append(re.sub(r"label_values\(\s*([^,()]+?)\s*,\s*\w+\s*\)", r"\1", text))
+    return out
+
+
+def test_real_scrape_of_the_sampler_during_an_exhaustion(exhausted, tmp_path):
+    web = exhausted
+    exporter_bin = shutil.which("prometheus-node-exporter")
+    need(exporter_bin is not None, "needs Debian's prometheus-node-exporter")
+    entry = install_like_the_role(tmp_path / "code")
+    textfile_dir = tmp_path / "textfile"
+    textfile_dir.mkdir()
+    done = web.exec([sys.executable, "-s", "-E", "-B", entry, "--directory", textfile_dir, "--top", 3, "--once"],
+                    cwd="/", timeout=120)
+    assert done.returncode == 0, done.stderr
+    written = textfile_dir / "tcpstack.prom"
+    assert sorted(p.name for p in textfile_dir.iterdir()) == ["tcpstack.prom"]  # no temporary file left
+    assert written.stat().st_mode & 0o777 == 0o644
+    text = written.read_text()
+    checked = promtool("check", "metrics", stdin=text)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    exporter = subprocess.Popen(web.argv([
+        exporter_bin, "--collector.disable-defaults", "--collector.textfile",
+        "--collector.textfile.directory=%s" % textfile_dir, "--web.listen-address=127.0.0.1:%d" % EXPORTER_PORT]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        scraped = web.exec([sys.executable, "-c", FETCH, "http://127.0.0.1:%d/metrics" % EXPORTER_PORT], timeout=60)
+    finally:
+        stop_process(exporter)
+    assert scraped.returncode == 0, scraped.stderr
+    scrape = scraped.stdout
+    assert samples(scrape, "node_textfile_scrape_error") == [({}, 0.0)]
+
+    # the verdict and the utilisation, as Prometheus would store them
+    assert samples(scrape, "tcpstack_verdict") == [({}, 2.0)]
+    ratios = samples(scrape, "tcpstack_destination_utilisation_ratio")
+    assert 1 <= len(ratios) <= 3
+    busiest = max(ratios, key=lambda item: item[1])
+    assert busiest[0]["destination"] == "%s:%d" % (BACKEND_IP, BACKEND_PORT) and busiest[1] >= 0.9, ratios
+    assert samples(scrape, "tcpstack_critical_utilisation_ratio") == [({}, 0.9)]
+    assert samples(scrape, "tcpstack_ephemeral_ports_usable") == [({}, 1000.0)]
+    families = {line.split()[2] for line in scrape.splitlines() if line.startswith("# TYPE tcpstack_")}
+    ours = "\n".join(line for line in scrape.splitlines()
+                     if line.startswith(("tcpstack_", "# HELP tcpstack_", "# TYPE tcpstack_"))) + "\n"
+    assert exposed_names(ours) == families
+    checked = promtool("check", "metrics", stdin=ours)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    # every name the dashboard and the alert rules read is in the real scrape
+    present = exposed_names(scrape)
+    dashboard = json.loads(DASHBOARD.read_text())
+    expressions = queries(dashboard)
+    rules = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+    expressions += [rule["expr"] for rule in rules]
+    used = set()
+    for expr in expressions:
+        names = metric_names(expr)
+        assert names, expr  # a query that reads no metric would make this test vacuous
+        assert names <= present, (expr, sorted(names - present))
+        used |= names
+    assert len(used) >= 15 and all(name.startswith("tcpstack_") for name in used), sorted(used)
+    assert written.exists()
+
+
+# HOLD PORT COUNT SECONDS: a listener on 127.0.0.1:PORT and COUNT connections to it, held at most SECONDS.
+HOLD = r"""
+import socket, sys, time
+port, count, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", port))
+server.listen(1024)
+clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for n in range(count)]
+accepted = [server.accept()[0] for n in range(count)]
+print("ready", flush=True)
+time.sleep(seconds)
+"""
+
+
+def test_the_sampler_names_the_processes_that_hold_the_ports_when_asked(tmp_path):
+    with Sandbox.new(prefix="pmp") as box:
+        box.start(HOLD, 8080, 50, 120, ready="ready")
+        entry = install_like_the_role(tmp_path / "code")
+        textfile_dir = tmp_path / "textfile"
+        textfile_dir.mkdir()
+        base = [sys.executable, "-s", "-E", "-B", entry, "--directory", textfile_dir, "--top", 3, "--once"]
+        assert box.exec(base, cwd="/").returncode == 0
+        assert not samples((textfile_dir / "tcpstack.prom").read_text(), "tcpstack_process_ports_held")  # off
+        done = box.exec(base + ["--processes", "--process-sample-seconds", 1], cwd="/", timeout=120)
+        assert done.returncode == 0, done.stderr
+        text = (textfile_dir / "tcpstack.prom").read_text()
+    held = samples(text, "tcpstack_process_ports_held")
+    assert len(held) == 1 and held[0][0]["process"].startswith("python") and held[0][1] == 50, held
+    assert samples(text, "tcpstack_process_attribution_sample_seconds")[0][1] >= 1.0
+    checked = promtool("check", "metrics", stdin=text)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_absent_on_a_host_that_never_had_it_succeeds_and_changes_nothing(box, check):
+    textfile_dir = box.scratch / "textfile"
+    textfile_dir.mkdir()
+    (textfile_dir / "other.prom").write_text("other_metric 1\n")  # someone else's file stays
+    before = box.file_hashes()
+    rc, results = box.run_playbook(play(port_monitor_textfile_dir=str(textfile_dir), port_monitor_state="absent"),
+                                   check=check)
+    assert rc == 0, box.last_run.describe()
+    assert not any(r.get("changed") for r in results if r["_action"] != "ansible.builtin.set_fact"), results
+    assert box.file_hashes() == before
+    assert not any(r.get("warnings") for r in results), [r.get("warnings") for r in results]

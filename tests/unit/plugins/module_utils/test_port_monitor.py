@@ -1,0 +1,161 @@
+"""The port_monitor sampler: its options, the atomic textfile write, the schedule, on this machine's real /proc."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from ansible_collections.tcpstack.tuning.plugins.module_utils import port_monitor
+from ansible_collections.tcpstack.tuning.plugins.module_utils.port_monitor import (
+    FILE_NAME,
+    MonitorError,
+    main,
+    parse_args,
+    run,
+    write_atomically,
+)
+
+
+def test_defaults_and_options(tmp_path):
+    args = parse_args(["--directory", str(tmp_path)])
+    assert (args.directory, args.interval, args.top, args.warning_percent, args.critical_percent, args.once) == (
+        str(tmp_path), 15, 5, 70, 90, False)
+    args = parse_args(["--directory", str(tmp_path) + "/", "--interval", "60", "--top", "100", "--once",
+                       "--warning-percent", "50", "--critical-percent", "60"])
+    assert (args.directory, args.interval, args.top, args.warning_percent, args.critical_percent, args.once) == (
+        str(tmp_path), 60, 100, 50, 60, True)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--interval", "0"], "--interval: '0' is not valid: an integer number of seconds from 1 to 3600"),
+    (["--interval", "1.5"], "--interval: '1.5' is not valid"),
+    (["--top", "101"], "--top: '101' is not valid: an integer number of destinations from 1 to 100"),
+    (["--top", "0"], "--top: '0' is not valid"),
+    (["--warning-percent", "95"], "--warning-percent: 95 is not valid: at most --critical-percent (90)"),
+])
+def test_bad_options_name_the_option(tmp_path, argv, message):
+    with pytest.raises(MonitorError) as caught:
+        parse_args(["--directory", str(tmp_path)] + argv)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_the_directory_must_be_a_directory(tmp_path):
+    regular = tmp_path / "file"
+    regular.write_text("x")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    for path, valid in ((regular, "a directory, not a symbolic link or a file"),
+                        (link, "a directory, not a symbolic link or a file"),
+                        (tmp_path / "missing", "an existing directory (No such file or directory)"),
+                        ("relative", "an absolute path to a directory")):
+        with pytest.raises(MonitorError) as caught:
+            parse_args(["--directory", str(path)])
+        assert str(caught.value) == "--directory: %r is not valid: %s" % (str(path), valid)
+
+
+def test_main_refuses_a_bad_option_with_status_2_and_one_line(tmp_path, capsys):
+    assert main(["--directory", str(tmp_path), "--interval", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "tcpstack-port-monitor: --interval: '0' is not valid: an integer number of seconds from 1 to 3600\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_write_is_atomic_0644_and_leaves_no_temporary_file(tmp_path):
+    old_umask = os.umask(0o077)
+    try:
+        write_atomically(str(tmp_path), "a 1\n")
+        write_atomically(str(tmp_path), "a 2\n")
+    finally:
+        os.umask(old_umask)
+    target = tmp_path / FILE_NAME
+    assert target.read_text() == "a 2\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == [FILE_NAME]
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary_one(tmp_path):
+    write_atomically(str(tmp_path), "a 1\n")
+    with pytest.raises(UnicodeEncodeError):
+        write_atomically(str(tmp_path), "a \ud800\n")  # cannot be encoded: fails after the temporary file exists
+    assert (tmp_path / FILE_NAME).read_text() == "a 1\n"
+    assert [p.name for p in tmp_path.iterdir()] == [FILE_NAME]
+
+
+def test_the_temporary_name_is_not_one_the_textfile_collector_reads(tmp_path, monkeypatch):
+    seen = []
+    real_rename = os.rename
+
+    def spy(source, destination):
+        seen.append(os.path.basename(source))
+        return real_rename(source, destination)
+
+    monkeypatch.setattr(port_monitor.os, "rename", spy)
+    write_atomically(str(tmp_path), "a 1\n")
+    assert len(seen) == 1 and seen[0].startswith(".") and not seen[0].endswith(".prom")
+
+
+class Clock:
+    """A monotonic clock that sleep() advances: the schedule without waiting."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps = []
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_the_loop_samples_this_host_on_schedule(tmp_path):
+    clock = Clock()
+    args = parse_args(["--directory", str(tmp_path), "--interval", "15"])
+    assert run(args, runs=3, sleep=clock.sleep, monotonic=clock.monotonic) == 0
+    assert clock.now == 1030.0  # two waits of one interval, none after the last run
+    text = (tmp_path / FILE_NAME).read_text()
+    assert "# TYPE tcpstack_verdict gauge" in text and "tcpstack_sampler_interval_seconds 15" in text
+    assert "tcpstack_ephemeral_ports_usable " in text  # the real audit of this machine's network namespace
+
+
+def test_a_failing_run_is_logged_counted_and_the_loop_goes_on(tmp_path):
+    clock = Clock()
+    args = parse_args(["--directory", str(tmp_path), "--interval", "5"])
+    os.rmdir(tmp_path)  # the directory disappears after the start: every write fails
+    logged = []
+    assert run(args, runs=2, sleep=clock.sleep, monotonic=clock.monotonic, log=logged.append) == 2
+    assert len(logged) == 2 and all(line.startswith("tcpstack-port-monitor: sample failed, %s was not written: "
+                                                    % (tmp_path / FILE_NAME)) for line in logged)
+
+
+def test_a_stop_request_ends_the_loop(tmp_path):
+    clock = Clock()
+    args = parse_args(["--directory", str(tmp_path), "--interval", "15"])
+
+    class Stop:
+        requested = False
+
+    stop = Stop()
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        stop.requested = True  # SIGTERM while waiting
+
+    assert run(args, sleep=sleep, monotonic=clock.monotonic, stop=stop) == 0
+    assert clock.sleeps == [1.0]
+
+
+def test_process_options(tmp_path):
+    args = parse_args(["--directory", str(tmp_path), "--processes", "--process-sample-seconds", "14"])
+    assert (args.processes, args.process_sample_seconds) == (True, 14)
+    for argv, message in ((["--process-sample-seconds", "2"], "--process-sample-seconds: '2' is not valid: "
+                           "an integer number of seconds below --interval (0 without --processes) from 0 to 0"),
+                          (["--processes", "--process-sample-seconds", "15"],
+                           "--process-sample-seconds: '15' is not valid: an integer number of seconds below --interval "
+                           "(0 without --processes) from 0 to 14")):
+        with pytest.raises(MonitorError) as caught:
+            parse_args(["--directory", str(tmp_path)] + argv)
+        assert str(caught.value) == message
