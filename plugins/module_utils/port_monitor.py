@@ -153,6 +153,12 @@ class _Stop:
         self.requested = True
 
 
+def _log(text):
+    """One line to stderr, which systemd sends to the journal."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def run(args, host=None, runs=None, sleep=time.sleep, monotonic=time.monotonic, stop=None, log=None):
     """Sample every ``args.interval`` seconds (``runs`` times, or until ``stop.requested``); returns the failures.
 
@@ -160,7 +166,7 @@ def run(args, host=None, runs=None, sleep=time.sleep, monotonic=time.monotonic, 
     previous one started; when a run overruns, the next starts at once.
     """
     stop = stop or _Stop()
-    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    log = log or _log
     failures = 0
     done = 0
     next_start = monotonic()
@@ -188,7 +194,7 @@ def main(argv=None):
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except MonitorError as exc:
-        print("tcpstack-port-monitor: %s" % exc, file=sys.stderr)
+        _log("tcpstack-port-monitor: %s" % exc)
         return 2
     if args.once:
         return 1 if run(args, runs=1) else 0

@@ -288,8 +288,8 @@ def port_monitor(values, windows):
                            "port_monitor runs its sampler under systemd: Windows is out of scope (audit Windows hosts "
                            "with tcpstack.tuning.port_audit)")
     interval = strict_int_var(values, "port_monitor_interval", 1, MONITOR_INTERVAL_MAX, "an integer number of seconds")
-    names = {option: "port_monitor_" + option for option in ("top", "sample_seconds", "warning_percent",
-                                                              "critical_percent")}
+    names = {option: "port_monitor_" + option
+             for option in ("top", "sample_seconds", "warning_percent", "critical_percent")}
     strict_int_var(values, "port_monitor_top", 1, MONITOR_TOP_MAX, "an integer number of destinations")
     try:
         checked = validate_audit_options(values["port_monitor_top"], 0, values["port_monitor_warning_percent"],

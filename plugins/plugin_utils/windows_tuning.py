@@ -162,10 +162,12 @@ def check_exclusions(desired, state):
             continue
         for low, high, administered in rows:
             if low <= key.high and key.low <= high:
-                what = ("the administered exclusion %d-%d, which win_tcp was not given: list it as it is, or remove it "
-                        "first with state: absent" % (low, high)) if administered else (
-                        "%d-%d, %s; it moves or vanishes after a reboot or 'net stop winnat': stop winnat, run "
-                        "win_tcp, start winnat again, or choose another range" % (low, high, SYSTEM))
+                if administered:
+                    what = ("the administered exclusion %d-%d, which win_tcp was not given: list it as it is, or "
+                            "remove it first with state: absent" % (low, high))
+                else:
+                    what = ("%d-%d, %s; it moves or vanishes after a reboot or 'net stop winnat': stop winnat, run "
+                            "win_tcp, start winnat again, or choose another range" % (low, high, SYSTEM))
                 raise ValidationError(
                     "excluded_ranges", key.text,
                     "a range that overlaps no exclusion the host has (netsh int %s add excludedportrange refuses "

@@ -392,8 +392,9 @@ def test_info_installer_range_fragmentation_and_a_bind_in_an_exclusion_then_fixe
         sim.host.connections = [c for c in sim.host.connections if c["LocalPort"] != 1100]
         sim.host.clear_excluded()
         sim.reset_counters()
-        tune = run_play(sim, {"name": "tune", MODULE: {"port_range": r["recommendations"]["port_range"],
-                                                        "excluded_ranges": r["recommendations"]["excluded_ranges"]}})
+        options = {"port_range": r["recommendations"]["port_range"],
+                   "excluded_ranges": r["recommendations"]["excluded_ranges"]}
+        tune = run_play(sim, {"name": "tune", MODULE: options})
         assert tune["tune"]["changed"] is True and tune["tune"]["round_trips"] == 2
         sim.host.start_winnat()
         assert tuple(sim.host.dynamic_range("ipv4", "tcp")) == (49152, 16384)

@@ -143,7 +143,7 @@ def test_sysctl_d_analysis_time_grows_linearly_with_the_number_of_lines():
     def cost(lines):
         layout = {"/etc/sysctl.d/10-x.conf": "net.core.somaxconn = 1\n# a comment\n" * lines}
         best = None
-        for _ in range(3):
+        for _attempt in range(3):
             started = time.perf_counter()
             predict(layout, LINUX_TCP_KEYS, "procps")
             unusable(layout, LINUX_TCP_KEYS)
@@ -199,6 +199,6 @@ def test_sysctl_d_text_never_raises(lines, path):
 @pytest.mark.parametrize("size", [1000, 10000])
 def test_the_range_parse_time_does_not_grow_with_the_square_of_the_input(size):
     """Coarse: ten times the blanks may not cost a hundred times as long (quadratic would)."""
-    small = min(timed(ports._split_pair, "1" + " " * size + "x")[0] for _ in range(5))  # pylint: disable=protected-access
-    large = min(timed(ports._split_pair, "1" + " " * (size * 10) + "x")[0] for _ in range(5))  # pylint: disable=protected-access
+    small = min(timed(ports._split_pair, "1" + " " * size + "x")[0] for _attempt in range(5))  # pylint: disable=protected-access
+    large = min(timed(ports._split_pair, "1" + " " * (size * 10) + "x")[0] for _attempt in range(5))  # pylint: disable=protected-access
     assert large < max(small, 1e-4) * 40, (small, large)

@@ -199,8 +199,8 @@ class TestFullPath:
         conn = InProcessConnection()
         conn.host.plant_on_path("netsh")
         out = run_script(conn.host, "netsh int ipv4 show dynamicportrange protocol=tcp\n")
-        assert "1025" in out and conn.host.planted_runs == [["netsh", "int", "ipv4", "show", "dynamicportrange",
-                                                               "protocol=tcp"]]
+        assert "1025" in out
+        assert conn.host.planted_runs == [["netsh", "int", "ipv4", "show", "dynamicportrange", "protocol=tcp"]]
 
 
 # ------------------------------------------------------------------ fuzz: only WinTcpError comes out
