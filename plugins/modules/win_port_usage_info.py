@@ -21,12 +21,25 @@ description:
   - Runs on the controller (an action plugin) and sends one command over the task's own connection (WinRM or SSH),
     which runs standard Windows tools, called by their full path under C($env:SystemRoot\System32). C(reg)
     (build, C(TcpTimedWaitDelay), C(MaxUserPort)), C(netsh) (dynamic
-    and excluded port ranges of TCP and UDP, IPv4 and IPv6), C(Get-NetTCPConnection), C(Get-Process) and
-    C(wevtutil) (Tcpip events 4227 and 4231 in the System log).
+    and excluded port ranges of TCP and UDP, IPv4 and IPv6), C(Get-NetTCPConnection), C(Get-Process),
+    C(Get-CimInstance Win32_Service) (which services run in which process) and C(wevtutil) (Tcpip events 4227
+    and 4231 in the System log).
   - "B(The limit is host-wide.) On Windows C(connect()) takes an ephemeral port from one pool per IP version (event
     4231 says the global TCP port space is exhausted), so the verdict comes from all ephemeral ports held on the host
     against the usable dynamic ports (the range minus the excluded ranges in it). RV(destinations) and RV(processes)
     show who holds them."
+  - "B(Who burns the ports.) The per-process view of M(tcpstack.tuning.port_usage_info) with O(tcpstack.tuning.port_usage_info#module:attribution),
+    with the same keys and the same pooling rule: each connection's owning process, its name and the Windows
+    service(s) it runs (in C(unit)), its ports, ESTABLISHED and TIME_WAIT per destination, and its rate of new
+    connections. Windows reports a connection in TIME_WAIT with process id 0, so a destination's TIME_WAIT is given
+    to the one process holding live connections to it (C(time_wait_inferred)); with two or more such processes it
+    stays in RV(attribution.unattributed), so a pooled client is never blamed for its neighbour's TIME_WAIT. Every
+    TIME_WAIT socket closed within the last C(TcpTimedWaitDelay) seconds, so that window is the sample: the rate is
+    a destination's TIME_WAIT count divided by it (RV(attribution.sampled_seconds)), from the same single read."
+  - "B(Pooling.) A process that opens at least 5 new connections per second to one destination and keeps at most a
+    tenth as many open as it has in TIME_WAIT gets a finding in RV(client_findings) (and RV(findings)) naming the
+    process, its service, the destination, the rate and the TIME_WAIT to ESTABLISHED ratio, with the advice to pool
+    or keep its connections alive; RV(cure) says whether the cure is in the client, the host, or both."
   - "B(The range as Windows really has it.) For each IP version the TCP dynamic range is set against its excluded
     ranges, split into administered exclusions (C(netsh ... add excludedportrange), listed with C(*)) and system
     ones (WinNAT, Hyper-V, WSL, Docker: usually blocks of 100 carved from the dynamic range when WinNAT starts,
@@ -81,7 +94,14 @@ notes:
     simulated Windows host; PSRP is not."
   - "How long a closed port stays unusable: C(TcpTimedWaitDelay) seconds of TIME_WAIT (120 when not set). The value is
     read from the registry; Windows takes it into effect at boot."
-  - Sockets in TIME_WAIT belong to no process; Windows reports them with process id 0 (C(Idle)).
+  - Sockets in TIME_WAIT belong to no process; Windows reports them with process id 0 (C(Idle)) (as public
+    C(netstat -ano) captures show; not stated in Microsoft's documentation). They are attributed as described
+    above, never to process 0.
+  - The rate of new connections is an average over the last C(TcpTimedWaitDelay) seconds (120 when not set) of the
+    connections that have already closed; connections still open are not counted in it. The registry value is the
+    one in effect only after a restart (see RV(notes)).
+  - Ports in the C(Bound) state (bound, not connected) have no destination and are counted in
+    RV(attribution.bound) only; RV(client_findings) has no V(bind_before_connect) on Windows.
 seealso:
   - module: tcpstack.tuning.win_tcp
     description: Applies the recommended settings.
@@ -173,6 +193,8 @@ destinations:
     - The O(top) remote endpoints by ports held, in the shape of C(destinations) of
       M(tcpstack.tuning.port_usage_info). C(utilisation) is the share of the usable ports held towards that
       destination.
+    - C(processes) lists up to 5 processes holding ports towards it (C(pid), C(name), C(in_use), C(time_wait),
+      C(new_connections_per_second)), among those in RV(processes), when the connection table was read.
   returned: success
   type: list
   elements: dict
@@ -180,11 +202,78 @@ destinations:
             "time_wait": 14000, "local_addresses": 1, "busiest_local_address": "10.0.0.5", "busiest_in_use": 15000,
             "busiest_time_wait": 14000, "reuse": false, "blocking": 15000, "utilisation": 0.9155}]
 processes:
-  description: The O(top) owning processes by dynamic ports held, with those in TIME_WAIT.
-  returned: success
+  description:
+    - The top O(top) processes holding dynamic ports, by rate of new connections, then ports held, in the shape
+      of RV(tcpstack.tuning.port_usage_info#module:processes). C(pid), C(name) (C(Get-Process)), C(unit) (the
+      Windows services running in that process, comma-separated, at most 5 then C(+N more), C(null) when it runs none or
+      C(Win32_Service) could not be read); C(cmdline), C(user), C(uid), C(cgroup) and C(container) are
+      always C(null) on Windows.
+    - C(ports_held) (= C(in_use)) counts its dynamic ports in every state but Listen and Bound, C(established)
+      and C(time_wait) those states; C(time_wait_inferred) is the part of C(time_wait) given to it as the only
+      live owner of the destination (Windows reports TIME_WAIT with process id 0). C(new_connections) is its
+      TIME_WAIT count, the connections it opened and closed within RV(attribution.sampled_seconds);
+      C(new_connections_per_second) that over the window; C(new_connections_inferred) the inferred part.
+    - C(bound_inactive) and C(bound_inactive_seen) are always 0 on Windows. C(destinations) the top 5
+      destinations of the process (C(endpoint) and the same counts), C(destination_count) how many it has.
+  returned: success, when the connection table was read
   type: list
   elements: dict
-  sample: [{"pid": 3100, "name": "w3wp", "ports_held": 1000, "time_wait": 0}]
+  sample: [{"pid": 5200, "name": "OrderSync", "cmdline": null, "user": null, "uid": null, "unit": "OrderSyncSvc",
+            "cgroup": null, "container": null, "ports_held": 1502, "in_use": 1502, "established": 2,
+            "time_wait": 1500, "time_wait_inferred": 1500, "new_connections": 1500, "new_connections_inferred": 1500,
+            "new_connections_per_second": 12.5, "bound_inactive": 0, "bound_inactive_seen": 0,
+            "destination_count": 1,
+            "destinations": [{"endpoint": "10.0.0.9:8080", "address": "10.0.0.9", "port": 8080, "family": "ipv4",
+                              "in_use": 1502, "established": 2, "time_wait": 1500, "time_wait_inferred": 1500,
+                              "new_connections": 1500, "new_connections_inferred": 1500,
+                              "new_connections_per_second": 12.5}]}]
+client_findings:
+  description:
+    - What only the client can cure, also listed (as sentences) in RV(findings). C(kind) V(pooling) is a process
+      that opens at least 5 new connections per second to one destination and keeps at most a tenth as many open
+      as it has in TIME_WAIT. The rule and the keys are those of
+      RV(tcpstack.tuning.port_usage_info#module:client_findings), each with C(pid), C(name), C(user), C(unit) (its
+      services), C(container), C(process) (a phrase naming it), C(destination), C(new_connections_per_second),
+      C(new_connections), C(established), C(time_wait), C(time_wait_per_established), C(advice), C(sentence).
+    - A pooling finding takes the severity of its destination (it changes RV(verdict) only where that
+      destination's ports run short).
+  returned: success, when the connection table was read
+  type: list
+  elements: dict
+  sample: [{"kind": "pooling", "pid": 5200, "name": "OrderSync", "user": null, "unit": "OrderSyncSvc",
+            "container": null, "process": "pid 5200 (OrderSync, unit OrderSyncSvc)", "destination": "10.0.0.9:8080",
+            "new_connections_per_second": 12.5, "new_connections": 1500, "established": 2, "time_wait": 1500,
+            "time_wait_per_established": 750.0, "advice": "pool the connections or keep them alive ...",
+            "sentence": "pid 5200 (OrderSync, unit OrderSyncSvc) opens 12.5 new connections per second to ..."}]
+top_churner:
+  description:
+    - "The process with the highest rate of new connections: C(pid), C(name), C(user), C(unit), C(container),
+      C(process), C(destination) (its busiest) and C(new_connections_per_second); C(null) when no process has a
+      connection in TIME_WAIT attributed to it."
+  returned: success, when the connection table was read
+  type: dict
+  sample: {"pid": 5200, "name": "OrderSync", "user": null, "unit": "OrderSyncSvc", "container": null,
+           "process": "pid 5200 (OrderSync, unit OrderSyncSvc)", "destination": "10.0.0.9:8080",
+           "new_connections_per_second": 12.5}
+attribution:
+  description:
+    - How the attribution went. C(sampled_seconds), the window the rates are over (the seconds TIME_WAIT lasts);
+      C(method) V(time_wait_window); C(bound), ports in the Bound state (no destination, not attributed);
+      C(services), whether C(Win32_Service) was read; C(unattributed), the destinations whose ports no process
+      could be given (each C(endpoint), C(in_use), C(time_wait), C(new_connections)).
+  returned: success, when the connection table was read
+  type: dict
+  sample: {"sampled_seconds": 120.0, "method": "time_wait_window", "bound": 0, "services": true,
+           "unattributed": [{"endpoint": "10.0.0.9:443", "in_use": 900, "time_wait": 900, "new_connections": 900}]}
+cure:
+  description:
+    - Which cure applies. C(where) V(client) (client findings, and the host's settings are not short), V(host)
+      (RV(recommendations), and no client to fix), V(both), or V(none); C(summary) says it in a sentence, naming
+      the processes.
+  returned: success, when the connection table was read
+  type: dict
+  sample: {"where": "client", "summary": "fix the client (pid 5200 (OrderSync, unit OrderSyncSvc)): the host's
+           settings are not what runs short"}
 events:
   description:
     - Tcpip events in the System log within O(event_hours). C(4227) (a connect failed because the local endpoint

@@ -6,7 +6,7 @@
 Internal to the collection.  The command set is docs/windows_commands.md:
 standard ``reg``, ``netsh`` and ``wevtutil``, called by their full path under
 ``$env:SystemRoot\\System32`` (never through the host's PATH, which another
-program could have put a ``netsh.exe`` in front of), and two fixed cmdlet
+program could have put a ``netsh.exe`` in front of), and fixed cmdlet
 pipelines.
 Each part of a script is a section: a marker line, one command, its exit code
 (``_windows_parse.split_sections`` splits the output on the markers).
@@ -42,6 +42,9 @@ RC_RE = re.compile(r"\A@@tcpstack:(rc|ok):([^@]*)@@\Z")
 CONNECTIONS_PIPELINE = ("Get-NetTCPConnection | Select-Object -Property LocalAddress,LocalPort,RemoteAddress,RemotePort,"
                         "State,OwningProcess | ConvertTo-Csv -NoTypeInformation")
 PROCESSES_PIPELINE = "Get-Process | Select-Object -Property Id,ProcessName | ConvertTo-Csv -NoTypeInformation"
+# The services and the process each runs in (Win32_Service's ProcessId and Name; ProcessId 0: not running).
+SERVICES_PIPELINE = ("Get-CimInstance -ClassName Win32_Service | Select-Object -Property ProcessId,Name | "
+                     "ConvertTo-Csv -NoTypeInformation")
 LISTENERS_PIPELINE = ("Get-NetTCPConnection -State Listen | Select-Object -Property LocalAddress,LocalPort | "
                       "ConvertTo-Csv -NoTypeInformation")
 POWERSHELL = "PowerShell -NoProfile -NonInteractive -ExecutionPolicy Unrestricted -EncodedCommand "
@@ -223,10 +226,12 @@ def event_query(hours):
 
 
 def build_info_script(targets, event_hours):
-    """The one read of win_port_usage_info: win_tcp's read, the connections, the processes, the Tcpip events."""
+    """The one read of win_port_usage_info: win_tcp's read, the connections, the processes, the services, the
+    Tcpip events."""
     lines = _build_lines() + _read_lines(targets)
     lines += _pipeline("connections", CONNECTIONS_PIPELINE)
     lines += _pipeline("processes", PROCESSES_PIPELINE)
+    lines += _pipeline("services", SERVICES_PIPELINE)
     lines += _section("events", "%s qe System '/q:%s' /f:xml /rd:true /c:%d"
                       % (tool("wevtutil"), event_query(event_hours), EVENT_MAX))
     return _script(lines)

@@ -287,6 +287,22 @@ def parse_csv(lines):
         raise WinTcpError("cannot parse the CSV of a cmdlet pipeline: %s" % exc) from exc
 
 
+def parse_services(sections):
+    """{pid: (service name, ...)} of the running services from the ``services`` section (Win32_Service's ProcessId
+    and Name), names sorted; None when the section is missing or failed.  ProcessId 0 (a service not running) and
+    rows without a pid or a name are skipped; several services may share one process (svchost)."""
+    section = sections.get("services")
+    if section is None or not section.ok:
+        return None
+    out = {}
+    for row in parse_csv(section.lines):
+        pid = small_int(row.get("ProcessId") if isinstance(row.get("ProcessId"), str) else "")
+        name = row.get("Name") if isinstance(row.get("Name"), str) else ""
+        if pid and name.strip():
+            out.setdefault(pid, set()).add(name.strip())
+    return dict((pid, tuple(sorted(names, key=str.lower))) for pid, names in out.items())
+
+
 _EVENT_NS = "{http://schemas.microsoft.com/win/2004/08/events/event}"
 
 

@@ -5,18 +5,29 @@
 
 The Windows twin of module_utils/linux_port_usage.py: ``audit(host, options)``
 runs one script on a WindowsHost (ranges, excluded ranges, TcpTimedWaitDelay,
-Get-NetTCPConnection, Get-Process, the Tcpip events) and ``analyse_windows``
-turns it into the result.  The interval maths is module_utils/ports.py, the
+Get-NetTCPConnection, Get-Process, Win32_Service, the Tcpip events) and
+``analyse_windows`` turns it into the result.  The interval maths is module_utils/ports.py, the
 capacity maths and the verdict are the OS-neutral module_utils/port_usage.py.
 
 On Windows connect() takes every local port from one host-wide pool per IP
 version, so the pools' utilisation is judged too, not only each destination's.
+
+Who holds the ports (``attribute()``): each connection's OwningProcess, its
+name from Get-Process and the services it runs from Win32_Service, in the
+per-process shape of port_usage.Snapshot.processes, so that the OS-neutral
+pooling rules apply.  Windows reports a TIME_WAIT connection with
+OwningProcess 0 (as reported publicly, see tests/support/windows_sim/README.md):
+a destination's TIME_WAIT is given to its only live owner (inferred), as on
+Linux without a sample, else it stays unattributed.  The rate: every TIME_WAIT
+socket closed within the last TIME_WAIT period (TcpTimedWaitDelay), so a
+destination's TIME_WAIT count over that period is its rate of connections
+opened and closed, measured over that window without sampling.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils import port_usage
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
@@ -49,6 +60,7 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse imp
     parse_csv,
     parse_events,
     parse_read,
+    parse_services,
     range_value,
     reg_value,
     small_int,
@@ -56,6 +68,7 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse imp
 )
 
 SHORTER_TIME_WAIT = 30  # the time_wait_delay recommended when ports run short
+TIME_WAIT, ESTABLISHED, BOUND = "TimeWait", "Established", "Bound"  # Get-NetTCPConnection's State names
 
 
 def validate(params):
@@ -137,7 +150,8 @@ class Tally:
     tuples: Dict[tuple, list] = field(default_factory=dict)
     listening: set = field(default_factory=set)
     held: Dict[IpVersion, int] = field(default_factory=lambda: {IpVersion.IPV4: 0, IpVersion.IPV6: 0})
-    by_process: Dict[Optional[int], dict] = field(default_factory=dict)
+    rows: List[tuple] = field(default_factory=list)  # (family, remote, remote port, state, pid or None) held
+    names: Dict[int, Optional[str]] = field(default_factory=dict)
 
 
 def _process_names(sections):
@@ -165,6 +179,7 @@ def _tally(sections, pools, unreadable):
     if names is None:
         unreadable.append({"source": "Get-Process", "reason": "Get-Process failed"})
         names = {}
+    tally.names = names
     tally.source = "Get-NetTCPConnection"
     tally.states = {"ipv4": {}, "ipv6": {}}
     for row in rows:
@@ -185,15 +200,81 @@ def _tally(sections, pools, unreadable):
                 or not flags[ip][port] or port in tally.listening:
             continue
         _rfamily, remote = _family(row.get("RemoteAddress"))
-        entry = tally.tuples.setdefault((family, local, remote, _port_of(row.get("RemotePort")) or 0), [0, 0])
+        remote_port = _port_of(row.get("RemotePort")) or 0
+        entry = tally.tuples.setdefault((family, local, remote, remote_port), [0, 0])
         entry[0] += 1
-        entry[1] += tcp_state == "TimeWait"
+        entry[1] += tcp_state == TIME_WAIT
         tally.held[ip] += 1
-        pid = _port_of(row.get("OwningProcess"))
-        proc = tally.by_process.setdefault(pid, {"pid": pid, "name": names.get(pid), "ports_held": 0, "time_wait": 0})
-        proc["ports_held"] += 1
-        proc["time_wait"] += tcp_state == "TimeWait"
+        tally.rows.append((family, remote, remote_port, tcp_state, _port_of(row.get("OwningProcess"))))
     return tally
+
+
+# ------------------------------------------------------------------ who holds the ports
+SERVICES_SHOWN = 5  # service names shown per process (an svchost may run many)
+SERVICE_NAME_MAX = 256  # the longest service name Windows allows (CreateService: 256 characters)
+
+
+def service_text(names):
+    """"RpcEptMapper, RpcSs" (at most SERVICES_SHOWN names, then "+N more"), or None for no service."""
+    if not names:
+        return None
+    shown = [name[:SERVICE_NAME_MAX] for name in names[:SERVICES_SHOWN]]
+    if len(names) > SERVICES_SHOWN:
+        shown.append("+%d more" % (len(names) - SERVICES_SHOWN))
+    return ", ".join(shown)
+
+
+def attribute(rows, names, services, window):
+    """(Snapshot.processes, Snapshot.attribution) from the held connections.
+
+    ``rows``: (family, remote address, remote port, State, OwningProcess or None) of each connection holding a
+    dynamic port; ``names`` {pid: ProcessName}; ``services`` {pid: (service name, ...)} or None (not read);
+    ``window``: the seconds TIME_WAIT lasts.  OwningProcess 0 or unreadable owns nothing.  A TIME_WAIT connection
+    with an owner counts as seen alive; those without one go to the destination's only live owner (inferred), else
+    stay unattributed: a pid is never invented, and a pooled client beside a churner towards the same destination
+    is not given the churner's TIME_WAIT.  ``new_connections`` of a destination: its TIME_WAIT sockets, each closed
+    within the last ``window`` seconds.  Bound ports (bound, not connected: no destination) are counted in
+    ``attribution["bound"]`` only.
+    """
+    # pylint: disable=too-many-locals
+    table = {}  # destination -> {pid or None: [live, established, time wait]}
+    bound = 0
+    for family, remote, port, tcp_state, pid in rows:
+        if tcp_state == BOUND:
+            bound += 1
+            continue
+        counts = table.setdefault((family, remote, port), {}).setdefault(pid or None, [0, 0, 0])
+        if tcp_state == TIME_WAIT:
+            counts[2] += 1
+        else:
+            counts[0] += 1
+            counts[1] += tcp_state == ESTABLISHED
+    processes = {}
+    unattributed = {}
+    for dest, by_pid in table.items():
+        nobody = by_pid.get(None, [0, 0, 0])
+        live = [pid for pid, counts in by_pid.items() if pid is not None and counts[0] > 0]
+        heir = live[0] if len(live) == 1 and nobody[2] else None
+        for pid, counts in by_pid.items():
+            if pid is None:
+                continue
+            inferred = nobody[2] if pid == heir else 0
+            time_wait = counts[2] + inferred
+            proc = processes.get(pid)
+            if proc is None:
+                proc = processes[pid] = {
+                    "pid": pid, "name": names.get(pid), "cmdline": None, "user": None, "uid": None,
+                    "unit": service_text((services or {}).get(pid)), "cgroup": None, "container": None,
+                    "bound_inactive": 0, "bound_inactive_seen": 0, "destinations": {}}
+            proc["destinations"][dest] = {
+                "in_use": counts[0] + time_wait, "established": counts[1], "time_wait": time_wait,
+                "time_wait_inferred": inferred, "new_connections": time_wait, "new_connections_inferred": inferred}
+        if nobody[0] or (nobody[2] and heir is None):
+            left = 0 if heir is not None else nobody[2]
+            unattributed[dest] = {"in_use": nobody[0] + left, "time_wait": left, "new_connections": left}
+    attribution = {"sampled_seconds": float(window), "method": "time_wait_window", "bound": bound,
+                   "services": services is not None, "unattributed": unattributed}
+    return [processes[pid] for pid in sorted(processes)], attribution
 
 
 def _times(count):
@@ -330,6 +411,13 @@ def analyse_windows(options, state, sections):
     tally = _tally(sections, pools, unreadable)
     events, event_findings = _events(sections, options.event_hours, unreadable)
     ranges, range_findings, range_recommendations = range_analysis(state, tally.listening, options.service_ports)
+    processes, attribution = None, None
+    if tally.source is not None:
+        services = parse_services(sections)
+        if services is None:
+            unreadable.append({"source": "Win32_Service", "reason": "Get-CimInstance Win32_Service failed: processes "
+                               "are named without their services"})
+        processes, attribution = attribute(tally.rows, tally.names, services, time_wait)
     v4 = pools.get(IpVersion.IPV4)
     shorter = {"time_wait_delay": SHORTER_TIME_WAIT} if time_wait > SHORTER_TIME_WAIT else {}
     extra = dict(shorter) if events["4227"] else {}
@@ -353,13 +441,13 @@ def analyse_windows(options, state, sections):
         extra_findings=event_findings + range_findings,
         reserve_option=None,
         hold_remedy=shorter,
+        processes=processes,
+        attribution=attribution,
         extra_recommendations=extra,
         extra_result={
             "dynamic_port_range": nest({t: range_value(r) for t, r in state.ranges.items()})["dynamic_port_range"],
             "excluded_port_ranges": excluded_result(state),
             "dynamic_range_analysis": ranges,
-            "processes": sorted(tally.by_process.values(), key=lambda p: (
-                -p["ports_held"], p["pid"] if p["pid"] is not None else -1))[:options.top],
             "events": events,
             "build": state.build,
         },

@@ -860,3 +860,26 @@ def test_listeners_pipeline(sim):
     with Simulator(profile="server2008r2") as legacy:
         rc, out, err = ps(legacy, LISTEN_PIPELINE + "\n" + OK)
         assert out == "@@tcpstack:ok:False@@\r\n" and "Get-NetTCPConnection" in err
+
+
+SERVICE_PIPELINE = ("Get-CimInstance -ClassName Win32_Service | Select-Object -Property ProcessId,Name | "
+                    "ConvertTo-Csv -NoTypeInformation")
+
+
+def test_services_pipeline(sim):
+    """Win32_Service's ProcessId and Name: running services carry their process, shared svchosts carry several,
+    stopped ones 0; host_state ``services`` adds to the defaults; PowerShell 2.0 (2008 R2) has no Get-CimInstance."""
+    sim.host.add_service("OrderSyncSvc", 5200)
+    rc, out, dummy = ps(sim, SERVICE_PIPELINE.replace("Get-CimInstance", "get-ciminstance") + "\n" + OK)
+    lines = out.split("\r\n")
+    assert rc == 0 and lines[0] == '"ProcessId","Name"' and lines[-2] == "@@tcpstack:ok:True@@"
+    assert '"5200","OrderSyncSvc"' in lines and '"784","RpcSs"' in lines and '"784","RpcEptMapper"' in lines
+    assert '"0","W3SVC"' in lines
+    sim.host.add_service("OrderSyncSvc", 0)  # stopped
+    assert '"0","OrderSyncSvc"' in ps(sim, SERVICE_PIPELINE)[1].split("\r\n")
+    rc, dummy, err = ps(sim, SERVICE_PIPELINE.replace("ProcessId,Name", "ProcessId,Name,PathName"))
+    assert rc == 1 and "not recognized" in err  # only the contract's pipeline
+    with Simulator(profile="server2008r2", host_state={"services": [{"ProcessId": 77, "Name": "X"}]}) as legacy:
+        assert {"ProcessId": 77, "Name": "X"} in legacy.host.services
+        rc, out, err = ps(legacy, SERVICE_PIPELINE + "\n" + OK)
+        assert out == "@@tcpstack:ok:False@@\r\n" and "The term 'Get-CimInstance' is not recognized" in err

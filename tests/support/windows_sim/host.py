@@ -155,6 +155,21 @@ def _default_processes():
     ]
 
 
+def _default_services():
+    # Win32_Service instances of a fresh server, as (ProcessId, Name): a running service carries the id of the
+    # process it runs in, several share one svchost (RpcEptMapper and RpcSs, "Share Process"); a stopped one has
+    # ProcessId 0 (learn.microsoft.com cimwin32prov "Win32_Service class": ProcessId, "Process identifier of the
+    # service", Name, "Unique identifier of the service"). Which services a real server runs differs.
+    return [
+        {"ProcessId": 784, "Name": "RpcEptMapper"},
+        {"ProcessId": 784, "Name": "RpcSs"},
+        {"ProcessId": 1488, "Name": "Spooler"},
+        {"ProcessId": 2212, "Name": "WinRM"},
+        {"ProcessId": 0, "Name": "W3SVC"},
+        {"ProcessId": 0, "Name": "wuauserv"},
+    ]
+
+
 def _default_connections():
     # What a fresh Server install listens on: RPC endpoint mapper (135, svchost),
     # SMB (445, System), WinRM HTTP (5985, System/HTTP.sys), and the RPC dynamic
@@ -184,7 +199,8 @@ class WindowsHost:
     ``dynamic_ranges`` {"ipv4/tcp": [start, num], ...}; ``excluded`` [{ip, proto,
     start, end, administered}]; ``connections`` [{LocalAddress, LocalPort,
     RemoteAddress, RemotePort, State, OwningProcess}] (replaces the defaults);
-    ``processes`` [{Id, ProcessName}] (added to the defaults); ``events``
+    ``processes`` [{Id, ProcessName}] (added to the defaults); ``services``
+    [{ProcessId, Name}] (added to the defaults; ProcessId 0: stopped); ``events``
     [{event_id, seconds_ago}].
     """
 
@@ -230,6 +246,9 @@ class WindowsHost:
         self.processes = _default_processes()
         for row in state.get("processes", []):
             self.add_process(row["Id"], row["ProcessName"])
+        self.services = _default_services()
+        for row in state.get("services", []):
+            self.add_service(row["Name"], row.get("ProcessId", 0))
         self.events = []
         self._next_record = 1000
         self.boot_time = self.now() - _dt.timedelta(days=3)
@@ -495,6 +514,17 @@ class WindowsHost:
         with self.lock:
             self.processes = [p for p in self.processes if p["Id"] != int(pid)]
             self.processes.append({"Id": int(pid), "ProcessName": str(name)})
+
+    def add_service(self, name, pid=0):
+        """A service ``name`` running in process ``pid`` (0: stopped); replaces a service of that name."""
+        with self.lock:
+            self.services = [s for s in self.services if s["Name"].lower() != str(name).lower()]
+            self.services.append({"ProcessId": int(pid), "Name": str(name)})
+
+    @property
+    def has_cim(self):
+        """Get-CimInstance needs PowerShell 3.0 (Windows Server 2012; Server 2008 R2 ships 2.0)."""
+        return self.has_nettcpip
 
     # -- event log ----------------------------------------------------------
     def add_event(self, event_id, when=None, provider="Tcpip", data=()):

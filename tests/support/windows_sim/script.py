@@ -10,7 +10,7 @@ Scripts accept exactly the statements of docs/windows_commands.md:
 1. ``Write-Output '<literal>'``
 2. ``Write-Output "...$LASTEXITCODE..."`` / ``Write-Output "...$?..."``
 3. ``netsh`` / ``reg`` / ``wevtutil`` with bare-word or single-quoted arguments
-4. the two cmdlet pipelines, verbatim (PowerShell is case-insensitive, so case
+4. the cmdlet pipelines, verbatim (PowerShell is case-insensitive, so case
    and the spacing between tokens are free).
 
 Anything else fails as PowerShell fails for an unknown command
@@ -35,6 +35,7 @@ from .tools import (
     run_get_listeners_csv,
     run_get_nettcpconnection_csv,
     run_get_process_csv,
+    run_get_service_csv,
     run_planted,
 )
 
@@ -48,6 +49,8 @@ _PIPELINES = {
     "Get-NetTCPConnection | Select-Object -Property LocalAddress,LocalPort,RemoteAddress,RemotePort,State,"
     "OwningProcess | ConvertTo-Csv -NoTypeInformation": "tcp",
     "Get-Process | Select-Object -Property Id,ProcessName | ConvertTo-Csv -NoTypeInformation": "process",
+    "Get-CimInstance -ClassName Win32_Service | Select-Object -Property ProcessId,Name | ConvertTo-Csv "
+    "-NoTypeInformation": "service",
     "Get-NetTCPConnection -State Listen | Select-Object -Property LocalAddress,LocalPort | ConvertTo-Csv "
     "-NoTypeInformation": "listen",
 }
@@ -228,7 +231,7 @@ def classify(tokens, host=None):
             return "unknown", first
         return "native", (program, argv, "path")
     lower = first.lower()
-    near_miss = lower in ("write-output", "get-nettcpconnection", "get-process") or \
+    near_miss = lower in ("write-output", "get-nettcpconnection", "get-process", "get-ciminstance") or \
         lower.removesuffix(".exe") in NATIVE
     if lower == "write-output" and len(tokens) == 2 and isinstance(tokens[1], Word) \
             and len(tokens[1].parts) == 1 and tokens[1].parts[0][0] in ("sq", "dq"):
@@ -371,8 +374,12 @@ def run_powershell(host, script, log, faults=None):
                 errors += _not_recognized(lang, "Get-NetTCPConnection", lineno, statement)
                 state["ok"] = False
                 continue
+            if payload == "service" and not host.has_cim:
+                errors += _not_recognized(lang, "Get-CimInstance", lineno, statement)
+                state["ok"] = False
+                continue
             stdout.append({"tcp": run_get_nettcpconnection_csv, "listen": run_get_listeners_csv,
-                           "process": run_get_process_csv}[payload](host))
+                           "process": run_get_process_csv, "service": run_get_service_csv}[payload](host))
             state["ok"] = True
             continue
         errors += _not_recognized(lang, payload if payload else statement, lineno, statement)

@@ -38,6 +38,7 @@ ALLOWED = [
                r"numberofports=[0-9]+ store=persistent\Z"),
     re.compile(r"\A" + re.escape(w.CONNECTIONS_PIPELINE) + r"\Z"),
     re.compile(r"\A" + re.escape(w.PROCESSES_PIPELINE) + r"\Z"),
+    re.compile(r"\A" + re.escape(w.SERVICES_PIPELINE) + r"\Z"),
     re.compile(r"\A" + re.escape(w.LISTENERS_PIPELINE) + r"\Z"),
     re.compile(r"\A" + WEVTUTIL + r" qe System '/q:\*\[System\[Provider\[@Name=''Tcpip''\] and \(EventID=4227 or EventID=4231\) and "
                r"TimeCreated\[timediff\(@SystemTime\) <= [0-9]+\]\]\]' /f:xml /rd:true /c:500\Z"),
