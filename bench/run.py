@@ -6,10 +6,13 @@ which runs ``python -m bench.run [ARGS]`` from the repository root, with the col
 
 Sections (each in its own module, each reporting its figure even when it misses its target):
 
-* audit   bench/audit_cost.py (100,000 sockets in a namespace; port_usage_info against ``ss -tan``)
+* audit   bench/audit_cost.py (100,000 sockets in a namespace; port_usage_info against ``ss -tan``), and the scale
+          curve of bench/attribution.py (10k, 100k, 1M sockets, without attribution, against ``ss -tan``)
 * windows bench/windows.py (WinRM commands per host against the Windows host simulator)
 * fleet   bench/fleet_converge.py (tune over N Podman hosts against ping and ansible.posix.sysctl)
 * cure    bench/cure.py (highest new-connection rate held with zero EADDRNOTAVAIL, stock and tuned)
+* attribution bench/attribution.py (attribution against ``ss -tanp`` on 100,000 owned sockets; the churner's rate error)
+* monitor bench/monitor.py (the port_monitor sampler's CPU and memory at 15 s on a host with 100,000 sockets)
 
 Writes bench/results/latest.json and bench/results/latest.png and prints the machine, the versions and the
 ratios.  A section that fails is recorded with its error (and the run exits 1); the others still run.
@@ -35,7 +38,7 @@ from tests.support.collection import ROOT
 
 RESULTS = ROOT / "bench" / "results"
 
-SECTIONS = ("audit", "windows", "fleet", "cure")
+SECTIONS = ("audit", "windows", "fleet", "cure", "attribution", "monitor")
 
 
 def log(message):
@@ -112,12 +115,44 @@ def run_audit():
         raise RuntimeError("bench.audit_cost failed (rc=%d): %s" % (done.returncode, done.stderr[-2000:]))
     data = json.loads((RESULTS / "audit.json").read_text())
     audit = data["audit"]
-    return {"sockets": audit["sockets"], "seconds": audit["seconds"], "vs_ss": audit["vs_ss"],
+    scale = run_attribution_bench("scale")
+    return {"scale": [{"sockets": p["sockets"], "seconds": p["seconds"], "vs_ss": p["vs_ss"],
+                       "peak_rss_mb": p["peak_rss_mb"]} for p in scale.get("scale", [])],
+            "million": scale.get("million"), "linearity": scale.get("linearity"),
+            "scale_details": "bench/results/attribution.json (scale)",
+            "sockets": audit["sockets"], "seconds": audit["seconds"], "vs_ss": audit["vs_ss"],
             "peak_rss_mb": audit["peak_rss_mb"], "ss_seconds": data["ss"]["seconds"],
             "module_process_seconds": data["module_process"]["process_seconds"],
             "module_process_peak_rss_mb": data["module_process"]["peak_rss_mb"],
             "proc_fallback": data["proc_fallback"], "source": audit["source"], "churn": data["churn"],
             "targets": data["targets"], "targets_met": data["targets_met"], "details": "bench/results/audit.json"}
+
+
+def run_attribution_bench(only):
+    """bench/attribution.py's ``only`` parts (attribution,rate / scale); their figures, merged into
+    bench/results/attribution.json."""
+    output = RESULTS / ("attribution-%s.json" % only.split(",")[0])
+    done = subprocess.run([sys.executable, "-m", "bench.attribution", "--only", only, "--output", str(output)],
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=1200, check=False)
+    for line in done.stdout.splitlines():
+        log("attribution: " + line)
+    if done.returncode != 0:
+        raise RuntimeError("bench.attribution failed (rc=%d): %s" % (done.returncode, done.stderr[-2000:]))
+    data = json.loads(output.read_text())
+    output.unlink()
+    merged = RESULTS / "attribution.json"
+    whole = json.loads(merged.read_text()) if merged.exists() else {}
+    whole.update(data)
+    merged.write_text(json.dumps(whole, indent=1) + "\n")
+    return data
+
+
+def run_attribution():
+    data = run_attribution_bench("attribution,rate")
+    out = dict(data["attribution"])
+    out["rate"] = data.get("rate")
+    out["details"] = "bench/results/attribution.json"
+    return out
 
 
 def ratios(result):
@@ -126,10 +161,18 @@ def ratios(result):
     wanted = {"fleet": ("tune_vs_ping", "converged_vs_ping", "tune_vs_posix_sysctl", "module_calls_per_host"),
               "cure": ("stock_rate", "tuned_rate", "ratio"),
               "audit": ("sockets", "seconds", "vs_ss", "peak_rss_mb"),
-              "windows": ("commands_cold", "commands_converged")}
+              "windows": ("commands_cold", "commands_converged"),
+              "monitor": ("cpu_percent", "peak_rss_mb"),
+              "attribution": ("vs_ss_p", "peak_rss_mb", "rate_error")}
     for section, keys in wanted.items():
         for key in keys:
             flat["%s.%s" % (section, key)] = result.get(section, {}).get(key)
+    flat["audit.scale"] = result.get("audit", {}).get("scale")
+    million = result.get("audit", {}).get("million") or {}
+    flat["audit.million.sockets"] = million.get("sockets")
+    flat["audit.million.reached"] = million.get("reached")
+    flat["audit.million.vs_ss"] = million.get("vs_ss")
+    flat["audit.million.peak_rss_mb"] = million.get("peak_rss_mb")
     return flat
 
 
@@ -148,6 +191,17 @@ def targets(flat):
         "audit.peak_rss_mb < 64": check("audit.peak_rss_mb", lambda v: v < 64),
         "windows.commands_cold <= 2": check("windows.commands_cold", lambda v: v <= 2),
         "windows.commands_converged <= 1": check("windows.commands_converged", lambda v: v <= 1),
+        "attribution.vs_ss_p <= 1": check("attribution.vs_ss_p", lambda v: v <= 1),
+        "attribution.peak_rss_mb <= 64": check("attribution.peak_rss_mb", lambda v: v <= 64),
+        "attribution.rate_error <= 0.2": check("attribution.rate_error", lambda v: v <= 0.2),
+        # at 1,000,000 sockets: "not measured" when the fill did not reach them in its time (the figures at the
+        # largest size reached are still in audit.million)
+        "audit.million.vs_ss <= 1": check("audit.million.vs_ss", lambda v: v <= 1) if flat.get(
+            "audit.million.reached") else None,
+        "audit.million.peak_rss_mb <= 64": check("audit.million.peak_rss_mb", lambda v: v <= 64) if flat.get(
+            "audit.million.reached") else None,
+        "monitor.cpu_percent <= 2": check("monitor.cpu_percent", lambda v: v <= 2),
+        "monitor.peak_rss_mb <= 32": check("monitor.peak_rss_mb", lambda v: v <= 32),
     }
 
 
@@ -270,7 +324,9 @@ def main():
     runners = {"audit": run_audit,
                "windows": lambda: importlib.import_module("bench.windows").run(hosts, log=log),
                "fleet": lambda: importlib.import_module("bench.fleet_converge").run(hosts, log=log),
-               "cure": lambda: importlib.import_module("bench.cure").run(log=log)}
+               "cure": lambda: importlib.import_module("bench.cure").run(log=log),
+               "attribution": run_attribution,
+               "monitor": lambda: importlib.import_module("bench.monitor").run(log=log)}
     failed = []
     for section in SECTIONS:
         if section not in only:

@@ -8,9 +8,12 @@ The fleet, all on this machine and all deleted at the end (also on Ctrl-C or fai
 - "win2022": a simulated Windows Server 2022 (tests/support/windows_sim) on 127.0.0.1, reached over WinRM.
 
 One inventory holds the three; ansible-playbook runs on this machine, and reaches web and backend through an
-interpreter that runs Python inside their namespace.  The steps: a bounded connection churn from web to backend
-with stock settings (real EADDRNOTAVAIL), `ansible-playbook tcpstack.tuning.audit` (the report flags web),
-`ansible-playbook tcpstack.tuning.tune --diff`, the same churn again (no failure), the audit again (healthy).
+interpreter that runs Python inside their namespace.  The steps: on web, a client that opens a new connection for
+every request (each lives about 2 ms) at a steady 40 per second to backend, with stock settings (real
+EADDRNOTAVAIL once the range is used up); `ansible-playbook tcpstack.tuning.audit` sampling 5 s while it runs (the report
+flags web critical before the ports are gone, names that client as process@host with its destination and rate, and says pooling is the lasting cure);
+`ansible-playbook tcpstack.tuning.tune --diff`; the same client again (no failure); the audit again (healthy, and
+the client still named: tuning bought time, pooling is the cure).
 Nothing on this machine itself changes.  Needs root and iproute2.  ``make demo`` runs it as ``python -m demo.demo``
 from the repository root, with the collection on PYTHONPATH; the throwaway hosts, the traffic and the inventory
 come from tests.support.
@@ -35,15 +38,18 @@ from tests.support.collection import ROOT, collections_path
 from tests.support.fleet import fleet_hosts
 from tests.support.netns import SandboxError, missing_requirements, stop_process as stop
 from tests.support.playbook import ansible_playbook
-from tests.support.traffic import CHURN, SERVER
+from tests.support.traffic import ECHO, STEADY
 from tests.support.veth import ClientServer
 from tests.support.windows_sim import Simulator
 
 WEB_IP, BACKEND_IP, PORT = "10.215.0.1", "10.215.0.2", 8080
 NARROW_RANGE = "40000 40999"  # 1,000 ports
-ATTEMPTS, CHURN_SECONDS = 3000, 30
+CHURN_RATE, HOLD_MS = 40, 2  # the churning client: new connections per second, milliseconds each lives
+FIRST_SECONDS, SECOND_SECONDS = 45, 30  # how long it runs: past the audit, and (the first time) the exhaustion
+SAMPLE_SECONDS = 5
+EXHAUSTED_AFTER = 1000 // CHURN_RATE  # seconds until 1,000 ports are all in TIME_WAIT
 REPORTS = ROOT / ".build" / "demo"
-STEPS = 9
+STEPS = 8
 
 _step = 0
 _children = []
@@ -80,7 +86,7 @@ class Fleet:
     def create(self):
         self.link.create()
         try:
-            self.link.serve(SERVER, BACKEND_IP, PORT, 600)
+            self.link.serve(ECHO, BACKEND_IP, PORT, 600)
         except SandboxError as exc:
             raise DemoFailed("the backend service did not start: %s" % exc) from exc
         self.windows = Simulator(profile="server2022").start()
@@ -100,16 +106,30 @@ class Fleet:
                        for box in (self.web, self.backend))
 
 
-def churn(fleet):
-    done = fleet.web.exec([sys.executable, "-c", CHURN, BACKEND_IP, PORT, ATTEMPTS, 0, CHURN_SECONDS],
-                          timeout=CHURN_SECONDS + 30)
-    return json.loads(done.stdout)
+def start_client(fleet, seconds):
+    """The churning client on web, in the background: STEADY at CHURN_RATE for ``seconds``."""
+    child = fleet.web.start(STEADY, BACKEND_IP, PORT, CHURN_RATE, seconds, HOLD_MS, ready="running")
+    _children.append(child)
+    return child
 
 
-def show_churn(counts):
+def client_counts(child, seconds):
+    """The counts the client prints when it is done (it runs for ``seconds`` in all)."""
+    deadline = time.monotonic() + seconds + 30
+    while time.monotonic() < deadline:
+        line = child.stdout.readline()
+        if line.strip().startswith("{"):
+            return json.loads(line)
+        if not line and child.poll() is not None:
+            break
+    raise DemoFailed("the client on web printed no counts")
+
+
+def show_client(counts):
     say("""
-        %(made)s connections made, %(eaddrnotavail)s failed with EADDRNOTAVAIL ("Cannot assign requested
-        address"), %(other)s failed otherwise, in %(seconds)ss.
+        The client (pid %(pid)s) made %(made)s connections in %(seconds)ss (%(rate)s per second), each living under
+        10 ms (%(under_10ms)s of them); %(failed)s connect() calls failed, %(eaddrnotavail)s with EADDRNOTAVAIL
+        ("Cannot assign requested address").
         """ % counts)
 
 
@@ -138,7 +158,8 @@ def ansible(fleet, playbook, *args):
 
 def audit(fleet, name):
     target = REPORTS / name
-    rc = ansible(fleet, "tcpstack.tuning.audit", "-e", "port_audit_report_dir=%s" % target)
+    rc = ansible(fleet, "tcpstack.tuning.audit", "-e", "port_audit_report_dir=%s" % target,
+                 "-e", "port_audit_sample_seconds=%d" % SAMPLE_SECONDS)
     if rc != 0:
         raise DemoFailed("the audit failed (rc=%d): see ansible's output above" % rc)
     report = json.loads((target / "port_audit.json").read_text())
@@ -170,27 +191,44 @@ def demo(fleet):
         TIME_WAIT for 60 s, so web can sustain at most 28,232 / 60 = 470 new connections per second to
         backend:%d; above that, connect() fails with EADDRNOTAVAIL.
 
-        To make it visible quickly, the demo narrows web's range to 1,000 ports (%s), which is the same
-        arithmetic as 28,232 ports under 470 connections/s: a burst uses up the range in under a second.
+        To make it visible quickly, the demo narrows web's range to 1,000 ports (%s): at most 16.7 new
+        connections per second, the same arithmetic as 28,232 ports under 470 connections per second.
         """ % (" ".join(stock.split()), fleet.web.sysctl("net.ipv4.tcp_tw_reuse"), PORT, NARROW_RANGE.replace(" ", "-")))
 
-    heading("a burst of %d connections from web to backend" % ATTEMPTS)
-    first = churn(fleet)
-    show_churn(first)
-    if first["eaddrnotavail"] == 0:
-        raise DemoFailed("the churn should have run out of ports with stock settings: %s" % first)
+    heading("a client that opens a new connection for every request")
+    say("""
+        On web, a client sends %d requests per second to backend:%d, each on a new connection that lives
+        about %d ms, for %d s. That is more than the 16.7 per second 1,000 ports sustain: after %d s all of
+        them are in TIME_WAIT, and connect() fails. ss -tanp would not show who does it: TIME_WAIT sockets
+        have no owner, and each connection is gone in a few milliseconds.
+        """ % (CHURN_RATE, PORT, HOLD_MS, FIRST_SECONDS, EXHAUSTED_AFTER))
+    client = start_client(fleet, FIRST_SECONDS)
 
-    heading("the audit: ansible-playbook tcpstack.tuning.audit")
+    heading("the audit, while it runs: ansible-playbook tcpstack.tuning.audit, sampling %d s" % SAMPLE_SECONDS)
     report, before_page = audit(fleet, "before")
     print()
     say("The report flags: %s." % verdicts(report))
     web = [row for row in report["hosts"] if row["host"] == "web"][0]
     if web["verdict"] != "critical" or report["hosts"][0]["host"] != "web":
         raise DemoFailed("the audit should have put web first, critical: %s" % verdicts(report))
-    say("web's recommendations: %s" % json.dumps(web["recommendations"], sort_keys=True))
-
-    heading("the cure: ansible-playbook tcpstack.tuning.tune --diff")
+    culprit = web.get("culprit") or {}
+    if culprit.get("pid") != client.pid:
+        raise DemoFailed("the audit should have named the client on web (pid %d): %s" % (client.pid, culprit))
     say("""
+        The culprit: %s -> %s at %s new connections per second.
+        The cure: %s.
+        web's recommendations for the host, meanwhile: %s
+        """ % (culprit["at"], culprit["destination"], culprit["new_connections_per_second"], web["cure"]["summary"],
+               json.dumps(web["recommendations"], sort_keys=True)))
+    say("Waiting for the client to finish (it runs %d s in all)..." % FIRST_SECONDS)
+    first = client_counts(client, FIRST_SECONDS)
+    show_client(first)
+    if first["eaddrnotavail"] == 0:
+        raise DemoFailed("the client should have run out of ports with stock settings: %s" % first)
+
+    heading("the stopgap: ansible-playbook tcpstack.tuning.tune --diff")
+    say("""
+        The lasting cure is in the client (a connection pool, or keep-alive). Until it ships, tune the hosts.
         With the tcp_tuning role's defaults: port range 32768-65535 (32,768 ports) and tcp_tw_reuse 1
         (connect() may reuse a TIME_WAIT port after a second, with TCP timestamps), fin_timeout 30; on
         Windows the same range and TcpTimedWaitDelay 30 (read at the next boot). Persisted in each host's
@@ -203,18 +241,26 @@ def demo(fleet):
     say("web now: ip_local_port_range %s, tcp_tw_reuse %s." % (
         " ".join(fleet.web.sysctl("net.ipv4.ip_local_port_range").split()), fleet.web.sysctl("net.ipv4.tcp_tw_reuse")))
 
-    heading("the same burst again")
-    second = churn(fleet)
-    show_churn(second)
-    if second["eaddrnotavail"] or second["other"]:
-        raise DemoFailed("after the tuning, the churn should not fail: %s" % second)
-
-    heading("the audit again")
+    heading("the same client again, and the audit again")
+    client = start_client(fleet, SECOND_SECONDS)
+    time.sleep(2)
     report, after_page = audit(fleet, "after")
     print()
     say("The report now: %s." % verdicts(report))
     if any(row["verdict"] == "critical" for row in report["hosts"]):
         raise DemoFailed("no host should be critical any more: %s" % verdicts(report))
+    web = [row for row in report["hosts"] if row["host"] == "web"][0]
+    culprit = web.get("culprit") or {}
+    if culprit.get("pid") != client.pid:
+        raise DemoFailed("the audit should still name the client on web (pid %d): %s" % (client.pid, culprit))
+    second = client_counts(client, SECOND_SECONDS)
+    show_client(second)
+    if second["failed"]:
+        raise DemoFailed("after the tuning, the client should not fail: %s" % second)
+    say("""
+        Healthy now, and still: %s -> %s at %s new connections per second.
+        %s
+        """ % (culprit["at"], culprit["destination"], culprit["new_connections_per_second"], web["cure"]["summary"]))
 
     heading("the reports")
     say("""
@@ -222,8 +268,8 @@ def demo(fleet):
         After the tuning:  %s
         (one self-contained HTML page each, JSON and Markdown beside it; open them in a browser)
         Before: %d connect() failures out of %d. After: %d out of %d.
-        """ % (before_page, after_page, first["eaddrnotavail"] + first["other"], ATTEMPTS,
-               second["eaddrnotavail"] + second["other"], ATTEMPTS))
+        """ % (before_page, after_page, first["failed"], first["made"] + first["failed"],
+               second["failed"], second["made"] + second["failed"]))
 
 
 def _on_signal(signum, _frame):
@@ -268,7 +314,8 @@ def main():
                 "Could not delete everything: check `ip netns list` and /etc/netns/")
             signal.signal(signal.SIGINT, signal.default_int_handler)
     if code == 0:
-        print("\nDone in %.0f s: exhaustion found, tuned, gone." % (time.monotonic() - started))
+        print("\nDone in %.0f s: exhaustion found, its client named, the host tuned meanwhile." % (
+            time.monotonic() - started))
     return code
 
 

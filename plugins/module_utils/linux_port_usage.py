@@ -17,7 +17,9 @@ import os
 import time
 from dataclasses import replace
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_attribution import Attribution
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import LinuxHost
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_processes import ProcessTable
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
     PORT_RANGE,
     RESERVED_PORTS,
@@ -32,6 +34,8 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
 from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table import (
     AF_INET,
     AF_INET6,
+    ALL_STATES,
+    LIVE_STATES,
     PROC_TABLES,
     TableError,
     Tally,
@@ -59,14 +63,18 @@ def _unreadable(source, exc):
 
 
 # ---------------------------------------------------------------- the socket table
-def read_netlink(host, tally, families=(AF_INET, AF_INET6)):
-    """Dump every TCP socket over netlink sock_diag into ``tally``; raises TableError."""
-    host.sock_diag([(netlink_request(family, seq), _consumer(family, tally)) for seq, family in enumerate(families, 1)])
+def read_netlink(host, tally, families=(AF_INET, AF_INET6), observe=None, states=ALL_STATES, observe_time_wait=True):
+    """Dump the TCP sockets in ``states`` over netlink sock_diag into ``tally``; raises TableError.
+
+    ``observe``, ``observe_time_wait``: see socket_table.tally_netlink (process attribution).
+    """
+    host.sock_diag([(netlink_request(family, seq, states), _consumer(family, tally, observe, observe_time_wait))
+                    for seq, family in enumerate(families, 1)])
     tally.source = "netlink"
 
 
-def _consumer(family, tally):
-    return lambda buf: tally_netlink(buf, family, tally)
+def _consumer(family, tally, observe=None, observe_time_wait=True):
+    return lambda buf: tally_netlink(buf, family, tally, observe, observe_time_wait)
 
 
 def read_proc(host, tally):
@@ -167,8 +175,8 @@ def reuse_rules(settings):
 
 
 # ---------------------------------------------------------------- the whole read
-def collect(host, use_netlink=True):
-    """Read everything port_usage needs from ``host`` (its network namespace): a Snapshot."""
+def read_ports(host):
+    """(raw settings, typed settings, port range or None, reserved intervals, unreadable)."""
     raw, unreadable = read_settings(host)
     settings = typed_settings(raw)
     port_range = None
@@ -179,12 +187,34 @@ def collect(host, use_netlink=True):
         reserved = parse_port_list(raw.get("reserved_ports") or "", RESERVED_PORTS)
     except ValidationError as exc:
         unreadable.append({"source": PORT_RANGE, "reason": str(exc)})
+    return raw, settings, port_range, reserved, unreadable
+
+
+def collect(host, use_netlink=True, attribution=None, processes=None):
+    """Read everything port_usage needs from ``host`` (its network namespace): a Snapshot.
+
+    With an ``attribution`` (linux_attribution.Attribution) and ``processes``
+    (linux_processes.ProcessTable, scanned just before), the netlink dump
+    also attributes the sockets to processes: Snapshot.processes.
+    """
+    raw, settings, port_range, reserved, unreadable = read_ports(host)
     tally = Tally(port_flags(port_range, reserved))
     notes = []
     table_ok = True
+    attributed = False
     if use_netlink and host.live:
+        observe = None
+        if attribution is not None:
+            if attribution.started is not None:
+                attribution.window_ms = (time.monotonic() - attribution.started) * 1000.0
+            observe = attribution.observer(processes.owner)
+        # without a sample no TIME_WAIT socket can be known by its cookie: the tally counts them per destination
+        sampled = attribution is not None and attribution.started is not None
         try:
-            read_netlink(host, tally)
+            read_netlink(host, tally, observe=observe, observe_time_wait=sampled)
+            attributed = observe is not None
+            if attributed and not sampled:
+                attribution.add_time_wait(tally.tuples())
         except TableError as exc:
             notes.append("%s; read /proc/net/tcp and /proc/net/tcp6 instead" % exc)
             tally = Tally(tally.ephemeral)
@@ -192,9 +222,19 @@ def collect(host, use_netlink=True):
         missing = read_proc(host, tally)
         unreadable.extend(missing)
         table_ok = len(missing) < 2
+        if tally.bad_lines:
+            notes.append("%d lines of /proc/net/tcp and /proc/net/tcp6 were not sockets as the kernel prints them "
+                         "and were skipped" % tally.bad_lines)
     counters, missing = read_counters(host)
     unreadable.extend(missing)
     reuse = reuse_rules(settings)
+    owners, attribution_info = None, None
+    if attribution is not None:
+        if attributed:
+            owners, attribution_info, missing = attributed_processes(attribution, processes)
+            unreadable.extend(missing)
+        else:
+            notes.append("processes are attributed from the netlink dump only: no process attribution")
     return Snapshot(
         settings=settings,
         port_range=port_range,
@@ -215,6 +255,8 @@ def collect(host, use_netlink=True):
         notes=notes,
         extra_findings=_setting_findings(reuse),
         extra_recommendations={"timestamps": 1} if reuse["inactive"] else {},
+        processes=owners,
+        attribution=attribution_info,
     )
 
 
@@ -225,17 +267,121 @@ def _setting_findings(reuse):
     return out
 
 
-def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netlink=True, sleep=time.sleep):
-    """The module's work: read ``host`` (default: this one), optionally sample the counters, analyse.
+# ---------------------------------------------------------------- process attribution
+SAMPLE_INTERVAL = 0.01  # seconds between the live dumps of a sample
+UNREADABLE_PIDS_SHOWN = 20
 
-    Returns the result dict.
+
+def attributed_processes(attribution, processes):
+    """(Snapshot.processes, Snapshot.attribution, unreadable) from a finished Attribution and its ProcessTable."""
+    owned, unattributed = attribution.finish()
+    out = []
+    for pid in sorted(owned):
+        entry = processes.describe(pid)
+        entry.update(owned[pid])
+        out.append(entry)
+    unreadable = []
+    denied = sorted(processes.unreadable)
+    if denied:
+        unreadable.append({"source": "/proc/PID/fd of %d processes" % len(denied),
+                           "reason": "Permission denied: their sockets cannot be attributed (run as root to see them)"})
+    info = {
+        "sampled_seconds": round(attribution.window_ms / 1000.0, 3) if attribution.window_ms is not None else None,
+        "live_dumps": attribution.dumps,
+        "fd_scans": processes.scans,
+        "unattributed": unattributed,
+        "unreadable_processes": len(denied),
+        "unreadable_pids": denied[:UNREADABLE_PIDS_SHOWN],
+    }
+    return out, info, unreadable
+
+
+def sample_processes(host, processes, attribution, seconds, ephemeral, sleep=time.sleep, interval=SAMPLE_INTERVAL):
+    """Dump the live sockets every ``interval`` for ``seconds``, giving each new socket its owner.
+
+    A socket that lives a few milliseconds must be found in an fd table while
+    it is open: each dump is bracketed by scans of the likely owners, every
+    process of the namespace where a scan of them all is cheap (under a fifth
+    of the interval), else the processes seen opening and closing sockets;
+    every process is scanned again at most a fifth of the time.  Bounded in
+    count (seconds / interval + 2 dumps) and time.  Raises TableError when
+    netlink fails.
+    """
+    clock = time.monotonic
+    deadline = clock() + seconds
+    begun = clock()
+    processes.scan()
+    last_full = clock()
+    full_cost = last_full - begun
+
+    def likely_owners():
+        """Scan every process where that is cheap, else those seen opening and closing sockets; returns the
+        cost of a scan of every process, as last measured."""
+        if full_cost * 5 < interval:
+            started = clock()
+            processes.scan()
+            return clock() - started
+        if processes.changed:
+            processes.scan(sorted(processes.changed))
+        return full_cost
+
+    for dummy_tick in range(int(seconds / interval) + 2):
+        begun = clock()
+        full_cost = likely_owners()
+        if attribution.started is None:
+            attribution.started = begun
+        read_netlink(host, Tally(ephemeral), observe=attribution.observe_live, states=LIVE_STATES)
+        attribution.end_dump()
+        if attribution.resolve(processes.owner, count=False):
+            full_cost = likely_owners()
+            if full_cost * 5 >= interval and clock() - last_full >= 4 * full_cost:
+                started = clock()
+                processes.scan()
+                last_full = clock()
+                full_cost = last_full - started
+        attribution.resolve(processes.owner)
+        now = clock()
+        if now >= deadline:
+            break
+        sleep(max(0.0, min(interval - (now - begun), deadline - now)))
+
+
+def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netlink=True, sleep=time.sleep,
+          attribute=True, processes=None):
+    """The module's work: read ``host`` (default: this one), optionally sample, analyse.  Returns the result dict.
+
+    ``attribute`` (on a live host, with netlink): name the processes that hold
+    the ports (Snapshot.processes); with ``sample_seconds`` above 0, the
+    sample follows each new socket to its process and measures each
+    process's rate of new connections.  ``processes``: a ProcessTable
+    (default: /proc).
     """
     host = LinuxHost() if host is None else host
-    snapshot = collect(host, use_netlink)
-    if sample_seconds and sample_seconds > 0:
-        started = time.monotonic()
+    attribution = None
+    if attribute and use_netlink and host.live:
+        attribution = Attribution()
+        processes = ProcessTable() if processes is None else processes
+    if not (sample_seconds and sample_seconds > 0):
+        if attribution is not None:
+            processes.scan()
+        return analyse(collect(host, use_netlink, attribution, processes), top=top, warning=warning,
+                       critical=critical)
+    started = time.monotonic()
+    before, missing = read_counters(host)
+    notes = []
+    if attribution is not None:
+        try:
+            sample_processes(host, processes, attribution, sample_seconds,
+                             port_flags(*read_ports(host)[2:4]), sleep=sleep)
+            processes.scan()
+        except TableError as exc:
+            notes.append("%s: no process attribution" % exc)
+            attribution = None
+            sleep(max(0.0, sample_seconds - (time.monotonic() - started)))
+    else:
         sleep(sample_seconds)
-        after, missing = read_counters(host)
-        snapshot = replace(snapshot, counters_after=after, sample_seconds=time.monotonic() - started)
-        snapshot.unreadable.extend(item for item in missing if item not in snapshot.unreadable)
+    snapshot = collect(host, use_netlink, attribution, processes)
+    snapshot = replace(snapshot, counters=before, counters_after=snapshot.counters,
+                       sample_seconds=time.monotonic() - started, notes=notes + snapshot.notes)
+    snapshot.unreadable.extend(item for item in missing if item not in snapshot.unreadable)
     return analyse(snapshot, top=top, warning=warning, critical=critical)

@@ -114,6 +114,20 @@ class Snapshot:
     towards a destination without TIME_WAIT reuse); then
     ``extra_recommendations``.  ``counters`` None: the platform has none.
     ``extra_result``: platform-only fields, added to the result as they are.
+
+    ``processes`` (None: not attributed; the result then has none of the
+    process keys) is what the OS side attributed to processes, one dict per
+    process: "pid", "name", "cmdline", "user", "uid", "unit", "cgroup",
+    "container" (each may be None), "bound_inactive" (ports bound and not
+    connected now), "bound_inactive_seen" (such sockets seen during the
+    sample), and "destinations": {(family, remote address key, remote port):
+    {"in_use", "established", "time_wait", "time_wait_inferred",
+    "new_connections", "new_connections_inferred"}} (new_connections None
+    without a sample).  ``attribution``: "sampled_seconds" (what
+    new_connections were counted over, None without a sample),
+    "unattributed" {(family, remote, port): {"in_use", "time_wait",
+    "new_connections"}}, and any other facts, reported as they are.  See
+    process_analysis().
     """
 
     settings: Dict[str, Any] = field(default_factory=dict)
@@ -142,6 +156,8 @@ class Snapshot:
     reserve_option: Optional[str] = "reserve_listening_ports"
     hold_remedy: Optional[Dict[str, Any]] = None
     extra_result: Dict[str, Any] = field(default_factory=dict)
+    processes: Optional[List[Dict[str, Any]]] = None
+    attribution: Optional[Dict[str, Any]] = None
 
 
 class Destination:
@@ -351,6 +367,164 @@ def _pool_findings(pools, held, warning, critical):
     return findings, short
 
 
+# ---------------------------------------------------------------- processes: who burns the ports
+POOLING_MIN_RATE = 5.0  # new connections per second to one destination, from one process
+POOLING_MIN_RATIO = 10  # ports in TIME_WAIT per ESTABLISHED connection (at least 1)
+POOLING_MIN_TIME_WAIT = 100  # without a measured rate: TIME_WAIT seen alive (not inferred) at least this
+PROCESS_DESTINATIONS = 5  # destinations shown per process, processes shown per destination
+POOLING_ADVICE = ("pool the connections or keep them alive (HTTP keep-alive, a connection pool) in that client: "
+                  "each new connection holds a port for the TIME_WAIT time; tuning the host only buys time")
+BIND_ADVICE = ("set IP_BIND_ADDRESS_NO_PORT on the socket before bind() (Linux 4.2+), or give connect() its port "
+               "range with IP_LOCAL_PORT_RANGE (Linux 6.3+), or connect() without bind(): a socket bound to an "
+               "ephemeral port holds it for every destination")
+
+
+def who(proc):
+    """'pid 1234 (curl, user alice, unit web.service)'."""
+    parts = [proc.get("name") or "?"]
+    for key, label in (("user", "user"), ("unit", "unit"), ("container", "container")):
+        if proc.get(key):
+            parts.append("%s %s" % (label, proc[key]))
+    return "pid %d (%s)" % (proc["pid"], ", ".join(parts))
+
+
+def _per_second(count, seconds):
+    if count is None or not seconds:
+        return None
+    return round(count / float(seconds), 2)
+
+
+def process_analysis(snap, top, dest_level):
+    """(processes, client_findings [(severity, dict)], unattributed, top_churner) from Snapshot.processes.
+
+    ``dest_level((family, remote key, port), new connections per second or None)``: (severity, projection
+    sentence or None) for a pooling finding: the destination's own level, raised to what the process's
+    rate would hold in steady state (rate x seconds a port stays held, against the usable ports), so a
+    client that will run out of ports is a finding before it has; a bind finding is "ok".
+    """
+    # pylint: disable=too-many-locals
+    seconds = (snap.attribution or {}).get("sampled_seconds")
+    procs = []
+    findings = []
+    for proc in snap.processes or ():
+        dests = []
+        totals = dict((key, 0) for key in ("in_use", "established", "time_wait", "time_wait_inferred"))
+        new_total = None
+        new_inferred = None
+        for (family, remote, port), counts in proc.get("destinations", {}).items():
+            for key in totals:
+                totals[key] += counts.get(key) or 0
+            new = counts.get("new_connections")
+            if new is not None:
+                new_total = (new_total or 0) + new
+                new_inferred = (new_inferred or 0) + (counts.get("new_connections_inferred") or 0)
+            address = snap.format_address(family, remote)
+            entry = {"endpoint": endpoint(family, address, port), "address": address, "port": port,
+                     "family": "ipv%d" % family}
+            entry.update((key, counts.get(key)) for key in ("in_use", "established", "time_wait", "time_wait_inferred",
+                                                           "new_connections", "new_connections_inferred"))
+            entry["new_connections_per_second"] = _per_second(new, seconds)
+            dests.append(entry)
+            finding = _pooling(proc, entry, seconds)
+            if finding is not None:
+                severity, projection = dest_level((family, remote, port), entry["new_connections_per_second"])
+                if projection:
+                    finding["sentence"] = finding["sentence"].replace(": " + POOLING_ADVICE,
+                                                                      "; %s: %s" % (projection, POOLING_ADVICE))
+                    finding["projection"] = projection
+                findings.append((severity, finding))
+        dests.sort(key=lambda d: (-(d["new_connections_per_second"] or 0), -(d["in_use"] or 0), d["endpoint"]))
+        out = dict((key, proc.get(key)) for key in ("pid", "name", "cmdline", "user", "uid", "unit", "cgroup",
+                                                    "container"))
+        out.update(totals)
+        out["ports_held"] = totals["in_use"]
+        out["new_connections"] = new_total
+        out["new_connections_inferred"] = new_inferred
+        out["new_connections_per_second"] = _per_second(new_total, seconds)
+        out["bound_inactive"] = proc.get("bound_inactive", 0)
+        out["bound_inactive_seen"] = proc.get("bound_inactive_seen", 0)
+        out["destinations"] = dests[:PROCESS_DESTINATIONS]
+        out["destination_count"] = len(dests)
+        procs.append(out)
+        if out["bound_inactive"] or out["bound_inactive_seen"]:
+            findings.append(("ok", _binding(out)))
+    procs.sort(key=lambda p: (-(p["new_connections_per_second"] or 0), -p["ports_held"], -p["bound_inactive"],
+                              p["pid"]))
+    churner = None
+    if procs and procs[0]["new_connections_per_second"]:
+        first = procs[0]
+        churner = {"pid": first["pid"], "name": first["name"], "user": first["user"], "unit": first["unit"],
+                   "container": first["container"], "process": who(first),
+                   "destination": first["destinations"][0]["endpoint"] if first["destinations"] else None,
+                   "new_connections_per_second": first["new_connections_per_second"]}
+    unattributed = []
+    for (family, remote, port), counts in (snap.attribution or {}).get("unattributed", {}).items():
+        address = snap.format_address(family, remote)
+        unattributed.append(dict(counts, endpoint=endpoint(family, address, port)))
+    unattributed.sort(key=lambda d: (-(d.get("time_wait") or 0), -(d.get("in_use") or 0), d["endpoint"]))
+    findings.sort(key=lambda item: (-SEVERITY[item[0]], item[1]["kind"] != "pooling",
+                                    -(item[1].get("new_connections_per_second") or 0)))
+    return procs[:top], findings, unattributed[:top], churner
+
+
+def _pooling(proc, dest, seconds):
+    """The pooling finding for one process and destination, or None."""
+    established = dest["established"] or 0
+    time_wait = dest["time_wait"] or 0
+    per_second = dest["new_connections_per_second"]
+    if per_second is not None:
+        if per_second < POOLING_MIN_RATE or time_wait < POOLING_MIN_RATIO * max(established, 1):
+            return None
+        how = "opens %s new connections per second to %s (%s in %.1f s)" % (
+            rate(per_second), dest["endpoint"], number(dest["new_connections"]), seconds)
+    else:
+        seen_alive = time_wait - (dest["time_wait_inferred"] or 0)
+        if seen_alive < POOLING_MIN_TIME_WAIT or time_wait < POOLING_MIN_RATIO * max(established, 1):
+            return None
+        how = "closed %s connections to %s that are now in TIME_WAIT" % (number(time_wait), dest["endpoint"])
+    ratio = round(time_wait / float(max(established, 1)), 1)
+    sentence = "%s %s and keeps %s open (%s ports in TIME_WAIT, %s per ESTABLISHED): %s" % (
+        who(proc), how, number(established), number(time_wait), rate(ratio), POOLING_ADVICE)
+    return {"kind": "pooling", "pid": proc["pid"], "name": proc.get("name"), "user": proc.get("user"),
+            "unit": proc.get("unit"), "container": proc.get("container"), "process": who(proc),
+            "destination": dest["endpoint"], "new_connections_per_second": per_second,
+            "new_connections": dest["new_connections"], "established": established, "time_wait": time_wait,
+            "time_wait_per_established": ratio, "advice": POOLING_ADVICE, "sentence": sentence}
+
+
+def _binding(proc):
+    """The bind-before-connect finding for one process."""
+    now, seen = proc["bound_inactive"], proc["bound_inactive_seen"]
+    sentence = "%s holds %s ephemeral ports bound but not connected (bind before connect%s): %s" % (
+        who(proc), number(now), ", %s seen during the sample" % number(seen) if seen else "", BIND_ADVICE)
+    return {"kind": "bind_before_connect", "pid": proc["pid"], "name": proc.get("name"), "user": proc.get("user"),
+            "unit": proc.get("unit"), "container": proc.get("container"), "process": who(proc),
+            "destination": None, "bound_inactive": now, "bound_inactive_seen": seen,
+            "new_connections_per_second": proc.get("new_connections_per_second"),
+            "advice": BIND_ADVICE, "sentence": sentence}
+
+
+def cure(recommendations, client_findings):
+    """{"where": "client" | "host" | "both" | "none", "summary"}: which of the two cures applies."""
+    client = list(client_findings)
+    host = bool(recommendations)
+    if client and host:
+        where = "both"
+        summary = ("fix the client (%s) for a lasting cure; tune the host with the recommendations meanwhile"
+                   % "; ".join(sorted(set(item["process"] for item in client))[:3]))
+    elif client:
+        where = "client"
+        summary = ("fix the client (%s): the host's settings are not what runs short"
+                   % "; ".join(sorted(set(item["process"] for item in client))[:3]))
+    elif host:
+        where = "host"
+        summary = "tune the host with the recommendations: no client opens connections in a way that pooling would cure"
+    else:
+        where = "none"
+        summary = "nothing to cure"
+    return {"where": where, "summary": summary}
+
+
 def analyse(snap, top=10, warning=WARNING_PERCENT, critical=CRITICAL_PERCENT):
     """The port_usage_info (or win_port_usage_info) result for ``snap``."""
     # pylint: disable=too-many-locals,too-many-branches,too-many-statements
@@ -452,6 +626,32 @@ def analyse(snap, top=10, warning=WARNING_PERCENT, critical=CRITICAL_PERCENT):
                      % (rate(measured["active_opens_per_second"]), measured["seconds"],
                         rate(cap["remote"]["max_new_connections_per_second"])))
 
+    attributed = snap.processes is not None
+    projected_without_reuse = []  # destinations a client's rate will fill, without TIME_WAIT reuse
+    if attributed:
+        def dest_level(key, per_second):
+            group = groups.get(key)
+            now = level(float(group.blocking) / usable, warning, critical) if group is not None and usable else "ok"
+            if not per_second or not usable:
+                return now, None
+            reuse = group.reuse if group is not None else snap.reuse_remote
+            hold = snap.reuse_delay if reuse else float(snap.time_wait_seconds)
+            needed = per_second * hold
+            then = level(needed / usable, warning, critical)
+            if SEVERITY[then] <= SEVERITY[now] or then == "ok":
+                return now, None
+            if not reuse:
+                projected_without_reuse.append(key)
+            return then, ("at that rate it holds %s ports (%s s each), %s of the %s usable: %s" % (
+                number(int(round(needed))), rate(hold), percent(needed / usable), number(usable),
+                "connect() will fail with EADDRNOTAVAIL" if needed >= usable else "the verdict's threshold"))
+
+        processes, client, unattributed, churner = process_analysis(snap, max(int(top), 0), dest_level)
+        findings.extend((severity, item["sentence"]) for severity, item in client)
+        if (snap.attribution or {}).get("sampled_seconds") is None:
+            notes.append("sample_seconds above 0 follows each new connection to its process: it measures each "
+                         "process's rate of new connections, attributes TIME_WAIT and finds clients to pool")
+
     findings.sort(key=lambda item: -SEVERITY[item[0]])
     verdict = max([item[0] for item in findings], key=lambda s: SEVERITY[s]) if findings else "ok"
 
@@ -462,7 +662,7 @@ def analyse(snap, top=10, warning=WARNING_PERCENT, critical=CRITICAL_PERCENT):
             recommend["port_range"] = "%d %d" % (wider[0], wider[1])
             if snap.reserve_option and any(wider[0] <= port <= wider[1] for port in snap.listening):
                 recommend[snap.reserve_option] = True
-        if host_scope or any(not dest["reuse"] for dest in hot):
+        if host_scope or any(not dest["reuse"] for dest in hot) or projected_without_reuse:
             recommend.update(tw_reuse_remedy(settings) if snap.hold_remedy is None else snap.hold_remedy)
     recommend.update(snap.extra_recommendations)
     recommend.update(backlog)
@@ -483,6 +683,25 @@ def analyse(snap, top=10, warning=WARNING_PERCENT, critical=CRITICAL_PERCENT):
         "source": snap.source,
         "unreadable": list(snap.unreadable),
     }
+    if attributed:
+        client_findings = [item for dummy, item in client]
+        result["processes"] = processes
+        result["client_findings"] = client_findings
+        result["top_churner"] = churner
+        result["attribution"] = dict((key, value) for key, value in (snap.attribution or {}).items()
+                                     if key != "unattributed")
+        result["attribution"]["unattributed"] = unattributed
+        result["cure"] = cure(recommend, client_findings)
+        by_dest = {}
+        for proc in processes:
+            for dest in proc["destinations"]:
+                by_dest.setdefault(dest["endpoint"], []).append(
+                    {"pid": proc["pid"], "name": proc["name"], "in_use": dest["in_use"], "time_wait": dest["time_wait"],
+                     "new_connections_per_second": dest["new_connections_per_second"]})
+        for dest in destinations:
+            owners = by_dest.get(dest["endpoint"], [])
+            owners.sort(key=lambda o: (-(o["new_connections_per_second"] or 0), -(o["in_use"] or 0), o["pid"]))
+            dest["processes"] = owners[:PROCESS_DESTINATIONS]
     if host_scope:
         pool6 = next((pool for pool in snap.pools if pool.family == 6), None)
         if port_range is not None and pool6 is not None:

@@ -27,6 +27,8 @@ NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 IPPROTO_TCP = 6
 ALL_STATES = 0xFFFFFFFF
+NLMSG_HDRLEN = 16
+INET_DIAG_MSG_LEN = 72  # struct inet_diag_msg
 
 # The kernel's TCP states (include/net/tcp_states.h)
 STATES = {
@@ -35,7 +37,14 @@ STATES = {
     13: "BOUND_INACTIVE",
 }
 TIME_WAIT = 6
+CLOSE = 7
 LISTEN = 10
+NEW_SYN_RECV = 12
+BOUND_INACTIVE = 13
+# What the sampling dumps of process attribution ask for: the sockets that are alive (owned by a file
+# descriptor), listeners (to know which local ports are servers') and bound-but-unconnected ones.
+# TIME_WAIT, the bulk of a busy table, is left to the final dump.
+LIVE_STATES = sum(1 << state for state in (1, 2, 3, 4, 5, 8, 9, 10, 11, BOUND_INACTIVE))
 # States that hold no (local, remote) pair of their own: a listener, an unconnected socket, a
 # request socket (it uses the listener's port).
 NOT_HOLDING = frozenset((7, 10, 12, 13))
@@ -69,6 +78,7 @@ class Tally:
         # /proc: {family: {(local address hex, remote address:port hex): [in use, in TIME_WAIT]}}
         self.hex = {AF_INET: {}, AF_INET6: {}}
         self.source = None
+        self.bad_lines = 0  # /proc lines refused as not a socket
 
     def tuples(self):
         """{(family, local address bytes, remote address bytes, remote port): [in use, in TIME_WAIT]}.
@@ -118,14 +128,34 @@ def is_loopback(family, packed):
 
 
 # ---------------------------------------------------------------- netlink
-def netlink_request(family, seq=1):
-    """A SOCK_DIAG_BY_FAMILY dump request for every TCP socket of ``family``."""
-    body = struct.pack("=BBBBI", family, IPPROTO_TCP, 0, 0, ALL_STATES) + bytes(48)
+def netlink_request(family, seq=1, states=ALL_STATES):
+    """A SOCK_DIAG_BY_FAMILY dump request for the TCP sockets of ``family`` in ``states`` (a bit per state).
+
+    The mask includes BOUND_INACTIVE (1 << 13): since Linux 6.x a socket bound
+    to a port but not connected is dumped then, with state CLOSE (7).
+    """
+    body = struct.pack("=BBBBI", family, IPPROTO_TCP, 0, 0, states) + bytes(48)
     return struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
-def tally_netlink(buf, family, tally):
-    """Count the inet_diag messages in one received buffer; True when the dump is done."""
+def tally_netlink(buf, family, tally, observe=None, observe_time_wait=True):
+    """Count the inet_diag messages in one received buffer; True when the dump is done.
+
+    ``observe``, when given, is called for every socket whose local port is
+    ephemeral and not a listener's (those that hold a port, and bound but
+    unconnected ones), as ``observe(family, state, key, cookie, expires,
+    uid, inode)``: ``key`` the 34 bytes remote port + local address + remote
+    address (as in ``Tally.raw``), ``cookie`` the kernel's 8-byte socket
+    cookie (a TIME_WAIT socket keeps the cookie of the connection it was),
+    ``expires`` the milliseconds left on its timer (TIME_WAIT: of the 60 s),
+    ``inode`` 0 for a socket no file descriptor owns.  ``observe_time_wait``
+    False leaves TIME_WAIT sockets (the bulk of a busy table) to the tally.
+
+    Every length is checked before it is used: a message shorter than its
+    header, longer than what is left of the buffer, or an inet_diag message
+    shorter than ``struct inet_diag_msg`` raises TableError (and the caller
+    reads /proc instead), never IndexError or struct.error.
+    """
     states = tally.states[family]
     table = tally.raw[family]
     ephemeral = tally.ephemeral
@@ -133,41 +163,72 @@ def tally_netlink(buf, family, tally):
     unpack = struct.unpack_from
     end = len(buf)
     pos = 0
-    while pos + 16 <= end:
+    while pos < end:
+        if end - pos < NLMSG_HDRLEN:
+            raise TableError("malformed netlink message: %d bytes left, less than a header" % (end - pos))
         length, kind = unpack("=IH", buf, pos)
-        if length < 16:
-            raise TableError("malformed netlink message")
+        if length < NLMSG_HDRLEN or length > end - pos:
+            raise TableError("malformed netlink message: length %d with %d bytes left" % (length, end - pos))
         if kind == NLMSG_DONE:
             return True
         if kind == NLMSG_ERROR:
+            if length < NLMSG_HDRLEN + 4:
+                raise TableError("malformed netlink message: an error message of %d bytes" % length)
             code = -unpack("=i", buf, pos + 16)[0]
             if code == 0:
                 return True
-            raise TableError("sock_diag: %s" % os.strerror(code))
+            raise TableError("sock_diag: %s" % _strerror(code))
         if kind == SOCK_DIAG_BY_FAMILY:
+            if length < NLMSG_HDRLEN + INET_DIAG_MSG_LEN:
+                raise TableError("malformed netlink message: an inet_diag message of %d bytes" % length)
             state = buf[pos + 17]
             states[state] = states.get(state, 0) + 1
             sport = (buf[pos + 20] << 8) | buf[pos + 21]
             if state == LISTEN:
                 listening.add(sport)
-            elif ephemeral[sport] and state not in NOT_HOLDING and sport not in listening:
+            elif ephemeral[sport] and sport not in listening:
                 key = buf[pos + 22:pos + 56]
-                have = table.get(key)
-                if have is None:
-                    table[key] = [1, 1 if state == TIME_WAIT else 0]
-                else:
-                    have[0] += 1
-                    if state == TIME_WAIT:
-                        have[1] += 1
+                if state not in NOT_HOLDING:
+                    have = table.get(key)
+                    if have is None:
+                        table[key] = [1, 1 if state == TIME_WAIT else 0]
+                    else:
+                        have[0] += 1
+                        if state == TIME_WAIT:
+                            have[1] += 1
+                if observe is not None and state != NEW_SYN_RECV and (observe_time_wait or state != TIME_WAIT):
+                    expires, dummy_r, dummy_w, uid, inode = unpack("=IIIII", buf, pos + 68)
+                    observe(family, state, key, buf[pos + 60:pos + 68], expires, uid, inode)
         pos += (length + 3) & ~3
     return False
 
 
+def _strerror(code):
+    try:
+        return os.strerror(code)
+    except (ValueError, OverflowError):
+        return "error %d" % code
+
+
 # ---------------------------------------------------------------- /proc/net/tcp
+_HEX_DIGITS = b"0123456789ABCDEFabcdef"
+_ADDRESS_HEX = {AF_INET: 8, AF_INET6: 32}
+
+
+def proc_endpoint_ok(field, family):
+    """Whether ``field`` is "ADDRESS:PORT" in /proc/net/tcp's hex for ``family`` (8 or 32 + 4 hex digits)."""
+    size = _ADDRESS_HEX[family]
+    return (len(field) == size + 5 and field[size:size + 1] == b":"
+            and not field[:size].translate(None, _HEX_DIGITS) and not field[size + 1:].translate(None, _HEX_DIGITS))
+
+
 def tally_proc_lines(lines, family, tally, ports):
     """Count complete /proc/net/tcp{,6} lines (bytes, header line allowed).
 
-    ``ports`` caches {port hex: allocated automatically} across calls.
+    ``ports`` caches {port hex: allocated automatically} across calls.  A line
+    that is not the header and not a socket as the kernel prints it (state
+    two hex digits, both endpoints hex ADDRESS:PORT of the family's size) is
+    refused: counted in ``tally.bad_lines``, never raised.
     """
     states = tally.states[family]
     table = tally.hex[family]
@@ -176,9 +237,13 @@ def tally_proc_lines(lines, family, tally, ports):
     for line in lines:
         fields = line.split(None, 4)
         if len(fields) < 4:
+            if fields:
+                tally.bad_lines += 1
             continue
         state = _HEX_STATE.get(fields[3])
-        if state is None:  # the header
+        if state is None or not proc_endpoint_ok(fields[1], family) or not proc_endpoint_ok(fields[2], family):
+            if fields[0] != b"sl":  # the header
+                tally.bad_lines += 1
             continue
         states[state] = states.get(state, 0) + 1
         local = fields[1]

@@ -42,9 +42,31 @@ options:
       - When above 0, read the counters twice this many seconds apart (at most 60) and report their rates,
         among them the measured rate of new outgoing connections (C(ActiveOpens)). Counters that rise during
         the sample (C(ListenOverflows), C(ListenDrops), C(TCPTimeWaitOverflow), C(AttemptFails)) are findings.
+      - With O(attribution), the same seconds follow each new connection to its process (see there).
       - V(0) reads everything once.
     type: float
     default: 0
+  attribution:
+    description:
+      - "Name the processes that hold the ephemeral ports (RV(processes)): pid, name, command line, user, systemd
+        unit, cgroup and container id, the ports each holds towards each destination, ESTABLISHED and
+        TIME_WAIT, and with O(sample_seconds) above 0 each one's rate of new connections; find the clients that
+        should pool their connections or that bind before they connect (RV(client_findings)), and say which
+        cure applies (RV(cure))."
+      - "How: the socket table is read over netlink (each socket's inode and cookie) and each inode is looked
+        up in C(/proc/PID/fd) of the processes in the module's network namespace, as C(ss -p) does. During
+        O(sample_seconds) the live sockets are dumped every 10 ms and each new one is given its process; a
+        TIME_WAIT socket keeps the cookie it had while alive, and the milliseconds left of its 60 s tell
+        whether it closed during the sample. So a client whose connections live under 10 ms is counted by
+        the TIME_WAIT it leaves, and named where a dump caught one of its connections alive; what no dump
+        caught is shared among the processes seen opening connections to the same destination (C(inferred)
+        counts), never given to a process that was not."
+      - Without root, the fd tables of other users' processes cannot be read. The module still succeeds,
+        attributes what it can (its own user's processes) and lists the rest in RV(unreadable).
+      - Needs netlink; where the table is read from C(/proc/net/tcp) instead nothing is attributed (a note says
+        so). V(false) skips it, and the cost of the audit is then the table's alone.
+    type: bool
+    default: true
   warning_percent:
     description:
       - Utilisation of one tuple, in percent of the usable ports, from which the verdict is V(warning).
@@ -74,6 +96,9 @@ notes:
     C(tcp_tw_reuse=2) (the default) towards loopback addresses. Where reuse applies, ports in TIME_WAIT do not
     count against the destination (C(blocking) in RV(destinations))."
   - IPv4-mapped IPv6 connections (C(::ffff:a.b.c.d)) are counted with their IPv4 destination.
+  - RV(processes) holds the command lines of the top processes (up to 512 characters each, control characters
+    replaced), as C(/proc/PID/cmdline) shows them. A secret passed to a program as an argument shows there too;
+    use C(no_log) on the task or O(attribution=false) where that matters.
 seealso:
   - module: tcpstack.tuning.linux_tcp
     description: Applies the recommended settings.
@@ -97,6 +122,15 @@ EXAMPLES = r"""
 - name: Apply what it recommends
   tcpstack.tuning.linux_tcp: "{{ ports.recommendations }}"
   when: ports.verdict == 'critical'
+
+- name: Who burns the ports? Sample 5 seconds and name the clients to fix
+  tcpstack.tuning.port_usage_info:
+    sample_seconds: 5
+  register: ports
+
+- name: Show the top churner and which cure applies
+  ansible.builtin.debug:
+    msg: "{{ ports.top_churner }} -- {{ ports.cure.summary }}"
 """
 
 RETURN = r"""
@@ -137,6 +171,8 @@ destinations:
     - C(in_use) and C(time_wait) count every local address; C(busiest_*) are those of the busiest tuple;
       C(blocking) is what C(connect()) cannot take there (ports in TIME_WAIT are free when C(reuse) applies);
       C(utilisation) is C(blocking) / usable ports (C(null) when no port is usable).
+    - With O(attribution), C(processes) lists up to 5 processes holding ports towards it (C(pid), C(name),
+      C(in_use), C(time_wait), C(new_connections_per_second)), among those in RV(processes).
   returned: always
   type: list
   elements: dict
@@ -201,11 +237,88 @@ source:
   type: str
   sample: netlink
 unreadable:
-  description: What could not be read, each with C(source) and C(reason); each is also a warning.
+  description:
+    - What could not be read, each with C(source) and C(reason); each is also a warning. Without root, the fd
+      tables of other users' processes are one item, C(/proc/PID/fd of N processes).
   returned: always
   type: list
   elements: dict
   sample: [{"source": "/proc/net/snmp", "reason": "Permission denied"}]
+processes:
+  description:
+    - With O(attribution), the top O(top) processes holding ephemeral ports, by rate of new connections, then
+      ports held. C(pid), C(name), C(cmdline) (at most 512 characters), C(user), C(uid), C(unit) (systemd),
+      C(cgroup), C(container) (12-digit id) where they can be read, else C(null).
+    - C(ports_held) (= C(in_use)) counts its ports in every state, C(established) and C(time_wait) those
+      states; C(time_wait_inferred) is the part of C(time_wait) shared out because no dump saw those sockets
+      alive (see O(attribution)). C(new_connections) and C(new_connections_per_second) over the sample (with
+      C(new_connections_inferred), the shared-out part); C(null) without O(sample_seconds).
+    - C(bound_inactive) ports bound and not connected now, C(bound_inactive_seen) such sockets seen during the
+      sample. C(destinations) the top 5 destinations of the process (C(endpoint) and the same counts),
+      C(destination_count) how many it has.
+  returned: when O(attribution) is true and the table was read over netlink
+  type: list
+  elements: dict
+  sample: [{"pid": 4242, "name": "python3", "cmdline": "python3 client.py", "user": "app", "uid": 1000,
+            "unit": "client.service", "cgroup": "/system.slice/client.service", "container": null,
+            "ports_held": 6012, "in_use": 6012, "established": 1, "time_wait": 6011, "time_wait_inferred": 5730,
+            "new_connections": 301, "new_connections_inferred": 290, "new_connections_per_second": 100.3,
+            "bound_inactive": 0, "bound_inactive_seen": 0, "destination_count": 1,
+            "destinations": [{"endpoint": "198.51.100.2:8080", "address": "198.51.100.2", "port": 8080,
+                              "family": "ipv4", "in_use": 6012, "established": 1, "time_wait": 6011,
+                              "time_wait_inferred": 5730, "new_connections": 301, "new_connections_inferred": 290,
+                              "new_connections_per_second": 100.3}]}]
+client_findings:
+  description:
+    - With O(attribution), what only the client can cure, also listed (as sentences) in RV(findings).
+      C(kind) V(pooling), a process that opens at least 5 new connections per second to one destination and
+      keeps at most a tenth as many open as it has in TIME_WAIT (without a sample, 100 TIME_WAIT sockets seen
+      alive); or V(bind_before_connect), a process holding ephemeral ports bound and not connected (dumped by
+      Linux 6.x with state CLOSE when the dump asks for BOUND_INACTIVE), with the advice
+      C(IP_BIND_ADDRESS_NO_PORT) (Linux 4.2+) or C(IP_LOCAL_PORT_RANGE) (Linux 6.3+).
+    - Each has C(pid), C(name), C(user), C(unit), C(container), C(process) (a phrase naming it),
+      C(destination) (C(null) for bind_before_connect), C(new_connections_per_second), C(advice) and
+      C(sentence); pooling adds C(new_connections), C(established), C(time_wait) and
+      C(time_wait_per_established), bind_before_connect C(bound_inactive) and C(bound_inactive_seen).
+    - A pooling finding takes the severity of its destination (it changes RV(verdict) only where that
+      destination's ports run short); a bind_before_connect finding does not change it.
+  returned: when O(attribution) is true and the table was read over netlink
+  type: list
+  elements: dict
+  sample: [{"kind": "pooling", "pid": 4242, "name": "python3", "user": "app", "unit": "client.service",
+            "container": null, "process": "pid 4242 (python3, user app, unit client.service)",
+            "destination": "198.51.100.2:8080", "new_connections_per_second": 100.3, "new_connections": 301,
+            "established": 1, "time_wait": 6011, "time_wait_per_established": 6011.0,
+            "advice": "pool the connections or keep them alive ...", "sentence": "pid 4242 (...) opens ..."}]
+top_churner:
+  description:
+    - "With O(attribution) and O(sample_seconds), the process with the highest rate of new connections:
+      C(pid), C(name), C(user), C(unit), C(container), C(process), C(destination) (its busiest) and
+      C(new_connections_per_second); C(null) when no process opened a connection during the sample."
+  returned: when O(attribution) is true and the table was read over netlink
+  type: dict
+  sample: {"pid": 4242, "name": "python3", "user": "app", "unit": "client.service", "container": null,
+           "process": "pid 4242 (python3, user app, unit client.service)", "destination": "198.51.100.2:8080",
+           "new_connections_per_second": 100.3}
+attribution:
+  description:
+    - How the attribution went. C(sampled_seconds) (C(null) without a sample), C(live_dumps) and C(fd_scans)
+      made, C(unreadable_processes) (fd tables that could not be read) and C(unreadable_pids) (the first 20),
+      C(unattributed), the destinations whose ports or new connections no process could be given (each
+      C(endpoint), C(in_use), C(time_wait), C(new_connections)).
+  returned: when O(attribution) is true and the table was read over netlink
+  type: dict
+  sample: {"sampled_seconds": 3.0, "live_dumps": 170, "fd_scans": 65, "unreadable_processes": 0,
+           "unreadable_pids": [], "unattributed": []}
+cure:
+  description:
+    - Which cure applies. C(where) V(client) (client findings, and the host's settings are not short),
+      V(host) (RV(recommendations), and no client to fix), V(both), or V(none); C(summary) says it in a
+      sentence, naming the processes.
+  returned: when O(attribution) is true and the table was read over netlink
+  type: dict
+  sample: {"where": "both", "summary": "fix the client (pid 4242 (python3, user app)) for a lasting cure; tune
+           the host with the recommendations meanwhile"}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -223,6 +336,7 @@ def main():
             sample_seconds=dict(type="float", default=0),
             warning_percent=dict(type="int", default=70),
             critical_percent=dict(type="int", default=90),
+            attribution=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
     )
@@ -233,7 +347,8 @@ def main():
     except ValidationError as exc:
         module.fail_json(msg=str(exc), option=exc.option, changed=False)
     result = audit(LinuxHost(), top=params["top"], sample_seconds=params["sample_seconds"],
-                   warning=params["warning_percent"], critical=params["critical_percent"])
+                   warning=params["warning_percent"], critical=params["critical_percent"],
+                   attribute=params["attribution"])
     for item in result["unreadable"]:
         module.warn("could not read %s: %s" % (item["source"], item["reason"]))
     module.exit_json(changed=False, **result)

@@ -4,7 +4,7 @@
 """The fleet report of the port_audit role: pure functions, no I/O, on the controller only.
 
 ``host_row`` turns one host's port_usage_info / win_port_usage_info result
-into a row; ``build_report`` ranks the rows riskiest first; ``render_json``,
+into a row (with the culprit process, where the audit named one); ``build_report`` ranks the rows riskiest first; ``render_json``,
 ``render_markdown``, ``render_html`` and ``render_summary`` turn the report
 into text.  Every value that reaches HTML or Markdown is escaped, so a host
 name or a finding holding markup renders as text.  Used by the fleet_report
@@ -95,6 +95,8 @@ def host_row(host, platform, result):
         "max_new_connections_per_second": None,
         "findings": [],
         "recommendations": {},
+        "culprit": None,
+        "cure": None,
         "error": None,
     }
     if not isinstance(result, dict):
@@ -143,7 +145,65 @@ def host_row(host, platform, result):
     recommendations = result.get("recommendations")
     row["recommendations"] = dict((clean_text(k), _plain_value(v)) for k, v in recommendations.items()) \
         if isinstance(recommendations, dict) else {}
+    row["culprit"] = culprit(row["host"], result)
+    cure = result.get("cure")
+    if isinstance(cure, dict) and cure.get("where") in CURES:
+        row["cure"] = {"where": cure["where"], "summary": clean_text(cure.get("summary") or "")[:500]}
     return row
+
+
+CURES = ("client", "host", "both", "none")
+CULPRIT_KINDS = ("pooling", "bind_before_connect", "churner")
+
+
+def culprit(host, result):
+    """The process to blame on this host, from its result's client findings (a pooling one first) or its top
+    churner: {"process", "pid", "at" ("name (pid N)@host"), "destination", "new_connections_per_second", "kind",
+    "advice"}; None when the result names none.  Every value is checked: a host's result is not trusted."""
+    findings = result.get("client_findings")
+    findings = [f for f in findings if isinstance(f, dict)] if isinstance(findings, list) else []
+    chosen = next((f for f in findings if f.get("kind") == "pooling"), None)
+    if chosen is None and isinstance(result.get("top_churner"), dict):
+        chosen = dict(result["top_churner"], kind="churner")
+    if chosen is None and findings:
+        chosen = findings[0]
+    if chosen is None:
+        return None
+    name = clean_text(chosen.get("name") or "?")[:64]
+    pid = _count(chosen.get("pid"))
+    destination = chosen.get("destination")
+    kind = chosen.get("kind")
+    return {
+        "process": name,
+        "pid": pid,
+        "at": "%s%s@%s" % (name, "" if pid is None else " (pid %d)" % pid, host),
+        "destination": None if destination is None else clean_text(destination)[:200],
+        "new_connections_per_second": _number(chosen.get("new_connections_per_second")),
+        "kind": kind if kind in CULPRIT_KINDS else "unknown",
+        "advice": clean_text(chosen.get("advice") or "")[:500] or None,
+    }
+
+
+def culprit_text(row):
+    """"python (pid 42)@web -> 10.0.0.2:8080 at 100 new connections/s (pooling)", or "-"."""
+    item = row.get("culprit")
+    if not item:
+        return "-"
+    text = item["at"]
+    if item.get("destination"):
+        text += " -> %s" % item["destination"]
+    if item.get("new_connections_per_second") is not None:
+        text += " at %s new connections/s" % _rate(item["new_connections_per_second"])
+    if item["kind"] == "pooling":
+        text += " (pool its connections)"
+    elif item["kind"] == "bind_before_connect":
+        text += " (binds before connect)"
+    return text
+
+
+def _rate(value):
+    text = "{:,.1f}".format(value)
+    return text[:-2] if text.endswith(".0") else text
 
 
 def _unreadable(result, ephemeral, top, remote):
@@ -232,15 +292,17 @@ def render_markdown(report):
              "Generated %s. Fleet verdict: **%s** (%s)." % (
                  md_escape(report["generated"]), md_escape(report["verdict"]),
                  ", ".join("%d %s" % (report["counts"].get(v, 0), v) for v in VERDICTS)), "",
-             "| host | platform | verdict | utilisation | top destination | recommendations | findings |",
-             "|---|---|---|---|---|---|---|"]
+             "| host | platform | verdict | utilisation | top destination | recommendations | findings | culprit |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in report["hosts"]:
         findings = row["findings"] + ([row["error"]] if row.get("error") else [])
         lines.append("| %s |" % " | ".join([
             md_escape(row["host"]), md_escape(row["platform"]), md_escape(row["verdict"]),
             md_escape(percent(row["utilisation"])), md_escape(destination_text(row)),
             "<br>".join(md_escape(item) for item in recommendation_items(row)) or "-",
-            "<br>".join(md_escape(item) for item in findings) or "-"]))
+            "<br>".join(md_escape(item) for item in findings) or "-",
+            md_escape(culprit_text(row)) + (" (%s)" % md_escape(row["cure"]["summary"])
+                                            if row.get("cure") and row.get("culprit") else "")]))
     lines.append("")
     return "\n".join(lines)
 
@@ -263,6 +325,9 @@ def render_summary(report, width=40):
             lines.append("  ".join("-" * w for w in widths))
     lines.append("fleet verdict: %s (%s)" % (report["verdict"], ", ".join(
         "%d %s" % (report["counts"].get(v, 0), v) for v in VERDICTS)))
+    for row in report["hosts"]:
+        if row.get("culprit"):
+            lines.append("culprit: %s" % " ".join(culprit_text(row).split()))
     return "\n".join(lines)
 
 
@@ -319,6 +384,9 @@ def _html_row(number, row):
                          if recommended else '<span class="muted">none</span>'),
         "<td>%s</td>" % ("<ul>%s</ul>" % "".join("<li>%s</li>" % _e(f) for f in findings)
                          if findings else '<span class="muted">none</span>'),
+        '<td class="culprit">%s</td>' % (_e(culprit_text(row)) + (
+            '<br><span class="muted">%s</span>' % _e(row["cure"]["summary"]) if row.get("cure") else "")
+            if row.get("culprit") else '<span class="muted">none named</span>'),
     ]
     return '<tr class="host verdict-%s" id="host-%d" data-host="%s" data-verdict="%s">%s</tr>' % (
         _e(row["verdict"]), number, _e(row["host"]), _e(row["verdict"]), "".join(cells))
@@ -343,14 +411,15 @@ def render_html(report):
 <p class="counts">%(counts)s</p>
 <table id="hosts">
 <thead><tr><th>host</th><th>platform</th><th>verdict</th><th>utilisation</th><th>top destination</th>
-<th>recommendations</th><th>findings</th></tr></thead>
+<th>recommendations</th><th>findings</th><th>culprit</th></tr></thead>
 <tbody>
 %(rows)s
 </tbody>
 </table>
 <p class="meta">Riskiest first. Utilisation: Linux, the busiest (local address, destination) tuple against the usable
 ephemeral ports; Windows, the ports held on the host against its usable dynamic ports. Recommendations are options of
-tcpstack.tuning.linux_tcp / win_tcp (or the tcp_tuning role).</p>
+tcpstack.tuning.linux_tcp / win_tcp (or the tcp_tuning role). Culprit: the process whose connections burn the ports
+(process@host, destination, new connections per second), named by an audit that sampled (sample_seconds).</p>
 </body>
 </html>
 """ % {"title": _e(report["title"]), "css": _CSS, "generated": _e(report["generated"]), "verdict": _e(report["verdict"]),

@@ -32,7 +32,7 @@ import pytest
 from tests.support.ci import need
 from tests.support.fleet import run_fleet
 from tests.support.netns import Sandbox
-from tests.support.traffic import CHURN, SERVER
+from tests.support.traffic import CHURN, ECHO, SERVER, STEADY
 from tests.support.veth import ClientServer
 from tests.support.windows_sim import PASSWORD, USER, Simulator
 
@@ -295,3 +295,42 @@ def test_windows_only_fleet_and_no_files(fleet, tmp_path):
     assert [r["host"] for r in reported["report"]["hosts"]] == ["win2016", "win2022"]
     assert reported["files"] == {} and not (tmp_path / "none").exists()
     assert {name: sim.round_trips - trips[name] for name, sim in sims.items()} == {"win2022": 1, "win2016": 1}
+
+
+CULPRIT_PORT, CULPRIT_RATE, CULPRIT_SECONDS = 8081, 30, 30  # 900 connections: within web's 1,000 ports
+
+
+def test_the_report_names_the_culprit(fleet, tmp_path):
+    """A steady churner on web (connections of under 10 ms): the audit, sampling 3 s, names it as process@host with
+    its destination and rate in the summary, the JSON, the Markdown and the HTML (checked in chromium)."""
+    linux, sims = fleet
+    web, backend = linux["web"], linux["backend"]
+    backend.start(ECHO, BACKEND_IP, CULPRIT_PORT, CULPRIT_SECONDS + 60, ready="listening")
+    churner = web.start(STEADY, BACKEND_IP, CULPRIT_PORT, CULPRIT_RATE, CULPRIT_SECONDS, 2, ready="running")
+    report_dir = tmp_path / "report"
+    rc, results, output = run_fleet(linux, sims, "tcpstack.tuning.audit",
+                                    extra_vars={"port_audit_report_dir": str(report_dir),
+                                                "port_audit_sample_seconds": 3})
+    assert rc == 0, output
+    own = json.loads(churner.stdout.readline())  # when it is done: its own count
+    assert own["failed"] == 0 and own["pid"] == churner.pid, own
+    at = "python (pid %d)@web" % churner.pid
+    report = json.loads((report_dir / "port_audit.json").read_text())
+    rows = dict((row["host"], row) for row in report["hosts"])
+    blamed = rows["web"]["culprit"]
+    audited = [r for r in results if r["_host"] == "web" and r["_action"].endswith("port_usage_info")]
+    print("culprit:", blamed, "client:", own, "\naudit:", [(r.get("top_churner"), r.get("attribution"), r.get("notes"),
+                                                            r.get("counters", {}).get("sample")) for r in audited])
+    assert blamed["at"] == at and blamed["kind"] == "pooling"
+    assert blamed["destination"] == "%s:%d" % (BACKEND_IP, CULPRIT_PORT)
+    assert abs(blamed["new_connections_per_second"] - own["rate"]) <= 0.2 * own["rate"], (blamed, own)
+    assert rows["web"]["cure"]["where"] in ("client", "both")
+    assert all(rows[host]["culprit"] is None for host in HOSTS if host != "web")
+    line = "culprit: %s -> %s:%d at " % (at, BACKEND_IP, CULPRIT_PORT)
+    assert line in output, output
+    assert html.escape(at + " -> %s:%d" % (BACKEND_IP, CULPRIT_PORT), quote=False) in \
+        (report_dir / "port_audit.md").read_text()
+    dom = Rows()
+    dom.feed(browse(report_dir / "port_audit.html"))
+    (web_row,) = [row for row in dom.rows if row["host"] == "web"]
+    assert web_row["cells"][7].startswith("%s -> %s:%d at " % (at, BACKEND_IP, CULPRIT_PORT)), web_row

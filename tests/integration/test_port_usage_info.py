@@ -16,13 +16,20 @@ Only /proc/sys inside the namespaces this test created is written, never the mac
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.support.netns import Sandbox
-from tests.support.traffic import CHURN, SERVER
+from tests.support.ci import need
+from tests.support.netns import Sandbox, stop_process
+from tests.support.traffic import BINDER, CHURN, ECHO, POOLED, SERVER, STEADY
 from tests.support.veth import ClientServer
 
 CLIENT_IP = "10.213.0.1"
@@ -32,6 +39,7 @@ RANGE = "40000 40999"
 ATTEMPTS = 3000
 STOP_AFTER = 20  # EADDRNOTAVAIL failures before the churn stops
 CHURN_SECONDS = 60
+NOBODY = pwd.getpwnam("nobody").pw_uid
 
 # Bounded background load inside one namespace, for SECONDS: a churn of loopback connections (ActiveOpens)
 # to 127.0.0.1:9001, and every tenth round a non-blocking connect() to 127.0.0.1:9000, a listener with
@@ -225,3 +233,123 @@ def test_sample_measures_rates_and_rising_overflows(root_netns, request):
     assert "max_syn_backlog" in result["recommendations"]
     assert by_name["top 0"]["failed"] and "top: 0 is not valid: an integer number of destinations from 1 to 1000" in by_name["top 0"]["msg"]
     assert by_name["sample 61"]["failed"] and "sample_seconds: 61.0 is not valid: a number of seconds from 0 to 60" in by_name["sample 61"]["msg"]
+
+
+# ---------------------------------------------------------------- who burns the ports (issue 14)
+CHURN_RATE = 100  # new connections per second from the churning client
+CLIENT_SECONDS = 25  # how long the three clients run: longer than ansible-playbook's start and the sample
+SAMPLE = 3
+POOLED_PORT, CHURN_PORT, BIND_PORT = 9000, 9001, 9002
+
+
+def sampled_audit(box, **kwargs):
+    rc, results = box.run_playbook(play({"name": "audit", "tcpstack.tuning.port_usage_info":
+                                         {"sample_seconds": SAMPLE, "top": 5}, "register": "audit"}),
+                                   timeout=120, **kwargs)
+    assert rc == 0, box.last_run.describe()
+    (result,) = [r for r in results if r["_task"] == "audit"]
+    assert not result.get("failed"), result
+    return result
+
+
+def client_report(child, seconds=CLIENT_SECONDS + 20):
+    """The JSON line a traffic client prints when it is done (it runs for CLIENT_SECONDS)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = child.stdout.readline()
+        if line.strip().startswith("{"):
+            return json.loads(line)
+        if not line and child.poll() is not None:
+            break
+    raise AssertionError("the client printed no report")
+
+
+def servers(link):
+    link.serve(ECHO, SERVER_IP, POOLED_PORT, CLIENT_SECONDS + 60)
+    link.serve(ECHO, SERVER_IP, CHURN_PORT, CLIENT_SECONDS + 60)
+    link.serve(SERVER, SERVER_IP, BIND_PORT, CLIENT_SECONDS + 60)
+
+
+def within(measured, true, tolerance=0.2):
+    return abs(measured - true) <= tolerance * true
+
+
+def test_the_churner_is_named_the_pooled_client_is_not_and_the_binder_is_flagged(root_netns, request):
+    link = ClientServer(CLIENT_IP, SERVER_IP, prefixes=("puwc", "puws"))
+    request.addfinalizer(link.destroy)
+    link.create()
+    servers(link)
+    client = link.client
+    pooled = client.start(POOLED, SERVER_IP, POOLED_PORT, 4, CHURN_RATE, CLIENT_SECONDS, ready="running")
+    churner = client.start(STEADY, SERVER_IP, CHURN_PORT, CHURN_RATE, CLIENT_SECONDS, 2, ready="running")
+    binder = client.start(BINDER, SERVER_IP, CLIENT_IP, BIND_PORT, 5, 0.5, CLIENT_SECONDS, ready="running")
+
+    result = sampled_audit(client)
+    own = client_report(churner)
+    print("churner:", own, "\ntop churner:", result["top_churner"], "\nclient findings:",
+          [f["sentence"] for f in result["client_findings"]], "\nattribution:", result["attribution"])
+    assert own["failed"] == 0 and own["under_10ms"] >= 0.95 * own["made"], own  # connections of under 10 ms
+    assert result["source"] == "netlink"
+
+    # the churner: named first, with its rate within 20% of its own count
+    top = result["top_churner"]
+    assert top["pid"] == churner.pid == own["pid"]
+    assert top["destination"] == "%s:%d" % (SERVER_IP, CHURN_PORT)
+    assert within(top["new_connections_per_second"], own["rate"]), (top, own)
+    assert result["processes"][0]["pid"] == churner.pid
+    assert result["processes"][0]["cmdline"].startswith(sys.executable)
+    assert result["processes"][0]["user"] == "root"
+    pooling = [f for f in result["client_findings"] if f["kind"] == "pooling"]
+    assert pooling[0]["pid"] == churner.pid and within(pooling[0]["new_connections_per_second"], own["rate"])
+
+    # the pooled client, with the same traffic volume: listed with its 4 connections, not blamed
+    assert not [f for f in result["client_findings"] if f["pid"] == pooled.pid]
+    (mine,) = [p for p in result["processes"] if p["pid"] == pooled.pid]
+    assert mine["established"] == 4 and mine["new_connections"] == 0 and mine["time_wait"] == 0
+
+    # the binder: bound, unconnected sockets come back as CLOSE with BOUND_INACTIVE in the mask (Linux 6.x)
+    (bind,) = [f for f in result["client_findings"] if f["kind"] == "bind_before_connect"]
+    assert bind["pid"] == binder.pid and bind["bound_inactive_seen"] > 0
+    assert "IP_BIND_ADDRESS_NO_PORT" in bind["advice"] and "IP_LOCAL_PORT_RANGE" in bind["advice"]
+    assert bind["sentence"] in result["findings"]
+
+    assert result["cure"]["where"] in ("client", "both")
+    assert "pid %d" % churner.pid in result["cure"]["summary"]
+    assert result["attribution"]["unreadable_processes"] == 0 and result["unreadable"] == []
+
+
+def test_unprivileged_run_attributes_its_own_processes(root_netns, request):
+    """As ``nobody``: the module succeeds, lists the fd tables it could not read, and names its own churner."""
+    need(shutil.which("setpriv") is not None, "needs setpriv (Debian package util-linux)")
+    link = ClientServer(CLIENT_IP, SERVER_IP, prefixes=("punc", "puns"))
+    request.addfinalizer(link.destroy)
+    link.create()
+    servers(link)
+    client = link.client
+    drop = ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups"]
+    pooled = client.start(POOLED, SERVER_IP, POOLED_PORT, 4, CHURN_RATE, CLIENT_SECONDS, ready="running")  # root's
+    churner = subprocess.Popen(client.argv(drop + [sys.executable, "-c", STEADY, SERVER_IP, str(CHURN_PORT),
+                                                   str(CHURN_RATE), str(CLIENT_SECONDS), "2"]),
+                               stdout=subprocess.PIPE, text=True, start_new_session=True)
+    request.addfinalizer(lambda: stop_process(churner))
+    assert churner.stdout.readline().strip() == "running"
+
+    home = Path(tempfile.mkdtemp(prefix="tcpstack-nobody-"))  # pytest's tmp_path is under a 0700 directory
+    request.addfinalizer(lambda: shutil.rmtree(home, ignore_errors=True))
+    os.chown(home, NOBODY, NOBODY)
+    # run as nobody: the run's own directory (playbook, results file) must be readable and writable by it
+    wrapper = ["sh", "-c", 'chmod 0755 . && chmod 0666 results.jsonl && exec "$@"', "sh"] + drop
+    result = sampled_audit(client, wrapper=wrapper, env={"HOME": str(home), "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+                                                         "ANSIBLE_REMOTE_TEMP": str(home / "tmp")})
+    own = client_report(churner)
+    print("churner:", own, "\ntop churner:", result["top_churner"], "\nunreadable:", result["unreadable"],
+          "\nwarnings:", result.get("warnings"))
+    unreadable = [item for item in result["unreadable"] if item["source"].startswith("/proc/PID/fd of ")]
+    assert unreadable and "Permission denied" in unreadable[0]["reason"]
+    assert result["attribution"]["unreadable_processes"] > 0
+    assert pooled.pid in result["attribution"]["unreadable_pids"] or result["attribution"]["unreadable_processes"] > 20
+    assert any("/proc/PID/fd of" in warning for warning in result.get("warnings", []))
+    top = result["top_churner"]
+    assert top["pid"] == churner.pid and top["user"] == "nobody"
+    assert within(top["new_connections_per_second"], own["rate"]), (top, own)
+    assert not [p for p in result["processes"] if p["pid"] == pooled.pid]  # root's: never invented

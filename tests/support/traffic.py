@@ -57,3 +57,150 @@ for _ in range(attempts):
 print(json.dumps({"made": made, "eaddrnotavail": eaddrnotavail, "other": other, "errors": errors,
                   "seconds": round(time.monotonic() - started, 1)}))
 """
+
+# ECHO ADDRESS PORT SECONDS: echo every byte back on each connection until the client closes (keep-alive
+# clients send many requests on one connection); the client closes first. One thread, selectors.
+ECHO = r"""
+import selectors, socket, sys, time
+sel = selectors.DefaultSelector()
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind((sys.argv[1], int(sys.argv[2])))
+sock.listen(4096)
+sock.setblocking(False)
+sel.register(sock, selectors.EVENT_READ)
+print("listening", flush=True)
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    for key, dummy in sel.select(timeout=0.5):
+        if key.fileobj is sock:
+            try:
+                conn, peer = sock.accept()
+            except OSError:
+                continue
+            conn.setblocking(False)
+            sel.register(conn, selectors.EVENT_READ)
+            continue
+        conn = key.fileobj
+        try:
+            data = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError:
+            data = b""
+        if data:
+            try:
+                conn.sendall(data)
+            except OSError:
+                data = b""
+        if not data:
+            sel.unregister(conn)
+            conn.close()
+"""
+
+# STEADY ADDRESS PORT RATE SECONDS HOLD_MS: a churning client at a steady RATE of new connections per second
+# for SECONDS: each connects, sends one byte, reads it back, holds the connection HOLD_MS in all, closes (the
+# client closes first: its port stays in TIME_WAIT). At most RATE * SECONDS connections. Prints "running", then
+# one JSON line: pid, made, failed (eaddrnotavail of them), seconds, rate (made / seconds), under_10ms (connections
+# that lived less),
+# longest_ms (the longest a connection lived).
+STEADY = r"""
+import errno, json, os, socket, sys, time
+address, port, rate, seconds, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]) / 1000
+print("running", flush=True)
+started = time.monotonic()
+made = failed = eaddrnotavail = under_10ms = 0
+longest = 0.0
+for index in range(int(rate * seconds)):
+    due = started + index / rate
+    now = time.monotonic()
+    if now < due:
+        time.sleep(due - now)
+    opened = time.monotonic()
+    sock = socket.socket()
+    sock.settimeout(2.0)
+    try:
+        sock.connect((address, port))
+        sock.sendall(b"x")
+        sock.recv(1)
+        left = hold - (time.monotonic() - opened)
+        if left > 0:
+            time.sleep(left)
+        made += 1
+    except OSError as exc:
+        failed += 1
+        eaddrnotavail += exc.errno == errno.EADDRNOTAVAIL
+    finally:
+        sock.close()
+    lived = time.monotonic() - opened
+    longest = max(longest, lived)
+    under_10ms += lived < 0.010
+elapsed = time.monotonic() - started
+print(json.dumps({"pid": os.getpid(), "made": made, "failed": failed, "eaddrnotavail": eaddrnotavail,
+                  "seconds": round(elapsed, 3),
+                  "rate": round(made / elapsed, 2), "under_10ms": under_10ms, "longest_ms": round(longest * 1000, 2)}),
+      flush=True)
+"""
+
+# POOLED ADDRESS PORT CONNECTIONS RATE SECONDS: a pooled client: CONNECTIONS keep-alive connections opened once,
+# then RATE one-byte requests per second spread over them for SECONDS (the same traffic volume as STEADY at the
+# same RATE, without new connections). Prints "running", then one JSON line of counts.
+POOLED = r"""
+import json, socket, sys, time
+address, port, count, rate, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+pool = []
+for dummy in range(count):
+    sock = socket.create_connection((address, port), timeout=2.0)
+    pool.append(sock)
+print("running", flush=True)
+started = time.monotonic()
+requests = failed = 0
+for index in range(int(rate * seconds)):
+    due = started + index / rate
+    now = time.monotonic()
+    if now < due:
+        time.sleep(due - now)
+    sock = pool[index % count]
+    try:
+        sock.sendall(b"x")
+        sock.recv(1)
+        requests += 1
+    except OSError:
+        failed += 1
+for sock in pool:
+    sock.close()
+print(json.dumps({"requests": requests, "failed": failed, "connections": count,
+                  "seconds": round(time.monotonic() - started, 3)}), flush=True)
+"""
+
+# BINDER ADDRESS LOCAL_ADDRESS PORT BATCH HOLD SECONDS: a client that binds before it connects: each round binds
+# BATCH sockets to (LOCAL_ADDRESS, 0), so each takes an ephemeral port for every destination, holds them HOLD
+# seconds unconnected, then connects and closes them. At most SECONDS / HOLD + 1 rounds. Prints "running", then
+# one JSON line of counts.
+BINDER = r"""
+import json, socket, sys, time
+address, local, port, batch, hold, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+print("running", flush=True)
+started = time.monotonic()
+bound = made = failed = 0
+for dummy in range(int(seconds / hold) + 1):
+    if time.monotonic() - started >= seconds:
+        break
+    socks = []
+    for dummy2 in range(batch):
+        sock = socket.socket()
+        sock.bind((local, 0))
+        socks.append(sock)
+        bound += 1
+    time.sleep(hold)
+    for sock in socks:
+        sock.settimeout(2.0)
+        try:
+            sock.connect((address, port))
+            made += 1
+        except OSError:
+            failed += 1
+        sock.close()
+print(json.dumps({"bound": bound, "made": made, "failed": failed,
+                  "seconds": round(time.monotonic() - started, 3)}), flush=True)
+"""

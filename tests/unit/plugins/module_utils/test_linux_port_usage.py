@@ -172,3 +172,32 @@ def test_netlink_refused_falls_back_to_proc(monkeypatch):
     assert result["source"] == "proc"
     assert result["notes"][0].startswith("netlink sock_diag unavailable")
     assert result["sockets"] is not None
+
+
+@pytest.mark.parametrize("cut", [10, 16 + 40, 100])
+def test_truncated_netlink_dump_falls_back_to_proc(monkeypatch, cut):
+    """A dump cut short (issue 13, finding 5) is a TableError inside the real consumer: /proc is read instead,
+    the result says so (source "proc" and a note), and nothing counted from the broken dump is kept."""
+    captured = fixture("busy_inet.bin")
+
+    def truncated(self, dumps, timeout=0):
+        for dummy, consume in dumps:
+            consume(captured[:cut])
+
+    monkeypatch.setattr(LinuxHost, "sock_diag", truncated)
+    result = lpu.audit()
+    assert result["source"] == "proc"
+    assert result["notes"][0].startswith("malformed netlink message")
+    assert result["notes"][0].endswith("read /proc/net/tcp and /proc/net/tcp6 instead")
+    assert result["sockets"] is not None
+
+
+def test_bad_proc_lines_are_skipped_with_a_note(tmp_path):
+    root = fake_root(tmp_path)
+    tcp = Path(root) / "proc/net/tcp"
+    tcp.write_bytes(tcp.read_bytes() + b"  99: nonsense:ZZZZ 0100007F:1F90 06 x\n")
+    result = lpu.audit(LinuxHost(root))
+    assert result["source"] == "proc"
+    assert "1 lines of /proc/net/tcp and /proc/net/tcp6 were not sockets as the kernel prints them and were skipped" \
+        in result["notes"]
+    assert result["destinations"][0]["in_use"] == 15

@@ -237,3 +237,112 @@ def test_analyse_never_fails_and_stays_consistent(tuples, low, span, reuse_remot
             assert dest["utilisation"] is None
     if usable == 0:
         assert result["verdict"] == "critical"
+
+
+# ---------------------------------------------------------------- processes: pooling, bind before connect, the cure
+def proc(pid, name, dests, bound=0, bound_seen=0):
+    """A process as the OS side gives it: dests {(family, remote, port): (in_use, established, time_wait, new)}."""
+    out = {"pid": pid, "name": name, "cmdline": name, "user": "app", "uid": 1000, "unit": name + ".service",
+           "cgroup": "/system.slice/%s.service" % name, "container": None, "bound_inactive": bound,
+           "bound_inactive_seen": bound_seen, "destinations": {}}
+    for dest, (in_use, established, time_wait, new) in dests.items():
+        out["destinations"][dest] = {"in_use": in_use, "established": established, "time_wait": time_wait,
+                                     "time_wait_inferred": 0, "new_connections": new,
+                                     "new_connections_inferred": 0 if new is not None else None}
+    return out
+
+
+def attributed(processes, seconds=3.0, tuples=None, **fields):
+    return pu.analyse(snap(tuples or {}, processes=processes,
+                           attribution={"sampled_seconds": seconds, "unattributed": {}}, **fields))
+
+
+def test_same_volume_churner_blamed_pooled_not():
+    """300 requests in 3 s each: the churner opened 300 connections (300 in TIME_WAIT), the pooled one 4."""
+    result = attributed([proc(10, "churner", {(4, REMOTE, 8080): (301, 1, 300, 300)}),
+                         proc(11, "pooled", {(4, REMOTE, 9090): (4, 4, 0, 0)})], port_range=(32768, 60999))
+    (finding,) = result["client_findings"]
+    assert finding["kind"] == "pooling" and finding["pid"] == 10 and finding["destination"] == REMOTE + ":8080"
+    assert finding["new_connections_per_second"] == 100.0 and finding["time_wait_per_established"] == 300.0
+    assert finding["sentence"].startswith("pid 10 (churner, user app, unit churner.service) opens 100 new "
+                                          "connections per second to 198.51.100.2:8080 (300 in 3.0 s) and keeps 1 open "
+                                          "(300 ports in TIME_WAIT, 300 per ESTABLISHED): pool the connections")
+    assert finding["sentence"] in result["findings"]
+    assert result["top_churner"]["pid"] == 10 and result["top_churner"]["new_connections_per_second"] == 100.0
+    assert [p["pid"] for p in result["processes"]] == [10, 11]
+    assert result["cure"]["where"] == "client" and "pid 10 (churner" in result["cure"]["summary"]
+    assert result["verdict"] == "ok"
+
+
+@pytest.mark.parametrize("dest, why", [
+    ((301, 1, 300, 12), "under 5 per second"),
+    ((301, 100, 200, 300), "keeps many open: 2 TIME_WAIT per ESTABLISHED"),
+])
+def test_no_pooling_finding_below_the_rules(dest, why):
+    assert attributed([proc(10, "c", {(4, REMOTE, 8080): dest})])["client_findings"] == [], why
+
+
+def test_without_a_rate_only_time_wait_seen_alive_counts():
+    inferred = proc(10, "c", {(4, REMOTE, 8080): (500, 0, 500, None)})
+    inferred["destinations"][(4, REMOTE, 8080)]["time_wait_inferred"] = 450
+    assert attributed([inferred], seconds=None)["client_findings"] == []
+    seen = proc(10, "c", {(4, REMOTE, 8080): (500, 0, 500, None)})
+    (finding,) = attributed([seen], seconds=None)["client_findings"]
+    assert finding["new_connections_per_second"] is None and "closed 500 connections" in finding["sentence"]
+    assert any("sample_seconds above 0 follows each new connection" in note
+               for note in attributed([seen], seconds=None)["notes"])
+
+
+def test_bind_before_connect_advice():
+    result = attributed([proc(12, "binder", {}, bound=3, bound_seen=40)])
+    (finding,) = result["client_findings"]
+    assert finding["kind"] == "bind_before_connect" and finding["bound_inactive"] == 3
+    assert "IP_BIND_ADDRESS_NO_PORT" in finding["advice"] and "(Linux 4.2+)" in finding["advice"]
+    assert "IP_LOCAL_PORT_RANGE" in finding["advice"] and "(Linux 6.3+)" in finding["advice"]
+    assert result["verdict"] == "ok"
+
+
+def test_pooling_takes_the_destination_severity_and_the_cure_is_both():
+    """1,000 usable ports all in TIME_WAIT towards the churner's destination: critical, host and client."""
+    tuples = {(4, LOCAL, REMOTE, 8080): [1000, 999]}
+    result = attributed([proc(10, "churner", {(4, REMOTE, 8080): (1000, 1, 999, 300)})], tuples=tuples)
+    assert result["verdict"] == "critical"
+    assert result["findings"][0].startswith("198.51.100.2:8080 holds 1,000")
+    assert any(f.startswith("pid 10 (churner") for f in result["findings"])
+    assert result["recommendations"] and result["cure"]["where"] == "both"
+    assert result["destinations"][0]["processes"] == [
+        {"pid": 10, "name": "churner", "in_use": 1000, "time_wait": 999, "new_connections_per_second": 100.0}]
+
+
+def test_no_process_keys_without_attribution():
+    """Windows (and attribution: false) feed no processes: the result is as before."""
+    result = pu.analyse(snap({}))
+    assert not set(result) & {"processes", "client_findings", "top_churner", "attribution", "cure"}
+
+
+def test_cure_host_only():
+    tuples = {(4, LOCAL, REMOTE, 8080): [1000, 999]}
+    result = attributed([proc(11, "pooled", {(4, REMOTE, 8080): (4, 4, 0, 0)})], tuples=tuples)
+    assert result["cure"]["where"] == "host" and result["client_findings"] == []
+
+
+def test_a_client_that_will_run_out_is_critical_before_it_has():
+    """40 new connections per second, 60 s of TIME_WAIT each: 2,400 ports needed of 1,000, though 200 are held now."""
+    tuples = {(4, LOCAL, REMOTE, 8080): [200, 199]}
+    result = attributed([proc(10, "churner", {(4, REMOTE, 8080): (200, 1, 199, 120)})], tuples=tuples)
+    assert result["verdict"] == "critical"
+    (finding,) = result["client_findings"]
+    assert finding["projection"] == ("at that rate it holds 2,400 ports (60 s each), 240% of the 1,000 usable: "
+                                     "connect() will fail with EADDRNOTAVAIL")
+    assert "; at that rate it holds 2,400 ports" in finding["sentence"] and finding["sentence"] == result["findings"][0]
+    # with TIME_WAIT reuse towards it (1 s), the same rate needs 40 ports: no finding raised beyond "ok"
+    reused = attributed([proc(10, "churner", {(4, REMOTE, 8080): (200, 1, 199, 120)})], tuples=tuples,
+                        reuse_remote=True)
+    assert reused["verdict"] == "ok" and "projection" not in reused["client_findings"][0]
+
+
+def test_a_projected_exhaustion_recommends_reuse_and_a_wider_range():
+    tuples = {(4, LOCAL, REMOTE, 8080): [200, 199]}
+    result = attributed([proc(10, "churner", {(4, REMOTE, 8080): (200, 1, 199, 120)})], tuples=tuples)
+    assert result["recommendations"] == {"tw_reuse": 1, "port_range": "32768 65535"}
+    assert result["cure"]["where"] == "both"

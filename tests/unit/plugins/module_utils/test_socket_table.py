@@ -149,3 +149,76 @@ def test_listening_ports_are_read_by_the_host_and_parsed_here(tmp_path):
     (net / "tcp6").write_bytes(fixture("busy_tcp6.txt"))
     assert LinuxHost(str(tmp_path)).listening_ports() == {8080, 9090, 7070}
     assert LinuxHost(str(tmp_path / "nowhere")).listening_ports() == set()
+
+
+# ---------------------------------------------------------------- malformed input (issue 13, finding 5)
+def _messages(data):
+    """The (offset, length) of each netlink message of a captured dump."""
+    out = []
+    pos = 0
+    while pos + 16 <= len(data):
+        length = struct.unpack_from("=I", data, pos)[0]
+        out.append((pos, length))
+        pos += (length + 3) & ~3
+    return out
+
+
+@pytest.mark.parametrize("cut", ["header", "body", "length_beyond", "length_short", "error_short"])
+def test_truncated_netlink_is_a_table_error(cut):
+    """Each way a dump can be cut short raises TableError (never IndexError or struct.error)."""
+    data = bytearray(fixture("busy_inet.bin"))
+    first, length = _messages(bytes(data))[0]
+    if cut == "header":
+        buf = bytes(data[:first + 10])
+    elif cut == "body":
+        struct.pack_into("=I", data, first, 40)  # a SOCK_DIAG_BY_FAMILY message shorter than inet_diag_msg
+        buf = bytes(data[:first + 40])
+    elif cut == "length_beyond":
+        buf = bytes(data[:first + length - 1])
+    elif cut == "length_short":
+        struct.pack_into("=I", data, first, 8)
+        buf = bytes(data)
+    else:
+        buf = struct.pack("=IHHII", 18, st.NLMSG_ERROR, 0, 1, 0) + b"\x00\x00"
+    with pytest.raises(st.TableError, match="malformed netlink message"):
+        st.tally_netlink(buf, st.AF_INET, st.Tally(flags()))
+
+
+def test_the_captured_dump_still_parses_whole():
+    assert _messages(fixture("busy_inet.bin"))[0][1] >= 16 + st.INET_DIAG_MSG_LEN
+    assert netlink_tally().tuples() == EXPECTED_TUPLES
+
+
+@pytest.mark.parametrize("line", [
+    b"   0: 0100007F:1F90 0100007F:9C4",            # remote port of 3 digits
+    b"   0: 0100007F:1F90 0100007F 06 x",           # no port
+    b"   0: 0100007G:9C41 0100007F:1F90 06 x",      # not hex
+    b"   0: 0100007F:9C41 0100007F:1F90 6 x",       # state of one digit
+    b"   0: 0100007F:9C41 0100007F:1F90 XX x",      # state not hex
+    b"   0: 00000000000000000000000001000000:9C41 0100007F:1F90 06 x",  # IPv6 address in the IPv4 table
+    b"   0: 0100007F:+C41 0100007F:1F90 06 x",      # int() would take a sign
+    b"   0: 0100007F:9_41 0100007F:1F90 06 x",      # and an underscore
+    b"\x00\xff\xfe",
+    b"a b c",
+])
+def test_bad_proc_lines_are_refused_not_raised(line):
+    tally = st.Tally(flags(port_range="1024 65535", reserved=""))
+    st.tally_proc_lines([line], st.AF_INET, tally, {})
+    assert tally.bad_lines == 1
+    assert tally.tuples() == {} and tally.state_counts() == {"ipv4": {}, "ipv6": {}}
+
+
+def test_header_and_blank_lines_are_not_bad():
+    tally = proc_tally()
+    assert tally.bad_lines == 0
+    st.tally_proc_lines([b"", b"  "], st.AF_INET, tally, {})
+    assert tally.bad_lines == 0
+
+
+def test_good_lines_around_a_bad_one_still_count():
+    lines = fixture("busy_tcp.txt").split(b"\n")
+    lines.insert(3, b"   9: garbage:zz 0100007F:1F90 06 x")
+    tally = st.Tally(flags())
+    st.tally_proc_lines(lines, st.AF_INET, tally, {})
+    assert tally.bad_lines == 1
+    assert tally.tuples()[(4, LOOP1, LOOP1, 8080)] == [15, 12]

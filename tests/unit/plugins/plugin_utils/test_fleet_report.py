@@ -170,7 +170,7 @@ def test_markdown_escapes_and_keeps_one_line_per_host():
     assert "<script" not in text and "&lt;script&gt;" in text
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 2  # header + two hosts
-    assert all(line.count(" | ") == 6 for line in table[1:]), table  # pipes in values are escaped
+    assert all(line.count(" | ") == 7 for line in table[1:]), table  # pipes in values are escaped
     assert fr.md_escape("a|b\nc*d") == "a\\|b c\\*d"
 
 
@@ -192,3 +192,49 @@ def test_render_formats():
     assert set(fr.render(report, ["json", "html"])) == {"json", "html"}
     with pytest.raises(ValueError, match="formats must be among"):
         fr.render(report, ["pdf"])
+
+
+# ---------------------------------------------------------------- the culprit (issue 14)
+CHURNER = {"kind": "pooling", "pid": 4242, "name": "python3", "user": "app", "destination": "10.0.0.2:8080",
+           "new_connections_per_second": 100.13, "advice": "pool the connections", "sentence": "pid 4242 ..."}
+
+
+def blamed(**fields):
+    result = linux("critical", 1.0, in_use=1000, recommendations={"tw_reuse": 1})
+    result.update(client_findings=[dict(CHURNER, kind="bind_before_connect", destination=None), CHURNER],
+                  top_churner={"pid": 4242, "name": "python3", "destination": "10.0.0.2:8080",
+                               "new_connections_per_second": 100.13},
+                  cure={"where": "both", "summary": "fix the client (pid 4242 (python3, user app)) for a lasting cure"})
+    result.update(fields)
+    return result
+
+
+def test_culprit_is_the_pooling_finding_as_process_at_host():
+    row = fr.host_row("web", "linux", blamed())
+    assert row["culprit"] == {"process": "python3", "pid": 4242, "at": "python3 (pid 4242)@web",
+                              "destination": "10.0.0.2:8080", "new_connections_per_second": 100.13, "kind": "pooling",
+                              "advice": "pool the connections"}
+    assert row["cure"]["where"] == "both"
+    assert fr.culprit_text(row) == "python3 (pid 4242)@web -> 10.0.0.2:8080 at 100.1 new connections/s (pool its connections)"
+
+
+def test_culprit_falls_back_to_the_top_churner_then_to_none():
+    row = fr.host_row("web", "linux", blamed(client_findings=[]))
+    assert row["culprit"]["kind"] == "churner" and row["culprit"]["at"] == "python3 (pid 4242)@web"
+    assert fr.host_row("web", "linux", linux())["culprit"] is None
+    assert fr.culprit_text(fr.host_row("web", "linux", linux())) == "-"
+
+
+def test_culprit_in_every_format():
+    report = fr.build_report([fr.host_row("web", "linux", blamed()), fr.host_row("idle", "linux", linux())], NOW)
+    expected = "python3 (pid 4242)@web -&gt; 10.0.0.2:8080 at 100.1 new connections/s"
+    assert json.loads(fr.render_json(report))["hosts"][0]["culprit"]["at"] == "python3 (pid 4242)@web"
+    summary = fr.render_summary(report).splitlines()
+    assert summary[-1] == ("culprit: python3 (pid 4242)@web -> 10.0.0.2:8080 at 100.1 new connections/s "
+                           "(pool its connections)")
+    markdown = fr.render_markdown(report)
+    assert "| culprit |" in markdown.splitlines()[4] and expected in markdown
+    assert "fix the client (pid 4242 (python3, user app)) for a lasting cure" in markdown
+    page = fr.render_html(report)
+    assert '<td class="culprit">%s' % expected in page and "<th>culprit</th>" in page
+    assert '<span class="muted">none named</span>' in page  # idle

@@ -32,6 +32,11 @@ HOSTILE = [
     {"recommendations": {"port_range": float("nan"), "x\x1b[2J": ["\u202e", 10 ** 400]}},
     {"ephemeral": "lots", "destinations": "none", "capacity": [], "findings": "one", "recommendations": ["a"]},
     {"findings": ["\x1b]0;owned\x07 line\nbreak \u202egnp.exe"]},
+    {"client_findings": [{"kind": "pooling", "name": "<script>x</script>\x1b[2J", "pid": "1",
+                          "destination": "\u202e8080", "new_connections_per_second": float("nan")}],
+     "cure": {"where": "client", "summary": "\x07<b>"}},
+    {"client_findings": "all", "top_churner": {"name": ["x"], "pid": 10 ** 400, "new_connections_per_second": 10 ** 400}},
+    {"client_findings": [None, 3, {"kind": "\x1bevil", "pid": -1}], "cure": {"where": "\x1b"}},
 ]
 BAD_CHARS = set("\x1b\x07\x00\x7f\u202e\u2066") | {chr(c) for c in range(0x80, 0xa0)}
 

@@ -1,0 +1,257 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Which process opens the connections: attribution of the socket table to processes, pure.
+
+A TIME_WAIT socket has no owner (no file, inode 0), and a client whose
+connections live a few milliseconds is rarely caught holding one.  So the
+sockets are followed by their kernel cookie, which a socket keeps when it
+enters TIME_WAIT:
+
+- during ``sample_seconds`` the live sockets are dumped every few
+  milliseconds (``observe_live``; TIME_WAIT is not asked for, so each dump
+  stays small) and each new cookie is given the pid whose /proc/PID/fd holds
+  its inode (``resolve``);
+- a final dump of the whole table (``observe_final``) sees each TIME_WAIT
+  socket with the milliseconds left of its 60 s: those that entered
+  TIME_WAIT during the sample are new connections, counted whether or not a
+  live dump caught them.  A cookie seen alive gives its pid *exactly*;
+- what no dump caught alive is *inferred*: a destination's remaining new
+  connections and TIME_WAIT sockets are shared among the processes seen
+  opening connections to it during the sample, in proportion to what each
+  was seen opening (largest remainders, so the counts add up).  A process
+  never seen opening a connection to it gets none (a pooled client is not
+  blamed for its neighbour's churn); with no opener seen they stay
+  ``unattributed``.  Without a sample, TIME_WAIT is given to a destination's
+  only live owner, if it has exactly one.
+
+A pid in the result is always one whose /proc/PID/fd held a socket: nothing
+is invented.  Host access is the caller's (LinuxHost.sock_diag, ProcessTable).
+"""
+
+from __future__ import annotations
+
+from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table import AF_INET, CLOSE, TIME_WAIT
+
+TIME_WAIT_MS = 60000
+_MAPPED = b"\x00" * 10 + b"\xff\xff"
+FIELDS = ("in_use", "established", "time_wait", "time_wait_inferred", "new_connections", "new_connections_inferred")
+
+
+def destination(family, key):
+    """(4|6, remote address bytes, remote port) of a netlink key (remote port + local + remote address)."""
+    port = (key[0] << 8) | key[1]
+    if family == AF_INET:
+        return (4, key[18:22], port)
+    remote = key[18:34]
+    if remote[:12] == _MAPPED and key[2:14] == _MAPPED:
+        return (4, remote[12:], port)
+    return (6, remote, port)
+
+
+def share(total, weights):
+    """``total`` split in proportion to ``weights`` {key: weight > 0} by largest remainders: sums to ``total``."""
+    if total <= 0 or not weights:
+        return {}
+    whole = sum(weights.values())
+    if whole <= 0:
+        return {}
+    out = {}
+    remainders = []
+    given = 0
+    for key, weight in weights.items():
+        exact = total * weight / float(whole)
+        out[key] = int(exact)
+        given += out[key]
+        remainders.append((exact - int(exact), weight, key))
+    remainders.sort(key=lambda item: (-item[0], -item[1], str(item[2])))
+    for index in range(total - given):
+        out[remainders[index % len(remainders)][2]] += 1
+    return dict((key, value) for key, value in out.items() if value)
+
+
+class Attribution:
+    """Observations of one sample (or one snapshot) and what they attribute.
+
+    ``seen``: cookie -> [destination, inode, pid or None, alive at the first
+    dump, closed into TIME_WAIT during the sample].  ``bound``: cookie ->
+    [inode, pid] of sockets bound to an ephemeral port and not connected.
+    """
+
+    def __init__(self):
+        self.seen = {}
+        self.bound = {}
+        self.pending = []  # [record, index of its inode, index of its pid, tries] still without an owner
+        self.started = None  # time.monotonic() of the first live dump
+        self.dumps = 0
+        self.window_ms = None  # milliseconds from the first live dump to the final one; None: no sample
+        self._first = True
+        # final dump: {destination: {pid or None: [in_use, established, time_wait, new]}}
+        self.table = {}
+        self.bound_now = {}
+
+    # ------------------------------------------------------------ sampling
+    def observe_live(self, family, state, key, cookie, expires, uid, inode):
+        """A socket of a live dump (netlink consumer: socket_table.tally_netlink ``observe``)."""
+        if state == TIME_WAIT:
+            return
+        if state == CLOSE:
+            if key[0] == 0 and key[1] == 0 and cookie not in self.bound:
+                record = self.bound[cookie] = [inode, None]
+                if inode:
+                    self.pending.append([record, 0, 1, 0])
+            return
+        if cookie not in self.seen:
+            record = self.seen[cookie] = [destination(family, key), inode, None, self._first, False]
+            if inode:
+                self.pending.append([record, 1, 2, 0])
+
+    def end_dump(self):
+        """Call after each live dump (both address families)."""
+        self.dumps += 1
+        self._first = False
+
+    def resolve(self, owner, attempts=3, count=True):
+        """Give owners (``owner(inode)`` -> pid or None) to the sockets seen without one; returns how many are left.
+
+        A socket still without an owner after ``attempts`` calls is given up
+        (its process closed it, or cannot be read): each call costs only the
+        sockets of the last few dumps.
+        """
+        keep = []
+        for item in self.pending:
+            record, inode_at, pid_at, tries = item
+            if record[pid_at] is not None:
+                continue
+            pid = owner(record[inode_at])
+            if pid is not None:
+                record[pid_at] = pid
+                continue
+            item[3] = tries + 1 if count else tries
+            if item[3] < attempts:
+                keep.append(item)
+        self.pending = keep
+        return len(keep)
+
+    # ------------------------------------------------------------ the final dump
+    def observer(self, owner):
+        """The ``observe`` callable for the final, whole-table dump; ``owner(inode)`` -> pid or None."""
+        seen = self.seen
+        bound = self.bound
+        table = self.table
+        window = self.window_ms
+
+        def observe(family, state, key, cookie, expires, uid, inode):
+            if state == CLOSE:
+                if key[0] == 0 and key[1] == 0:
+                    pid = owner(inode) if inode else None
+                    self.bound_now[pid] = self.bound_now.get(pid, 0) + 1
+                    record = self.bound.get(cookie)
+                    if record is None:
+                        self.bound[cookie] = [inode, pid]
+                    elif record[1] is None:
+                        record[1] = pid
+                return
+            dest = destination(family, key)
+            record = seen.get(cookie)
+            if state == TIME_WAIT:
+                pid = record[2] if record is not None else None
+                if record is None and cookie in bound:  # bound, then connected and closed between two dumps
+                    pid = bound[cookie][1]
+                counts = _counts(table, dest, pid)
+                counts[2] += 1
+                if window is not None and TIME_WAIT_MS - expires <= window and (record is None or not record[3]):
+                    counts[3] += 1
+                    if record is not None:
+                        record[4] = True
+                return
+            pid = owner(inode) if inode else None
+            counts = _counts(table, dest, pid)
+            counts[0] += 1
+            if state == 1:
+                counts[1] += 1
+            if record is not None:
+                if record[2] is None:
+                    record[2] = pid
+            elif window is not None:  # not alive at the first live dump (it saw them all): opened since
+                counts[3] += 1
+
+        return observe
+
+    def add_time_wait(self, tuples):
+        """Count the TIME_WAIT sockets of a dump that did not observe them (no sample: no cookie to follow),
+        from socket_table.Tally.tuples(), as sockets without an owner."""
+        for (family, dummy_local, remote, port), (dummy_in_use, time_wait) in tuples.items():
+            if time_wait:
+                _counts(self.table, (family, remote, port), None)[2] += time_wait
+
+    def finish(self):
+        """({pid: {"bound_inactive", "bound_inactive_seen", "destinations": {dest: {FIELDS}}}},
+        {dest: {"in_use", "time_wait", "new_connections"}} unattributed).
+
+        new_connections fields are None without a sample.
+        """
+        table = self.table
+        sampled = self.window_ms is not None
+        if sampled:  # opened during the sample and not (or not yet) in TIME_WAIT
+            for dest, dummy_inode, pid, old, closed in self.seen.values():
+                if not old and not closed:
+                    _counts(table, dest, pid)[3] += 1
+        processes = {}
+        unattributed = {}
+        for dest, by_pid in table.items():
+            openers = dict((pid, counts[3]) for pid, counts in by_pid.items() if pid is not None and counts[3] > 0)
+            nobody = by_pid.get(None, [0, 0, 0, 0])
+            if sampled:
+                tw_weights = openers
+            else:
+                owners = [pid for pid, counts in by_pid.items() if pid is not None and counts[0] > 0]
+                tw_weights = {owners[0]: 1} if len(owners) == 1 else {}
+            tw_shared = share(nobody[2], tw_weights)
+            new_shared = share(nobody[3], openers) if sampled else {}
+            for pid, counts in by_pid.items():
+                if pid is None:
+                    continue
+                _record(processes, pid, dest, counts, tw_shared.get(pid, 0), new_shared.get(pid, 0), sampled)
+            for pid in set(tw_shared) | set(new_shared):
+                if pid not in by_pid:
+                    _record(processes, pid, dest, [0, 0, 0, 0], tw_shared.get(pid, 0), new_shared.get(pid, 0), sampled)
+            left_tw = nobody[2] - sum(tw_shared.values())
+            left_new = nobody[3] - sum(new_shared.values())
+            if nobody[0] or left_tw or left_new:
+                unattributed[dest] = {"in_use": nobody[0] + left_tw, "time_wait": left_tw,
+                                      "new_connections": left_new if sampled else None}
+        seen_bound = {}
+        for dummy_inode, pid in self.bound.values():
+            if pid is not None:
+                seen_bound[pid] = seen_bound.get(pid, 0) + 1
+        for pid in set(seen_bound) | set(pid for pid in self.bound_now if pid is not None):
+            entry = processes.setdefault(pid, {"destinations": {}})
+            entry["bound_inactive"] = self.bound_now.get(pid, 0)
+            entry["bound_inactive_seen"] = seen_bound.get(pid, 0)
+        for entry in processes.values():
+            entry.setdefault("bound_inactive", 0)
+            entry.setdefault("bound_inactive_seen", 0)
+        return processes, unattributed
+
+
+def _counts(table, dest, pid):
+    by_pid = table.get(dest)
+    if by_pid is None:
+        by_pid = table[dest] = {}
+    counts = by_pid.get(pid)
+    if counts is None:
+        counts = by_pid[pid] = [0, 0, 0, 0]
+    return counts
+
+
+def _record(processes, pid, dest, counts, tw_inferred, new_inferred, sampled):
+    entry = processes.setdefault(pid, {"destinations": {}})
+    entry["destinations"][dest] = {
+        "in_use": counts[0] + counts[2] + tw_inferred,
+        "established": counts[1],
+        "time_wait": counts[2] + tw_inferred,
+        "time_wait_inferred": tw_inferred,
+        "new_connections": (counts[3] + new_inferred) if sampled else None,
+        "new_connections_inferred": new_inferred if sampled else None,
+    }

@@ -1,0 +1,224 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Which process owns which socket: /proc/PID/fd, and who a process is (name, command line, user, cgroup).
+
+The socket table (netlink sock_diag) gives each live socket the inode of its
+file; /proc/PID/fd/N links to ``socket:[INODE]``.  This is the one place that
+reads /proc/PID: ``ProcessTable`` (thin, the host side) scans the fd tables
+it may read and remembers inode -> pid; ``parse_*`` are pure.  Without root a
+process of another user cannot be read (EACCES): it is counted in
+``unreadable``, never an error.  Standard library only.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+try:
+    import pwd
+except ImportError:  # pragma: no cover - not Linux
+    pwd = None
+
+CMDLINE_MAX = 512  # characters of a command line reported
+PROC_TEXT_MAX = 1 << 16  # bytes read from /proc/PID/{comm,cmdline,status,cgroup}
+_SOCKET_PREFIX = "socket:["
+# A container id in a cgroup path: 64 hex digits (docker, podman/libpod, containerd, cri-o).
+_CONTAINER = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?(?:/|$)")
+_UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".timer", ".slice")
+
+
+def socket_inode(link):
+    """The inode of ``socket:[INODE]`` (what /proc/PID/fd/N links to), or None for anything else."""
+    if link.startswith(_SOCKET_PREFIX) and link.endswith("]"):
+        digits = link[len(_SOCKET_PREFIX):-1]
+        if digits.isdigit() and len(digits) <= 20:
+            return int(digits)
+    return None
+
+
+def parse_cmdline(data):
+    """/proc/PID/cmdline (NUL-separated bytes) as one line of text, at most CMDLINE_MAX characters; None if empty."""
+    text = data.rstrip(b"\x00").replace(b"\x00", b" ").decode("utf-8", "replace")
+    text = "".join(ch if ch.isprintable() else "?" for ch in text[:CMDLINE_MAX])
+    return text or None
+
+
+def parse_status_uid(text):
+    """The real uid from /proc/PID/status ("Uid:\\treal\\teffective\\t..."), or None."""
+    for line in text.splitlines():
+        if line.startswith("Uid:"):
+            fields = line.split()
+            if len(fields) > 1 and fields[1].isdigit() and len(fields[1]) <= 10:
+                return int(fields[1])
+            return None
+    return None
+
+
+def parse_cgroup(text):
+    """(cgroup path, systemd unit or None, container id or None) from /proc/PID/cgroup.
+
+    The unified (cgroup v2, "0::PATH") line is preferred, else the name=systemd
+    one, else the first.  The unit is the innermost path component ending in
+    .service/.scope/...; the container id is a 64-hex-digit component (docker-,
+    libpod-, cri-containerd-ID.scope or /docker/ID).
+    """
+    chosen = None
+    for line in text.splitlines()[:64]:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            chosen = parts[2]
+            break
+        if parts[1] == "name=systemd" or chosen is None:
+            chosen = parts[2]
+    if not chosen:
+        return None, None, None
+    path = chosen.strip()[:1024]
+    unit = None
+    for component in reversed(path.split("/")):
+        if component.endswith(_UNIT_SUFFIXES) and not component.endswith(".slice"):
+            unit = component
+            break
+    match = _CONTAINER.search(path)
+    return path, unit, (match.group(1)[:12] if match else None)
+
+
+def user_name(uid):
+    if uid is None:
+        return None
+    if pwd is not None:
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except (KeyError, OverflowError):
+            pass
+    return str(uid)
+
+
+class ProcessTable:
+    """inode -> pid for the sockets of every process whose /proc/PID/fd can be read.
+
+    ``scan(pids)`` rereads those fd tables (all processes when None) and
+    records in ``changed`` the pids whose set of socket inodes differs from
+    their previous scan: the processes opening and closing sockets, scanned
+    first when a new socket must be found an owner quickly.
+    """
+
+    def __init__(self, proc="/proc", same_netns=True):
+        self.proc = proc
+        self.netns = None
+        if same_netns:  # the sockets of the dump are this network namespace's: so are their processes
+            try:
+                self.netns = os.readlink("%s/self/ns/net" % proc)
+            except OSError:
+                self.netns = None
+        self.other_netns = 0
+        self.inode_pid = {}
+        self.sockets = {}  # pid -> frozenset of socket inodes at its last scan
+        self.unreadable = {}  # pid -> errno of its fd table
+        self.changed = set()
+        self.scans = 0
+
+    def pids(self):
+        """The pids of /proc, only those in this network namespace (when known): sockets of the table are
+        owned by processes of the namespace (one that holds a socket of another namespace is not looked at)."""
+        try:
+            names = os.listdir(self.proc)
+        except OSError:
+            return []
+        pids = [int(name) for name in names if name.isdigit() and len(name) <= 10]
+        if self.netns is None:
+            return pids
+        out = []
+        others = 0
+        for pid in pids:
+            try:
+                if os.readlink("%s/%d/ns/net" % (self.proc, pid)) != self.netns:
+                    others += 1
+                    continue
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM):
+                    continue  # gone, or a kernel thread
+            out.append(pid)  # unreadable namespace: its fd table will say so
+        self.other_netns = others
+        return out
+
+    def scan(self, pids=None):
+        """Read the fd tables of ``pids`` (default: all); returns how many were read."""
+        self.scans += 1
+        everyone = pids is None
+        if everyone:
+            pids = self.pids()
+        read = 0
+        alive = set()
+        for pid in pids:
+            inodes = self._socket_inodes(pid)
+            if inodes is None:
+                continue
+            read += 1
+            alive.add(pid)
+            before = self.sockets.get(pid)
+            if before is not None and before != inodes:
+                self.changed.add(pid)
+            self.sockets[pid] = inodes
+            for inode in inodes:
+                self.inode_pid[inode] = pid
+        if everyone:  # forget processes that are gone
+            for pid in [pid for pid in self.sockets if pid not in alive]:
+                del self.sockets[pid]
+                self.changed.discard(pid)
+        return read
+
+    def _socket_inodes(self, pid):
+        base = "%s/%d/fd" % (self.proc, pid)
+        try:
+            names = os.listdir(base)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                self.unreadable[pid] = exc.errno
+            return None
+        self.unreadable.pop(pid, None)
+        inodes = set()
+        readlink = os.readlink
+        for name in names:
+            try:
+                link = readlink(base + "/" + name)
+            except OSError:
+                continue  # closed meanwhile
+            if link.startswith(_SOCKET_PREFIX):
+                inode = socket_inode(link)
+                if inode is not None:
+                    inodes.add(inode)
+        return frozenset(inodes)
+
+    def owner(self, inode):
+        return self.inode_pid.get(inode)
+
+    def _read(self, pid, name):
+        fd = os.open("%s/%d/%s" % (self.proc, pid, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            return os.read(fd, PROC_TEXT_MAX)
+        finally:
+            os.close(fd)
+
+    def describe(self, pid):
+        """{"pid", "name", "cmdline", "uid", "user", "cgroup", "unit", "container"}; what cannot be read is None."""
+        info = {"pid": pid, "name": None, "cmdline": None, "uid": None, "user": None, "cgroup": None, "unit": None,
+                "container": None}
+        readers = (
+            ("comm", lambda data: {"name": data.decode("utf-8", "replace").strip()[:64] or None}),
+            ("cmdline", lambda data: {"cmdline": parse_cmdline(data)}),
+            ("status", lambda data: {"uid": parse_status_uid(data.decode("utf-8", "replace"))}),
+            ("cgroup", lambda data: dict(zip(("cgroup", "unit", "container"),
+                                             parse_cgroup(data.decode("utf-8", "replace"))))),
+        )
+        for name, parse in readers:
+            try:
+                info.update(parse(self._read(pid, name)))
+            except OSError:
+                continue
+        info["user"] = user_name(info["uid"])
+        return info
