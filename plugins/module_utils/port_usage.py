@@ -394,6 +394,10 @@ def _per_second(count, seconds):
     return round(count / float(seconds), 2)
 
 
+_DESTINATION_COUNTS = ("in_use", "established", "time_wait", "time_wait_inferred", "new_connections",
+                       "new_connections_inferred")
+
+
 def process_analysis(snap, top, dest_level):
     """(processes, client_findings [(severity, dict)], unattributed, top_churner) from Snapshot.processes.
 
@@ -421,8 +425,7 @@ def process_analysis(snap, top, dest_level):
             address = snap.format_address(family, remote)
             entry = {"endpoint": endpoint(family, address, port), "address": address, "port": port,
                      "family": "ipv%d" % family}
-            entry.update((key, counts.get(key)) for key in ("in_use", "established", "time_wait", "time_wait_inferred",
-                                                           "new_connections", "new_connections_inferred"))
+            entry.update((key, counts.get(key)) for key in _DESTINATION_COUNTS)
             entry["new_connections_per_second"] = _per_second(new, seconds)
             dests.append(entry)
             finding = _pooling(proc, entry, seconds)

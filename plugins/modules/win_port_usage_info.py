@@ -33,9 +33,9 @@ description:
     service(s) it runs (in C(unit)), its ports, ESTABLISHED and TIME_WAIT per destination, and its rate of new
     connections. Windows reports a connection in TIME_WAIT with process id 0, so a destination's TIME_WAIT is given
     to the one process holding live connections to it (C(time_wait_inferred)); with two or more such processes it
-    stays in RV(attribution.unattributed), so a pooled client is never blamed for its neighbour's TIME_WAIT. Every
+    stays in C(attribution.unattributed), so a pooled client is never blamed for its neighbour's TIME_WAIT. Every
     TIME_WAIT socket closed within the last C(TcpTimedWaitDelay) seconds, so that window is the sample: the rate is
-    a destination's TIME_WAIT count divided by it (RV(attribution.sampled_seconds)), from the same single read."
+    a destination's TIME_WAIT count divided by it (C(attribution.sampled_seconds)), from the same single read."
   - "B(Pooling.) A process that opens at least 5 new connections per second to one destination and keeps at most a
     tenth as many open as it has in TIME_WAIT gets a finding in RV(client_findings) (and RV(findings)) naming the
     process, its service, the destination, the rate and the TIME_WAIT to ESTABLISHED ratio, with the advice to pool
@@ -101,7 +101,7 @@ notes:
     connections that have already closed; connections still open are not counted in it. The registry value is the
     one in effect only after a restart (see RV(notes)).
   - Ports in the C(Bound) state (bound, not connected) have no destination and are counted in
-    RV(attribution.bound) only; RV(client_findings) has no V(bind_before_connect) on Windows.
+    C(attribution.bound) only; RV(client_findings) has no V(bind_before_connect) on Windows.
 seealso:
   - module: tcpstack.tuning.win_tcp
     description: Applies the recommended settings.
@@ -211,7 +211,7 @@ processes:
     - C(ports_held) (= C(in_use)) counts its dynamic ports in every state but Listen and Bound, C(established)
       and C(time_wait) those states; C(time_wait_inferred) is the part of C(time_wait) given to it as the only
       live owner of the destination (Windows reports TIME_WAIT with process id 0). C(new_connections) is its
-      TIME_WAIT count, the connections it opened and closed within RV(attribution.sampled_seconds);
+      TIME_WAIT count, the connections it opened and closed within C(attribution.sampled_seconds);
       C(new_connections_per_second) that over the window; C(new_connections_inferred) the inferred part.
     - C(bound_inactive) and C(bound_inactive_seen) are always 0 on Windows. C(destinations) the top 5
       destinations of the process (C(endpoint) and the same counts), C(destination_count) how many it has.
