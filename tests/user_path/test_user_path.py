@@ -253,3 +253,32 @@ def test_a_bad_role_variable_is_named_before_any_host_is_contacted(user, fleet):
     assert sorted(r["_host"] for r in failed) == sorted(LINUX + WINDOWS), output
     assert all(r["msg"].startswith("tcp_tuning_port_range: 'lots' is not valid: ") for r in failed), failed
     assert sims["win2022"].round_trips == sent and state(fleet) == before
+
+
+def test_the_monitor_playbook_finds_its_code_and_rules_in_the_installed_collection(user, fleet, tmp_path):  # pylint: disable=redefined-outer-name
+    """port_monitor copies the collection's own module_utils and alert rules to the host: from where ansible-galaxy
+    installed the collection, not from a checkout. Check mode, on the Linux hosts (Windows is out of its scope):
+    every file is found and nothing is written."""
+    textfiles, rules = tmp_path / "textfile", tmp_path / "rules"
+    textfiles.mkdir()
+    rules.mkdir()
+    code_dir = Path("/usr/local/lib/tcpstack-port-monitor")
+    had_code_dir = code_dir.exists()
+    rc, results, output = play(user, fleet, "tcpstack.tuning.monitor", check=True, extra_vars={
+        "port_monitor_hosts": ":".join(LINUX), "port_monitor_textfile_dir": str(textfiles),
+        "port_monitor_rules_dir": str(rules), "ansible_become_method": "su"})
+    assert rc == 0, output
+    copies = [r for r in results if r["_task"] == "Copy the collection's analysis code"]
+    assert sorted(r["_host"] for r in copies) == sorted(LINUX), output
+    installed = str(user.collections / "ansible_collections" / "tcpstack" / "tuning" / "plugins" / "module_utils")
+    for result in copies:
+        items = [item["item"] for item in result["results"]]
+        assert all(item.startswith(installed + "/") for item in items), items
+        names = {os.path.basename(item) for item in items}
+        assert {"port_monitor.py", "linux_port_usage.py", "port_usage.py", "prometheus.py", "socket_table.py",
+                "linux_host.py"} <= names, names
+        assert all(item["changed"] for item in result["results"])
+    installed_rules = [r for r in results if r["_task"] == "Install the alert rules where Prometheus reads them"]
+    assert len(installed_rules) == len(LINUX) and all(r["changed"] for r in installed_rules), installed_rules
+    assert not list(textfiles.iterdir()) and not list(rules.iterdir())  # check mode wrote nothing
+    assert code_dir.exists() == had_code_dir
