@@ -26,7 +26,8 @@ enters TIME_WAIT:
   only live owner, if it has exactly one.
 
 A pid in the result is always one whose /proc/PID/fd held a socket: nothing
-is invented.  Host access is the caller's (LinuxHost.sock_diag, ProcessTable).
+is invented.  Host access is the caller's, all of it through LinuxHost (its
+sock_diag dumps, and the /proc/PID reads a linux_processes.ProcessTable asks of it).
 """
 
 from __future__ import annotations

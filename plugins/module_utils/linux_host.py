@@ -5,8 +5,11 @@
 
 Everything that touches the host is here and nothing else is: /proc/sys, the
 socket table (/proc/net/tcp and the netlink sock_diag socket), the kernel's
-counters, sysctl.d files and the lock.  What is read is handed on as text or
-bytes; the parsers (socket_table, linux_sysctl_d, linux_settings) are pure.
+counters, the processes (/proc/PID: their fd tables, network namespaces and
+comm/cmdline/status/cgroup files; user names), sysctl.d files and the lock.
+What is read is handed on as text or bytes (socket inodes as numbers); the
+parsers (socket_table, linux_processes, linux_sysctl_d, linux_settings) are
+pure.
 ``root`` lets the unit tests run it against a directory tree; the modules
 always use "/".
 """
@@ -21,6 +24,11 @@ import socket
 import stat
 import time
 from contextlib import contextmanager
+
+try:
+    import pwd
+except ImportError:  # pragma: no cover - not Linux
+    pwd = None
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table import (
     NETLINK_SOCK_DIAG,
@@ -37,6 +45,9 @@ CHUNK = 1 << 20  # /proc/net/tcp is read in chunks of this size
 FILE_MAX = 1 << 20  # the most a sysctl.d file, /etc/sysctl.conf or a /proc file may hold: 1 MiB
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+PROCESS_FILE_MAX = 1 << 16  # bytes read from /proc/PID/{comm,cmdline,status,cgroup}: the rest is not read
+SOCKET_PREFIX = "socket:["  # what /proc/PID/fd/N links to for a socket: socket:[INODE]
 # How a path that is not a regular file is named in messages.
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
@@ -66,19 +77,23 @@ def kind(mode):
     return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
 
 
-def _read_fd(fd, cap, shown):
-    """At most ``cap`` bytes from ``fd``; UnsafeFile when there are more (reads cap + 1 bytes at most)."""
+def _read_fd(fd, cap, shown, truncate=False):
+    """At most ``cap`` bytes from ``fd``; UnsafeFile when there are more (reads cap + 1 bytes at most), or with
+    ``truncate`` the first ``cap`` bytes (reads no more)."""
     chunks = []
     total = 0
-    while total <= cap:
+    limit = cap if truncate else cap + 1
+    while total < limit:
         try:
-            chunk = os.read(fd, min(CHUNK, cap + 1 - total))
+            chunk = os.read(fd, min(CHUNK, limit - total))
         except BlockingIOError:  # only a FIFO or device can say this, and fstat refused those
             raise UnsafeFile(errno.EAGAIN, "would block on read", shown)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
         total += len(chunk)
+    if truncate:
+        return b"".join(chunks)
     raise UnsafeFile(errno.EFBIG, "is larger than %d bytes, the most read from such a file" % cap, shown)
 
 
@@ -86,13 +101,14 @@ def _is_dev_null(st):
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
 
 
-def read_regular(path, shown=None, follow=False, cap=FILE_MAX):
+def read_regular(path, shown=None, follow=False, cap=FILE_MAX, truncate=False):
     """The bytes of the regular file ``path``: never a FIFO, device, socket or directory, never more than ``cap``.
 
     The file is looked at first (lstat, or stat with ``follow``) and opened only when it is a
     regular file, with O_NONBLOCK (a FIFO swapped in meanwhile cannot block), O_CLOEXEC and, unless
     ``follow``, O_NOFOLLOW; after the open, fstat must show the same regular file.  Procfs files
-    are regular files of size 0: they are read to their end like any other, up to ``cap``.
+    are regular files of size 0: they are read to their end like any other, up to ``cap``.  A
+    longer file raises UnsafeFile, or with ``truncate`` gives its first ``cap`` bytes.
 
     Raises FileNotFoundError when there is nothing at ``path``, UnsafeFile (an OSError) naming
     ``shown`` and what the file is otherwise, or the OSError of the open or read.
@@ -106,7 +122,7 @@ def read_regular(path, shown=None, follow=False, cap=FILE_MAX):
         raise
     if not stat.S_ISREG(before.st_mode):
         raise UnsafeFile(errno.EINVAL, "is %s, not a regular file" % kind(before.st_mode), shown)
-    if before.st_size > cap:
+    if before.st_size > cap and not truncate:
         raise UnsafeFile(errno.EFBIG, "is %d bytes, more than the %d read from such a file" % (before.st_size, cap),
                          shown)
     try:
@@ -119,9 +135,18 @@ def read_regular(path, shown=None, follow=False, cap=FILE_MAX):
         now = os.fstat(fd)
         if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
             raise UnsafeFile(errno.EINVAL, "changed while it was opened (now %s)" % kind(now.st_mode), shown)
-        return _read_fd(fd, cap, shown)
+        return _read_fd(fd, cap, shown, truncate)
     finally:
         os.close(fd)
+
+
+def socket_inode(link):
+    """The inode of ``socket:[INODE]`` (what /proc/PID/fd/N links to), or None for anything else."""
+    if link.startswith(SOCKET_PREFIX) and link.endswith("]"):
+        digits = link[len(SOCKET_PREFIX):-1]
+        if digits.isdigit() and len(digits) <= 20:
+            return int(digits)
+    return None
 
 
 def sysctl_path(key):
@@ -247,6 +272,73 @@ class LinuxHost:
             except OSError:
                 continue
         return tally.listening
+
+    # processes ------------------------------------------------------------
+    def pids(self):
+        """The pids of /proc (its numeric entries), in the order listed; [] when /proc cannot be listed."""
+        try:
+            names = os.listdir(self._p("/proc"))
+        except OSError:
+            return []
+        return [int(name) for name in names if name.isdigit() and len(name) <= 10]
+
+    def net_namespace(self, pid=None):
+        """What /proc/PID/ns/net links to ("net:[4026531840]"), this process's when ``pid`` is None.
+
+        Raises OSError: EACCES or EPERM for another user's process without root, ENOENT when it is gone
+        or is a kernel thread.
+        """
+        return os.readlink(self._p("/proc/self/ns/net" if pid is None else "/proc/%d/ns/net" % pid))
+
+    def socket_inodes(self, pid):
+        """The inodes of the sockets process ``pid`` holds (a frozenset): its /proc/PID/fd/N linking to socket:[INODE].
+
+        One call per process, the loop over its fds here and tight (the fd directory is opened once,
+        O_NOFOLLOW, and each link read relative to it): attribution reads every fd of the namespace.
+        An fd closed meanwhile is skipped.  Raises OSError when the fd table cannot be read: EACCES or
+        EPERM for another user's process without root, ENOENT when it is gone.
+        """
+        fd = os.open(self._p("/proc/%d/fd" % pid), _DIR_FLAGS)
+        try:
+            inodes = set()
+            readlink = os.readlink
+            for name in os.listdir(fd):
+                try:
+                    link = readlink(name, dir_fd=fd)
+                except OSError:
+                    continue  # closed meanwhile
+                if link.startswith(SOCKET_PREFIX):
+                    inode = socket_inode(link)
+                    if inode is not None:
+                        inodes.add(inode)
+            return frozenset(inodes)
+        finally:
+            os.close(fd)
+
+    def read_process_file(self, pid, name):
+        """The bytes of /proc/PID/NAME (``name`` one file: comm, cmdline, status, cgroup), at most PROCESS_FILE_MAX.
+
+        Read as read_regular() reads: a regular file only, opened with O_NOFOLLOW, O_NONBLOCK and
+        O_CLOEXEC; of a longer file (a long command line) only the first PROCESS_FILE_MAX bytes.
+        Raises OSError (UnsafeFile when it is not a regular file); ValueError for a ``name`` that is
+        not one file name.
+        """
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError("not a file of /proc/PID: %r" % (name,))
+        path = "/proc/%d/%s" % (pid, name)
+        return read_regular(self._p(path), path, cap=PROCESS_FILE_MAX, truncate=True)
+
+    @staticmethod
+    def user_name(uid):
+        """The name of user ``uid`` in this system's user database (pwd), else the number as text; None for None."""
+        if uid is None:
+            return None
+        if pwd is not None:
+            try:
+                return pwd.getpwuid(uid).pw_name
+            except (KeyError, OverflowError):
+                pass
+        return str(uid)
 
     def fresh_defaults(self, keys):
         """The values ``keys`` have in a brand-new network namespace: the kernel's defaults.

@@ -354,13 +354,13 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
     the ports (Snapshot.processes); with ``sample_seconds`` above 0, the
     sample follows each new socket to its process and measures each
     process's rate of new connections.  ``processes``: a ProcessTable
-    (default: /proc).
+    (default: one reading through ``host``).
     """
     host = LinuxHost() if host is None else host
     attribution = None
     if attribute and use_netlink and host.live:
         attribution = Attribution()
-        processes = ProcessTable() if processes is None else processes
+        processes = ProcessTable(host) if processes is None else processes
     if not (sample_seconds and sample_seconds > 0):
         if attribution is not None:
             processes.scan()

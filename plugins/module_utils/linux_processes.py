@@ -4,39 +4,26 @@
 """Which process owns which socket: /proc/PID/fd, and who a process is (name, command line, user, cgroup).
 
 The socket table (netlink sock_diag) gives each live socket the inode of its
-file; /proc/PID/fd/N links to ``socket:[INODE]``.  This is the one place that
-reads /proc/PID: ``ProcessTable`` (thin, the host side) scans the fd tables
-it may read and remembers inode -> pid; ``parse_*`` are pure.  Without root a
-process of another user cannot be read (EACCES): it is counted in
-``unreadable``, never an error.  Standard library only.
+file; /proc/PID/fd/N links to ``socket:[INODE]``.  ``ProcessTable`` keeps
+inode -> pid for the fd tables it may read, and says which it could not;
+the reads themselves are LinuxHost's (pids(), net_namespace(),
+socket_inodes(), read_process_file(), user_name()), the only code that
+touches the host.  ``parse_*`` are pure.  Without root a process of another
+user cannot be read (EACCES): it is counted in ``unreadable``, never an
+error.  Standard library only.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import re
 
-try:
-    import pwd
-except ImportError:  # pragma: no cover - not Linux
-    pwd = None
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import LinuxHost
 
 CMDLINE_MAX = 512  # characters of a command line reported
-PROC_TEXT_MAX = 1 << 16  # bytes read from /proc/PID/{comm,cmdline,status,cgroup}
-_SOCKET_PREFIX = "socket:["
 # A container id in a cgroup path: 64 hex digits (docker, podman/libpod, containerd, cri-o).
 _CONTAINER = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?(?:/|$)")
 _UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".timer", ".slice")
-
-
-def socket_inode(link):
-    """The inode of ``socket:[INODE]`` (what /proc/PID/fd/N links to), or None for anything else."""
-    if link.startswith(_SOCKET_PREFIX) and link.endswith("]"):
-        digits = link[len(_SOCKET_PREFIX):-1]
-        if digits.isdigit() and len(digits) <= 20:
-            return int(digits)
-    return None
 
 
 def parse_cmdline(data):
@@ -87,19 +74,8 @@ def parse_cgroup(text):
     return path, unit, (match.group(1)[:12] if match else None)
 
 
-def user_name(uid):
-    if uid is None:
-        return None
-    if pwd is not None:
-        try:
-            return pwd.getpwuid(uid).pw_name
-        except (KeyError, OverflowError):
-            pass
-    return str(uid)
-
-
 class ProcessTable:
-    """inode -> pid for the sockets of every process whose /proc/PID/fd can be read.
+    """inode -> pid for the sockets of every process whose /proc/PID/fd can be read, through ``host`` (a LinuxHost).
 
     ``scan(pids)`` rereads those fd tables (all processes when None) and
     records in ``changed`` the pids whose set of socket inodes differs from
@@ -107,12 +83,12 @@ class ProcessTable:
     first when a new socket must be found an owner quickly.
     """
 
-    def __init__(self, proc="/proc", same_netns=True):
-        self.proc = proc
+    def __init__(self, host=None, same_netns=True):
+        self.host = LinuxHost() if host is None else host
         self.netns = None
         if same_netns:  # the sockets of the dump are this network namespace's: so are their processes
             try:
-                self.netns = os.readlink("%s/self/ns/net" % proc)
+                self.netns = self.host.net_namespace()
             except OSError:
                 self.netns = None
         self.other_netns = 0
@@ -125,18 +101,15 @@ class ProcessTable:
     def pids(self):
         """The pids of /proc, only those in this network namespace (when known): sockets of the table are
         owned by processes of the namespace (one that holds a socket of another namespace is not looked at)."""
-        try:
-            names = os.listdir(self.proc)
-        except OSError:
-            return []
-        pids = [int(name) for name in names if name.isdigit() and len(name) <= 10]
+        pids = self.host.pids()
         if self.netns is None:
             return pids
+        net_namespace = self.host.net_namespace
         out = []
         others = 0
         for pid in pids:
             try:
-                if os.readlink("%s/%d/ns/net" % (self.proc, pid)) != self.netns:
+                if net_namespace(pid) != self.netns:
                     others += 1
                     continue
             except OSError as exc:
@@ -173,36 +146,17 @@ class ProcessTable:
         return read
 
     def _socket_inodes(self, pid):
-        base = "%s/%d/fd" % (self.proc, pid)
         try:
-            names = os.listdir(base)
+            inodes = self.host.socket_inodes(pid)
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM):
                 self.unreadable[pid] = exc.errno
             return None
         self.unreadable.pop(pid, None)
-        inodes = set()
-        readlink = os.readlink
-        for name in names:
-            try:
-                link = readlink(base + "/" + name)
-            except OSError:
-                continue  # closed meanwhile
-            if link.startswith(_SOCKET_PREFIX):
-                inode = socket_inode(link)
-                if inode is not None:
-                    inodes.add(inode)
-        return frozenset(inodes)
+        return inodes
 
     def owner(self, inode):
         return self.inode_pid.get(inode)
-
-    def _read(self, pid, name):
-        fd = os.open("%s/%d/%s" % (self.proc, pid, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        try:
-            return os.read(fd, PROC_TEXT_MAX)
-        finally:
-            os.close(fd)
 
     def describe(self, pid):
         """{"pid", "name", "cmdline", "uid", "user", "cgroup", "unit", "container"}; what cannot be read is None."""
@@ -215,10 +169,11 @@ class ProcessTable:
             ("cgroup", lambda data: dict(zip(("cgroup", "unit", "container"),
                                              parse_cgroup(data.decode("utf-8", "replace"))))),
         )
+        read = self.host.read_process_file
         for name, parse in readers:
             try:
-                info.update(parse(self._read(pid, name)))
+                info.update(parse(read(pid, name)))
             except OSError:
                 continue
-        info["user"] = user_name(info["uid"])
+        info["user"] = self.host.user_name(info["uid"])
         return info

@@ -263,6 +263,20 @@ def test_read_regular_reads_at_most_cap_plus_one_bytes(tmp_path):
     assert err.value.errno == errno.EFBIG
 
 
+def test_read_regular_with_truncate_gives_the_first_cap_bytes(tmp_path):
+    """What /proc/PID/cmdline is read with: a longer file is cut at ``cap`` (its size is not even looked at: procfs
+    says 0), still only a regular file."""
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    assert read_regular(str(path), cap=4, truncate=True) == b"0123"
+    assert read_regular(str(path), cap=10, truncate=True) == b"0123456789"
+    assert read_regular(str(path), cap=0, truncate=True) == b""
+    os.mkfifo(str(tmp_path / "fifo"))
+    with pytest.raises(UnsafeFile) as err:
+        read_regular(str(tmp_path / "fifo"), cap=4, truncate=True)
+    assert err.value.errno == errno.EINVAL
+
+
 def test_proc_files_of_size_zero_are_read_to_their_end():
     need(os.path.exists("/proc/self/status"), "needs /proc")
     assert os.stat("/proc/self/status").st_size == 0

@@ -1,7 +1,12 @@
-"""linux_processes: the pure parsers of /proc/PID text (real formats), and ProcessTable on this very process."""
+"""linux_processes: the pure parsers of /proc/PID text (real formats); ProcessTable reading through LinuxHost, on this
+very process (the real /proc) and on a directory tree standing in for /proc (LinuxHost(root)), where a FIFO, a
+symbolic link or an oversized file can be put in a process's place."""
 
 from __future__ import annotations
 
+import ast
+import errno
+import importlib
 import os
 import socket
 
@@ -10,6 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils import linux_processes as lp
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import (
+    PROCESS_FILE_MAX,
+    LinuxHost,
+    UnsafeFile,
+    socket_inode,
+)
 
 DOCKER = "0::/system.slice/docker-%s.scope" % ("ab12" * 16)
 
@@ -19,7 +30,7 @@ DOCKER = "0::/system.slice/docker-%s.scope" % ("ab12" * 16)
     ("/dev/null", None), ("socket:[%s]" % ("9" * 21), None),
 ])
 def test_socket_inode(link, inode):
-    assert lp.socket_inode(link) == inode
+    assert socket_inode(link) == inode
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -51,14 +62,14 @@ def test_parsers_never_raise(text, data):
     lp.parse_cgroup(text)
     lp.parse_status_uid(text)
     lp.parse_cmdline(data)
-    lp.socket_inode(text)
+    socket_inode(text)
 
 
 def test_process_table_finds_this_process_socket():
     """A socket this test opens is found in its own /proc/PID/fd, and the process described."""
     sock = socket.socket()
     try:
-        table = lp.ProcessTable()
+        table = lp.ProcessTable(LinuxHost())
         assert os.getpid() in table.pids()
         table.scan([os.getpid()])
         assert table.owner(os.fstat(sock.fileno()).st_ino) == os.getpid()
@@ -67,3 +78,190 @@ def test_process_table_finds_this_process_socket():
         assert info["cmdline"] and info["user"]
     finally:
         sock.close()
+
+
+def test_host_socket_inodes_follow_this_process_sockets():
+    """LinuxHost.socket_inodes(pid) on the real /proc: a socket is there while open, gone once closed."""
+    host = LinuxHost()
+    sock = socket.socket()
+    inode = os.fstat(sock.fileno()).st_ino
+    try:
+        assert inode in host.socket_inodes(os.getpid())
+    finally:
+        sock.close()
+    assert inode not in host.socket_inodes(os.getpid())
+    assert os.getpid() in host.pids()
+    assert host.net_namespace() == host.net_namespace(os.getpid())
+    assert host.read_process_file(os.getpid(), "status").startswith(b"Name:")
+
+
+# ---------------------------------------------------------------- a directory tree standing in for /proc
+def fake_proc(root, pid, netns="net:[4026531840]", fds=None, files=None):
+    """/proc/PID in ``root``: ns/net and fd/N as symbolic links (a dangling link reads like the real one), files."""
+    base = root / "proc" / str(pid)
+    (base / "fd").mkdir(parents=True)
+    if netns is not None:
+        (base / "ns").mkdir()
+        os.symlink(netns, str(base / "ns/net"))
+    for number, link in (fds or {}).items():
+        os.symlink(link, str(base / "fd" / str(number)))
+    for name, data in (files or {}).items():
+        (base / name).write_bytes(data)
+    return base
+
+
+@pytest.fixture
+def tree(tmp_path):
+    (tmp_path / "proc/self/ns").mkdir(parents=True)
+    os.symlink("net:[4026531840]", str(tmp_path / "proc/self/ns/net"))
+    (tmp_path / "proc/sys").mkdir()
+    (tmp_path / "proc/12345678901").mkdir()  # not a pid: more than 10 digits
+    fake_proc(tmp_path, 100, fds={0: "/dev/null", 3: "socket:[111]", 4: "socket:[222]", 5: "pipe:[9]",
+                                  6: "socket:[oops]"},
+              files={"comm": b"client\n", "cmdline": b"python3\x00-c\x00pass\x00",
+                     "status": b"Name:\tclient\nUid:\t0\t0\t0\t0\n",
+                     "cgroup": b"0::/system.slice/client.service\n"})
+    fake_proc(tmp_path, 200, netns="net:[4026532999]", fds={3: "socket:[333]"})  # another network namespace
+    fake_proc(tmp_path, 300, netns=None)  # a kernel thread: no ns/net
+    return tmp_path
+
+
+def test_process_table_reads_only_this_namespace_through_the_host(tree):
+    table = lp.ProcessTable(LinuxHost(str(tree)))
+    assert table.netns == "net:[4026531840]"
+    assert sorted(table.pids()) == [100]
+    assert table.other_netns == 1
+    assert table.scan() == 1
+    assert (table.owner(111), table.owner(222), table.owner(333), table.owner(9)) == (100, 100, None, None)
+    assert table.sockets == {100: frozenset({111, 222})} and not table.unreadable and not table.changed
+    info = table.describe(100)
+    assert info == {"pid": 100, "name": "client", "cmdline": "python3 -c pass", "uid": 0,
+                    "user": LinuxHost.user_name(0), "cgroup": "/system.slice/client.service",
+                    "unit": "client.service", "container": None}
+
+
+def test_process_table_without_a_namespace_reads_every_process(tree):
+    table = lp.ProcessTable(LinuxHost(str(tree)), same_netns=False)
+    assert table.netns is None and sorted(table.pids()) == [100, 200, 300]
+    assert table.scan() == 3 and table.owner(333) == 200
+
+
+def test_a_process_that_changes_its_sockets_is_marked_changed_and_a_gone_one_forgotten(tree):
+    table = lp.ProcessTable(LinuxHost(str(tree)))
+    table.scan()
+    fd = tree / "proc/100/fd"
+    os.unlink(str(fd / "4"))
+    os.symlink("socket:[444]", str(fd / "4"))
+    table.scan([100])
+    assert table.changed == {100} and table.owner(444) == 100 and table.sockets[100] == frozenset({111, 444})
+    os.rename(str(tree / "proc/100"), str(tree / "gone"))
+    table.scan()
+    assert table.sockets == {} and table.changed == set()
+
+
+def test_a_process_gone_between_listing_and_reading_is_skipped(tree):
+    table = lp.ProcessTable(LinuxHost(str(tree)))
+    assert table.scan([100, 999]) == 1 and not table.unreadable
+    assert table.describe(999) == {"pid": 999, "name": None, "cmdline": None, "uid": None, "user": None,
+                                   "cgroup": None, "unit": None, "container": None}
+
+
+@pytest.mark.parametrize("what", ["fifo", "symlink", "directory"])
+def test_a_process_file_that_is_not_a_regular_file_is_not_opened(tree, what):
+    """/proc/PID/comm swapped for a FIFO (would block), a symbolic link or a directory: UnsafeFile, and describe()
+    leaves the name out instead of hanging or following it."""
+    host = LinuxHost(str(tree))
+    comm = tree / "proc/100/comm"
+    comm.unlink()
+    if what == "fifo":
+        os.mkfifo(str(comm))
+    elif what == "symlink":
+        os.symlink(str(tree / "proc/100/status"), str(comm))
+    else:
+        comm.mkdir()
+    with pytest.raises(UnsafeFile) as err:
+        host.read_process_file(100, "comm")
+    assert err.value.filename == "/proc/100/comm" and err.value.errno == errno.EINVAL
+    info = lp.ProcessTable(host).describe(100)
+    assert info["name"] is None and info["cmdline"] == "python3 -c pass"
+
+
+def test_a_long_command_line_is_read_up_to_the_cap_only(tree):
+    """A command line longer than PROCESS_FILE_MAX is cut there, not refused: the process is still named."""
+    long_line = b"java\x00" + b"-Dx=" + b"y" * (3 * PROCESS_FILE_MAX) + b"\x00"
+    (tree / "proc/100/cmdline").write_bytes(long_line)
+    host = LinuxHost(str(tree))
+    data = host.read_process_file(100, "cmdline")
+    assert data == long_line[:PROCESS_FILE_MAX]
+    assert lp.ProcessTable(host).describe(100)["cmdline"] == ("java -Dx=" + "y" * lp.CMDLINE_MAX)[:lp.CMDLINE_MAX]
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../100/comm", "fd/3"])
+def test_only_a_file_of_the_process_directory_is_read(tree, name):
+    with pytest.raises(ValueError):
+        LinuxHost(str(tree)).read_process_file(100, name)
+
+
+def test_an_fd_that_is_not_a_link_is_skipped(tree):
+    (tree / "proc/100/fd/7").write_text("")
+    assert LinuxHost(str(tree)).socket_inodes(100) == frozenset({111, 222})
+
+
+def test_fd_tables_that_cannot_be_read(tree):
+    """ENOENT (gone) and ENOTDIR are skipped quietly; only EACCES/EPERM count as unreadable (the integration test
+    test_unprivileged_run_attributes_its_own_processes sees real ones: root reads every fd table)."""
+    os.rmdir(str(tree / "proc/300/fd"))
+    (tree / "proc/300/fd").write_text("")
+    host = LinuxHost(str(tree))
+    with pytest.raises(OSError) as err:
+        host.socket_inodes(300)
+    assert err.value.errno == errno.ENOTDIR
+    table = lp.ProcessTable(host, same_netns=False)
+    assert table.scan() == 2 and not table.unreadable
+
+
+# ---------------------------------------------------------------- the host object is the only host-touching piece
+# module -> its functions that touch the host (None: importing it at all is one)
+HOST_CALLS = {"os": {"open", "read", "write", "close", "listdir", "scandir", "readlink", "stat", "lstat", "fstat",
+                     "access", "unlink", "rename", "replace", "walk", "kill"},
+              "socket": {"socket", "socketpair", "create_connection"}, "pwd": None, "grp": None, "io": {"open"},
+              "pathlib": None, "shutil": None, "subprocess": None}
+
+
+@pytest.mark.parametrize("name", ["linux_processes", "linux_attribution", "linux_port_usage"])
+def test_attribution_reads_the_host_only_through_linux_host(name):
+    """No open(), os.listdir/readlink/open..., socket or pwd call in the attribution modules: LinuxHost does them."""
+    source = importlib.import_module("ansible_collections.tcpstack.tuning.plugins.module_utils." + name).__file__
+    assert host_calls(source) == []
+
+
+def test_the_host_call_check_finds_what_the_processes_module_did_before():
+    """The check above fails on linux_processes as first written (issue 14), which read /proc itself."""
+    old = ('import os\nimport pwd\n'
+           'def f(proc):\n    return os.listdir(proc), os.readlink(proc + "/self/ns/net"), pwd.getpwuid(0)\n'
+           'def g(path):\n    fd = os.open(path, os.O_RDONLY)\n    return os.read(fd, 1), open(path)\n')
+    assert [item.split(" line")[0] for item in host_calls(old, text=True)] == [
+        "import pwd", "os.listdir()", "os.readlink()", "pwd.getpwuid()", "os.open()", "os.read()", "open()"]
+
+
+def host_calls(source, text=False):
+    """The host-touching imports and calls of a Python file (or of ``source`` itself with ``text``)."""
+    if not text:
+        with open(source, encoding="utf-8") as handle:
+            source = handle.read()
+    tree = ast.parse(source)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found.extend("import %s" % module for module in modules
+                         if module.split(".")[0] in HOST_CALLS and HOST_CALLS[module.split(".")[0]] is None)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id == "open":
+                found.append("open() line %d" % node.lineno)
+            elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+                allowed = HOST_CALLS.get(func.value.id, ())
+                if allowed is None or func.attr in (allowed or ()):
+                    found.append("%s.%s() line %d" % (func.value.id, func.attr, node.lineno))
+    return sorted(found, key=lambda item: int(item.rsplit(" ", 1)[1]) if " line " in item else 0)
