@@ -2,7 +2,8 @@
 scale curve to a million sockets (issue 14).
 
     sudo PYTHONPATH=$(python3 -m tests.support.collection) .venv/bin/python -m bench.attribution \
-        [--owned 100000] [--processes 500] [--scale 10000,100000,1000000] [--fill-seconds 240] [--fillers 4]
+        [--owned 100000] [--processes 500] [--scale 10000,100000,300000,1000000] [--fill-seconds 240] [--fillers 4]
+        [--established 100000]
         [--repetitions 5] [--only attribution,rate,scale]
 
 Three measurements, each in a network namespace of its own (loopback only), deleted afterwards (the rate error
@@ -15,11 +16,17 @@ first, then the attribution cost, then the scale):
 2. **rate error**: a client at a steady 100 new connections per second, each living 2 ms
    (tests.support.traffic.STEADY), and ``audit(sample_seconds=3)``: the relative error of the churner's rate
    against the rate the client counted itself.
-3. **scale**: ``tcp_max_tw_buckets`` raised to 2,000,000 and 16 destination tuples (127.0.0.1-4, ports
-   8080-8083, one server process each): ``--fillers`` churn processes connect and close first (their ports stay 60 s in TIME_WAIT) until the table
-   holds each size of ``--scale``; the churn is stopped (SIGSTOP) while the audit without attribution and
-   ``ss -tan`` are timed at that size, then resumed.  Bounded: ``--fill-seconds`` in all; a size not reached
-   in time is measured at the largest reached and says so.
+3. **scale**: ``tcp_max_tw_buckets`` raised to 2,000,000 (or 1.32x the largest size), range 1024-65535,
+   ``tcp_tw_reuse`` 0.  ``--fillers`` churn processes (tests.support.traffic.SELF_CHURN), each both ends of its own
+   loopback churn over 4 addresses x 4 ports (127.0.10+N.1-4, ports 8080-8083: 64 destination tuples with 4
+   fillers), connect, accept and close the client end first (its port stays 60 s in TIME_WAIT) until the table
+   holds 110% of each size of ``--scale``.  From the size of a million on, ``--established`` more sockets are held
+   ESTABLISHED (tests.support.traffic.ESTABLISHED: loopback connections opened once, both ends held, 5,000 per
+   process, within the hard RLIMIT_NOFILE).  The churn is stopped (SIGSTOP) while the audit without attribution and
+   ``ss -tan`` are timed alternately at that size (SCALE_DRIVER: the sockets each run saw, the states, the peak
+   RSS of each process), then resumed.  Bounded: ``--fill-seconds`` in all, each filler at most 20,000,000
+   connections and 900 s; a size not reached in time is measured at the largest reached and says so.  The fill's
+   time, rate, processes' RSS and the machine's Slab and MemAvailable (machine-wide) are recorded.
 
 Prints the figures and writes bench/results/attribution.json.  Nothing outside the namespaces is changed.
 """
@@ -38,7 +45,7 @@ from pathlib import Path
 
 from bench.audit_cost import DRIVER, delete_namespace, median
 from tests.support.collection import ROOT, collections_path
-from tests.support.traffic import ECHO, STEADY
+from tests.support.traffic import ECHO, ESTABLISHED, SELF_CHURN, STEADY
 
 RESULTS = ROOT / "bench" / "results" / "attribution.json"
 TARGET_VS_SS_P = 1.0
@@ -114,57 +121,41 @@ time.sleep(600)
 stop()
 """
 
-# ADDRESSES PORTS: one server process per (address, port): accept, wait for the client's FIN, close (the client
-# closes first: its port stays in TIME_WAIT).  Prints "listening"; runs until killed (at most 900 s).
-SINK = r"""
-import os, socket, sys, time
-children = []
-for address in sys.argv[1].split(","):
-    for port in [int(p) for p in sys.argv[2].split(",")]:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address, port))
-        sock.listen(4096)
-        pid = os.fork()
-        if pid == 0:
-            sock.settimeout(1.0)
-            deadline = time.monotonic() + 900
-            while time.monotonic() < deadline:
-                try:
-                    conn, peer = sock.accept()
-                except OSError:
-                    continue
-                try:
-                    conn.settimeout(2.0)
-                    conn.recv(1)
-                except OSError:
-                    pass
-                conn.close()
-            os._exit(0)
-        sock.close()
-        children.append(pid)
-print("listening", flush=True)
-for pid in children:
-    os.waitpid(pid, 0)
-"""
-
-# TARGETS...: connect() and close() first, round robin over the (address, port) targets (no bind(): each tuple has
-# its own 64,000 ports); at most 20,000,000 connections and 900 s.
-FILL = r"""
-import socket, sys, time
-targets = [(item.split(":")[0], int(item.split(":")[1])) for item in sys.argv[1].split(",")]
-deadline = time.monotonic() + 900
-made = 0
-while made < 20000000 and time.monotonic() < deadline:
-    for target in targets:
-        sock = socket.socket()
-        try:
-            sock.connect(target)
-            made += 1
-        except OSError:
-            time.sleep(0.001)
-        finally:
-            sock.close()
+# Inside the scale namespace: REPS AUDIT_CMD SS_CMD (JSON argv lists): the audit and ``ss -tan >/dev/null``
+# alternately (audit then ss, then ss then audit, ...: the TIME_WAIT that expire while the runs are timed fall on
+# both alike), each a fresh process reaped with wait4() for its own peak RSS; the TCP sockets of
+# /proc/net/sockstat (inuse + tw) read before each run.  Prints {"audit": [runs], "ss": [runs]}.
+SCALE_DRIVER = r"""
+import json, os, subprocess, sys, time
+reps, commands = int(sys.argv[1]), {"audit": json.loads(sys.argv[2]), "ss": json.loads(sys.argv[3])}
+def table():
+    with open("/proc/net/sockstat") as stat:
+        for line in stat:
+            if line.startswith("TCP:"):
+                fields = line.split()
+                values = dict(zip(fields[1::2], (int(v) for v in fields[2::2])))
+                return values.get("inuse", 0) + values.get("tw", 0)
+    return 0
+def one(kind):
+    before = table()
+    started = time.perf_counter()
+    child = subprocess.Popen(commands[kind], stdout=subprocess.PIPE if kind == "audit" else subprocess.DEVNULL,
+                             text=True)
+    out = child.stdout.read() if kind == "audit" else ""
+    dummy, status, usage = os.wait4(child.pid, 0)
+    elapsed = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit("%s exited with %d" % (commands[kind][0], child.returncode))
+    run = {"process_seconds": elapsed, "table": before, "peak_rss_mb": usage.ru_maxrss / 1024.0}
+    if kind == "audit":
+        run.update(json.loads(out))
+    return run
+runs = {"audit": [], "ss": []}
+for index in range(reps):
+    for kind in (("audit", "ss") if index % 2 == 0 else ("ss", "audit")):
+        runs[kind].append(one(kind))
+print(json.dumps(runs))
 """
 
 AUDIT_CHILD = r"""
@@ -179,7 +170,8 @@ result = audit(top=10, attribute=attribute, sample_seconds=sample, processes=tab
 debug = {"netns": table.netns, "pids": table.pids()[:20], "other": table.other_netns, "known": len(table.inode_pid),
          "unreadable": len(table.unreadable)}
 seconds = time.perf_counter() - started
-out = {"seconds": seconds, "sockets": result["sockets"]["total"], "source": result["source"],
+out = {"seconds": seconds, "sockets": result["sockets"]["total"], "states": result["sockets"].get("by_state"),
+       "source": result["source"],
        "notes": result["notes"], "attribution": result.get("attribution"), "debug": debug}
 if attribute:
     info = result["attribution"]
@@ -237,15 +229,41 @@ class Namespace:
         return False
 
 
-def sockstat(box):
-    """(sockets in use, in TIME_WAIT) from /proc/net/sockstat inside ``box``."""
-    text = run(box.argv(["cat", "/proc/net/sockstat"])).stdout
+def sockstat(box, pid):
+    """The TCP line of /proc/net/sockstat in ``box`` ({"inuse": N, "tw": N, ...}): read through /proc/PID/net of
+    process ``pid`` inside it (no process started), or with ``cat`` in the namespace once that process is gone."""
+    try:
+        text = Path("/proc/%d/net/sockstat" % pid).read_text()
+    except OSError:
+        text = run(box.argv(["cat", "/proc/net/sockstat"])).stdout
     for line in text.splitlines():
         if line.startswith("TCP:"):
             fields = line.split()
-            values = dict(zip(fields[1::2], (int(v) for v in fields[2::2])))
-            return values.get("inuse", 0), values.get("tw", 0)
-    return 0, 0
+            return dict(zip(fields[1::2], (int(v) for v in fields[2::2])))
+    return {}
+
+
+def meminfo():
+    """The machine's MemAvailable, Slab and SUnreclaim in MiB (machine-wide: other work moves them too)."""
+    out = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, dummy, value = line.partition(":")
+        if key in ("MemAvailable", "Slab", "SUnreclaim"):
+            out[key] = round(int(value.split()[0]) / 1024.0, 1)
+    return out
+
+
+def rss_mb(pids):
+    """The summed VmRSS of ``pids`` in MiB (those still alive)."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return round(total / 1024.0, 1)
 
 
 def measure_attribution(owned, processes, reps, python, env):
@@ -290,57 +308,150 @@ def measure_rate(python, env):
             "measured_rate": measured, "named": named, "rate_error": None if error is None else round(error, 4)}
 
 
-def measure_scale(sizes, fill_seconds, reps, python, env, count=4):
-    addresses = ["127.0.0.%d" % n for n in range(1, 5)]
-    ports = [8080, 8081, 8082, 8083]
-    targets = ",".join("%s:%d" % (a, p) for a in addresses for p in ports)
+# The scale fill: each churn process has 4 addresses x 4 ports of its own (16 destination tuples, each with its own
+# 64,512 ephemeral ports); the ESTABLISHED holders 5,000 connections each (10,000 descriptors: the hard
+# RLIMIT_NOFILE here is 20,000, and the bench raises no limit).  OVERSHOOT: the fill runs to 110% of a size, so
+# that the TIME_WAIT that expire while the runs are timed (churn stopped) leave the table above the size.
+SCALE_PORTS = (8080, 8081, 8082, 8083)
+HOLD_PER_PROCESS = 5000
+OVERSHOOT = 1.1
+MILLION = 1000000
+
+
+def signal_all(children, signum):
+    """Send ``signum`` to each child's process group (those still there)."""
+    for child in children:
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def start_holders(box, established):
+    """Open ``established`` sockets (established/2 connections) held ESTABLISHED by ESTABLISHED processes in
+    ``box``; returns (processes, connections opened, seconds to open, errors)."""
+    connections = established // 2
+    processes, opened, errors = [], 0, []
+    started = time.monotonic()
+    for index in range((connections + HOLD_PER_PROCESS - 1) // HOLD_PER_PROCESS):
+        share = min(HOLD_PER_PROCESS, connections - index * HOLD_PER_PROCESS)
+        child, line = box.start(ESTABLISHED, "127.0.20.%d" % (index + 1), 9000, share, 900, ready="ready")
+        processes.append(child)
+        fields = line.split(None, 3)
+        opened += int(fields[1])
+        if len(fields) > 3:
+            errors.append(fields[3])
+    return processes, opened, round(time.monotonic() - started, 2), errors
+
+
+def measure_scale(sizes, fill_seconds, reps, python, env, count=4, established=100000):
+    """The audit without attribution against ``ss -tan`` at each of ``sizes`` (TCP sockets in one namespace):
+    TIME_WAIT by ``count`` SELF_CHURN processes, plus ``established`` sockets held ESTABLISHED from the first size
+    of a million on.  Returns (points, fill)."""
     points = []
+    fill = {"churn_processes": count, "destination_tuples": count * len(SCALE_PORTS) * 4,
+            "established_requested": established if max(sizes) >= MILLION else 0,
+            "memory_before_mb": meminfo(), "overshoot": OVERSHOOT}
+    tw_buckets = max(2000000, int(max(sizes) * OVERSHOOT * 1.2))
+    started = time.monotonic()
     with Namespace("s") as box:
         for key, value in (("net.ipv4.ip_local_port_range", "1024 65535"), ("net.ipv4.tcp_tw_reuse", "0"),
-                           ("net.ipv4.tcp_max_tw_buckets", "2000000"), ("net.core.somaxconn", "4096")):
+                           ("net.ipv4.tcp_max_tw_buckets", str(tw_buckets)), ("net.core.somaxconn", "4096")):
             box.sysctl(key, value)
-        box.start(SINK, ",".join(addresses), ",".join(str(p) for p in ports), ready="listening")
-        fillers = [box.start(FILL, targets)[0] for dummy in range(count)]
-        started = time.monotonic()
+        fill["sysctls"] = {"net.ipv4.ip_local_port_range": "1024 65535", "net.ipv4.tcp_tw_reuse": 0,
+                           "net.ipv4.tcp_max_tw_buckets": tw_buckets}
+        fillers = []
+        for index in range(count):
+            addresses = ",".join("127.0.%d.%d" % (10 + index, n) for n in range(1, 5))
+            fillers.append(box.start(SELF_CHURN, addresses, ",".join(str(p) for p in SCALE_PORTS), 20000000, 900,
+                                     ready="listening")[0])
+        holders = []
+        probe = fillers[0].pid
+        churn_seconds = 0.0
+        resumed, tw_resumed = time.monotonic(), 0
         for size in sorted(sizes):
-            reached = sockstat(box)[1]
-            while reached < size and time.monotonic() - started < fill_seconds:
-                time.sleep(0.5)
-                reached = sockstat(box)[1]
-            for child in fillers:
-                os.killpg(child.pid, signal.SIGSTOP)
+            if size >= MILLION and established and not holders:
+                signal_all(fillers, signal.SIGSTOP)
+                churn_seconds += time.monotonic() - resumed
+                holders, opened, seconds, errors = start_holders(box, established)
+                fill.update(established_processes=len(holders), established_connections=opened,
+                            established_open_seconds=seconds, established_errors=errors)
+                print("scale: %d connections held ESTABLISHED by %d processes, opened in %.2f s%s" % (
+                    opened, len(holders), seconds, (": " + "; ".join(errors)) if errors else ""), flush=True)
+                signal_all(fillers, signal.SIGCONT)
+                resumed, tw_resumed = time.monotonic(), sockstat(box, probe).get("tw", 0)
+            goal = int(size * OVERSHOOT)
+            stat = sockstat(box, probe)
+            while stat.get("inuse", 0) + stat.get("tw", 0) < goal and time.monotonic() - started < fill_seconds:
+                time.sleep(0.2)
+                stat = sockstat(box, probe)
+            signal_all(fillers, signal.SIGSTOP)
+            running = time.monotonic() - resumed
+            churn_seconds += running
             time.sleep(0.3)
-            audit = box.measure("audit", [python, "-c", AUDIT_CHILD, "plain"], reps, env)
-            plain = box.measure("ss", ["ss", "-tan"], reps, env)
-            seconds = median([r["seconds"] for r in audit["runs"]])
-            ss_seconds = median([r["process_seconds"] for r in plain["runs"]])
-            points.append({"target": size, "sockets": audit["runs"][0]["sockets"], "reached": reached >= size,
-                           "seconds": round(seconds, 4), "ss_seconds": round(ss_seconds, 4),
-                           "vs_ss": round(seconds / ss_seconds, 2), "peak_rss_mb": round(audit["peak_rss_mb"], 1),
-                           "filled_after_seconds": round(time.monotonic() - started, 1)})
-            print("scale: %(sockets)d sockets (target %(target)d): audit %(seconds).3f s, ss -tan %(ss_seconds).3f s, "
-                  "%(vs_ss).2fx, peak RSS %(peak_rss_mb).1f MiB" % points[-1], flush=True)
-            if not points[-1]["reached"]:
+            stat = sockstat(box, probe)
+            memory = meminfo()
+            fill_rss = rss_mb([c.pid for c in fillers + holders])
+            filled_after = round(time.monotonic() - started, 1)
+            runs = json.loads(run(box.argv([sys.executable, "-c", SCALE_DRIVER, reps,
+                                            json.dumps([python, "-c", AUDIT_CHILD, "plain"]),
+                                            json.dumps(["ss", "-tan"])]), timeout=900, env=env).stdout)
+            audits, plain = runs["audit"], runs["ss"]
+            seconds = median([r["seconds"] for r in audits])
+            ss_seconds = median([r["process_seconds"] for r in plain])
+            process_seconds = median([r["process_seconds"] for r in audits])
+            seen = [r["sockets"] for r in audits]
+            point = {"target": size, "sockets": int(median(seen)), "sockets_min": min(seen), "sockets_max": max(seen),
+                     "ss_table_min": min(r["table"] for r in plain), "ss_table_max": max(r["table"] for r in plain),
+                     "reached": min(seen) >= size, "states": audits[0]["states"],
+                     "sockstat": {k: stat.get(k) for k in ("inuse", "tw", "orphan", "alloc", "mem")},
+                     "seconds": round(seconds, 4), "seconds_all": [round(r["seconds"], 4) for r in audits],
+                     "process_seconds": round(process_seconds, 4), "ss_seconds": round(ss_seconds, 4),
+                     "ss_seconds_all": [round(r["process_seconds"], 4) for r in plain],
+                     "vs_ss": round(seconds / ss_seconds, 2), "process_vs_ss": round(process_seconds / ss_seconds, 2),
+                     "peak_rss_mb": round(max(r["peak_rss_mb"] for r in audits), 1),
+                     "ss_peak_rss_mb": round(max(r["peak_rss_mb"] for r in plain), 1),
+                     "filled_after_seconds": filled_after, "churn_seconds": round(churn_seconds, 1),
+                     "time_wait_per_churn_second": round((stat.get("tw", 0) - tw_resumed) / running) if running else None,
+                     "fill_processes_rss_mb": fill_rss, "memory_mb": memory,
+                     "measure_seconds": round(time.monotonic() - started - filled_after, 1)}
+            points.append(point)
+            print("scale: %(sockets)d sockets (target %(target)d, %(sockets_min)d-%(sockets_max)d across the runs): audit "
+                  "%(seconds).3f s, ss -tan %(ss_seconds).3f s, %(vs_ss).2fx, peak RSS %(peak_rss_mb).1f MiB; states "
+                  "%(states)s" % point, flush=True)
+            if not point["reached"]:
                 break
-            for child in fillers:
-                os.killpg(child.pid, signal.SIGCONT)
-    return points
+            signal_all(fillers, signal.SIGCONT)
+            resumed, tw_resumed = time.monotonic(), sockstat(box, probe).get("tw", 0)
+        teardown = time.monotonic()
+    fill["teardown_seconds"] = round(time.monotonic() - teardown, 1)
+    fill["memory_after_mb"] = meminfo()
+    return points, fill
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--owned", type=int, default=100000, help="owned sockets for the attribution cost (at most 200000)")
     parser.add_argument("--processes", type=int, default=500, help="client processes holding them (at most 1000)")
-    parser.add_argument("--scale", default="10000,100000,1000000", help="table sizes of the scale curve")
+    parser.add_argument("--scale", default="10000,100000,300000,1000000", help="table sizes of the scale curve")
     parser.add_argument("--fill-seconds", type=float, default=240, help="the most the scale fill may take (at most 600)")
     parser.add_argument("--repetitions", type=int, default=5, help="timed runs of each tool (1 to 20)")
     parser.add_argument("--fillers", type=int, default=4, help="processes churning connections for the scale fill (1-8)")
+    parser.add_argument("--established", type=int, default=100000,
+                        help="sockets held ESTABLISHED in the scale table from the size of a million on (0-400000)")
     parser.add_argument("--only", default="attribution,rate,scale")
     parser.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/attribution.py needs root (it creates network namespaces)")
+
+    # SIGTERM/SIGHUP (bench.run stopping it) end the run through the namespaces' __exit__: processes killed,
+    # namespaces deleted
+    def stop(signum, dummy):
+        raise KeyboardInterrupt("signal %d" % signum)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     owned = max(1000, min(args.owned, 200000))
     processes = max(1, min(args.processes, 1000))
     reps = max(1, min(args.repetitions, 20))
@@ -360,13 +471,29 @@ def main():
               "%(seconds).3f s, ss -tanp %(ss_p_seconds).3f s, %(vs_ss_p).2fx, peak RSS %(peak_rss_mb).1f MiB, "
               "%(unattributed_sockets)d sockets unattributed" % result["attribution"], flush=True)
     if "scale" in only:
-        points = measure_scale(sizes, max(10.0, min(args.fill_seconds, 600.0)), reps, args.python, env,
-                               max(1, min(args.fillers, 8)))
+        points, fill = measure_scale(sizes, max(10.0, min(args.fill_seconds, 600.0)), reps, args.python, env,
+                                     max(1, min(args.fillers, 8)), max(0, min(args.established, 400000)))
         result["scale"] = points
+        result["scale_fill"] = fill
         largest = points[-1] if points else None
-        result["million"] = None if largest is None else {
-            "sockets": largest["sockets"], "reached": largest["target"] >= 1000000 and largest["reached"],
-            "vs_ss": largest["vs_ss"], "peak_rss_mb": largest["peak_rss_mb"], "seconds": largest["seconds"]}
+        if largest is not None:
+            before, at = fill["memory_before_mb"], largest["memory_mb"]
+            result["million"] = {
+                "sockets": largest["sockets"], "sockets_min": largest["sockets_min"],
+                "reached": largest["target"] >= MILLION and largest["reached"],
+                "vs_ss": largest["vs_ss"], "process_vs_ss": largest["process_vs_ss"],
+                "peak_rss_mb": largest["peak_rss_mb"], "seconds": largest["seconds"],
+                "ss_seconds": largest["ss_seconds"], "states": largest["states"], "sockstat": largest["sockstat"],
+                "fill": {"seconds": largest["filled_after_seconds"], "churn_seconds": largest["churn_seconds"],
+                         "churn_processes": fill["churn_processes"], "destination_tuples": fill["destination_tuples"],
+                         "time_wait_per_churn_second": largest["time_wait_per_churn_second"],
+                         "established_connections": fill.get("established_connections", 0),
+                         "established_processes": fill.get("established_processes", 0),
+                         "established_open_seconds": fill.get("established_open_seconds"),
+                         "processes_rss_mb": largest["fill_processes_rss_mb"],
+                         "machine_slab_growth_mb": round(at["Slab"] - before["Slab"], 1),
+                         "machine_available_drop_mb": round(before["MemAvailable"] - at["MemAvailable"], 1),
+                         "teardown_seconds": fill["teardown_seconds"]}}
         if len(points) >= 2:  # linear: seconds per socket at the largest size against the smallest
             first, last = points[0], points[-1]
             result["linearity"] = round((last["seconds"] / last["sockets"]) / (first["seconds"] / first["sockets"]), 2)

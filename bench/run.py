@@ -7,7 +7,8 @@ which runs ``python -m bench.run [ARGS]`` from the repository root, with the col
 Sections (each in its own module, each reporting its figure even when it misses its target):
 
 * audit   bench/audit_cost.py (100,000 sockets in a namespace; port_usage_info against ``ss -tan``), and the scale
-          curve of bench/attribution.py (10k, 100k, 1M sockets, without attribution, against ``ss -tan``)
+          curve of bench/attribution.py (10k, 100k, 300k, 1M sockets, without attribution, against ``ss -tan``;
+          TIME_WAIT by real churn, plus 100,000 sockets held ESTABLISHED at 1M; the states in ``audit.million``)
 * windows bench/windows.py (WinRM commands per host against the Windows host simulator)
 * fleet   bench/fleet_converge.py (tune over N Podman hosts against ping and ansible.posix.sysctl)
 * cure    bench/cure.py (highest new-connection rate held with zero EADDRNOTAVAIL, stock and tuned)
@@ -117,7 +118,8 @@ def run_audit():
     audit = data["audit"]
     scale = run_attribution_bench("scale")
     return {"scale": [{"sockets": p["sockets"], "seconds": p["seconds"], "vs_ss": p["vs_ss"],
-                       "peak_rss_mb": p["peak_rss_mb"]} for p in scale.get("scale", [])],
+                       "peak_rss_mb": p["peak_rss_mb"], "ss_seconds": p.get("ss_seconds"), "states": p.get("states")}
+                      for p in scale.get("scale", [])],
             "million": scale.get("million"), "linearity": scale.get("linearity"),
             "scale_details": "bench/results/attribution.json (scale)",
             "sockets": audit["sockets"], "seconds": audit["seconds"], "vs_ss": audit["vs_ss"],
@@ -132,12 +134,24 @@ def run_attribution_bench(only):
     """bench/attribution.py's ``only`` parts (attribution,rate / scale); their figures, merged into
     bench/results/attribution.json."""
     output = RESULTS / ("attribution-%s.json" % only.split(",")[0])
-    done = subprocess.run([sys.executable, "-m", "bench.attribution", "--only", only, "--output", str(output)],
-                          cwd=str(ROOT), capture_output=True, text=True, timeout=1200, check=False)
-    for line in done.stdout.splitlines():
+    # stopped (timeout, SIGTERM of this run) with SIGTERM first, so that it kills its processes and deletes its
+    # namespaces; SIGKILL only if it has not ended 60 s later
+    child = subprocess.Popen([sys.executable, "-m", "bench.attribution", "--only", only, "--output", str(output)],
+                             cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = child.communicate(timeout=1200)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        child.terminate()
+        try:
+            child.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+        raise
+    for line in stdout.splitlines():
         log("attribution: " + line)
-    if done.returncode != 0:
-        raise RuntimeError("bench.attribution failed (rc=%d): %s" % (done.returncode, done.stderr[-2000:]))
+    if child.returncode != 0:
+        raise RuntimeError("bench.attribution failed (rc=%d): %s" % (child.returncode, stderr[-2000:]))
     data = json.loads(output.read_text())
     output.unlink()
     merged = RESULTS / "attribution.json"
@@ -173,6 +187,7 @@ def ratios(result):
     flat["audit.million.reached"] = million.get("reached")
     flat["audit.million.vs_ss"] = million.get("vs_ss")
     flat["audit.million.peak_rss_mb"] = million.get("peak_rss_mb")
+    flat["audit.million.states"] = million.get("states")
     return flat
 
 

@@ -204,3 +204,96 @@ for dummy in range(int(seconds / hold) + 1):
 print(json.dumps({"bound": bound, "made": made, "failed": failed,
                   "seconds": round(time.monotonic() - started, 3)}), flush=True)
 """
+
+# SELF_CHURN ADDRESSES PORTS CONNECTIONS SECONDS: one process is both ends of a loopback churn, with no context
+# switch per connection: it listens on every (address, port) of ADDRESSES x PORTS (comma-separated), then round
+# robin connect()s to each, accept()s the connection itself, and closes the client end first, then the server end
+# (the client port stays 60 s in TIME_WAIT, as a busy HTTP client's does). No bind() before connect(): each
+# destination tuple has its own range of ephemeral ports. At most CONNECTIONS connections and SECONDS; a failed
+# connect() (EADDRNOTAVAIL when a tuple's ports are all in TIME_WAIT) waits 1 ms. Prints "listening", and at the
+# end one JSON line of counts. Measured here (2 vCPUs, Linux 6.18): about 29,000 connections per second from one
+# such process, where 4 client processes and 16 blocking server processes together reached about 8,700.
+SELF_CHURN = r"""
+import json, socket, sys, time
+addresses, ports = sys.argv[1].split(","), [int(p) for p in sys.argv[2].split(",")]
+total, seconds = int(sys.argv[3]), float(sys.argv[4])
+listeners = []
+for address in addresses:
+    for port in ports:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(4096)
+        sock.settimeout(5.0)
+        listeners.append(((address, port), sock))
+print("listening", flush=True)
+made = failed = 0
+errors = {}
+started = time.monotonic()
+deadline = started + seconds
+while made < total and time.monotonic() < deadline:
+    for target, listener in listeners:
+        client = socket.socket()
+        try:
+            client.connect(target)
+            server, peer = listener.accept()
+        except OSError as exc:
+            failed += 1
+            errors[str(exc)] = errors.get(str(exc), 0) + 1
+            client.close()
+            time.sleep(0.001)
+            continue
+        client.close()
+        server.close()
+        made += 1
+print(json.dumps({"made": made, "failed": failed, "errors": errors, "seconds": round(time.monotonic() - started, 2)}),
+      flush=True)
+"""
+
+# ESTABLISHED ADDRESS PORT CONNECTIONS SECONDS: one process listens on (ADDRESS, PORT) and opens CONNECTIONS
+# loopback connections to it, accepting each itself: both ends are held ESTABLISHED (2 sockets and 2 descriptors
+# per connection), opened once, idle. It raises its soft RLIMIT_NOFILE to fit, within its hard limit (never
+# above: fewer connections are opened if the hard limit is lower, and the "ready" line says how many). At most
+# CONNECTIONS connections, opened in batches of at most 1,024 (within the listen backlog), and held at most
+# SECONDS. Prints "ready N SECONDS_TO_OPEN [ERROR]", then holds them until SIGTERM, SIGKILL or SECONDS.
+ESTABLISHED = r"""
+import os, resource, signal, socket, sys, time
+address, port, count, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if hard != resource.RLIM_INFINITY:
+    count = max(0, min(count, (hard - 64) // 2))
+if soft != resource.RLIM_INFINITY and soft < 2 * count + 64:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (2 * count + 64, hard))
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind((address, port))
+listener.listen(4096)
+listener.settimeout(5.0)
+held = []
+error = None
+started = time.monotonic()
+deadline = started + seconds
+while len(held) < 2 * count and error is None and time.monotonic() < deadline:
+    clients = []
+    for dummy in range(min(1024, count - len(held) // 2)):
+        client = socket.socket()
+        try:
+            client.connect((address, port))
+        except OSError as exc:
+            client.close()
+            error = "connect: %s" % exc
+            break
+        clients.append(client)
+    for client in clients:
+        try:
+            server, peer = listener.accept()
+        except OSError as exc:
+            error = error or "accept: %s" % exc
+            client.close()
+            continue
+        held.append(client)
+        held.append(server)
+print(("ready %d %.2f %s" % (len(held) // 2, time.monotonic() - started, error or "")).strip(), flush=True)
+signal.signal(signal.SIGTERM, lambda *args: os._exit(0))
+time.sleep(max(0.0, deadline - time.monotonic()))
+"""
