@@ -97,6 +97,7 @@ class ProcessTable:
         self.unreadable = {}  # pid -> errno of its fd table
         self.changed = set()
         self.scans = 0
+        self.first_seen = {}  # pid -> describe() when its sockets were first seen: a process may be gone at the end
 
     def pids(self):
         """The pids of /proc, only those in this network namespace (when known): sockets of the table are
@@ -136,6 +137,8 @@ class ProcessTable:
             before = self.sockets.get(pid)
             if before is not None and before != inodes:
                 self.changed.add(pid)
+            if inodes and pid not in self.first_seen:
+                self.first_seen[pid] = self._read_description(pid)
             self.sockets[pid] = inodes
             for inode in inodes:
                 self.inode_pid[inode] = pid
@@ -159,7 +162,16 @@ class ProcessTable:
         return self.inode_pid.get(inode)
 
     def describe(self, pid):
-        """{"pid", "name", "cmdline", "uid", "user", "cgroup", "unit", "container"}; what cannot be read is None."""
+        """{"pid", "name", "cmdline", "uid", "user", "cgroup", "unit", "container"}; what cannot be read is None.
+
+        Read now; a process gone since (a short-lived client) is described as it was when its sockets were first
+        seen."""
+        info = self._read_description(pid)
+        if info["name"] is None and pid in self.first_seen:
+            return dict(self.first_seen[pid])
+        return info
+
+    def _read_description(self, pid):
         info = {"pid": pid, "name": None, "cmdline": None, "uid": None, "user": None, "cgroup": None, "unit": None,
                 "container": None}
         readers = (

@@ -81,7 +81,9 @@ class _Family:
 
 def _process_labels(proc):
     """A process's labels: its name, user and systemd unit (no pid: a pid per series would not stay bounded)."""
-    return (("process", proc.get("name") or ""), ("user", proc.get("user") or ""), ("unit", proc.get("unit") or ""))
+    # a process whose name could not be read (gone before it was seen, or unreadable) is "unknown", not ""
+    return (("process", proc.get("name") or "unknown"), ("user", proc.get("user") or ""),
+            ("unit", proc.get("unit") or ""))
 
 
 def _processes(result, top, family):

@@ -159,6 +159,18 @@ def test_a_process_that_changes_its_sockets_is_marked_changed_and_a_gone_one_for
     assert table.sockets == {} and table.changed == set()
 
 
+def test_a_process_gone_by_the_end_is_described_as_it_was_when_its_sockets_were_seen(tree):
+    """A short-lived client (a curl per request) exits before the audit ends: it keeps its name, command line,
+    user and unit from the scan that first saw its sockets; a pid never seen with sockets is not invented."""
+    table = lp.ProcessTable(LinuxHost(str(tree)))
+    table.scan()
+    seen = table.describe(100)
+    os.rename(str(tree / "proc/100"), str(tree / "gone"))
+    table.scan()
+    assert table.describe(100) == seen and seen["name"] == "client" and seen["unit"] == "client.service"
+    assert table.describe(200)["name"] is None  # another namespace: never scanned, never described
+
+
 def test_a_process_gone_between_listing_and_reading_is_skipped(tree):
     table = lp.ProcessTable(LinuxHost(str(tree)))
     assert table.scan([100, 999]) == 1 and not table.unreadable

@@ -101,6 +101,13 @@ def test_processes_by_name_user_and_unit_workers_added_up():
     assert sum(line.startswith("tcpstack_process_ports_held{") for line in bounded) == 2
 
 
+def test_a_process_without_a_name_is_unknown_not_an_empty_label():
+    nameless = [{"pid": 7, "name": None, "user": None, "unit": None, "ports_held": 4, "new_connections_per_second": 1.5}]
+    lines = samples(render(dict(RESULT, processes=nameless, attribution={"sampled_seconds": 1.0})))
+    assert 'tcpstack_process_ports_held{process="unknown",unit="",user=""} 4' in lines
+    assert not any('process=""' in line for line in lines)
+
+
 def test_no_attribution_no_process_series():
     assert not any(line.startswith("tcpstack_process_") for line in samples(render(RESULT)))
 
