@@ -38,7 +38,7 @@ from tests.support.collection import ROOT, collections_path
 from tests.support.fleet import fleet_hosts
 from tests.support.netns import SandboxError, missing_requirements, stop_process as stop
 from tests.support.playbook import ansible_playbook
-from tests.support.traffic import ECHO, STEADY
+from tests.support.traffic import ECHO, STEADY, final_report
 from tests.support.veth import ClientServer
 from tests.support.windows_sim import Simulator
 
@@ -115,14 +115,10 @@ def start_client(fleet, seconds):
 
 def client_counts(child, seconds):
     """The counts the client prints when it is done (it runs for ``seconds`` in all)."""
-    deadline = time.monotonic() + seconds + 30
-    while time.monotonic() < deadline:
-        line = child.stdout.readline()
-        if line.strip().startswith("{"):
-            return json.loads(line)
-        if not line and child.poll() is not None:
-            break
-    raise DemoFailed("the client on web printed no counts")
+    counts = final_report(child, seconds + 30)
+    if counts is None:
+        raise DemoFailed("the client on web printed no counts")
+    return counts
 
 
 def show_client(counts):

@@ -29,7 +29,7 @@ import pytest
 
 from tests.support.ci import need
 from tests.support.netns import Sandbox, stop_process
-from tests.support.traffic import BINDER, CHURN, ECHO, POOLED, SERVER, STEADY
+from tests.support.traffic import BINDER, CHURN, ECHO, POOLED, SERVER, STEADY, final_report
 from tests.support.veth import ClientServer
 
 CLIENT_IP = "10.213.0.1"
@@ -254,14 +254,9 @@ def sampled_audit(box, **kwargs):
 
 def client_report(child, seconds=CLIENT_SECONDS + 20):
     """The JSON line a traffic client prints when it is done (it runs for CLIENT_SECONDS)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        line = child.stdout.readline()
-        if line.strip().startswith("{"):
-            return json.loads(line)
-        if not line and child.poll() is not None:
-            break
-    raise AssertionError("the client printed no report")
+    report = final_report(child, seconds)
+    assert report is not None, "the client printed no report"
+    return report
 
 
 def servers(link):

@@ -6,6 +6,22 @@ Shared by the integration tests and the demo; every loop is bounded in count and
 
 from __future__ import annotations
 
+import json
+import time
+
+
+def final_report(child, seconds):
+    """The JSON line a client script prints when it is done (STEADY, CHURN, ...), read from ``child`` (a Popen
+    with text stdout) for at most ``seconds``; None when it printed none (it failed, or ran out of time)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = child.stdout.readline()
+        if line.strip().startswith("{"):
+            return json.loads(line)
+        if not line and child.poll() is not None:
+            break
+    return None
+
 # SERVER ADDRESS PORT SECONDS: accept, wait for the client's FIN, close. The client closes first and so
 # keeps its port in TIME_WAIT, as a busy HTTP client does.
 SERVER = r"""

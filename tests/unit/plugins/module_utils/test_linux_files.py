@@ -30,18 +30,8 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning impor
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError
 
 from tests.support.ci import need
+from tests.support.fake_linux import DEFAULTS, OURS, fake_host, params
 
-DEFAULTS = {
-    "net/ipv4/tcp_fin_timeout": "60",
-    "net/ipv4/ip_local_port_range": "32768\t60999",
-    "net/ipv4/ip_local_reserved_ports": "",
-    "net/ipv4/tcp_tw_reuse": "2",
-    "net/ipv4/tcp_timestamps": "1",
-    "net/ipv4/ip_unprivileged_port_start": "1024",
-    "net/core/somaxconn": "4096",
-    "net/ipv4/tcp_max_syn_backlog": "2048",
-}
-OURS = "/etc/sysctl.d/60-tcpstack-tuning.conf"
 # The header of every release so far (git log -p -- plugins/module_utils/linux_tuning.py: unchanged since the
 # first commit that wrote a file, 76a4dc9).  A file an earlier version wrote must still be recognised as ours.
 FIRST_RELEASE_FILE = (
@@ -56,19 +46,7 @@ FOREIGN = "# hardening, by hand\nnet.ipv4.conf.*.accept_redirects = 0\n-kernel.x
 
 @pytest.fixture
 def host(tmp_path):
-    for rel, value in DEFAULTS.items():
-        path = tmp_path / "proc/sys" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(value + "\n")
-    for rel in ("etc/sysctl.d", "usr/lib/sysctl.d", "run", "proc/net"):
-        (tmp_path / rel).mkdir(parents=True, exist_ok=True)
-    return LinuxHost(str(tmp_path))
-
-
-def params(**kw):
-    base = dict(persist=True, persist_file=OURS, on_shadowed="fail", state="present", reserve_listening_ports=False)
-    base.update(kw)
-    return base
+    return fake_host(tmp_path)
 
 
 def state(host):
