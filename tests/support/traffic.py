@@ -22,6 +22,7 @@ def final_report(child, seconds):
             break
     return None
 
+
 # SERVER ADDRESS PORT SECONDS: accept, wait for the client's FIN, close. The client closes first and so
 # keeps its port in TIME_WAIT, as a busy HTTP client does.
 SERVER = r"""
