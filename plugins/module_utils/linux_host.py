@@ -491,17 +491,18 @@ class LinuxHost:
                 return posixpath.join(directory, name)
         return path
 
-    def write_file_atomic(self, path, text, mode=0o644):
+    def write_file_atomic(self, path, text, mode=0o644, make_directory=True):
         """Write ``text`` to ``path`` atomically: temp file in the same directory, fsync, rename.
 
         Either the old or the new file is there afterwards, never a partial one,
-        and no temporary file is left behind.
+        and no temporary file is left behind.  ``make_directory``: create a
+        missing directory (0755); otherwise its absence is a HostError.
         """
         import tempfile
         real = self._p(path)
         directory, name = os.path.split(real)
         try:
-            if not os.path.isdir(directory):
+            if make_directory and not os.path.isdir(directory):
                 os.makedirs(directory, 0o755)
             self._remove_stale_temporaries(directory, name)
             fd, tmp = tempfile.mkstemp(prefix=".%s." % name, suffix=".tmp", dir=directory)
@@ -519,12 +520,14 @@ class LinuxHost:
             finally:
                 os.close(fd)
             os.rename(tmp, real)
-        except OSError as exc:
+        except BaseException as exc:  # also text that cannot be encoded, or a signal: never leave the temporary file
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise HostError("writing %s failed: %s" % (path, exc.strerror))
+            if isinstance(exc, OSError):
+                raise HostError("writing %s failed: %s" % (path, exc.strerror)) from None
+            raise
         self._fsync_dir(directory)
 
     @staticmethod

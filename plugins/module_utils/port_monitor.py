@@ -37,6 +37,7 @@ import stat
 import sys
 import time
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import LinuxHost
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_port_usage import audit
 from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import validate_audit_options
 from ansible_collections.tcpstack.tuning.plugins.module_utils.prometheus import render
@@ -113,33 +114,12 @@ def sample(args, host=None, clock=time.time, monotonic=time.monotonic):
                   timestamp=round(clock(), 3), interval_seconds=args.interval)
 
 
-def write_atomically(directory, text, name=FILE_NAME):
-    """Replace ``directory/name`` with ``text``: temporary file, fsync, 0644, rename, fsync of the directory."""
+def write_atomically(directory, text, name=FILE_NAME, host=None):
+    """Replace ``directory/name`` with ``text`` (LinuxHost.write_file_atomic: a hidden temporary file in the same
+    directory, 0644, fsync, rename, fsync of the directory); returns the path."""
     final = os.path.join(directory, name)
-    temporary = os.path.join(directory, ".%s.%d.tmp" % (name, os.getpid()))
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            os.fchmod(fd, 0o644)
-            data = text.encode("utf-8")
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temporary, final)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    # the collector's directory is the package's (or the user's): a missing one is an error, never made here
+    (LinuxHost() if host is None else host).write_file_atomic(final, text, make_directory=False)
     return final
 
 
