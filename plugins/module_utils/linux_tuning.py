@@ -36,7 +36,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d imp
     render,
     unusable,
 )
-from ansible_collections.tcpstack.tuning.plugins.module_utils.plan import make_plan
+from ansible_collections.tcpstack.tuning.plugins.module_utils.plan import TuningError, make_plan
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_bool
 
 DEFAULT_PERSIST_FILE = "/etc/sysctl.d/60-tcpstack-tuning.conf"
@@ -68,14 +68,6 @@ def _read_layout(host, warnings):
     layout = host.read_layout(SYSCTL_D_DIRS, SYSCTL_CONF, notes)
     warnings.extend(notes)
     return layout
-
-
-class TuningError(Exception):
-    """The module must fail; ``result`` carries what is known so far."""
-
-    def __init__(self, message, result=None):
-        super().__init__(message)
-        self.result = result or {}
 
 
 def _lines(values):

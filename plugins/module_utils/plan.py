@@ -14,6 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 
+class TuningError(Exception):
+    """A tuning run must fail (linux_tcp, win_tcp); ``result`` and ``warnings`` carry what is known so far."""
+
+    def __init__(self, message, result=None, warnings=()):
+        super().__init__(message)
+        self.result = result or {}
+        self.warnings = list(warnings)
+
+
 @dataclass(frozen=True)
 class Change:
     """One setting that differs: ``before`` is what the host has, ``after`` what it will have."""

@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Port ranges and port lists, shared by Linux and Windows.
 
-A port range is a ``(low, high)`` tuple of ints.  A port list is a sorted tuple
+A port range is a ``PortRange(low, high)``: a named tuple of ints, parsed once from what the user wrote and
+passed as it is to every step that needs its numbers.  A port list is a sorted tuple
 of disjoint, non-adjacent ``(low, high)`` intervals: the form the kernel prints
 ``net.ipv4.ip_local_reserved_ports`` in ("40010-40021,40500").
 """
@@ -11,6 +12,7 @@ of disjoint, non-adjacent ``(low, high)`` intervals: the form the kernel prints
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import (
     ValidationError,
@@ -85,6 +87,22 @@ def _split_item(text):
     return low, high
 
 
+class PortRange(NamedTuple):
+    """An inclusive range of ports; equal to the plain ``(low, high)`` tuple."""
+
+    low: int
+    high: int
+
+    @property
+    def count(self):
+        """How many ports the range holds."""
+        return self.high - self.low + 1
+
+    def text(self, sep=" "):
+        """"LOW HIGH", as ``net.ipv4.ip_local_port_range`` is written (the kernel prints a tab)."""
+        return "%d%s%d" % (self.low, sep, self.high)
+
+
 def _port(value, option, whole):
     try:
         return strict_int(value, option, PORT_MIN, PORT_MAX, "an integer port")
@@ -95,7 +113,7 @@ def _port(value, option, whole):
 def parse_port_range(value, option="port_range"):
     """Parse a port range given as "LOW HIGH", "LOW\\tHIGH", "LOW-HIGH" or [LOW, HIGH].
 
-    Returns ``(low, high)``; raises ValidationError naming ``option``.
+    Returns a ``PortRange``; raises ValidationError naming ``option``.
     Host-dependent rules (the unprivileged port start, netsh's minimums) are
     checked by the callers that know the host.
     """
@@ -116,7 +134,7 @@ def parse_port_range(value, option="port_range"):
         raise ValidationError(option, value, _RANGE_FORMS)
     if low > high:
         raise ValidationError(option, value, "the low port (%d) must not be above the high port (%d)" % (low, high))
-    return (low, high)
+    return PortRange(low, high)
 
 
 def format_port_range(port_range, sep=" "):
