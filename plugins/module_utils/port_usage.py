@@ -19,7 +19,6 @@ one host-wide pool per IP version: there the pools' utilisation decides too
 from __future__ import annotations
 
 import heapq
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -30,6 +29,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
     intersect,
     usable_ports,
 )
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import endpoint, number, percent, rate  # noqa: F401 (re-exported)
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_int
 
 WARNING_PERCENT = 70
@@ -181,27 +181,6 @@ class Destination:
         self.busiest_time_wait = busiest_time_wait
         self.blocking = blocking
         self.reuse = reuse
-
-
-def number(value):
-    """1000 -> "1,000"."""
-    return "{:,}".format(value)
-
-
-def rate(value):
-    """250.0 -> "250", 16.666 -> "16.7", 1500 -> "1,500"."""
-    text = "{:,.1f}".format(value)
-    return text[:-2] if text.endswith(".0") else text
-
-
-def percent(fraction):
-    """0.7 -> "70%", 0.12345 -> "12.3%"; rounded down so that it never shows a threshold not reached."""
-    tenths = math.floor(fraction * 1000 + 1e-9) / 10.0
-    return ("%d%%" % tenths) if tenths == int(tenths) else ("%.1f%%" % tenths)
-
-
-def endpoint(family, address, port):
-    return ("[%s]:%d" % (address, port)) if family == 6 else ("%s:%d" % (address, port))
 
 
 def ephemeral_summary(port_range, reserved):

@@ -17,30 +17,15 @@ import html
 import json
 import math
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import clean_text, rate
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import percent as _percent
+
 VERDICTS = ("critical", "warning", "unknown", "ok")  # riskiest first
 FORMATS = {"json": "port_audit.json", "markdown": "port_audit.md", "html": "port_audit.html"}
 NO_RESULT = "no result: the host was unreachable or its audit failed before it ran"
 
 
-# Characters a terminal or an editor acts on instead of showing: C0/C1 controls, DEL, and the bidi controls
-# that reorder text (Trojan Source, CVE-2021-42574). Host text shows them as \\xNN / \\uNNNN instead.
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 COUNT_MAX = 2 ** 63 - 1
-
-
-def clean_text(value):
-    """``value`` as text with every control and bidi character shown escaped, never acted on."""
-    text = value if isinstance(value, str) else str(value)
-    out = []
-    for char in text:
-        code = ord(char)
-        if code < 0x20 or 0x7f <= code < 0xa0:
-            out.append("\\x%02x" % code)
-        elif char in _BIDI:
-            out.append("\\u%04x" % code)
-        else:
-            out.append(char)
-    return "".join(out)
 
 
 def _number(value):
@@ -193,17 +178,12 @@ def culprit_text(row):
     if item.get("destination"):
         text += " -> %s" % item["destination"]
     if item.get("new_connections_per_second") is not None:
-        text += " at %s new connections/s" % _rate(item["new_connections_per_second"])
+        text += " at %s new connections/s" % rate(item["new_connections_per_second"])
     if item["kind"] == "pooling":
         text += " (pool its connections)"
     elif item["kind"] == "bind_before_connect":
         text += " (binds before connect)"
     return text
-
-
-def _rate(value):
-    text = "{:,.1f}".format(value)
-    return text[:-2] if text.endswith(".0") else text
 
 
 def _unreadable(result, ephemeral, top, remote):
@@ -248,11 +228,8 @@ def build_report(rows, generated, title="Ephemeral-port audit"):
 
 # ---------------------------------------------------------------- text helpers
 def percent(value):
-    """0.912 -> "91.2%"; None -> "n/a"."""
-    if value is None:
-        return "n/a"
-    text = "%.1f" % (value * 100.0)
-    return (text[:-2] if text.endswith(".0") else text) + "%"
+    """0.912 -> "91.2%" (usage_wording.percent, as the findings say it); None -> "n/a"."""
+    return "n/a" if value is None else _percent(value)
 
 
 def destination_text(row):

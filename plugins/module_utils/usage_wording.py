@@ -1,0 +1,55 @@
+# -*- coding: utf-8 -*-
+# Copyright: tcpstack.tuning contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""How the analysis says things: numbers, rates, percents, endpoints, host text.
+
+One wording for every output: the port_usage_info and win_port_usage_info
+findings, the ``tcpstack_`` metrics and the fleet report all call these, so a
+host at 89.96% reads "89.9%" everywhere.  Pure functions, standard library
+only, Python 3.9+.
+"""
+
+from __future__ import annotations
+
+import math
+
+# Characters a terminal or an editor acts on instead of showing: C0/C1 controls, DEL, and the bidi controls
+# that reorder text (Trojan Source, CVE-2021-42574). Host text shows them as \\xNN / \\uNNNN instead.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def number(value):
+    """1000 -> "1,000"."""
+    return "{:,}".format(value)
+
+
+def rate(value):
+    """250.0 -> "250", 16.666 -> "16.7", 1500 -> "1,500"."""
+    text = "{:,.1f}".format(value)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def percent(fraction):
+    """0.7 -> "70%", 0.12345 -> "12.3%"; rounded down so that it never shows a threshold not reached."""
+    tenths = math.floor(fraction * 1000 + 1e-9) / 10.0
+    return ("%d%%" % tenths) if tenths == int(tenths) else ("%.1f%%" % tenths)
+
+
+def endpoint(family, address, port):
+    """"10.0.0.2:80", "[2001:db8::1]:443"."""
+    return ("[%s]:%d" % (address, port)) if family == 6 else ("%s:%d" % (address, port))
+
+
+def clean_text(value):
+    """``value`` as text with every control and bidi character shown escaped, never acted on."""
+    text = value if isinstance(value, str) else str(value)
+    out = []
+    for char in text:
+        code = ord(char)
+        if code < 0x20 or 0x7f <= code < 0xa0:
+            out.append("\\x%02x" % code)
+        elif char in _BIDI:
+            out.append("\\u%04x" % code)
+        else:
+            out.append(char)
+    return "".join(out)
