@@ -194,6 +194,15 @@ def parse_port_list(value, option="reserved_ports", lowest=PORT_MIN):
     return normalise_intervals(intervals)
 
 
+def list_items(value, option, valid):
+    """The items of a list option: a string split on commas, a list or tuple as a list; else ValidationError."""
+    if isinstance(value, str):
+        return value.split(",")
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ValidationError(option, value, valid)
+
+
 def format_port_list(intervals):
     """Render intervals the way the kernel prints ip_local_reserved_ports."""
     return ",".join("%d" % low if low == high else "%d-%d" % (low, high) for low, high in intervals)

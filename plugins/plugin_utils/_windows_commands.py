@@ -68,6 +68,11 @@ def _member(value, enum_type):
 
 
 # ------------------------------------------------------------------ the changes win_tcp can make
+# Each action checks its values when it is made and builds its own command, ``command()``: (tool, arguments), from
+# its ints and enum members.  statement() sends the tool by full path; describe() shows it by its bare name.
+DWORD_MAX = 0xFFFFFFFF
+
+
 @dataclass(frozen=True)
 class SetDword:
     """reg add PARAMETERS_KEY /v NAME /t REG_DWORD /d VALUE /f"""
@@ -77,7 +82,11 @@ class SetDword:
 
     def __post_init__(self):
         _member(self.name, RegName)
-        _int(self.value, 0, 0xFFFFFFFF)
+        _int(self.value, 0, DWORD_MAX)
+
+    def command(self):
+        return "reg", "add '%s' /v %s /t REG_DWORD /d %d /f" % (
+            PARAMETERS_KEY, _member(self.name, RegName).value, _int(self.value, 0, DWORD_MAX))
 
 
 @dataclass(frozen=True)
@@ -89,46 +98,76 @@ class DeleteValue:
     def __post_init__(self):
         _member(self.name, RegName)
 
+    def command(self):
+        return "reg", "delete '%s' /v %s /f" % (PARAMETERS_KEY, _member(self.name, RegName).value)
+
 
 @dataclass(frozen=True)
-class SetRange:
+class _PortBlock:
+    """``numberofports`` ports from ``startport`` of one (ip, protocol): what netsh's port range commands take."""
+
+    ip: IpVersion
+    protocol: Protocol
+    start: int
+    number: int
+
+    MIN_START = 1  # netsh's lowest start and number of ports for this command
+    MIN_NUMBER = 1
+    WHAT = "excluded range"
+
+    def __post_init__(self):
+        _member(self.ip, IpVersion)
+        self._arguments()
+
+    def _arguments(self):
+        """``protocol=P startport=S numberofports=N``, every value checked again."""
+        start = _int(self.start, self.MIN_START, PORT_MAX)
+        number = _int(self.number, self.MIN_NUMBER, PORT_MAX)
+        if start + number - 1 > PORT_MAX:
+            raise TypeError("%s %d + %d ends above %d" % (self.WHAT, start, number, PORT_MAX))
+        return "protocol=%s startport=%d numberofports=%d" % (_member(self.protocol, Protocol).value, start, number)
+
+    def _netsh(self, verb_object):
+        return "netsh", "int %s %s %s" % (_member(self.ip, IpVersion).value, verb_object, self._arguments())
+
+
+@dataclass(frozen=True)
+class SetRange(_PortBlock):
     """netsh int IP set dynamicportrange protocol=PROTO startport=START numberofports=NUMBER"""
 
-    ip: IpVersion
-    protocol: Protocol
-    start: int
-    number: int
+    MIN_START = NETSH_MIN_START
+    MIN_NUMBER = NETSH_MIN_PORTS
+    WHAT = "dynamic range"
 
-    def __post_init__(self):
-        _member(self.ip, IpVersion)
-        _member(self.protocol, Protocol)
-        _int(self.start, NETSH_MIN_START, PORT_MAX)
-        _int(self.number, NETSH_MIN_PORTS, PORT_MAX)
-        if self.start + self.number - 1 > PORT_MAX:
-            raise TypeError("dynamic range %d + %d ends above %d" % (self.start, self.number, PORT_MAX))
+    def command(self):
+        return self._netsh("set dynamicportrange")
 
 
 @dataclass(frozen=True)
-class AddExcluded:
+class AddExcluded(_PortBlock):
     """netsh int IP add excludedportrange protocol=PROTO startport=START numberofports=NUMBER store=persistent"""
 
-    ip: IpVersion
-    protocol: Protocol
-    start: int
-    number: int
-
-    def __post_init__(self):
-        _member(self.ip, IpVersion)
-        _member(self.protocol, Protocol)
-        _int(self.start, 1, PORT_MAX)
-        _int(self.number, 1, PORT_MAX)
-        if self.start + self.number - 1 > PORT_MAX:
-            raise TypeError("excluded range %d + %d ends above %d" % (self.start, self.number, PORT_MAX))
+    def command(self):
+        tool_name, arguments = self._netsh("add excludedportrange")
+        return tool_name, arguments + " store=persistent"
 
 
 @dataclass(frozen=True)
-class DeleteExcluded(AddExcluded):
+class DeleteExcluded(_PortBlock):
     """netsh int IP delete excludedportrange protocol=PROTO startport=START numberofports=NUMBER store=persistent"""
+
+    def command(self):
+        tool_name, arguments = self._netsh("delete excludedportrange")
+        return tool_name, arguments + " store=persistent"
+
+
+ACTIONS = (SetDword, DeleteValue, SetRange, AddExcluded, DeleteExcluded)
+
+
+def _command(action):
+    if type(action) not in ACTIONS:  # pylint: disable=unidiomatic-typecheck
+        raise TypeError("not a win_tcp action: %r" % (action,))
+    return action.command()
 
 
 def tool(name):
@@ -139,26 +178,15 @@ def tool(name):
 
 
 def statement(action):
-    """The statement an action sends: describe()'s command with the tool called by its full path."""
-    name, rest = describe(action).split(" ", 1)
-    return "%s %s" % (tool(name), rest)
+    """The statement an action sends: its command, built from its ints and enum members, the tool by full path."""
+    tool_name, arguments = _command(action)
+    return "%s %s" % (tool(tool_name), arguments)
 
 
 def describe(action):
     """The command an action runs, as messages name it (``netsh int ipv4 ...``; statement() is what is sent)."""
-    if isinstance(action, (AddExcluded, DeleteExcluded)):
-        return "netsh int %s %s excludedportrange protocol=%s startport=%d numberofports=%d store=persistent" % (
-            action.ip.value, "delete" if isinstance(action, DeleteExcluded) else "add", action.protocol.value,
-            _int(action.start, 1, PORT_MAX), _int(action.number, 1, PORT_MAX))
-    if isinstance(action, SetDword):
-        return "reg add '%s' /v %s /t REG_DWORD /d %d /f" % (PARAMETERS_KEY, action.name.value, _int(action.value, 0, 0xFFFFFFFF))
-    if isinstance(action, DeleteValue):
-        return "reg delete '%s' /v %s /f" % (PARAMETERS_KEY, action.name.value)
-    if isinstance(action, SetRange):
-        return "netsh int %s set dynamicportrange protocol=%s startport=%d numberofports=%d" % (
-            action.ip.value, action.protocol.value,
-            _int(action.start, NETSH_MIN_START, PORT_MAX), _int(action.number, NETSH_MIN_PORTS, PORT_MAX))
-    raise TypeError("not a win_tcp action: %r" % (action,))
+    tool_name, arguments = _command(action)
+    return "%s %s" % (tool_name, arguments)
 
 
 # ------------------------------------------------------------------ sections and scripts

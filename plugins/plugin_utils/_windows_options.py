@@ -16,7 +16,7 @@ import enum
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import PORT_MAX, parse_port_range
+from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import PORT_MAX, list_items, parse_port_range
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_int
 
 # netsh's rules for set dynamicportrange (windowsserverdocs netsh-interface.md, KB929851)
@@ -50,57 +50,49 @@ CONTIGUOUS_BLOCK_REPORTED = 4096
 INSTALLER_RANGES = ((1024, 64511), (1024, 13977))
 WSAEACCES = 10013
 
-WIN_TCP_OPTIONS = ("time_wait_delay", "max_user_port", "port_range", "excluded_ranges", "protocols", "ip_versions",
-                   "state")
-INFO_OPTIONS = ("top", "event_hours", "service_ports")
-DIGITS_MAX = 20  # digits of a number in an option or in host output that is converted at all
+# Digits of a number given in an option: a longer digit string is refused before int() (Python refuses ints of
+# over 4,300 digits).  Host output has its own, smaller bound: _windows_parse.HOST_DIGITS_MAX.
+OPTION_DIGITS_MAX = 20
 
 
-class Protocol(enum.Enum):
-    """The transport protocols netsh keeps a dynamic range for."""
+# The words a script may contain besides constants (the enum API keeps four tiny classes from repeating one shape).
+# Protocol and IpVersion: what netsh keeps a dynamic range for; RegName: the REG_DWORD values under
+# Tcpip\\Parameters that win_tcp manages (read at boot).
+Protocol = enum.Enum("Protocol", [("TCP", "tcp"), ("UDP", "udp")], module=__name__, qualname="Protocol")
+IpVersion = enum.Enum("IpVersion", [("IPV4", "ipv4"), ("IPV6", "ipv6")], module=__name__, qualname="IpVersion")
+RegName = enum.Enum("RegName", [("TIME_WAIT_DELAY", "TcpTimedWaitDelay"), ("MAX_USER_PORT", "MaxUserPort")],
+                    module=__name__, qualname="RegName")
+State = enum.Enum("State", [("PRESENT", "present"), ("ABSENT", "absent")], module=__name__, qualname="State")
 
-    TCP = "tcp"
-    UDP = "udp"
-
-
-class IpVersion(enum.Enum):
-    """The IP versions netsh keeps a dynamic range for."""
-
-    IPV4 = "ipv4"
-    IPV6 = "ipv6"
-
-
-class RegName(enum.Enum):
-    """The registry values under Tcpip\\Parameters that win_tcp manages (REG_DWORD, read at boot)."""
-
-    TIME_WAIT_DELAY = "TcpTimedWaitDelay"
-    MAX_USER_PORT = "MaxUserPort"
+DEFAULT_PROTOCOLS = (Protocol.TCP,)
+DEFAULT_IP_VERSIONS = (IpVersion.IPV4, IpVersion.IPV6)
 
 
-class State(enum.Enum):
-    PRESENT = "present"
-    ABSENT = "absent"
+def _words(members):
+    return [member.value for member in members]
 
 
-@dataclass(frozen=True)
-class Exclusion:
-    """The plan key of one managed excluded range: an administered exclusion low-high of (ip, protocol).
-
-    Its value is True (the host has it as an administered exclusion, listed with ``*``) or False (it has not).
-    """
-
-    ip: IpVersion
-    protocol: Protocol
-    low: int
-    high: int
-
-    @property
-    def text(self):
-        return "%d-%d" % (self.low, self.high)
-
-    @property
-    def target(self):
-        return (self.ip, self.protocol)
+# The options, as an argument spec: the action plugins accept these names, and a unit test checks the modules'
+# DOCUMENTATION against them (types, choices, defaults), as ansible-test sanity does for the Linux modules.
+WIN_TCP_OPTIONS = {
+    "time_wait_delay": {"type": "int"},
+    "max_user_port": {"type": "int"},
+    "port_range": {"type": "raw"},
+    "excluded_ranges": {"type": "raw"},
+    "protocols": {"type": "list", "elements": "str", "choices": _words(Protocol), "default": _words(DEFAULT_PROTOCOLS)},
+    "ip_versions": {"type": "list", "elements": "str", "choices": _words(IpVersion),
+                    "default": _words(DEFAULT_IP_VERSIONS)},
+    "state": {"type": "str", "choices": _words(State), "default": State.PRESENT.value},
+}
+TOP_DEFAULT = 10
+EVENT_HOURS_DEFAULT = 24
+INFO_OPTIONS = {
+    "top": {"type": "int", "default": TOP_DEFAULT},
+    "event_hours": {"type": "int", "default": EVENT_HOURS_DEFAULT},
+    "service_ports": {"type": "list", "elements": "int", "default": []},
+}
+# The registry values the options set: (option, value name).
+REGISTRY_OPTIONS = (("time_wait_delay", RegName.TIME_WAIT_DELAY), ("max_user_port", RegName.MAX_USER_PORT))
 
 
 class WinTcpError(Exception):
@@ -115,8 +107,8 @@ class Desired:
     max_user_port: Optional[int] = None
     port_range: Optional[Tuple[int, int]] = None  # (start, number of ports)
     excluded_ranges: Optional[Tuple[Tuple[int, int], ...]] = None  # ((low, high), ...) sorted, disjoint
-    protocols: Tuple[Protocol, ...] = (Protocol.TCP,)
-    ip_versions: Tuple[IpVersion, ...] = (IpVersion.IPV4, IpVersion.IPV6)
+    protocols: Tuple[Protocol, ...] = DEFAULT_PROTOCOLS
+    ip_versions: Tuple[IpVersion, ...] = DEFAULT_IP_VERSIONS
     state: State = State.PRESENT
 
     @property
@@ -129,8 +121,8 @@ class Desired:
 class InfoOptions:
     """win_port_usage_info's validated options."""
 
-    top: int = 10
-    event_hours: int = 24
+    top: int = TOP_DEFAULT
+    event_hours: int = EVENT_HOURS_DEFAULT
     service_ports: Tuple[int, ...] = ()
 
     @property
@@ -144,12 +136,9 @@ def _choice_list(value, option, enum_type, default):
     valid = "a non-empty list of %s" % ", ".join(names)
     if value is None:
         return default
+    items = list_items(value, option, valid)
     if isinstance(value, str):
-        items = [v.strip() for v in value.split(",")]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise ValidationError(option, value, valid)
+        items = [v.strip() for v in items]
     out = []
     for item in items:
         if not isinstance(item, str) or item.lower() not in names:
@@ -171,7 +160,7 @@ def _unknown(args, known):
 
 def bounded_int(value, option, low, high, what):
     """strict_int with the length of a digit string bounded first (Python refuses ints of over 4,300 digits)."""
-    if isinstance(value, str) and len(value.strip(" \t")) > DIGITS_MAX:
+    if isinstance(value, str) and len(value.strip(" \t")) > OPTION_DIGITS_MAX:
         shown = value if len(value) <= 40 else "%s... (%d characters)" % (value[:20], len(value))
         raise ValidationError(option, shown, "%s from %d to %d" % (what, low, high))
     return int(strict_int(value, option, low, high, what))
@@ -185,14 +174,11 @@ def validate_excluded_ranges(value, option="excluded_ranges"):
     """
     valid = ('a list of at most %d ports and port ranges from 1 to %d, each 50000, "50000-50099" or [50000, 50099], '
              'none overlapping another' % (EXCLUDED_MAX, PORT_MAX))
+    if isinstance(value, str) and len(value) > 20 * EXCLUDED_MAX:
+        raise ValidationError(option, value[:40] + "...", valid)
+    items = list_items(value, option, valid)
     if isinstance(value, str):
-        if len(value) > 20 * EXCLUDED_MAX:
-            raise ValidationError(option, value[:40] + "...", valid)
-        items = [item for item in value.split(",") if item.strip(" \t")]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise ValidationError(option, value, valid)
+        items = [item for item in items if item.strip(" \t")]
     if len(items) > EXCLUDED_MAX:
         raise ValidationError(option, "%d ranges" % len(items), valid)
     ranges = []
@@ -261,8 +247,8 @@ def validate_win_tcp(args):
     excluded = args.get("excluded_ranges")
     if excluded is not None:
         excluded = validate_excluded_ranges(excluded)
-    protocols = _choice_list(args.get("protocols"), "protocols", Protocol, (Protocol.TCP,))
-    ip_versions = _choice_list(args.get("ip_versions"), "ip_versions", IpVersion, (IpVersion.IPV4, IpVersion.IPV6))
+    protocols = _choice_list(args.get("protocols"), "protocols", Protocol, DEFAULT_PROTOCOLS)
+    ip_versions = _choice_list(args.get("ip_versions"), "ip_versions", IpVersion, DEFAULT_IP_VERSIONS)
     return Desired(time_wait, max_user_port, port_range, excluded, protocols, ip_versions, state)
 
 
@@ -289,9 +275,9 @@ def validate_port_usage_info(args):
     args = dict(args or {})
     _unknown(args, INFO_OPTIONS)
     top = args.get("top")
-    top = 10 if top is None else bounded_int(top, "top", 1, 1000, "an integer number of destinations")
+    top = TOP_DEFAULT if top is None else bounded_int(top, "top", 1, 1000, "an integer number of destinations")
     hours = args.get("event_hours")
-    hours = 24 if hours is None else bounded_int(hours, "event_hours", 1, EVENT_HOURS_MAX, "an integer number of hours")
+    hours = EVENT_HOURS_DEFAULT if hours is None else bounded_int(hours, "event_hours", 1, EVENT_HOURS_MAX, "an integer number of hours")
     service_ports = args.get("service_ports")
     ports = ()
     if service_ports is not None:

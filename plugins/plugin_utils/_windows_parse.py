@@ -17,20 +17,22 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import MARKER_RE, RC_RE, range_word
-from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import (
-    Exclusion,
-    IpVersion,
-    RegName,
-    WinTcpError,
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import (
+    DWORD_MAX,
+    MARKER_RE,
+    RC_RE,
+    range_word,
 )
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import IpVersion, WinTcpError
 
 
 # ------------------------------------------------------------------ limits
 # No line of the tools' output is anywhere near this long (an event's XML is a few KB); a longer one is refused, so
 # that a hostile host cannot make the controller parse megabytes as one line.  Every parser below is linear.
 LINE_MAX = 65536
-DIGITS_MAX = 10  # a port, a REG_DWORD, a build, an event id, a pid: never more digits than this
+# A port, a REG_DWORD, a build, an event id, a pid: never more digits than this in the host's output (the options'
+# own bound is _windows_options.OPTION_DIGITS_MAX).
+HOST_DIGITS_MAX = 10
 
 
 def check_line(line, what):
@@ -42,11 +44,11 @@ def check_line(line, what):
 
 
 def small_int(text, base=10):
-    """The int of a short string of digits (at most DIGITS_MAX; hex with base 16), else None.  Never raises."""
+    """The int of a short string of digits (at most HOST_DIGITS_MAX; hex with base 16), else None.  Never raises."""
     if not isinstance(text, str):
         return None
     text = text.strip()
-    if not text or len(text) > DIGITS_MAX or not text.isascii():
+    if not text or len(text) > HOST_DIGITS_MAX or not text.isascii():
         return None
     if not (text.isdigit() if base == 10 else all(c in "0123456789abcdefABCDEF" for c in text)):
         return None
@@ -100,9 +102,22 @@ def split_sections(stdout):
     return sections
 
 
-# ------------------------------------------------------------------ reg and netsh
-DWORD_MAX = 0xFFFFFFFF
+def parse_output(output, parse):
+    """``parse(output.stdout)`` of a script's Output (rc, stdout, stderr), for win_tcp and win_port_usage_info.
 
+    WinTcpError when the script did not run (no marker in stdout: the host refused the command line), quoting
+    stderr, else stdout; a WinTcpError of ``parse`` gets the host's stderr, if any, appended.
+    """
+    if "@@tcpstack:" not in output.stdout:
+        raise WinTcpError("reading the host failed (rc=%s): %s" % (output.rc, (output.stderr or output.stdout).strip()))
+    try:
+        return parse(output.stdout)
+    except WinTcpError as exc:
+        stderr = output.stderr.strip()
+        raise WinTcpError("%s%s" % (exc, "; stderr: %s" % stderr if stderr else "")) from exc
+
+
+# ------------------------------------------------------------------ reg and netsh
 
 @dataclass(frozen=True)
 class RegValue:
@@ -198,7 +213,7 @@ def parse_excluded_ranges(lines):
 
     A row is two ports (1-65535, low not above high) and an optional ``*`` (administered), whatever the padding;
     titles, headers and the footer in any language are not, and neither is a line of other numbers (never
-    converted when longer than DIGITS_MAX).
+    converted when longer than HOST_DIGITS_MAX).
     """
     out = []
     for line in lines:
@@ -351,25 +366,26 @@ def range_value(start_number):
     return {"start": start, "number": number, "end": start + number - 1}
 
 
-def nest(values):
-    """Plan values -> the result's shape: {"registry": {...}, "dynamic_port_range": {ipv4: {tcp: {...}}}}, and
-    with managed exclusions {"excluded_ranges": {ipv4: {tcp: {"50000-50099": true}}}}."""
-    out = {"registry": {}, "dynamic_port_range": {}}
-    for key, value in values.items():
-        if isinstance(key, RegName):
-            out["registry"][key.value] = value
-        elif isinstance(key, Exclusion):
-            out.setdefault("excluded_ranges", {}).setdefault(key.ip.value, {}).setdefault(
-                key.protocol.value, {})[key.text] = value
-        else:
-            ip, proto = key
-            out["dynamic_port_range"].setdefault(ip.value, {})[proto.value] = value
+def by_target(pairs):
+    """((ip, protocol), value) pairs -> {ipv4: {tcp: value}}, the shape results use per target."""
+    out = {}
+    for (ip, proto), value in pairs:
+        out.setdefault(ip.value, {})[proto.value] = value
     return out
+
+
+def ranges_result(state):
+    """The dynamic ranges read, as results show them: {ipv4: {tcp: {start, number, end}}}."""
+    return by_target((target, range_value(start_number)) for target, start_number in state.ranges.items())
 
 
 def excluded_result(state):
     """The excluded ranges read, as results show them: {ipv4: {tcp: [{start, end, administered}]}}."""
-    out = {}
-    for (ip, proto), rows in state.excluded.items():
-        out.setdefault(ip.value, {})[proto.value] = [{"start": a, "end": b, "administered": admin} for a, b, admin in rows]
-    return out
+    return by_target((target, [{"start": a, "end": b, "administered": admin} for a, b, admin in rows])
+                     for target, rows in state.excluded.items())
+
+
+def nest(values):
+    """Kept only until windows_usage calls ranges_result(state) (issue 20): {(ip, protocol): value} ->
+    {"dynamic_port_range": {ipv4: {tcp: value}}}.  Plan values are nested by _windows_kinds.nest."""
+    return {"dynamic_port_range": by_target(values.items())}

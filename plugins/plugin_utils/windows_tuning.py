@@ -12,38 +12,31 @@ change two (the read; the apply with its read-back), a failed change three
 
 from __future__ import annotations
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils.plan import make_plan
-from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import PORT_MAX, intersect
+from ansible_collections.tcpstack.tuning.plugins.module_utils.plan import TuningError, make_plan
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import (
-    AddExcluded,
-    DeleteExcluded,
-    DeleteValue,
-    SetDword,
-    SetRange,
     build_apply_script,
     build_read_script,
     describe,
 )
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_kinds import (
+    current_values,
+    desired_values,
+    diff_text,
+    exclusion_keys,
+    nest,
+)
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import (
-    DEFAULT_RANGE,
-    NETSH_MIN_PORTS,
-    Exclusion,
-    NETSH_MIN_START,
     Protocol,
-    RegName,
     State,
     WinTcpError,
     check_build,
     validate_win_tcp,
 )
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse import (
-    DWORD_MAX,
     excluded_result,
-    nest,
+    parse_output,
     parse_read,
-    range_value,
-    reg_value,
     split_sections,
 )
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_host import CONNECTION_ERRORS
@@ -52,85 +45,6 @@ MAX_USER_PORT_WARNING = (
     "max_user_port: MaxUserPort is legacy. Since Windows Vista / Server 2008 the dynamic port range "
     "(port_range, netsh int ipv4|ipv6 set dynamicportrange) decides which ports are handed out; "
     "MaxUserPort is read at boot and only affects old code paths.")
-
-
-class TuningError(WinTcpError):
-    """win_tcp must fail; ``result`` and ``warnings`` carry what is known so far."""
-
-    def __init__(self, message, result=None, warnings=()):
-        super().__init__(message)
-        self.result = result or {}
-        self.warnings = list(warnings)
-
-
-# ------------------------------------------------------------------ plan values
-def _key(item):
-    if isinstance(item, RegName):
-        return item.value
-    if isinstance(item, Exclusion):
-        return "%s %s excluded port range %s" % (item.ip.value, item.protocol.value, item.text)
-    ip, proto = item
-    return "%s %s dynamic port range" % (ip.value, proto.value)
-
-
-def _show(value):
-    if value is True:
-        return "excluded (administered)"
-    if value is False:
-        return "(not excluded)"
-    if value is None:
-        return "(absent)"
-    if isinstance(value, dict) and "start" in value:
-        return "start %d, %d ports (%d-%d)" % (value["start"], value["number"], value["start"], value["end"])
-    if isinstance(value, dict):
-        return "%s %r" % (value["type"], value["data"])
-    return str(value)
-
-
-def diff_text(values):
-    """Plan values as the diff shows them, one ``key = value`` line each."""
-    return "".join("%s = %s\n" % (_key(key), _show(value)) for key, value in values.items())
-
-
-def current_values(state, keys):
-    """{plan key: what the host has}: RegName -> reg_value; (ip, proto) -> range dict."""
-    out = {}
-    for key in keys:
-        if isinstance(key, RegName):
-            out[key] = reg_value(state, key)
-        elif isinstance(key, Exclusion):
-            out[key] = (key.low, key.high, True) in state.excluded.get(key.target, ())
-        else:
-            out[key] = range_value(state.ranges[key])
-    return out
-
-
-def exclusion_keys(desired):
-    """The plan keys of the listed excluded ranges, per target, in order."""
-    return [Exclusion(ip, proto, low, high) for ip, proto in desired.targets for low, high in desired.excluded_ranges or ()]
-
-
-def desired_values(desired):
-    """{plan key: value}: RegName -> int or None (removed); (ip, proto) -> range dict; Exclusion -> bool."""
-    out = {}
-    if desired.state is State.ABSENT:
-        out[RegName.TIME_WAIT_DELAY] = None
-        out[RegName.MAX_USER_PORT] = None
-        for target in desired.targets:
-            out[target] = range_value(DEFAULT_RANGE)
-        for key in exclusion_keys(desired):
-            out[key] = False
-        return out
-    if desired.time_wait_delay is not None:
-        out[RegName.TIME_WAIT_DELAY] = desired.time_wait_delay
-    if desired.max_user_port is not None:
-        out[RegName.MAX_USER_PORT] = desired.max_user_port
-    if desired.port_range is not None:
-        for target in desired.targets:
-            out[target] = range_value(desired.port_range)
-    for key in exclusion_keys(desired):
-        out[key] = True
-    return out
 
 
 def same(_key_, before, after):
@@ -191,23 +105,8 @@ def _warnings(desired, state, wanted, current):
     ignored = [name for name in ("time_wait_delay", "max_user_port", "port_range") if getattr(desired, name) is not None]
     if desired.state is State.ABSENT and ignored:
         warnings.append("state=absent restores Windows' defaults; %s ignored" % ", ".join(ignored))
-    for key, value in current.items():
-        if isinstance(key, RegName) and isinstance(value, dict):
-            warnings.append("%s was %s %r, which Windows ignores; it is %s as a REG_DWORD"
-                            % (key.value, value["type"], value["data"],
-                               "removed" if wanted[key] is None else "rewritten"))
-    for target in desired.targets:
-        if target in wanted:
-            want = wanted[target]
-            hits = [(a, b) for a, b, _admin in state.excluded.get(target, ())
-                    if intersect(((a, b),), (want["start"], want["end"]))]
-            if hits:
-                warnings.append(
-                    "port_range: excluded port ranges %s (netsh int %s show excludedportrange protocol=%s) overlap "
-                    "the %s %s dynamic range %d-%d; Windows never hands those ports out"
-                    % (", ".join("%d-%d" % h for h in hits), target[0].value, target[1].value,
-                       target[0].value, target[1].value, want["start"], want["end"]))
-    return warnings
+    notes = (key.note(state, current[key], value) for key, value in wanted.items())
+    return warnings + [note for note in notes if note is not None]
 
 
 def plan_win_tcp(desired, state):
@@ -221,25 +120,15 @@ def plan_win_tcp(desired, state):
     notes = check_exclusions(desired, state)
     wanted = desired_values(desired)
     current = current_values(state, wanted)
-    plan = make_plan(current, wanted, same, reboot_required_keys=tuple(RegName),
+    plan = make_plan(current, wanted, same, reboot_required_keys=tuple(key for key in wanted if key.reboot_required),
                      warnings=_warnings(desired, state, wanted, current) + notes)
     return current, plan
 
 
-def _exclusion_action(key, add):
-    return (AddExcluded if add else DeleteExcluded)(key.ip, key.protocol, key.low, key.high - key.low + 1)
-
-
 def plan_actions(plan):
     """The apply actions of a plan in a fixed order: registry, exclusions removed, ranges, exclusions added."""
-    changes = plan.changes
-    actions = [DeleteValue(c.key) if c.after is None else SetDword(c.key, c.after)
-               for c in changes if isinstance(c.key, RegName)]
-    actions += [_exclusion_action(c.key, False) for c in changes if isinstance(c.key, Exclusion) and not c.after]
-    actions += [SetRange(c.key[0], c.key[1], c.after["start"], c.after["number"])
-                for c in changes if isinstance(c.key, tuple)]
-    actions += [_exclusion_action(c.key, True) for c in changes if isinstance(c.key, Exclusion) and c.after]
-    return tuple(actions)
+    changes = sorted(plan.changes, key=lambda change: change.key.order(change.after))  # stable: plan order within
+    return tuple(change.key.apply(change.after) for change in changes)
 
 
 def rollback_actions(plan, applied):
@@ -248,28 +137,16 @@ def rollback_actions(plan, applied):
     ``skipped`` names each old value that cannot be written back (a registry value that is not a REG_DWORD from 0
     to 0xFFFFFFFF, a range outside netsh's rules), so that the rest is still undone and the task says what was not.
     """
-    before = {c.key: c.before for c in plan.changes}
+    change_of = {change.key.apply(change.after): change for change in plan.changes}
     out = []
     skipped = []
     for action in applied:
-        if isinstance(action, (SetDword, DeleteValue)):
-            old = before.get(action.name)
-            if old is None:
-                out.append(DeleteValue(action.name))
-            elif type(old) is int and 0 <= old <= DWORD_MAX:  # pylint: disable=unidiomatic-typecheck
-                out.append(SetDword(action.name, old))
-            else:
-                skipped.append("%s (was %s)" % (action.name.value, _show(old)))
-        elif isinstance(action, SetRange):
-            old = before.get((action.ip, action.protocol))
-            if old and old["start"] >= NETSH_MIN_START and old["number"] >= NETSH_MIN_PORTS and old["end"] <= PORT_MAX:
-                out.append(SetRange(action.ip, action.protocol, old["start"], old["number"]))
-            else:
-                skipped.append("%s %s dynamic port range (was %s, outside netsh's rules)"
-                               % (action.ip.value, action.protocol.value, _show(old)))
-        elif isinstance(action, (AddExcluded, DeleteExcluded)):
-            undo = DeleteExcluded if type(action) is AddExcluded else AddExcluded  # pylint: disable=unidiomatic-typecheck
-            out.append(undo(action.ip, action.protocol, action.start, action.number))
+        change = change_of[action]
+        undo, why = change.key.undo(change.before)
+        if undo is not None:
+            out.append(undo)
+        else:
+            skipped.append(why)
     return tuple(out), tuple(skipped)
 
 
@@ -284,7 +161,7 @@ def plan_after(plan, current):
 def verify(wanted, state):
     """Keys whose read-back value differs from what was wanted: [(key text, expected, found)]."""
     found = current_values(state, wanted)
-    return [(_key(k), _show(v), _show(found[k])) for k, v in wanted.items() if not same(k, found[k], v)]
+    return [(k.label, k.show(v), k.show(found[k])) for k, v in wanted.items() if not same(k, found[k], v)]
 
 
 # ------------------------------------------------------------------ run
@@ -333,13 +210,7 @@ def run(params, host, check_mode=False, want_diff=False):
 def _read(host, targets, listeners=False):
     """The one read: build, parameters, ranges, excluded ranges (and the TCP listeners, for exclusions to add)."""
     output = host.run(build_read_script(targets, listeners=listeners))
-    if "@@tcpstack:" not in output.stdout:
-        raise WinTcpError("reading the host failed (rc=%s): %s" % (output.rc, (output.stderr or output.stdout).strip()))
-    try:
-        return parse_read(output.stdout, targets)
-    except WinTcpError as exc:
-        stderr = output.stderr.strip()
-        raise WinTcpError("%s%s" % (exc, "; stderr: %s" % stderr if stderr else "")) from exc
+    return parse_output(output, lambda stdout: parse_read(stdout, targets))
 
 
 def _apply(host, plan, targets, result, warnings):
@@ -350,7 +221,7 @@ def _apply(host, plan, targets, result, warnings):
     ``rollback_skipped`` and a warning).  Returns the state read back.
     """
     actions = plan_actions(plan)
-    excluded = any(isinstance(c.key, Exclusion) for c in plan.changes)
+    excluded = any(c.key.reads_excluded for c in plan.changes)
     try:
         output = host.run(build_apply_script(actions, targets, excluded=excluded))
     except CONNECTION_ERRORS as exc:

@@ -17,7 +17,8 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options i
     RegName,
     validate_win_tcp,
 )
-from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse import nest, parse_read, range_value
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_kinds import DynamicRange, Exclusion, RegistryValue, nest
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse import parse_read, range_value
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_host import WindowsHost
 
 from tests.support.windows_sim.connection import InProcessConnection, run_script, simulated_host
@@ -25,6 +26,9 @@ from tests.support.windows_sim.connection import InProcessConnection, run_script
 IP4, IP6 = IpVersion.IPV4, IpVersion.IPV6
 TCP, UDP = Protocol.TCP, Protocol.UDP
 TWD, MUP = RegName.TIME_WAIT_DELAY, RegName.MAX_USER_PORT
+# plan keys
+K_TWD, K_MUP = RegistryValue(TWD), RegistryValue(MUP)
+K_IP4, K_IP6 = DynamicRange(IP4, TCP), DynamicRange(IP6, TCP)
 
 
 def state_of(build=20348, registry=None, ranges=None, excluded=None, targets=((IP4, TCP), (IP6, TCP))):
@@ -43,7 +47,7 @@ class TestPlanning:
         desired = validate_win_tcp({"time_wait_delay": 30, "port_range": "10000 65535"})
         plan = plan_for(desired, state_of())
         assert plan.changed and plan.reboot_required
-        assert [w._key(k) for k in plan.keys()] == ["TcpTimedWaitDelay", "ipv4 tcp dynamic port range",
+        assert [c.key.label for c in plan.changes] == ["TcpTimedWaitDelay", "ipv4 tcp dynamic port range",
                                                     "ipv6 tcp dynamic port range"]
         assert w.plan_actions(plan) == (c.SetDword(TWD, 30), c.SetRange(IP4, TCP, 10000, 55536),
                                         c.SetRange(IP6, TCP, 10000, 55536))
@@ -119,7 +123,7 @@ class TestPlanning:
         assert w.verify(wanted, state_of()) == [("TcpTimedWaitDelay", "30", "(absent)")]
 
     def test_nest_and_diff(self):
-        values = {TWD: 30, MUP: None, (IP4, TCP): range_value((10000, 55536))}
+        values = {K_TWD: 30, K_MUP: None, K_IP4: range_value((10000, 55536))}
         assert nest(values) == {"registry": {"TcpTimedWaitDelay": 30, "MaxUserPort": None},
                                 "dynamic_port_range": {"ipv4": {"tcp": {"start": 10000, "number": 55536, "end": 65535}}}}
         assert w.diff_text(values) == ("TcpTimedWaitDelay = 30\nMaxUserPort = (absent)\n"
@@ -152,8 +156,8 @@ class TestPlanning:
 def test_plan_returns_what_the_host_has():
     desired = validate_win_tcp({"time_wait_delay": 30, "ip_versions": ["ipv4"], "port_range": "10000 65535"})
     current, plan = w.plan_win_tcp(desired, state_of(ranges={(IP4, TCP): (20000, 1000)}))
-    assert current == {TWD: None, (IP4, TCP): range_value((20000, 1000))}
-    assert [change.before for change in plan.changes] == [current[TWD], current[(IP4, TCP)]]
+    assert current == {K_TWD: None, K_IP4: range_value((20000, 1000))}
+    assert [change.before for change in plan.changes] == [current[K_TWD], current[K_IP4]]
 
 
 # ------------------------------------------------------------------ run(), on a simulated host in this process
@@ -186,8 +190,8 @@ class TestRun:
         result, warnings, trips = tune(conn, ARGS)
         assert result["changed"] and result["reboot_required"] and trips == 2 and at_desired(conn.host)
         assert result["before"]["registry"] == {"TcpTimedWaitDelay": None, "MaxUserPort": None}
-        assert result["after"] == nest({TWD: 30, MUP: 65534, (IP4, TCP): range_value((10000, 55536)),
-                                        (IP6, TCP): range_value((10000, 55536))})
+        assert result["after"] == nest({K_TWD: 30, K_MUP: 65534, K_IP4: range_value((10000, 55536)),
+                                        K_IP6: range_value((10000, 55536))})
         assert warnings == [w.MAX_USER_PORT_WARNING]
         result, warnings, trips = tune(InProcessConnection(host=conn.host), ARGS)
         assert not result["changed"] and trips == 1
@@ -382,4 +386,4 @@ def test_plan_of_converged_exclusions_is_empty(blocks, state):
                                 **({"state": "absent"} if state == "absent" else {})})
     rows = tuple((a, b, True) for a, b in sorted(ranges)) if state == "present" else ()
     plan = plan_for(desired, state_of(excluded={(IP4, TCP): rows}, targets=((IP4, TCP),)))
-    assert [c for c in plan.changes if isinstance(c.key, w.Exclusion)] == []
+    assert [c for c in plan.changes if isinstance(c.key, Exclusion)] == []
