@@ -178,6 +178,31 @@ class TestScripts:
         script = w.build_apply_script((add,), ((IP6, TCP),), excluded=True)
         assert "verify-excluded-ipv6-tcp" in script
 
+    def test_statement_is_built_from_the_action_not_from_describe(self, monkeypatch):
+        """Issue 20: statement() once split describe()'s display text; the text sent is still, byte for byte, what
+        it was then (these strings were taken from that code), and describe() is now only the tool's bare name
+        and the same arguments."""
+        sent = {
+            w.SetDword(TWD, 2): '& "$env:SystemRoot\\System32\\reg.exe" add '
+                                "'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters' /v TcpTimedWaitDelay "
+                                "/t REG_DWORD /d 2 /f",
+            w.DeleteValue(TWD): '& "$env:SystemRoot\\System32\\reg.exe" delete '
+                                "'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters' /v TcpTimedWaitDelay /f",
+            w.SetRange(IP4, TCP, 1025, 64511): '& "$env:SystemRoot\\System32\\netsh.exe" int ipv4 set dynamicportrange '
+                                               "protocol=tcp startport=1025 numberofports=64511",
+            w.AddExcluded(IP4, TCP, 1, 1): '& "$env:SystemRoot\\System32\\netsh.exe" int ipv4 add excludedportrange '
+                                           "protocol=tcp startport=1 numberofports=1 store=persistent",
+            w.DeleteExcluded(IP6, UDP, 65535, 1): '& "$env:SystemRoot\\System32\\netsh.exe" int ipv6 delete '
+                                                  "excludedportrange protocol=udp startport=65535 numberofports=1 "
+                                                  "store=persistent",
+        }
+        shown = {action: w.describe(action) for action in sent}
+        monkeypatch.setattr(w, "describe", lambda action: pytest.fail("statement() used the display text"))
+        for action, text in sent.items():
+            assert w.statement(action) == text
+            tool_path = '& "$env:SystemRoot\\System32\\%s.exe"' % shown[action].split(" ", 1)[0]
+            assert text == tool_path + shown[action][len(shown[action].split(" ", 1)[0]):]
+
     def test_event_query(self):
         assert w.event_query(24).endswith("<= 86400000]]]")
 

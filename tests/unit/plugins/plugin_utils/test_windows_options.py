@@ -1,8 +1,13 @@
-"""_windows_options: every validation rule of win_tcp and win_port_usage_info at its boundaries, and check_build."""
+"""_windows_options: every validation rule of win_tcp and win_port_usage_info at its boundaries, check_build, and
+the modules' DOCUMENTATION against the option tables (WIN_TCP_OPTIONS, INFO_OPTIONS), as sanity does for Linux."""
 
 from __future__ import annotations
 
+import copy
+import importlib
+
 import pytest
+import yaml
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils import _windows_commands as c
@@ -139,3 +144,58 @@ def test_int_subclasses_become_plain_ints():
     c.SetDword(TWD, desired.time_wait_delay)
     with pytest.raises(TypeError):
         c.SetDword(TWD, Tagged(30))
+
+
+# ------------------------------------------------------------------ the modules' DOCUMENTATION against the tables
+SPEC_FIELDS = ("type", "elements", "choices", "default", "required")
+
+
+def documented_options(module):
+    """The ``options`` of plugins/modules/<module>.py's DOCUMENTATION, as YAML."""
+    text = importlib.import_module("ansible_collections.tcpstack.tuning.plugins.modules.%s" % module).DOCUMENTATION
+    return yaml.safe_load(text)["options"]
+
+
+def doc_mismatches(documented, table):
+    """What ansible-test sanity's validate-modules would say for an action plugin's options: (option, field,
+    documented, declared) for every option missing on one side and every field that differs."""
+    out = [(name, "option", name in documented, name in table)
+           for name in sorted(set(documented) ^ set(table))]
+    for name in sorted(set(documented) & set(table)):
+        for field in SPEC_FIELDS:
+            doc, spec = documented[name].get(field), table[name].get(field)
+            if field == "required":
+                doc, spec = bool(doc), bool(spec)
+            if doc != spec:
+                out.append((name, field, doc, spec))
+    return out
+
+
+@pytest.mark.parametrize("module, table", [("win_tcp", o.WIN_TCP_OPTIONS), ("win_port_usage_info", o.INFO_OPTIONS)])
+def test_documentation_matches_the_options(module, table):
+    assert doc_mismatches(documented_options(module), table) == []
+
+
+def test_documentation_check_finds_each_kind_of_mismatch():
+    documented = copy.deepcopy(documented_options("win_tcp"))
+    documented["protocols"]["default"] = ["udp"]
+    documented["state"]["choices"] = ["present"]
+    documented["time_wait_delay"]["type"] = "str"
+    documented["port_range"]["required"] = True
+    del documented["max_user_port"]
+    documented["extra"] = {"type": "int"}
+    assert doc_mismatches(documented, o.WIN_TCP_OPTIONS) == [
+        ("extra", "option", True, False), ("max_user_port", "option", False, True),
+        ("port_range", "required", True, False), ("protocols", "default", ["udp"], ["tcp"]),
+        ("state", "choices", ["present"], ["present", "absent"]), ("time_wait_delay", "type", "str", "int")]
+
+
+def test_the_table_is_what_validation_accepts():
+    """Every choice of the table validates; its defaults are Desired's and InfoOptions'."""
+    defaults = {name: spec["default"] for name, spec in o.WIN_TCP_OPTIONS.items() if "default" in spec}
+    assert o.validate_win_tcp(defaults) == o.Desired()
+    for name in ("protocols", "ip_versions"):
+        for choice in o.WIN_TCP_OPTIONS[name]["choices"]:
+            assert [m.value for m in getattr(o.validate_win_tcp({name: [choice]}), name)] == [choice]
+    info = {name: spec["default"] for name, spec in o.INFO_OPTIONS.items()}
+    assert o.validate_port_usage_info(info) == o.InfoOptions()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -213,3 +215,32 @@ def test_powershell_51_error_records_do_not_decide():
     script = build_read_script(((IP4, TCP),)).replace("CurrentBuildNumber", "NoSuchValue")
     sections = w.split_sections(run_script(host, script))
     assert not sections["build"].ok and sections["params"].ok and w.parse_build(sections) is None
+
+
+class TestParseOutput:
+    """parse_output(): the checks of a script's output that win_tcp and win_port_usage_info share."""
+
+    def output(self, stdout, stderr="", rc=0):
+        return SimpleNamespace(rc=rc, stdout=stdout, stderr=stderr)
+
+    def test_parsed(self):
+        out = self.output(section("params", reg_params({"TcpTimedWaitDelay": ("REG_DWORD", "0x1e")})))
+        assert w.parse_output(out, lambda stdout: sorted(w.split_sections(stdout))) == ["params"]
+
+    @pytest.mark.parametrize("stdout, stderr, message", [
+        ("", "Access is denied.", "reading the host failed (rc=1): Access is denied."),
+        ("  some text  ", "", "reading the host failed (rc=1): some text"),
+    ])
+    def test_a_script_that_did_not_run(self, stdout, stderr, message):
+        with pytest.raises(WinTcpError) as info:
+            w.parse_output(self.output(stdout, stderr, rc=1), pytest.fail)
+        assert str(info.value) == message
+
+    @pytest.mark.parametrize("stderr, message", [(" boom \n", "bad output; stderr: boom"), ("", "bad output")])
+    def test_a_parse_error_gets_the_hosts_stderr(self, stderr, message):
+        def parse(_stdout):
+            raise WinTcpError("bad output")
+
+        with pytest.raises(WinTcpError) as info:
+            w.parse_output(self.output("@@tcpstack:params@@\n", stderr), parse)
+        assert str(info.value) == message

@@ -17,7 +17,13 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options i
     RegName,
     validate_win_tcp,
 )
-from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_kinds import DynamicRange, Exclusion, RegistryValue, nest
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_kinds import (
+    KINDS,
+    DynamicRange,
+    Exclusion,
+    RegistryValue,
+    nest,
+)
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse import parse_read, range_value
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_host import WindowsHost
 
@@ -387,3 +393,26 @@ def test_plan_of_converged_exclusions_is_empty(blocks, state):
     rows = tuple((a, b, True) for a, b in sorted(ranges)) if state == "present" else ()
     plan = plan_for(desired, state_of(excluded={(IP4, TCP): rows}, targets=((IP4, TCP),)))
     assert [c for c in plan.changes if isinstance(c.key, Exclusion)] == []
+
+
+def test_each_kind_of_the_table_applies_undoes_shows_and_reports():
+    """The table of _windows_kinds: one sample key per kind, through every method the rest of win_tcp calls."""
+    default = range_value((49152, 16384))
+    samples = {K_TWD: (None, 30), K_IP4: (default, range_value((10000, 55536))),
+               Exclusion(IP6, UDP, 50000, 50099): (False, True)}
+    assert {type(key) for key in samples} == set(KINDS)
+    for key, (before, after) in samples.items():
+        assert key.undo(before) == (key.apply(before), None)
+        tool_name, arguments = c.describe(key.apply(after)).split(" ", 1)
+        assert c.statement(key.apply(after)) == '& "$env:SystemRoot\\System32\\%s.exe" %s' % (tool_name, arguments)
+    assert nest({key: after for key, (before, after) in samples.items()}) == {
+        "registry": {"TcpTimedWaitDelay": 30}, "dynamic_port_range": {"ipv4": {"tcp": range_value((10000, 55536))}},
+        "excluded_ranges": {"ipv6": {"udp": {"50000-50099": True}}}}
+    assert [key.show(after) for key, (before, after) in samples.items()] == [
+        "30", "start 10000, 55536 ports (10000-65535)", "excluded (administered)"]
+    assert [key.reboot_required for key in samples] == [True, False, False]
+    assert [key.reads_excluded for key in samples] == [False, False, True]
+    # apply order: registry, exclusions removed, ranges, exclusions added
+    assert sorted([(K_IP4, None), (Exclusion(IP4, TCP, 1, 1), True), (Exclusion(IP4, TCP, 2, 2), False),
+                   (K_TWD, None)], key=lambda pair: pair[0].order(pair[1]))[1:3] == [
+        (Exclusion(IP4, TCP, 2, 2), False), (K_IP4, None)]
