@@ -68,8 +68,9 @@ def _member(value, enum_type):
 
 
 # ------------------------------------------------------------------ the changes win_tcp can make
-# Each action checks its values when it is made and builds its own command, ``command()``: (tool, arguments), from
-# its ints and enum members.  statement() sends the tool by full path; describe() shows it by its bare name.
+# Each action checks its values when it is made and builds its own command from its ints and enum members:
+# ``command(call)``, where ``call(tool)`` is how the tool is named: by full path in what statement() sends
+# (``tool()``), bare in what describe() shows.
 DWORD_MAX = 0xFFFFFFFF
 
 
@@ -84,9 +85,9 @@ class SetDword:
         _member(self.name, RegName)
         _int(self.value, 0, DWORD_MAX)
 
-    def command(self):
-        return "reg", "add '%s' /v %s /t REG_DWORD /d %d /f" % (
-            PARAMETERS_KEY, _member(self.name, RegName).value, _int(self.value, 0, DWORD_MAX))
+    def command(self, call):
+        return "%s add '%s' /v %s /t REG_DWORD /d %d /f" % (
+            call("reg"), PARAMETERS_KEY, _member(self.name, RegName).value, _int(self.value, 0, DWORD_MAX))
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,8 @@ class DeleteValue:
     def __post_init__(self):
         _member(self.name, RegName)
 
-    def command(self):
-        return "reg", "delete '%s' /v %s /f" % (PARAMETERS_KEY, _member(self.name, RegName).value)
+    def command(self, call):
+        return "%s delete '%s' /v %s /f" % (call("reg"), PARAMETERS_KEY, _member(self.name, RegName).value)
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,9 @@ class _PortBlock:
             raise TypeError("%s %d + %d ends above %d" % (self.WHAT, start, number, PORT_MAX))
         return "protocol=%s startport=%d numberofports=%d" % (_member(self.protocol, Protocol).value, start, number)
 
-    def _netsh(self, verb_object):
-        return "netsh", "int %s %s %s" % (_member(self.ip, IpVersion).value, verb_object, self._arguments())
+    def _netsh(self, call, verb_object, suffix=""):
+        return "%s int %s %s %s%s" % (call("netsh"), _member(self.ip, IpVersion).value, verb_object, self._arguments(),
+                                      suffix)
 
 
 @dataclass(frozen=True)
@@ -139,54 +141,55 @@ class SetRange(_PortBlock):
     MIN_NUMBER = NETSH_MIN_PORTS
     WHAT = "dynamic range"
 
-    def command(self):
-        return self._netsh("set dynamicportrange")
+    def command(self, call):
+        return self._netsh(call, "set dynamicportrange")
 
 
 @dataclass(frozen=True)
 class AddExcluded(_PortBlock):
     """netsh int IP add excludedportrange protocol=PROTO startport=START numberofports=NUMBER store=persistent"""
 
-    def command(self):
-        tool_name, arguments = self._netsh("add excludedportrange")
-        return tool_name, arguments + " store=persistent"
+    def command(self, call):
+        return self._netsh(call, "add excludedportrange", " store=persistent")
 
 
 @dataclass(frozen=True)
 class DeleteExcluded(_PortBlock):
     """netsh int IP delete excludedportrange protocol=PROTO startport=START numberofports=NUMBER store=persistent"""
 
-    def command(self):
-        tool_name, arguments = self._netsh("delete excludedportrange")
-        return tool_name, arguments + " store=persistent"
+    def command(self, call):
+        return self._netsh(call, "delete excludedportrange", " store=persistent")
 
 
 ACTIONS = (SetDword, DeleteValue, SetRange, AddExcluded, DeleteExcluded)
 
 
-def _command(action):
+def _action(action):
     if type(action) not in ACTIONS:  # pylint: disable=unidiomatic-typecheck
         raise TypeError("not a win_tcp action: %r" % (action,))
-    return action.command()
+    return action
+
+
+def _bare(name):
+    """A contract tool's bare name, as messages show it."""
+    if name not in TOOLS:
+        raise TypeError("not a contract tool: %r" % (name,))
+    return name
 
 
 def tool(name):
     """The call of a System32 tool by full path: ``& "$env:SystemRoot\\System32\\netsh.exe"``."""
-    if name not in TOOLS:
-        raise TypeError("not a contract tool: %r" % (name,))
-    return TOOL_PATH % name
+    return TOOL_PATH % _bare(name)
 
 
 def statement(action):
     """The statement an action sends: its command, built from its ints and enum members, the tool by full path."""
-    tool_name, arguments = _command(action)
-    return "%s %s" % (tool(tool_name), arguments)
+    return _action(action).command(tool)
 
 
 def describe(action):
     """The command an action runs, as messages name it (``netsh int ipv4 ...``; statement() is what is sent)."""
-    tool_name, arguments = _command(action)
-    return "%s %s" % (tool_name, arguments)
+    return _action(action).command(_bare)
 
 
 # ------------------------------------------------------------------ sections and scripts
