@@ -57,7 +57,7 @@ OPTION_DIGITS_MAX = 20
 
 # The words a script may contain besides constants (the enum API keeps four tiny classes from repeating one shape).
 # Protocol and IpVersion: what netsh keeps a dynamic range for; RegName: the REG_DWORD values under
-# Tcpip\\Parameters that win_tcp manages (read at boot).
+# Tcpip\Parameters that win_tcp manages (read at boot).
 Protocol = enum.Enum("Protocol", [("TCP", "tcp"), ("UDP", "udp")], module=__name__, qualname="Protocol")
 IpVersion = enum.Enum("IpVersion", [("IPV4", "ipv4"), ("IPV6", "ipv6")], module=__name__, qualname="IpVersion")
 RegName = enum.Enum("RegName", [("TIME_WAIT_DELAY", "TcpTimedWaitDelay"), ("MAX_USER_PORT", "MaxUserPort")],

@@ -22,7 +22,8 @@ LINUX_CODE = ["plugins/modules/linux_tcp.py", "plugins/modules/port_usage_info.p
         "port_usage", "socket_table", "linux_port_usage", "prometheus")]
 WINDOWS_CODE = ["plugins/action/win_tcp.py", "plugins/action/win_port_usage_info.py"] + [
     "plugins/plugin_utils/%s.py" % name for name in (
-        "_windows_commands", "_windows_options", "_windows_parse", "windows_host", "windows_tuning", "windows_usage")]
+        "_windows_action", "_windows_commands", "_windows_kinds", "_windows_options", "_windows_parse", "windows_host",
+        "windows_tuning", "windows_usage")]
 FORBIDDEN_CALLS = {"system", "popen", "Popen", "run", "call", "check_call", "check_output", "run_command", "spawnv",
                    "execv", "execve", "execvp"}
 
