@@ -29,7 +29,7 @@ import stat
 import time
 from contextlib import contextmanager
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_files import (  # noqa: F401 (re-exported)
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_files import (
     CHUNK,
     FILE_MAX,
     NOFOLLOW,
@@ -39,17 +39,21 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_files i
     kind,
     read_regular,
 )
-from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_kernel import (  # noqa: F401 (re-exported)
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_kernel import (
     CLONE_NEWNET,
     HostKernel,
     sysctl_path,
 )
-from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_processes import (  # noqa: F401
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_processes import (
     PROCESS_FILE_MAX,
     SOCKET_PREFIX,
     HostProcesses,
     socket_inode,
 )
+
+# What callers import from here, wherever it is written.
+__all__ = ["CHUNK", "CLONE_NEWNET", "FILE_MAX", "LOCK_PATH", "LOCK_WAIT", "PROCESS_FILE_MAX", "SOCKET_PREFIX",
+           "HostError", "LinuxHost", "UnsafeFile", "kind", "read_regular", "socket_inode", "sysctl_path"]
 
 LOCK_PATH = "/run/tcpstack-tuning.lock"
 LOCK_WAIT = 120.0  # seconds a run waits for another run's lock before it fails, saying who holds it

@@ -41,7 +41,6 @@ def sysctl_path(key):
     return "/proc/sys/" + key.replace(".", "/")
 
 
-
 class HostKernel(HostRoot):
     """LinuxHost's kernel reads and writes: sysctl values, /proc files, the socket table over netlink."""
 

@@ -35,7 +35,6 @@ def socket_inode(link):
     return None
 
 
-
 class HostProcesses(HostRoot):
     """LinuxHost's processes: their pids, network namespaces, socket inodes, /proc/PID files and user names."""
 
