@@ -38,7 +38,12 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.port_monitor impor
     TOP_MAX as MONITOR_TOP_MAX,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import validate_audit_options
-from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_bool, strict_int
+from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import (
+    ValidationError,
+    absolute_path,
+    strict_bool,
+    strict_int,
+)
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import EVENT_HOURS_MAX, WIN_TCP_OPTIONS
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_tuning import validate as validate_win_tcp
 
@@ -268,15 +273,11 @@ def port_audit(spec, values, windows):
 
 
 def _absolute_path(values, name, what, empty_ok=False):
-    """An absolute, normalised path with no control characters (it is written into a systemd unit)."""
-    value = values[name]
-    if empty_ok and value in ("", None):
-        return ""
-    if (not isinstance(value, str) or not value.startswith("/") or len(value) > 1024
-            or any(ord(c) < 32 or ord(c) == 127 or c in "%\\" or c.isspace() for c in value)
-            or "/../" in value + "/" or "/./" in value + "/" or "//" in value or value == "/"):
-        raise RoleVarError(name, value, what)
-    return value.rstrip("/") if len(value) > 1 else value
+    """An absolute, plain path (validation.absolute_path, as the sampler checks it: it goes into a systemd unit)."""
+    try:
+        return absolute_path(values[name], name, what, empty_ok)
+    except ValidationError as exc:
+        raise RoleVarError(exc.option, exc.value, exc.valid) from None
 
 
 def port_monitor(spec, values, windows):
