@@ -251,12 +251,13 @@ def read(host, desired, options):
     return HostState(runtime, listening, kernel, layout, tuple(notes), file_text, refused, host.fresh_defaults(probe))
 
 
-def _boot_layout(state, path, wanted, warnings):
+def _boot_layout(state, path, desired, warnings):
     """What a boot will read, with our file as we write it: (layout, our file's new text or None)."""
+    wanted = texts(desired)
     if path is None:
         for init in INITS:
             for key, found in predict(state.layout, wanted.keys(), init).items():
-                if not same(key, found.value, wanted[key]):
+                if not same(key, found.value, desired[key]):
                     warnings.append(
                         "persist is false: %s = %s lasts until the next boot, when %s line %d sets %s"
                         % (key, wanted[key], found.path, found.line, found.value))
@@ -305,15 +306,14 @@ def plan_linux_tcp(desired, state, options):
         raise ValidationError("persist_file", path, state.file_refused)
     warnings.extend(state.layout_notes)
     warnings.extend(unusable({p: t for p, t in state.layout.items() if p != path}, desired.keys()))
-    wanted = texts(desired)
-    layout, file_after = _boot_layout(state, path, wanted, warnings)
+    layout, file_after = _boot_layout(state, path, desired, warnings)
     before = OrderedDict((key, loose(key, state.runtime[key])) for key in desired)
     shadowed = ()
     if path is not None:
         refusal = OrderedDict([("persist_file", path), ("kernel", state.kernel), ("before", before)])
         shadowed = _shadowing(layout, path, desired, options, refusal, warnings)
     plan = make_plan(before, desired, same, path, state.file_text, file_after, warnings=warnings)
-    return Tuning(plan, before, wanted, layout, shadowed, tuple(desired))
+    return Tuning(plan, before, texts(desired), layout, shadowed, tuple(desired))
 
 
 def result(tuning, state, want_diff):
