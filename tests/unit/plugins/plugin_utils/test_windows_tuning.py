@@ -54,7 +54,7 @@ class TestPlanning:
         plan = plan_for(desired, state_of())
         assert plan.changed and plan.reboot_required
         assert [c.key.label for c in plan.changes] == ["TcpTimedWaitDelay", "ipv4 tcp dynamic port range",
-                                                    "ipv6 tcp dynamic port range"]
+                                                       "ipv6 tcp dynamic port range"]
         assert w.plan_actions(plan) == (c.SetDword(TWD, 30), c.SetRange(IP4, TCP, 10000, 55536),
                                         c.SetRange(IP6, TCP, 10000, 55536))
 
