@@ -154,8 +154,11 @@ def normalise_intervals(intervals):
     return tuple(merged)
 
 
-def _list_items(value, option, valid):
-    """The items of a port list: the comma-separated parts of a string (none for a blank one), or a list's."""
+def list_items(value, option, valid):
+    """The items of a list option: the comma-separated parts of a string (none for a blank one), or a list's.
+
+    Anything else, or a string of over LIST_TEXT_MAX characters, is a ValidationError naming ``option``.
+    """
     if isinstance(value, (list, tuple)):
         return list(value)
     if not isinstance(value, str):
@@ -176,7 +179,7 @@ def parse_port_list(value, option="reserved_ports", lowest=PORT_MIN):
     if value is None:
         return ()
     intervals = []
-    for item in _list_items(value, option, valid):
+    for item in list_items(value, option, valid):
         if isinstance(item, bool):
             raise ValidationError(option, value, valid)
         if isinstance(item, int):
@@ -195,15 +198,6 @@ def parse_port_list(value, option="reserved_ports", lowest=PORT_MIN):
             raise ValidationError(option, value, "in %r the low port must not be above the high port" % (item,))
         intervals.append((low, high))
     return normalise_intervals(intervals)
-
-
-def list_items(value, option, valid):
-    """The items of a list option: a string split on commas, a list or tuple as a list; else ValidationError."""
-    if isinstance(value, str):
-        return value.split(",")
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    raise ValidationError(option, value, valid)
 
 
 def format_port_list(intervals):
