@@ -47,8 +47,8 @@ def file_breaches(path: pathlib.Path, shown: str) -> list[str]:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             length = node.end_lineno - node.lineno + 1
             if length > MAX_FUNCTION_LINES:
-                out.append('%s:%d: function %s is %d lines (at most %d)' % (shown, node.lineno, node.name, length,
-                                                                           MAX_FUNCTION_LINES))
+                out.append('%s:%d: function %s is %d lines (at most %d)'
+                           % (shown, node.lineno, node.name, length, MAX_FUNCTION_LINES))
     return out
 
 
