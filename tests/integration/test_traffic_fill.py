@@ -98,8 +98,8 @@ def test_established_holds_both_ends_open(box):
 def test_established_stays_within_its_hard_descriptor_limit(box):
     need(shutil.which("prlimit") is not None, "needs prlimit (Debian package util-linux)")
     # hard limit 264 descriptors: (264 - 64) // 2 = 100 connections, whatever is asked
-    done = box.exec(["prlimit", "--nofile=264:264"] + program("hold", "127.0.20.2", "9000", "5000", "1",
-                                                             python=python_interpreter()), timeout=30)
+    hold = program("hold", "127.0.20.2", "9000", "5000", "1", python=python_interpreter())
+    done = box.exec(["prlimit", "--nofile=264:264"] + hold, timeout=30)
     fields = done.stdout.split()
     assert fields[:2] == ["ready", "100"], done.stdout
     assert len(fields) == 3  # no error: it asked for no more than it could hold
