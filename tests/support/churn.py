@@ -21,12 +21,12 @@ ready ("listening", "running", "ready ...").
       (attempt i is due at start + i/R; at most R * S of them, stopping S + --grace seconds after the start);
       without it they go as fast as they can for at most S seconds.  --procs N: N forked processes share the rate,
       each offset by 1/N of a step.  --exchange sends a byte and reads it back on each connection, --hold-ms keeps
-      it open that long in all.  --serve N: N forked processes of this program also serve the destinations (one
-      process is both ends).  --knock PORT: every tenth attempt also starts a non-blocking connect() to a listener
-      on the first address's PORT with backlog 0 that never accepts (its SYNs are dropped: ListenOverflows), at
-      most 2,000 kept pending.  --pool N: N keep-alive connections opened once, each attempt a one-byte request on
-      one of them instead of a new connection.  --linger S: wait S seconds before the report (the server closes
-      its side).  --ready: print "running" first (with --pool, once the pool is open).
+      it open that long in all.  --serve N: N forked processes of this program also serve the destinations (as
+      serve does, until the client is done).  --knock PORT: every tenth attempt also starts a non-blocking
+      connect() to a listener on the first address's PORT with backlog 0 that never accepts (its SYNs are dropped:
+      ListenOverflows), at most 2,000 kept pending.  --pool N: N keep-alive connections opened once, each attempt
+      a one-byte request on one of them instead of a new connection.  --linger S: wait S seconds before the report
+      (the server closes its side).  --ready: print "running" first (with --pool, once the pool is open).
 
   bind-first ADDRESS PORT --local LOCAL --batch N --hold S --seconds S
       A client that binds before it connects: each round binds N sockets to (LOCAL, 0), so each takes an
