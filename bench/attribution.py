@@ -14,14 +14,14 @@ first, then the attribution cost, then the scale):
    function with attribution (``linux_port_usage.audit()``, a fresh process per run) against ``ss -tanp`` on the
    same table; peak RSS of the audit runs (RUSAGE_CHILDREN of a driver process that runs only them).
 2. **rate error**: a client at a steady 100 new connections per second, each living 2 ms
-   (tests.support.traffic.STEADY), and ``audit(sample_seconds=3)``: the relative error of the churner's rate
-   against the rate the client counted itself.
+   (tests/support/churn.py connect --rate 100 --exchange --hold-ms 2), and ``audit(sample_seconds=3)``: the
+   relative error of the churner's rate against the rate the client counted itself.
 3. **scale**: ``tcp_max_tw_buckets`` raised to 2,000,000 (or 1.32x the largest size), range 1024-65535,
-   ``tcp_tw_reuse`` 0.  ``--fillers`` churn processes (tests.support.traffic.SELF_CHURN), each both ends of its own
+   ``tcp_tw_reuse`` 0.  ``--fillers`` churn processes (tests/support/churn.py self-churn), each both ends of its own
    loopback churn over 4 addresses x 4 ports (127.0.10+N.1-4, ports 8080-8083: 64 destination tuples with 4
    fillers), connect, accept and close the client end first (its port stays 60 s in TIME_WAIT) until the table
    holds 110% of each size of ``--scale``.  From the size of a million on, ``--established`` more sockets are held
-   ESTABLISHED (tests.support.traffic.ESTABLISHED: loopback connections opened once, both ends held, 5,000 per
+   ESTABLISHED (tests/support/churn.py hold: loopback connections opened once, both ends held, 5,000 per
    process, within the hard RLIMIT_NOFILE).  The churn is stopped (SIGSTOP) while the audit without attribution and
    ``ss -tan`` are timed alternately at that size (SCALE_DRIVER: the sockets each run saw, the states, the peak
    RSS of each process), then resumed.  Bounded: ``--fill-seconds`` in all, each filler at most 20,000,000
@@ -45,7 +45,7 @@ from pathlib import Path
 
 from bench.audit_cost import DRIVER, delete_namespace, median
 from tests.support.collection import ROOT, collections_path
-from tests.support.traffic import ECHO, ESTABLISHED, SELF_CHURN, STEADY
+from tests.support.traffic import program
 
 RESULTS = ROOT / "bench" / "results" / "attribution.json"
 TARGET_VS_SS_P = 1.0
@@ -53,73 +53,16 @@ TARGET_VS_SS = 1.0
 TARGET_RSS_MB = 64.0
 TARGET_RATE_ERROR = 0.2
 
-# PROCESSES PER_PROCESS SERVERS: SERVERS processes accept and hold every connection (selectors); PROCESSES
-# forked clients open PER_PROCESS connections each to 127.0.0.1/127.0.0.2:9000+server and hold them.  Prints
-# "ready N" once all are open, then holds until killed (at most 600 s).
-HOLD = r"""
-import os, resource, selectors, signal, socket, sys, time
-processes, per_process, servers = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-children = []
-listeners = []
-for index in range(servers):
-    for address in ("127.0.0.1", "127.0.0.2"):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address, 9000 + index))
-        sock.listen(4096)
-        listeners.append((index, sock))
-for index in range(servers):
-    pid = os.fork()
-    if pid == 0:
-        sel = selectors.DefaultSelector()
-        mine = [sock for owner, sock in listeners if owner == index]
-        for sock in mine:
-            sock.setblocking(False)
-            sel.register(sock, selectors.EVENT_READ)
-        held = []
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            for key, dummy in sel.select(timeout=1.0):
-                while True:
-                    try:
-                        conn, peer = key.fileobj.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError:  # reset before it was accepted (ECONNABORTED)
-                        continue
-                    held.append(conn)
-        os._exit(0)
-    children.append(pid)
-ready_r, ready_w = os.pipe()
-for index in range(processes):
-    pid = os.fork()
-    if pid == 0:
-        held = []
-        for number in range(per_process):
-            held.append(socket.create_connection(("127.0.0.%d" % (1 + number % 2), 9000 + index % servers)))
-        os.write(ready_w, b".")
-        time.sleep(600)
-        os._exit(0)
-    children.append(pid)
-got = 0
-while got < processes:
-    got += len(os.read(ready_r, processes))
-print("ready %d" % (processes * per_process), flush=True)
+# the attribution table: PROCESSES forked clients hold PER_PROCESS connections each to SERVERS server processes,
+# which accept and hold them (one port each, 9000 + N, on 127.0.0.1 and 127.0.0.2).  Prints "ready N" once all are
+# open, then holds until killed (at most 600 s).
+SERVERS, HOLD_SECONDS = 5, 600
 
-def stop(*args):
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    os._exit(0)
 
-signal.signal(signal.SIGTERM, stop)
-time.sleep(600)
-stop()
-"""
+def held_table(processes, per_process):
+    return program("hold", "127.0.0.1,127.0.0.2", ",".join(str(9000 + n) for n in range(SERVERS)),
+                   processes * per_process, HOLD_SECONDS, "--client-procs", processes, "--server-procs", SERVERS)
+
 
 # Inside the scale namespace: REPS AUDIT_CMD SS_CMD (JSON argv lists): the audit and ``ss -tan >/dev/null``
 # alternately (audit then ss, then ss then audit, ...: the TIME_WAIT that expire while the runs are timed fall on
@@ -202,9 +145,8 @@ class Namespace:
     def sysctl(self, key, value):
         run(self.argv(["sh", "-c", 'echo "$1" > "/proc/sys/$2"', "sh", value, key.replace(".", "/")]))
 
-    def start(self, script, *args, ready=None):
-        child = subprocess.Popen(self.argv([sys.executable, "-c", script] + list(args)), stdout=subprocess.PIPE,
-                                 text=True, start_new_session=True)
+    def start(self, cmd, ready=None):
+        child = subprocess.Popen(self.argv(cmd), stdout=subprocess.PIPE, text=True, start_new_session=True)
         self.children.append(child)
         if ready is not None:
             line = child.stdout.readline().strip()
@@ -271,7 +213,7 @@ def measure_attribution(owned, processes, reps, python, env):
     with Namespace("a") as box:
         box.sysctl("net.ipv4.ip_local_port_range", "1024 65535")
         box.sysctl("net.core.somaxconn", "4096")
-        dummy, line = box.start(HOLD, processes, per_process, 5, ready="ready")
+        dummy, line = box.start(held_table(processes, per_process), ready="ready")
         held = int(line.split()[1])
         audit = box.measure("audit", [python, "-c", AUDIT_CHILD, "attribute"], reps, env)
         ss_p = box.measure("ss", ["ss", "-tanp"], reps, env)
@@ -279,7 +221,7 @@ def measure_attribution(owned, processes, reps, python, env):
     seconds = median([r["seconds"] for r in runs])
     ss_seconds = median([r["process_seconds"] for r in ss_p["runs"]])
     return {
-        "connections": held, "sockets": runs[0]["sockets"], "processes": processes + 5,
+        "connections": held, "sockets": runs[0]["sockets"], "processes": processes + SERVERS,
         "seconds": round(seconds, 4), "seconds_all": [round(r["seconds"], 4) for r in runs],
         "process_seconds": round(median([r["process_seconds"] for r in runs]), 4),
         "ss_p_seconds": round(ss_seconds, 4), "vs_ss_p": round(seconds / ss_seconds, 2),
@@ -289,8 +231,9 @@ def measure_attribution(owned, processes, reps, python, env):
 
 def measure_rate(python, env):
     with Namespace("r") as box:
-        box.start(ECHO, "127.0.0.1", 8080, 120, ready="listening")
-        client, dummy = box.start(STEADY, "127.0.0.1", 8080, 100, 12, 2, ready="running")
+        box.start(program("serve", "127.0.0.1", 8080, 120, "--echo"), ready="listening")
+        client, dummy = box.start(program("connect", "127.0.0.1", 8080, "--rate", 100, "--seconds", 12, "--exchange",
+                                          "--hold-ms", 2, "--ready"), ready="running")
         time.sleep(1)
         audited = json.loads(run(box.argv([python, "-c", AUDIT_CHILD, "attribute", "3"]), timeout=60, env=env).stdout)
         own = None
@@ -335,7 +278,7 @@ def start_holders(box, established):
     started = time.monotonic()
     for index in range((connections + HOLD_PER_PROCESS - 1) // HOLD_PER_PROCESS):
         share = min(HOLD_PER_PROCESS, connections - index * HOLD_PER_PROCESS)
-        child, line = box.start(ESTABLISHED, "127.0.20.%d" % (index + 1), 9000, share, 900, ready="ready")
+        child, line = box.start(program("hold", "127.0.20.%d" % (index + 1), 9000, share, 900), ready="ready")
         processes.append(child)
         fields = line.split(None, 3)
         opened += int(fields[1])
@@ -363,8 +306,8 @@ def measure_scale(sizes, fill_seconds, reps, python, env, count=4, established=1
         fillers = []
         for index in range(count):
             addresses = ",".join("127.0.%d.%d" % (10 + index, n) for n in range(1, 5))
-            fillers.append(box.start(SELF_CHURN, addresses, ",".join(str(p) for p in SCALE_PORTS), 20000000, 900,
-                                     ready="listening")[0])
+            fillers.append(box.start(program("self-churn", addresses, ",".join(str(p) for p in SCALE_PORTS), 20000000,
+                                             900), ready="listening")[0])
         holders = []
         probe = fillers[0].pid
         churn_seconds = 0.0

@@ -5,7 +5,7 @@
 1. Creates a network namespace (puib-PID) and, inside it only: loopback up, ip_local_port_range
    1024 65535, tcp_tw_reuse 0, tcp_max_tw_buckets 262144.
 2. Fills it with TIME_WAIT sockets by real loopback connection churn: listeners on 127.0.0.1..127.0.0.4
-   port 8080 (one process each: accept, wait for the client's FIN, close), a client that connects and
+   port 8080 (4 server processes: accept, wait for the client's FIN, close), a client that connects and
    closes first, so that every client port stays 60 s in TIME_WAIT.  Bounded: at most --sockets
    connections and 45 s.
 3. Inside the namespace, times the module's core function (linux_port_usage.audit(), what the module runs)
@@ -33,56 +33,16 @@ import time
 from pathlib import Path
 
 from tests.support.collection import ROOT, collections_path
+from tests.support.traffic import program
 
 RESULTS = ROOT / "bench" / "results" / "audit.json"
 TARGET_SECONDS = 0.5
 TARGET_VS_SS = 2.0
 TARGET_RSS_MB = 64.0
 
-CHURN = r"""
-import json, os, signal, socket, sys, time
-addresses = sys.argv[1].split(",")
-port, total, seconds = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-servers = []
-for address in addresses:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((address, port))
-    sock.listen(4096)
-    pid = os.fork()
-    if pid == 0:
-        sock.settimeout(2.0)
-        deadline = time.monotonic() + seconds + 10
-        try:
-            while time.monotonic() < deadline:
-                conn, _ = sock.accept()
-                conn.recv(1)
-                conn.close()
-        finally:
-            os._exit(0)
-    sock.close()
-    servers.append(pid)
-made = failed = 0
-started = time.monotonic()
-deadline = started + seconds
-try:
-    while made < total and failed < 100 and time.monotonic() < deadline:
-        for address in addresses:
-            client = socket.socket()
-            try:
-                client.connect((address, port))
-                made += 1
-            except OSError:
-                failed += 1
-            finally:
-                client.close()
-finally:
-    time.sleep(0.5)
-    for pid in servers:
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
-print(json.dumps({"made": made, "failed": failed, "seconds": round(time.monotonic() - started, 2)}))
-"""
+# the fill (tests/support/churn.py connect): 4 server processes serve the 4 listeners, the client connects to them
+# round robin and closes first; at most SOCKETS connections made, 100 failures and 45 s
+FILL_ADDRESSES, FILL_PORT, FILL_SECONDS = "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4", 8080, 45
 
 # the collection comes from PYTHONPATH (the collections directory), as for the module run below
 AUDIT_CHILD = r"""
@@ -160,8 +120,10 @@ def main():
         for key, value in (("net/ipv4/ip_local_port_range", "1024 65535"), ("net/ipv4/tcp_tw_reuse", "0"),
                            ("net/ipv4/tcp_max_tw_buckets", "262144")):
             run(inside + ["sh", "-c", 'echo "$1" > /proc/sys/%s' % key, "sh", value])
-        churn = json.loads(run(inside + [sys.executable, "-c", CHURN, "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4", 8080,
-                                         sockets, 45], timeout=90).stdout)
+        filled = json.loads(run(inside + program("connect", FILL_ADDRESSES, FILL_PORT, "--serve", 4, "--made", sockets,
+                                                 "--attempts", sockets + 100, "--stop-after-failures", 100,
+                                                 "--seconds", FILL_SECONDS, "--linger", 0.5), timeout=90).stdout)
+        churn = {"made": filled["made"], "failed": filled["failed"], "seconds": round(filled["seconds"], 2)}
         measured_at = time.monotonic()
         args_file = Path(tempfile.mkdtemp(prefix="puib-")) / "args.json"
         args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"top": 10}}))

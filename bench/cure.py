@@ -28,166 +28,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 from tests.support.netns import TCP_KEYS, stop_process
+from tests.support.traffic import program
 from tests.support.veth import ClientServer
 
 CLIENT_IP, SERVER_IP = "10.213.7.1", "10.213.7.2"
 TIME_WAIT = 60.0
 KEYS = TCP_KEYS + ("net.ipv4.tcp_max_tw_buckets",)
 
-# SERVER ADDRESS PORTS SECONDS: one epoll loop per port list, started NPROC times with SO_REUSEPORT;
-# accept, close after the client's FIN (recv gives b"").  Bounded by SECONDS.
-SERVER = r"""
-import os, select, socket, sys, time
-address, ports, seconds, nproc = sys.argv[1], [int(p) for p in sys.argv[2].split(",")], float(sys.argv[3]), int(sys.argv[4])
-listeners = []
-for port in ports:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((address, port))
-    sock.listen(4096)
-    sock.setblocking(False)
-    listeners.append(sock)
-children = []
-for _ in range(nproc - 1):
-    pid = os.fork()
-    if pid == 0:
-        children = None
-        break
-    children.append(pid)
-ep = select.epoll()
-by_fd = {}
-for sock in listeners:
-    ep.register(sock.fileno(), select.EPOLLIN)
-    by_fd[sock.fileno()] = ("listen", sock)
-if children is not None:
-    print("listening", flush=True)
-deadline = time.monotonic() + seconds
-while time.monotonic() < deadline:
-    for fd, _ in ep.poll(1.0):
-        kind, sock = by_fd.get(fd, (None, None))
-        if kind == "listen":
-            for _ in range(256):
-                try:
-                    conn, _ = sock.accept()
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break
-                conn.setblocking(False)
-                by_fd[conn.fileno()] = ("conn", conn)
-                ep.register(conn.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
-        elif kind == "conn":
-            try:
-                data = sock.recv(64)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                ep.unregister(fd)
-                del by_fd[fd]
-                sock.close()
-os._exit(0)
-"""
-
-# CLIENT ADDRESS PORT RATE SECONDS WINDOW_FROM PROCS GRACE: PROCS processes each hold RATE/PROCS
-# connect()/close() per second for SECONDS (connection i due at start + i*PROCS/RATE, offset per process);
-# counts per outcome, split before/after WINDOW_FROM seconds.  Bounded: RATE*SECONDS attempts and
-# SECONDS+GRACE s (a client that falls behind stops there).
-CLIENT = r"""
-import errno, json, os, socket, sys, time
-address, port, rate, seconds, window_from, procs, grace = (sys.argv[1], int(sys.argv[2]), float(sys.argv[3]),
-                                                           float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]),
-                                                           float(sys.argv[7]))
-start = time.monotonic() + 0.5
-pipes = []
-index = 0
-for k in range(procs):
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        index = k
-        break
-    os.close(w)
-    pipes.append((pid, r))
-else:
-    pid = None
-if pid == 0:
-    step = procs / rate
-    total = int(rate * seconds / procs)
-    hard_stop = start + seconds + grace
-    counts = {"made": 0, "eaddrnotavail": 0, "other": 0, "window_made": 0, "window_eaddrnotavail": 0, "window_other": 0}
-    errors = {}
-    max_lag = connect_total = connect_max = 0.0
-    lag_at = {}
-    while time.monotonic() < start:
-        time.sleep(0.01)
-    for i in range(total):
-        due = start + (i + index / procs) * step
-        now = time.monotonic()
-        if now > hard_stop:
-            break
-        if due > now:
-            time.sleep(due - now)
-        else:
-            max_lag = max(max_lag, now - due)
-        in_window = due - start >= window_from
-        mark = int((due - start) // 10) * 10
-        if mark not in lag_at:
-            lag_at[mark] = round(max(0.0, now - due), 3)
-        sock = socket.socket()
-        sock.settimeout(2.0)
-        began = time.monotonic()
-        try:
-            sock.connect((address, port))
-            outcome = "made"
-        except OSError as exc:
-            outcome = "eaddrnotavail" if exc.errno == errno.EADDRNOTAVAIL else "other"
-            if outcome == "other":
-                errors[str(exc)] = errors.get(str(exc), 0) + 1
-        finally:
-            took = time.monotonic() - began
-            connect_total += took
-            connect_max = max(connect_max, took)
-            sock.close()
-        counts[outcome] += 1
-        if in_window:
-            counts["window_" + outcome] += 1
-    counts.update(seconds=time.monotonic() - start, max_lag=max_lag, errors=errors, planned=total,
-                  connect_total=connect_total, connect_max=connect_max, lag_at=lag_at)
-    os.write(w, json.dumps(counts).encode())
-    os._exit(0)
-parts = []
-for child, r in pipes:
-    data = b""
-    while True:
-        chunk = os.read(r, 65536)
-        if not chunk:
-            break
-        data += chunk
-    os.waitpid(child, 0)
-    parts.append(json.loads(data))
-out = {"rate": rate, "seconds": seconds, "window_from": window_from, "procs": procs}
-for key in ("made", "eaddrnotavail", "other", "window_made", "window_eaddrnotavail", "window_other", "planned"):
-    out[key] = sum(p[key] for p in parts)
-out["elapsed"] = max(p["seconds"] for p in parts)
-out["max_lag"] = max(p["max_lag"] for p in parts)
-out["connect_ms_mean"] = round(1000.0 * sum(p["connect_total"] for p in parts) / max(1, sum(p["made"] + p["eaddrnotavail"] + p["other"] for p in parts)), 3)
-out["connect_ms_max"] = round(1000.0 * max(p["connect_max"] for p in parts), 1)
-out["lag_at"] = parts[0]["lag_at"]
-errors = {}
-for p in parts:
-    for k, v in p["errors"].items():
-        errors[k] = errors.get(k, 0) + v
-out["errors"] = errors
-print(json.dumps(out))
-"""
+# The server: tests/support/churn.py serve, SERVER_PROCS processes on the trial ports (SO_REUSEPORT, one epoll loop
+# each): accept, close after the client's FIN.  The client: churn.py connect, PROCS processes each holding RATE/PROCS
+# connect()/close() per second for SECONDS (connection i due at start + i*PROCS/RATE, offset per process); counts
+# per outcome, split before/after WINDOW_FROM seconds.  Bounded: RATE*SECONDS attempts and SECONDS+GRACE s (a client
+# that falls behind stops there).
 
 
 class Pair:
@@ -206,8 +61,8 @@ class Pair:
     def __enter__(self):
         self.link.create()
         try:
-            self.child = self.link.serve(SERVER, SERVER_IP, ",".join(str(p) for p in self.ports), self.server_seconds,
-                                         self.server_procs)
+            self.child = self.link.serve(program("serve", SERVER_IP, ",".join(str(p) for p in self.ports),
+                                                 self.server_seconds, "--procs", self.server_procs))
         except BaseException:
             self.link.destroy()
             raise
@@ -218,9 +73,18 @@ class Pair:
         return False
 
     def start_trial(self, port, rate, seconds, window_from, procs, grace=15.0):
-        return subprocess.Popen(
-            self.client.argv([sys.executable, "-c", CLIENT, SERVER_IP, port, rate, seconds, window_from, procs, grace]),
+        child = subprocess.Popen(
+            self.client.argv(program("connect", SERVER_IP, port, "--rate", rate, "--seconds", seconds, "--window-from",
+                                     window_from, "--procs", procs, "--grace", grace)),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        child.asked = {"rate": float(rate), "seconds": float(seconds), "window_from": float(window_from),
+                       "procs": int(procs)}
+        return child
+
+
+# what a trial records of the client's report, after what was asked; its "seconds" is recorded as "elapsed"
+TRIAL_KEYS = ("made", "eaddrnotavail", "other", "window_made", "window_eaddrnotavail", "window_other", "planned")
+TRIAL_FIGURES = ("max_lag", "connect_ms_mean", "connect_ms_max", "lag_at", "errors")
 
 
 def finish(child, timeout):
@@ -231,7 +95,10 @@ def finish(child, timeout):
         raise RuntimeError("cure trial did not finish in %ss" % timeout)
     if child.returncode != 0:
         raise RuntimeError("cure trial failed (rc=%s): %s" % (child.returncode, err[-2000:]))
-    trial = json.loads(out)
+    report = json.loads(out)
+    trial = dict(child.asked, **{key: report[key] for key in TRIAL_KEYS})
+    trial["elapsed"] = report["seconds"]
+    trial.update((key, report[key]) for key in TRIAL_FIGURES)
     trial["achieved_rate"] = round(trial["made"] / trial["elapsed"], 1) if trial["elapsed"] else 0.0
     # held: every planned attempt made, none refused, and the pacing kept up (the last one due was not late
     # by more than a second)

@@ -6,8 +6,8 @@
 2. Inside it only, holder processes open --connections loopback connections in all to listeners on
    127.0.0.1..4 (one port per holder) and keep both ends open: 2 x 50,000 = 100,000 ESTABLISHED sockets that stay
    for the whole measurement (TIME_WAIT sockets would expire within 60 s).  Each holder keeps under the open-file
-   limit (at most PER_HOLDER connections, two descriptors each).  Bounded: 60 s to open them; a holder exits
-   when its stdin closes.
+   limit (at most PER_HOLDER connections, two descriptors each; tests/support/churn.py hold).  Bounded: a holder
+   exits when its stdin closes, or after twice the measurement and 2 minutes.
 3. Installs the sampler in a temporary directory exactly as the role lays it out (the collection's module_utils
    under ansible_collections/tcpstack/tuning/plugins/module_utils, the role's entry point) and runs it as the unit
    does (``python3 -s -E -B ENTRY --directory DIR --interval 15``) inside the namespace.
@@ -37,6 +37,7 @@ from pathlib import Path
 from tests.support.collection import ROOT
 from tests.support.netns import Sandbox, stop_process
 from tests.support.promql import samples
+from tests.support.traffic import program
 
 RESULTS = ROOT / "bench" / "results" / "monitor.json"
 PACKAGE = "ansible_collections/tcpstack/tuning/plugins/module_utils"
@@ -45,44 +46,13 @@ TARGET_RSS_MB = 32.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 PER_HOLDER = 8000  # 16,000 descriptors: under a 20,000 open-file limit
-HOLDER = r"""
-import resource, socket, sys, time
-connections, port = int(sys.argv[1]), int(sys.argv[2])
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-addresses = ["127.0.0.%d" % n for n in range(1, 5)]
-listeners = []
-for address in addresses:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((address, port))
-    sock.listen(4096)
-    sock.setblocking(False)
-    listeners.append(sock)
-clients, servers = [], []
-deadline = time.monotonic() + 60
-while len(clients) < connections and time.monotonic() < deadline:
-    for number, address in enumerate(addresses):
-        if len(clients) >= connections:
-            break
-        client = socket.socket()
-        client.connect((address, port))
-        clients.append(client)
-    for sock in listeners:
-        while True:
-            try:
-                servers.append(sock.accept()[0])
-            except BlockingIOError:
-                break
-while len(servers) < len(clients) and time.monotonic() < deadline:
-    for sock in listeners:
-        try:
-            servers.append(sock.accept()[0])
-        except BlockingIOError:
-            pass
-print("ready %d %d" % (len(clients), len(servers)), flush=True)
-sys.stdin.read()  # held until the bench closes our stdin (or kills us)
-"""
+HOLDER_ADDRESSES = "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4"
+
+
+def holder_command(count, port, seconds):
+    """tests/support/churn.py hold: ``count`` loopback connections to HOLDER_ADDRESSES:``port``, both ends held
+    by one process until its stdin closes (at most ``seconds``); it prints "ready N SECONDS_TO_OPEN"."""
+    return program("hold", HOLDER_ADDRESSES, port, count, seconds, "--stdin")
 
 
 def install(code_dir):
@@ -125,7 +95,8 @@ def run(connections=50000, interval=15, windows=4, log=print, processes=False):
             left, port = connections, 8080
             while left > 0:
                 count = min(left, PER_HOLDER)
-                holders.append(subprocess.Popen(box.argv([sys.executable, "-c", HOLDER, count, port]),
+                command = holder_command(count, port, 120 + 2 * interval * (windows + 1))
+                holders.append(subprocess.Popen(box.argv(command),
                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                                 start_new_session=True))
                 left, port = left - count, port + 1
@@ -134,7 +105,7 @@ def run(connections=50000, interval=15, windows=4, log=print, processes=False):
                 line = holder.stdout.readline().split()
                 if not line or line[0] != "ready":
                     raise RuntimeError("a holder did not open its connections: %r" % line)
-                opened = [opened[0] + int(line[1]), opened[1] + int(line[2])]
+                opened = [opened[0] + int(line[1]), opened[1] + int(line[1])]  # both ends of each connection
             log("monitor: %d client and %d server sockets held by %d processes" % (opened[0], opened[1], len(holders)))
             entry = install(Path(tmp) / "code")
             textfile_dir = Path(tmp) / "textfile"

@@ -38,7 +38,7 @@ from tests.support.collection import ROOT, collections_path
 from tests.support.fleet import fleet_hosts
 from tests.support.netns import SandboxError, missing_requirements, stop_process as stop
 from tests.support.playbook import ansible_playbook
-from tests.support.traffic import ECHO, STEADY, final_report
+from tests.support.traffic import final_report, program
 from tests.support.veth import ClientServer
 from tests.support.windows_sim import Simulator
 
@@ -86,7 +86,7 @@ class Fleet:
     def create(self):
         self.link.create()
         try:
-            self.link.serve(ECHO, BACKEND_IP, PORT, 600)
+            self.link.serve(program("serve", BACKEND_IP, PORT, 600, "--echo"))
         except SandboxError as exc:
             raise DemoFailed("the backend service did not start: %s" % exc) from exc
         self.windows = Simulator(profile="server2022").start()
@@ -107,8 +107,10 @@ class Fleet:
 
 
 def start_client(fleet, seconds):
-    """The churning client on web, in the background: STEADY at CHURN_RATE for ``seconds``."""
-    child = fleet.web.start(STEADY, BACKEND_IP, PORT, CHURN_RATE, seconds, HOLD_MS, ready="running")
+    """The churning client on web, in the background: CHURN_RATE new connections per second for ``seconds``, each a
+    byte there and back, held HOLD_MS, closed by the client."""
+    child = fleet.web.start(program("connect", BACKEND_IP, PORT, "--rate", CHURN_RATE, "--seconds", seconds,
+                                    "--exchange", "--hold-ms", HOLD_MS, "--ready"), ready="running")
     _children.append(child)
     return child
 

@@ -140,18 +140,14 @@ options:
       - V(absent) removes O(persist_file) and sets every key it named back to the value the host would boot
         with without it (another file's value, else the kernel default, read from a fresh network namespace).
         The other options are ignored.
-    type: str
-    choices: [present, absent]
-    default: present
+extends_documentation_fragment:
+  - tcpstack.tuning.tuning
 attributes:
   check_mode:
-    support: full
     description: Exact. Reports what would change, including the file, and writes nothing.
   diff_mode:
-    support: full
     description: Shows the runtime values and the persisted file, before and after.
   platform:
-    support: full
     platforms: linux
     description: Linux, with /proc mounted. Runs as root to change anything.
 notes:

@@ -78,15 +78,10 @@ options:
         Must not be below O(warning_percent).
     type: int
     default: 90
+extends_documentation_fragment:
+  - tcpstack.tuning.info
 attributes:
-  check_mode:
-    support: full
-    description: The module never changes anything; it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is nothing to show.
   platform:
-    support: full
     platforms: linux
     description: Linux, with /proc mounted. Needs no root.
 notes:

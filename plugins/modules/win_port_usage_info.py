@@ -75,15 +75,10 @@ options:
     type: list
     elements: int
     default: []
+extends_documentation_fragment:
+  - tcpstack.tuning.info
 attributes:
-  check_mode:
-    support: full
-    description: The module never changes anything; it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is nothing to show.
   platform:
-    support: full
     platforms: windows
     description: >-
       Windows Vista / Server 2008 and later. The connection table needs C(Get-NetTCPConnection) (Windows Server

@@ -103,18 +103,14 @@ options:
         O(ip_versions) back to start 49152 with 16384 ports (49152-65535).
       - With V(absent), O(excluded_ranges) lists the administered exclusions to delete; no other exclusion is
         deleted.
-    type: str
-    choices: [present, absent]
-    default: present
+extends_documentation_fragment:
+  - tcpstack.tuning.tuning
 attributes:
   check_mode:
-    support: full
     description: Exact. Reads the host (one round trip) and reports what would change; changes nothing.
   diff_mode:
-    support: full
     description: Shows each managed value before and after.
   platform:
-    support: full
     platforms: windows
     description: Windows Vista / Server 2008 and later. Changing values needs an administrator.
 notes:

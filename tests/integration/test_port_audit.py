@@ -22,7 +22,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -32,7 +31,7 @@ import pytest
 from tests.support.ci import need
 from tests.support.fleet import run_fleet
 from tests.support.netns import Sandbox
-from tests.support.traffic import CHURN, ECHO, SERVER, STEADY
+from tests.support.traffic import program
 from tests.support.veth import ClientServer
 from tests.support.windows_sim import PASSWORD, USER, Simulator
 
@@ -61,7 +60,7 @@ def fleet(request):
         request.addfinalizer(made.destroy)
         made.create()
     web, backend = link.client, link.server
-    server = link.serve(SERVER, BACKEND_IP, BACKEND_PORT, 600, ready=None)  # stopped by link.destroy()
+    server = link.serve(program("serve", BACKEND_IP, BACKEND_PORT, 600), ready=None)  # stopped by link.destroy()
     assert server.stdout.readline().strip() == "listening"
     assert web.set_sysctl("net.ipv4.ip_local_port_range", RANGE).split() == RANGE.split()
     assert web.sysctl("net.ipv4.tcp_tw_reuse") == "2"  # stock: no reuse towards 10.214.0.2
@@ -77,8 +76,8 @@ def fleet(request):
 
 def exhaust(web):
     """Run the bounded churn from web to backend until EADDRNOTAVAIL (or at once when ports are still held)."""
-    done = web.exec([sys.executable, "-c", CHURN, BACKEND_IP, BACKEND_PORT, ATTEMPTS, STOP_AFTER, CHURN_SECONDS],
-                    timeout=CHURN_SECONDS + 30)
+    done = web.exec(program("connect", BACKEND_IP, BACKEND_PORT, "--attempts", ATTEMPTS, "--stop-after", STOP_AFTER,
+                            "--seconds", CHURN_SECONDS), timeout=CHURN_SECONDS + 30)
     counts = json.loads(done.stdout)
     assert counts["eaddrnotavail"] == STOP_AFTER and counts["other"] == 0, counts
     return counts
@@ -305,8 +304,9 @@ def test_the_report_names_the_culprit(fleet, tmp_path):
     its destination and rate in the summary, the JSON, the Markdown and the HTML (checked in chromium)."""
     linux, sims = fleet
     web, backend = linux["web"], linux["backend"]
-    backend.start(ECHO, BACKEND_IP, CULPRIT_PORT, CULPRIT_SECONDS + 60, ready="listening")
-    churner = web.start(STEADY, BACKEND_IP, CULPRIT_PORT, CULPRIT_RATE, CULPRIT_SECONDS, 2, ready="running")
+    backend.start(program("serve", BACKEND_IP, CULPRIT_PORT, CULPRIT_SECONDS + 60, "--echo"), ready="listening")
+    churner = web.start(program("connect", BACKEND_IP, CULPRIT_PORT, "--rate", CULPRIT_RATE,
+                                "--seconds", CULPRIT_SECONDS, "--exchange", "--hold-ms", 2, "--ready"), ready="running")
     report_dir = tmp_path / "report"
     rc, results, output = run_fleet(linux, sims, "tcpstack.tuning.audit",
                                     extra_vars={"port_audit_report_dir": str(report_dir),

@@ -28,7 +28,7 @@ import yaml
 from tests.support.ci import need
 from tests.support.netns import Sandbox, stop_process
 from tests.support.promql import exposed_names, metric_names, samples
-from tests.support.traffic import CHURN, SERVER
+from tests.support.traffic import program
 from tests.support.veth import ClientServer
 
 pytestmark = pytest.mark.usefixtures("root_netns")
@@ -152,11 +152,11 @@ def install_like_the_role(code_dir):
 def exhausted():
     """web -> backend over a veth pair; web's range narrowed to 1,000 ports and exhausted by a bounded churn."""
     with ClientServer(WEB_IP, BACKEND_IP, prefixes=("pmw", "pms")) as link:
-        server = link.serve(SERVER, BACKEND_IP, BACKEND_PORT, 600, ready=None)
+        server = link.serve(program("serve", BACKEND_IP, BACKEND_PORT, 600), ready=None)
         assert server.stdout.readline().strip() == "listening"
         assert link.client.set_sysctl("net.ipv4.ip_local_port_range", RANGE).split() == RANGE.split()
-        done = link.client.exec([sys.executable, "-c", CHURN, BACKEND_IP, BACKEND_PORT, ATTEMPTS, STOP_AFTER,
-                                 CHURN_SECONDS], timeout=CHURN_SECONDS + 30)
+        done = link.client.exec(program("connect", BACKEND_IP, BACKEND_PORT, "--attempts", ATTEMPTS, "--stop-after",
+                                        STOP_AFTER, "--seconds", CHURN_SECONDS), timeout=CHURN_SECONDS + 30)
         counts = json.loads(done.stdout)
         assert counts["eaddrnotavail"] == STOP_AFTER and counts["other"] == 0, counts
         yield link.client
@@ -242,24 +242,9 @@ def test_real_scrape_of_the_sampler_during_an_exhaustion(exhausted, tmp_path):
     assert written.exists()
 
 
-# HOLD PORT COUNT SECONDS: a listener on 127.0.0.1:PORT and COUNT connections to it, held at most SECONDS.
-HOLD = r"""
-import socket, sys, time
-port, count, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("127.0.0.1", port))
-server.listen(1024)
-clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for n in range(count)]
-accepted = [server.accept()[0] for n in range(count)]
-print("ready", flush=True)
-time.sleep(seconds)
-"""
-
-
 def test_the_sampler_names_the_processes_that_hold_the_ports_when_asked(tmp_path):
     with Sandbox.new(prefix="pmp") as box:
-        box.start(HOLD, 8080, 50, 120, ready="ready")
+        box.start(program("hold", "127.0.0.1", 8080, 50, 120), ready="ready")
         entry = install_like_the_role(tmp_path / "code")
         textfile_dir = tmp_path / "textfile"
         textfile_dir.mkdir()

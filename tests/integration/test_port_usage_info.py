@@ -29,7 +29,7 @@ import pytest
 
 from tests.support.ci import need
 from tests.support.netns import Sandbox, stop_process
-from tests.support.traffic import BINDER, CHURN, ECHO, POOLED, SERVER, STEADY, final_report
+from tests.support.traffic import final_report, program
 from tests.support.veth import ClientServer
 
 CLIENT_IP = "10.213.0.1"
@@ -41,59 +41,20 @@ STOP_AFTER = 20  # EADDRNOTAVAIL failures before the churn stops
 CHURN_SECONDS = 60
 NOBODY = pwd.getpwnam("nobody").pw_uid
 
-# Bounded background load inside one namespace, for SECONDS: a churn of loopback connections (ActiveOpens)
-# to 127.0.0.1:9001, and every tenth round a non-blocking connect() to 127.0.0.1:9000, a listener with
-# backlog 0 that never accepts: its SYNs are dropped and counted in ListenOverflows.
-LOAD = r"""
-import socket, sys, threading, time
-seconds = float(sys.argv[1])
-deadline = time.monotonic() + seconds
-full = socket.socket()
-full.bind(("127.0.0.1", 9000))
-full.listen(0)
-served = socket.socket()
-served.bind(("127.0.0.1", 9001))
-served.listen(1024)
-served.settimeout(1.0)
-
-def serve():
-    while time.monotonic() < deadline + 2:
-        try:
-            conn, peer = served.accept()
-        except socket.timeout:
-            continue
-        conn.settimeout(2.0)
-        try:
-            conn.recv(1)
-        except OSError:
-            pass
-        conn.close()
-
-threading.Thread(target=serve, daemon=True).start()
-print("running", flush=True)
-pending = []
-rounds = 0
-while time.monotonic() < deadline and rounds < 200000:
-    rounds += 1
-    client = socket.socket()
-    client.connect(("127.0.0.1", 9001))
-    client.close()
-    if rounds % 10 == 0 and len(pending) < 2000:
-        knock = socket.socket()
-        knock.setblocking(False)
-        knock.connect_ex(("127.0.0.1", 9000))
-        pending.append(knock)
-    if rounds % 20 == 0:
-        time.sleep(0.002)
-"""
+# Bounded background load inside one namespace, for LOAD_SECONDS: a paced churn of loopback connections (ActiveOpens)
+# to 127.0.0.1:9001, served by the same program, and every tenth attempt a non-blocking connect() to 127.0.0.1:9000,
+# a listener with backlog 0 that never accepts: its SYNs are dropped and counted in ListenOverflows.
+LOAD_SECONDS, LOAD_RATE = 40, 2000
+LOAD = program("connect", "127.0.0.1", 9001, "--serve", 1, "--knock", 9000, "--rate", LOAD_RATE,
+               "--seconds", LOAD_SECONDS, "--ready")
 
 AUDIT_TASK = {"name": "audit", "tcpstack.tuning.port_usage_info": {"top": 5}, "register": "audit"}
 
 
-def start(box, script, *args):
-    """Run ``script`` inside the sandbox in the background; returns it and the first line it printed.  Stopped
+def start(box, cmd):
+    """Run ``cmd`` inside the sandbox in the background; returns it and the first line it printed.  Stopped
     when the sandbox is destroyed (at teardown)."""
-    child = box.start(script, *args)
+    child = box.start(cmd)
     return child, child.stdout.readline().strip()
 
 
@@ -117,8 +78,8 @@ def ports_towards(box, address, port):
 
 
 def churn(client):
-    done = client.exec([sys.executable, "-c", CHURN, SERVER_IP, SERVER_PORT, ATTEMPTS, STOP_AFTER, CHURN_SECONDS],
-                       timeout=CHURN_SECONDS + 30)
+    done = client.exec(program("connect", SERVER_IP, SERVER_PORT, "--attempts", ATTEMPTS, "--stop-after", STOP_AFTER,
+                               "--seconds", CHURN_SECONDS), timeout=CHURN_SECONDS + 30)
     return json.loads(done.stdout)
 
 
@@ -136,7 +97,7 @@ def test_exhaustion_found_fixed_and_gone(pair):
     assert client.sysctl("net.ipv4.tcp_tw_reuse") == "2"  # stock: no reuse towards 10.213.0.2
     assert client.sysctl("net.ipv4.ip_local_reserved_ports") == ""
     # our own listener (not Sandbox.listener): it waits for the client's FIN before closing
-    dummy, line = start(server, SERVER, SERVER_IP, SERVER_PORT, 300)
+    dummy, line = start(server, program("serve", SERVER_IP, SERVER_PORT, 300))
     assert line == "listening"
 
     # 1. exhaust the 1,000 ports towards 10.213.0.2:8080
@@ -202,7 +163,7 @@ def test_sample_measures_rates_and_rising_overflows(root_netns, request):
     box = Sandbox.new(prefix="puil")
     request.addfinalizer(box.destroy)
     box.create()
-    load, line = start(box, LOAD, 40)
+    load, line = start(box, LOAD)
     assert line == "running"
     rc, results = box.run_playbook(play(
         {"name": "sampled", "tcpstack.tuning.port_usage_info": {"sample_seconds": 3, "top": 3}},
@@ -260,9 +221,22 @@ def client_report(child, seconds=CLIENT_SECONDS + 20):
 
 
 def servers(link):
-    link.serve(ECHO, SERVER_IP, POOLED_PORT, CLIENT_SECONDS + 60)
-    link.serve(ECHO, SERVER_IP, CHURN_PORT, CLIENT_SECONDS + 60)
-    link.serve(SERVER, SERVER_IP, BIND_PORT, CLIENT_SECONDS + 60)
+    link.serve(program("serve", SERVER_IP, POOLED_PORT, CLIENT_SECONDS + 60, "--echo"))
+    link.serve(program("serve", SERVER_IP, CHURN_PORT, CLIENT_SECONDS + 60, "--echo"))
+    link.serve(program("serve", SERVER_IP, BIND_PORT, CLIENT_SECONDS + 60))
+
+
+def pooled_client():
+    """4 keep-alive connections, CHURN_RATE one-byte requests per second over them: the same traffic volume as
+    the churner's, without new connections."""
+    return program("connect", SERVER_IP, POOLED_PORT, "--pool", 4, "--rate", CHURN_RATE, "--seconds", CLIENT_SECONDS,
+                   "--exchange", "--ready")
+
+
+def churning_client():
+    """CHURN_RATE new connections per second, each a byte there and back, held 2 ms, closed by the client."""
+    return program("connect", SERVER_IP, CHURN_PORT, "--rate", CHURN_RATE, "--seconds", CLIENT_SECONDS, "--exchange",
+                   "--hold-ms", 2, "--ready")
 
 
 def within(measured, true, tolerance=0.2):
@@ -275,9 +249,10 @@ def test_the_churner_is_named_the_pooled_client_is_not_and_the_binder_is_flagged
     link.create()
     servers(link)
     client = link.client
-    pooled = client.start(POOLED, SERVER_IP, POOLED_PORT, 4, CHURN_RATE, CLIENT_SECONDS, ready="running")
-    churner = client.start(STEADY, SERVER_IP, CHURN_PORT, CHURN_RATE, CLIENT_SECONDS, 2, ready="running")
-    binder = client.start(BINDER, SERVER_IP, CLIENT_IP, BIND_PORT, 5, 0.5, CLIENT_SECONDS, ready="running")
+    pooled = client.start(pooled_client(), ready="running")
+    churner = client.start(churning_client(), ready="running")
+    binder = client.start(program("bind-first", SERVER_IP, BIND_PORT, "--local", CLIENT_IP, "--batch", 5, "--hold", 0.5,
+                                  "--seconds", CLIENT_SECONDS), ready="running")
 
     result = sampled_audit(client)
     own = client_report(churner)
@@ -322,10 +297,9 @@ def test_unprivileged_run_attributes_its_own_processes(root_netns, request):
     servers(link)
     client = link.client
     drop = ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups"]
-    pooled = client.start(POOLED, SERVER_IP, POOLED_PORT, 4, CHURN_RATE, CLIENT_SECONDS, ready="running")  # root's
-    churner = subprocess.Popen(client.argv(drop + [sys.executable, "-c", STEADY, SERVER_IP, str(CHURN_PORT),
-                                                   str(CHURN_RATE), str(CLIENT_SECONDS), "2"]),
-                               stdout=subprocess.PIPE, text=True, start_new_session=True)
+    pooled = client.start(pooled_client(), ready="running")  # root's
+    churner = subprocess.Popen(client.argv(drop + churning_client()), stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
     request.addfinalizer(lambda: stop_process(churner))
     assert churner.stdout.readline().strip() == "running"
 

@@ -1,4 +1,4 @@
-"""The scale bench's table fill (tests.support.traffic SELF_CHURN and ESTABLISHED) on the real kernel, small.
+"""The scale bench's table fill (churn.py self-churn and hold, tests.support.traffic) on the real kernel, small.
 
 bench/attribution.py fills a namespace to a million sockets with these two scripts; here each runs a few hundred
 or thousand connections in a namespace the test created (loopback only), and the kernel's own count
@@ -19,7 +19,7 @@ import pytest
 from tests.support.ci import need
 from tests.support.collection import collections_path
 from tests.support.netns import Sandbox, python_interpreter, stop_process
-from tests.support.traffic import ESTABLISHED, SELF_CHURN
+from tests.support.traffic import program
 
 pytestmark = pytest.mark.usefixtures("root_netns")
 
@@ -53,7 +53,7 @@ def box():
 
 
 def test_self_churn_leaves_each_connection_in_time_wait(box):
-    child = box.start(SELF_CHURN, "127.0.10.1,127.0.10.2", "8080,8081", 2000, 60, ready="listening")
+    child = box.start(program("self-churn", "127.0.10.1,127.0.10.2", "8080,8081", 2000, 60), ready="listening")
     try:
         counts = json.loads(child.stdout.readline())
         child.wait(timeout=30)
@@ -72,7 +72,7 @@ def test_self_churn_leaves_each_connection_in_time_wait(box):
 
 def test_self_churn_stops_at_its_time_limit(box):
     started = time.monotonic()
-    child = box.start(SELF_CHURN, "127.0.10.1", "8080", 20000000, 1, ready="listening")
+    child = box.start(program("self-churn", "127.0.10.1", "8080", 20000000, 1), ready="listening")
     try:
         counts = json.loads(child.stdout.readline())
         child.wait(timeout=30)
@@ -83,7 +83,7 @@ def test_self_churn_stops_at_its_time_limit(box):
 
 
 def test_established_holds_both_ends_open(box):
-    child = box.start(ESTABLISHED, "127.0.20.1", 9000, 300, 60)
+    child = box.start(program("hold", "127.0.20.1", 9000, 300, 60))
     try:
         fields = child.stdout.readline().split()
         assert fields[:2] == ["ready", "300"], fields
@@ -98,8 +98,8 @@ def test_established_holds_both_ends_open(box):
 def test_established_stays_within_its_hard_descriptor_limit(box):
     need(shutil.which("prlimit") is not None, "needs prlimit (Debian package util-linux)")
     # hard limit 264 descriptors: (264 - 64) // 2 = 100 connections, whatever is asked
-    done = box.exec(["prlimit", "--nofile=264:264", python_interpreter(), "-c", ESTABLISHED, "127.0.20.2", "9000",
-                     "5000", "1"], timeout=30)
+    hold = program("hold", "127.0.20.2", "9000", "5000", "1", python=python_interpreter())
+    done = box.exec(["prlimit", "--nofile=264:264"] + hold, timeout=30)
     fields = done.stdout.split()
     assert fields[:2] == ["ready", "100"], done.stdout
     assert len(fields) == 3  # no error: it asked for no more than it could hold

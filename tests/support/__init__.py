@@ -4,7 +4,9 @@
     ci           skip locally, fail under CI=true
     netns        Sandbox: a throwaway Linux host (a network namespace with its own sysctl.d); TCP_KEYS
     veth         ClientServer: two sandboxes joined by a veth pair, with a server in one of them
-    traffic      bounded test traffic (a server, a connection churn) run inside namespaces
+    churn        THE churn program: bounded test traffic (servers, churns, holders), one standard-library file
+                 run by its path (molecule copies it into its containers)
+    traffic      program(): churn.py's command line, run inside namespaces; final_report()
     playbook     ansible-playbook and the callback that records every task result
     fleet        fleet_hosts(): the inventory of a mixed fleet (sandboxes, simulators); run_fleet()
     windows_sim  the Windows host simulator (WinRM and SSH endpoints in front of an emulated Windows Server)

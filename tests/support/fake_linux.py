@@ -8,17 +8,20 @@ The real kernel is exercised by tests/integration and tests/reliability.
 from __future__ import annotations
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import LinuxHost
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import PORT_RANGE, SETTINGS
 
-DEFAULTS = {
-    "net/ipv4/tcp_fin_timeout": "60",
-    "net/ipv4/ip_local_port_range": "32768\t60999",
-    "net/ipv4/ip_local_reserved_ports": "",
-    "net/ipv4/tcp_tw_reuse": "2",
-    "net/ipv4/tcp_timestamps": "1",
-    "net/ipv4/ip_unprivileged_port_start": "1024",
-    "net/core/somaxconn": "4096",
-    "net/ipv4/tcp_max_syn_backlog": "2048",
-}
+
+def _proc_text(key, value):
+    """What /proc/sys/KEY reads for ``value`` (the kernel separates a range's two numbers with a tab)."""
+    return "\t".join(value.split()) if key == PORT_RANGE else value
+
+
+# proc/sys of a kernel older than 6.14 (no tcp_tw_reuse_delay): every managed key that has a default in SETTINGS,
+# then the keys whose value the kernel computes at boot or that linux_tcp only reads, with a typical value
+DEFAULTS = dict(
+    [(s.key.replace(".", "/"), _proc_text(s.key, s.default)) for s in SETTINGS
+     if s.default is not None and s.since is None]
+    + [("net/ipv4/ip_unprivileged_port_start", "1024"), ("net/ipv4/tcp_max_syn_backlog", "2048")])
 OURS = "/etc/sysctl.d/60-tcpstack-tuning.conf"
 
 

@@ -283,18 +283,19 @@ class Sandbox:
         return {"sysctl": self.sysctls(), "files": self.file_hashes()}
 
     # helpers for tests -------------------------------------------------
-    def start(self, script, *args, ready=None):
-        """Run ``python -c SCRIPT ARGS`` inside the namespace in the background; destroy() stops it.
+    def start(self, cmd, ready=None):
+        """Run ``cmd`` (e.g. tests.support.traffic.program(...)) inside the namespace in the background; destroy()
+        stops it.
 
         Its stdout is a pipe (text).  With ``ready``, wait for the first line it prints and raise SandboxError
-        unless it is ``ready`` (e.g. "listening"); without, the caller reads it.
+        unless its first word is ``ready`` (e.g. "listening", or "ready" of "ready 50 0.01"); without, the caller
+        reads it.
         """
-        child = subprocess.Popen(self.argv([sys.executable, "-c", script] + [str(a) for a in args]),
-                                 stdout=subprocess.PIPE, text=True, start_new_session=True)
+        child = subprocess.Popen(self.argv(cmd), stdout=subprocess.PIPE, text=True, start_new_session=True)
         self._children.append(child)
         if ready is not None:
             line = child.stdout.readline().strip()
-            if line != ready:
+            if line.split()[:1] != [ready]:
                 stop_process(child)
                 raise SandboxError("a process in %s did not start: it printed %r, not %r" % (self.name, line, ready))
         return child

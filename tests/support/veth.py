@@ -4,8 +4,8 @@ The addresses exist only inside those two namespaces (none on the machine itself
 leaves them.  Used by tests/integration (port_usage_info, port_audit), bench/cure.py and demo/demo.py.
 
     with ClientServer("10.213.0.1", "10.213.0.2", prefixes=("puic", "puis")) as pair:
-        pair.serve(traffic.SERVER, pair.server_address, 8080, 300)    # returns once it prints "listening"
-        pair.client.exec([sys.executable, "-c", traffic.CHURN, pair.server_address, 8080, 3000, 0, 30])
+        pair.serve(traffic.program("serve", pair.server_address, 8080, 300))    # returns once it prints "listening"
+        pair.client.exec(traffic.program("connect", pair.server_address, 8080, "--attempts", 3000, "--seconds", 30))
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ class ClientServer:
             raise
         return self
 
-    def serve(self, script, *args, ready="listening"):
-        """Run ``python -c SCRIPT ARGS`` in the server namespace (Sandbox.start); by default wait until it prints
-        "listening".  Stopped by destroy()."""
-        return self.server.start(script, *args, ready=ready)
+    def serve(self, cmd, ready="listening"):
+        """Run ``cmd`` (e.g. traffic.program("serve", ...)) in the server namespace (Sandbox.start); by default wait
+        until it prints "listening".  Stopped by destroy()."""
+        return self.server.start(cmd, ready=ready)
 
     def destroy(self):
         self.client.destroy()
