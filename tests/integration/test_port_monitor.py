@@ -188,7 +188,7 @@ def test_real_scrape_of_the_sampler_during_an_exhaustion(exhausted, tmp_path):
     entry = install_like_the_role(tmp_path / "code")
     textfile_dir = tmp_path / "textfile"
     textfile_dir.mkdir()
-    web.start(HOLD, 8081, 5, 120, ready="ready")  # a process holding ports, for the dashboard's process panels
+    web.start(program("hold", "127.0.0.1", 8081, 5, 120), ready="ready")  # a process holding ports, for the dashboard's process panels
     done = web.exec([sys.executable, "-s", "-E", "-B", entry, "--directory", textfile_dir, "--top", 3, "--once",
                      "--processes", "--process-sample-seconds", 1], cwd="/", timeout=120)
     assert done.returncode == 0, done.stderr
