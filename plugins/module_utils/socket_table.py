@@ -17,6 +17,8 @@ import os
 import socket
 import struct
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import unmap_pair
+
 AF_INET = 2
 AF_INET6 = 10
 NETLINK_SOCK_DIAG = 4
@@ -53,7 +55,6 @@ _HEX_STATE = dict((b"%02X" % n, n) for n in range(256))
 # Where the kernel prints the table, per address family (a kernel without IPv6 has no tcp6).
 PROC_TABLES = (("/proc/net/tcp", AF_INET), ("/proc/net/tcp6", AF_INET6))
 
-_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _V6_LOOPBACK = b"\x00" * 15 + b"\x01"
 
 
@@ -103,8 +104,10 @@ class Tally:
 
 
 def _add(out, family, local, remote, port, value):
-    if family == AF_INET6 and local[:12] == _MAPPED and remote[:12] == _MAPPED:
-        family, local, remote = AF_INET, local[12:], remote[12:]
+    if family == AF_INET6:
+        pair = unmap_pair(local, remote)
+        if pair is not None:
+            family, (local, remote) = AF_INET, pair
     key = (4 if family == AF_INET else 6, local, remote, port)
     have = out.get(key)
     if have is None:

@@ -27,9 +27,9 @@ opened and closed, measured over that window without sampling.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils import port_usage
+from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import analyse
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
     PORT_MAX,
     clip,
@@ -37,6 +37,17 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
     start_count_range,
     usable_ports,
 )
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import (
+    HOST,
+    DestinationCounts,
+    Platform,
+    Pool,
+    Snapshot,
+    Unattributed,
+    identity,
+    process_record,
+)
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import time_wait_heir, unmap_text
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import build_info_script
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import (
     CONTIGUOUS_BLOCK_REPORTED,
@@ -69,6 +80,18 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse imp
 
 SHORTER_TIME_WAIT = 30  # the time_wait_delay recommended when ports run short
 TIME_WAIT, ESTABLISHED, BOUND = "TimeWait", "Established", "Bound"  # Get-NetTCPConnection's State names
+# A host-wide pool held beyond a threshold, in Windows' words.
+POOL_HELD = ("the host holds %s of %s usable %s TCP ports (%s); on Windows connect() takes them from one "
+             "host-wide pool")
+
+
+def _shorter_time_wait(snap):
+    """Windows' way to shorten how long a closed port is held: a shorter TcpTimedWaitDelay (win_tcp time_wait_delay)."""
+    return {"time_wait_delay": SHORTER_TIME_WAIT} if snap.time_wait_seconds > SHORTER_TIME_WAIT else {}
+
+
+# The rules and wording only Windows has, for port_usage.analyse().
+WINDOWS = Platform(name="windows", hold_remedy=_shorter_time_wait, pool_held=POOL_HELD)
 
 
 def validate(params):
@@ -128,29 +151,31 @@ def _time_wait(state):
     return value, seconds, notes
 
 
-def _family(address):
-    """(4|6, address) with IPv4-mapped IPv6 addresses turned into IPv4."""
-    address = (address or "").strip()
-    if address.lower().startswith("::ffff:") and "." in address:
-        return 4, address[7:]
-    return (6 if ":" in address else 4), address
-
-
 def _port_of(text):
     """The int of a short digit string from the host's CSV, else None (never int() of a long string)."""
     return small_int(text if isinstance(text, str) else str(text))
 
 
+class HeldConnection(NamedTuple):
+    """A connection that holds a dynamic port: its destination, Get-NetTCPConnection's State, its OwningProcess."""
+
+    family: int
+    remote: str
+    port: int
+    state: str
+    pid: Optional[int]
+
+
 @dataclass
-class Tally:
-    """The connection table counted: states per family, ports held per tuple, family and process."""
+class ConnectionTally:
+    """Get-NetTCPConnection counted: states per family, ports held per tuple, family and process."""
 
     source: Optional[str] = None  # None: the table could not be read
     states: Optional[dict] = None
     tuples: Dict[tuple, list] = field(default_factory=dict)
     listening: set = field(default_factory=set)
     held: Dict[IpVersion, int] = field(default_factory=lambda: {IpVersion.IPV4: 0, IpVersion.IPV6: 0})
-    rows: List[tuple] = field(default_factory=list)  # (family, remote, remote port, state, pid or None) held
+    rows: List[HeldConnection] = field(default_factory=list)
     names: Dict[int, Optional[str]] = field(default_factory=dict)
 
 
@@ -168,7 +193,7 @@ def _process_names(sections):
 
 def _tally(sections, pools, unreadable):
     """Count the connections; the ports held are those of a pool, not excluded, not listening, any state but Listen."""
-    tally = Tally()
+    tally = ConnectionTally()
     section = sections.get("connections")
     if section is None or not section.ok:
         unreadable.append({"source": "Get-NetTCPConnection", "reason": "Get-NetTCPConnection failed or is missing (it "
@@ -183,7 +208,7 @@ def _tally(sections, pools, unreadable):
     tally.source = "Get-NetTCPConnection"
     tally.states = {"ipv4": {}, "ipv6": {}}
     for row in rows:
-        family, _address = _family(row.get("LocalAddress"))
+        family, _address = unmap_text(row.get("LocalAddress"))
         tcp_state = (row.get("State") or "").strip()
         bucket = tally.states["ipv%d" % family]
         bucket[tcp_state] = bucket.get(tcp_state, 0) + 1
@@ -193,19 +218,19 @@ def _tally(sections, pools, unreadable):
     flags = {ip: port_flags(pool.port_range, pool.reserved) for ip, pool in pools.items()}
     for row in rows:
         tcp_state = (row.get("State") or "").strip()
-        family, local = _family(row.get("LocalAddress"))
+        family, local = unmap_text(row.get("LocalAddress"))
         ip = IpVersion.IPV4 if family == 4 else IpVersion.IPV6
         port = _port_of(row.get("LocalPort"))
         if tcp_state == "Listen" or ip not in flags or port is None or not 0 <= port <= PORT_MAX \
                 or not flags[ip][port] or port in tally.listening:
             continue
-        _rfamily, remote = _family(row.get("RemoteAddress"))
+        _rfamily, remote = unmap_text(row.get("RemoteAddress"))
         remote_port = _port_of(row.get("RemotePort")) or 0
         entry = tally.tuples.setdefault((family, local, remote, remote_port), [0, 0])
         entry[0] += 1
         entry[1] += tcp_state == TIME_WAIT
         tally.held[ip] += 1
-        tally.rows.append((family, remote, remote_port, tcp_state, _port_of(row.get("OwningProcess"))))
+        tally.rows.append(HeldConnection(family, remote, remote_port, tcp_state, _port_of(row.get("OwningProcess"))))
     return tally
 
 
@@ -236,45 +261,50 @@ def attribute(rows, names, services, window):
     within the last ``window`` seconds.  Bound ports (bound, not connected: no destination) are counted in
     ``attribution["bound"]`` only.
     """
-    # pylint: disable=too-many-locals
-    table = {}  # destination -> {pid or None: [live, established, time wait]}
+    table = {}  # destination -> {pid or None: _Held}
     bound = 0
     for family, remote, port, tcp_state, pid in rows:
         if tcp_state == BOUND:
             bound += 1
             continue
-        counts = table.setdefault((family, remote, port), {}).setdefault(pid or None, [0, 0, 0])
+        counts = table.setdefault((family, remote, port), {}).setdefault(pid or None, _Held())
         if tcp_state == TIME_WAIT:
-            counts[2] += 1
+            counts.time_wait += 1
         else:
-            counts[0] += 1
-            counts[1] += tcp_state == ESTABLISHED
+            counts.live += 1
+            counts.established += tcp_state == ESTABLISHED
     processes = {}
     unattributed = {}
     for dest, by_pid in table.items():
-        nobody = by_pid.get(None, [0, 0, 0])
-        live = [pid for pid, counts in by_pid.items() if pid is not None and counts[0] > 0]
-        heir = live[0] if len(live) == 1 and nobody[2] else None
+        nobody = by_pid.get(None, _Held())
+        heir = time_wait_heir([pid for pid, counts in by_pid.items() if pid is not None and counts.live > 0])
         for pid, counts in by_pid.items():
             if pid is None:
                 continue
-            inferred = nobody[2] if pid == heir else 0
-            time_wait = counts[2] + inferred
+            inferred = nobody.time_wait if pid == heir else 0
+            time_wait = counts.time_wait + inferred
             proc = processes.get(pid)
             if proc is None:
-                proc = processes[pid] = {
-                    "pid": pid, "name": names.get(pid), "cmdline": None, "user": None, "uid": None,
-                    "unit": service_text((services or {}).get(pid)), "cgroup": None, "container": None,
-                    "bound_inactive": 0, "bound_inactive_seen": 0, "destinations": {}}
-            proc["destinations"][dest] = {
-                "in_use": counts[0] + time_wait, "established": counts[1], "time_wait": time_wait,
-                "time_wait_inferred": inferred, "new_connections": time_wait, "new_connections_inferred": inferred}
-        if nobody[0] or (nobody[2] and heir is None):
-            left = 0 if heir is not None else nobody[2]
-            unattributed[dest] = {"in_use": nobody[0] + left, "time_wait": left, "new_connections": left}
+                proc = processes[pid] = process_record(identity(pid, name=names.get(pid), unit=service_text(
+                    (services or {}).get(pid))))
+            proc.destinations[dest] = DestinationCounts(
+                in_use=counts.live + time_wait, established=counts.established, time_wait=time_wait,
+                time_wait_inferred=inferred, new_connections=time_wait, new_connections_inferred=inferred)
+        if nobody.live or (nobody.time_wait and heir is None):
+            left = 0 if heir is not None else nobody.time_wait
+            unattributed[dest] = Unattributed(in_use=nobody.live + left, time_wait=left, new_connections=left)
     attribution = {"sampled_seconds": float(window), "method": "time_wait_window", "bound": bound,
                    "services": services is not None, "unattributed": unattributed}
     return [processes[pid] for pid in sorted(processes)], attribution
+
+
+class _Held:
+    """One process's connections towards one destination: live, established, in TIME_WAIT."""
+
+    __slots__ = ("live", "established", "time_wait")
+
+    def __init__(self):
+        self.live = self.established = self.time_wait = 0
 
 
 def _times(count):
@@ -320,10 +350,6 @@ def free_blocks(port_range, excluded):
     if cursor <= high:
         out.append((cursor, high))
     return tuple(out)
-
-
-def _ranges_text(rows):
-    return ", ".join("%d-%d" % (a, b) for a, b in rows)
 
 
 def range_analysis(state, listening, service_ports):
@@ -422,9 +448,10 @@ def analyse_windows(options, state, sections):
     shorter = {"time_wait_delay": SHORTER_TIME_WAIT} if time_wait > SHORTER_TIME_WAIT else {}
     extra = dict(shorter) if events["4227"] else {}
     extra.update(range_recommendations)
-    snap = port_usage.Snapshot(
-        scope=port_usage.HOST,
-        pools=tuple(port_usage.Pool("%s dynamic" % ip.value, 4 if ip is IpVersion.IPV4 else 6, pool.port_range,
+    snap = Snapshot(
+        scope=HOST,
+        platform=WINDOWS,
+        pools=tuple(Pool("%s dynamic" % ip.value, 4 if ip is IpVersion.IPV4 else 6, pool.port_range,
                                     pool.reserved) for ip, pool in pools.items()),
         settings={"port_range": "%d %d" % v4.port_range if v4 else None, "time_wait_delay": tw_value,
                   "max_user_port": reg_value(state, RegName.MAX_USER_PORT)},
@@ -439,8 +466,6 @@ def analyse_windows(options, state, sections):
         unreadable=unreadable,
         notes=notes,
         extra_findings=event_findings + range_findings,
-        reserve_option=None,
-        hold_remedy=shorter,
         processes=processes,
         attribution=attribution,
         extra_recommendations=extra,
@@ -452,4 +477,4 @@ def analyse_windows(options, state, sections):
             "build": state.build,
         },
     )
-    return port_usage.analyse(snap, top=options.top)
+    return analyse(snap, top=options.top)

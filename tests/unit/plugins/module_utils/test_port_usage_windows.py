@@ -28,6 +28,8 @@ TIME_WAIT_MIN, TIME_WAIT_MAX, TIME_WAIT_DEFAULT = 2, 300, 120
 EVENT_MAX = 500
 SHORTER_TIME_WAIT = 30
 IP_VERSIONS = ("ipv4", "ipv6")
+POOL_HELD = ("the host holds %s of %s usable %s TCP ports (%s); on Windows connect() takes them from one "
+             "host-wide pool")
 FAMILY = {"ipv4": 4, "ipv6": 6}
 
 
@@ -241,8 +243,7 @@ def direct(read):
         unreadable=common["unreadable"],
         notes=common["notes"],
         extra_findings=common["found_events"],
-        reserve_option=None,
-        hold_remedy=shorter,
+        platform=pu.Platform(hold_remedy=lambda snap: shorter, pool_held=POOL_HELD),
         extra_recommendations=shorter if common["events"]["4227"] else {},
         extra_result=dict(read.extra, processes=common["processes"], events=common["events"], build=read.build),
     )
