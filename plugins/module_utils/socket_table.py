@@ -175,12 +175,7 @@ def tally_netlink(buf, family, tally, observe=None, observe_time_wait=True):
         if kind == NLMSG_DONE:
             return True
         if kind == NLMSG_ERROR:
-            if length < NLMSG_HDRLEN + 4:
-                raise TableError("malformed netlink message: an error message of %d bytes" % length)
-            code = -unpack("=i", buf, pos + 16)[0]
-            if code == 0:
-                return True
-            raise TableError("sock_diag: %s" % _strerror(code))
+            return _acknowledged(buf, pos, length)
         if kind == SOCK_DIAG_BY_FAMILY:
             if length < NLMSG_HDRLEN + INET_DIAG_MSG_LEN:
                 raise TableError("malformed netlink message: an inet_diag message of %d bytes" % length)
@@ -204,6 +199,16 @@ def tally_netlink(buf, family, tally, observe=None, observe_time_wait=True):
                     observe(family, state, key, buf[pos + 60:pos + 68], expires, uid, inode)
         pos += (length + 3) & ~3
     return False
+
+
+def _acknowledged(buf, pos, length):
+    """True for the NLMSG_ERROR message that ends a dump (error 0); raises TableError for any other."""
+    if length < NLMSG_HDRLEN + 4:
+        raise TableError("malformed netlink message: an error message of %d bytes" % length)
+    code = -struct.unpack_from("=i", buf, pos + 16)[0]
+    if code == 0:
+        return True
+    raise TableError("sock_diag: %s" % _strerror(code))
 
 
 def _strerror(code):
@@ -262,11 +267,10 @@ def tally_proc_lines(lines, family, tally, ports):
             key = (local[:-5], fields[2])
             have = table.get(key)
             if have is None:
-                table[key] = [1, 1 if state == TIME_WAIT else 0]
-            else:
-                have[0] += 1
-                if state == TIME_WAIT:
-                    have[1] += 1
+                have = table[key] = [0, 0]
+            have[0] += 1
+            if state == TIME_WAIT:
+                have[1] += 1
 
 
 def tally_proc_chunks(chunks, family, tally):

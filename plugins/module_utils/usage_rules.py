@@ -104,10 +104,10 @@ def capacity(usable, time_wait_seconds, reuse_remote, reuse_loopback, reuse_dela
     out = {"usable_ports": usable, "time_wait_seconds": time_wait_seconds}
     for name, reuse in (("remote", reuse_remote), ("loopback", reuse_loopback)):
         hold = hold_seconds(reuse, reuse_delay, time_wait_seconds)
-        rate = None
+        most = None
         if usable is not None and hold > 0:
-            rate = round(usable / hold, 2)
-        out[name] = {"reuse": bool(reuse), "port_hold_seconds": hold, "max_new_connections_per_second": rate}
+            most = round(usable / hold, 2)
+        out[name] = {"reuse": bool(reuse), "port_hold_seconds": hold, "max_new_connections_per_second": most}
     return out
 
 

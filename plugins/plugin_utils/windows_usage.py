@@ -352,6 +352,62 @@ def free_blocks(port_range, excluded):
     return tuple(out)
 
 
+INSTALLER_FINDING = ("the %s dynamic range starts at %d with %s ports, as installers leave it (the Visual Studio "
+                     "installer left 1024/64511, actions/runner-images#1442): services listening on low ports compete "
+                     "with it, and WinNAT/Hyper-V carve their reservations from it; set it back with win_tcp port_range")
+FRAGMENTED_FINDING = ("the %s dynamic range %d-%d is fragmented by %d excluded ranges: its largest contiguous free block "
+                      "is %s ports%s. microsoft/WSL#12351 reported the host networking service needing a contiguous "
+                      "block of 4,096 ports and failing with 0x8007054f when the range was fragmented (a reported "
+                      "figure, not a documented Windows limit). Restarting WinNAT (or the host) makes it carve its "
+                      "blocks again; a wider port_range leaves more room")
+BLOCKED_FINDING = ("port %d, which a service %s, lies inside the %s (WinNAT/Hyper-V): a bind to it fails with WSAEACCES "
+                   "(%d), which is this exclusion, not port exhaustion. Reserve it as an administered exclusion (win_tcp "
+                   "excluded_ranges) while winnat and the service are stopped (netsh refuses a port in use), so that "
+                   "WinNAT leaves it alone after the next start")
+DEFAULT_RANGE_TEXT = "%d %d" % (DEFAULT_RANGE[0], DEFAULT_RANGE[0] + DEFAULT_RANGE[1] - 1)
+
+
+def _one_range(ip, start_number, rows, findings, recommend):
+    """One IP version's range against its excluded ``rows``: its entry of the result; its findings and
+    recommendations added to ``findings`` and ``recommend``."""
+    port_range = start_count_range(*start_number)
+    excluded = [(a, b) for a, b, _admin in rows]
+    blocks = free_blocks(port_range, excluded)
+    largest = max(blocks, key=lambda r: (r[1] - r[0], -r[0]), default=None)
+    installer = tuple(start_number) in INSTALLER_RANGES
+    inside = clip(excluded, port_range)
+    name = "%s tcp" % ip.value
+    if installer:
+        findings.append(("warning", INSTALLER_FINDING % (name, start_number[0], "{:,}".format(start_number[1]))))
+        recommend["port_range"] = DEFAULT_RANGE_TEXT
+    size = largest[1] - largest[0] + 1 if largest else 0
+    if inside and size < CONTIGUOUS_BLOCK_REPORTED <= port_range[1] - port_range[0] + 1:
+        findings.append(("warning", FRAGMENTED_FINDING % (name, port_range[0], port_range[1], len(inside),
+                                                          "{:,}".format(size), " (%d-%d)" % largest if largest else "")))
+        if port_range[1] - port_range[0] + 1 < DEFAULT_RANGE[1]:
+            recommend.setdefault("port_range", DEFAULT_RANGE_TEXT)
+    return {
+        "range": {"start": port_range[0], "end": port_range[1], "number": start_number[1]},
+        "administered": [{"start": a, "end": b} for a, b, admin in rows if admin],
+        "system": [{"start": a, "end": b} for a, b, admin in rows if not admin],
+        "usable": usable_ports(port_range, excluded),
+        "largest_free_block": (None if largest is None else
+                               {"start": largest[0], "end": largest[1], "size": largest[1] - largest[0] + 1}),
+        "installer_range": installer,
+    }
+
+
+def _blocked_findings(blocked):
+    """The findings on ports a service needs that a system exclusion holds: {port: [(range name, (a, b),
+    listening)]}."""
+    findings = []
+    for port, hits in sorted(blocked.items()):
+        what = "listens on" if any(h[2] for h in hits) else "is configured for"
+        where = "; ".join("%s system exclusion %d-%d" % (name, a, b) for name, (a, b), dummy in hits)
+        findings.append(("warning", BLOCKED_FINDING % (port, what, where, WSAEACCES)))
+    return findings
+
+
 def range_analysis(state, listening, service_ports):
     """The TCP dynamic range of each IP version against its excluded ranges: (result, findings, recommendations).
 
@@ -369,56 +425,14 @@ def range_analysis(state, listening, service_ports):
         start_number = state.ranges.get((ip, Protocol.TCP))
         if start_number is None:
             continue
-        port_range = start_count_range(*start_number)
         rows = state.excluded.get((ip, Protocol.TCP), ())
-        administered = tuple((a, b) for a, b, admin in rows if admin)
-        system = tuple((a, b) for a, b, admin in rows if not admin)
-        blocks = free_blocks(port_range, [(a, b) for a, b, _admin in rows])
-        largest = max(blocks, key=lambda r: (r[1] - r[0], -r[0]), default=None)
-        installer = tuple(start_number) in INSTALLER_RANGES
-        inside = clip([(a, b) for a, b, _admin in rows], port_range)
-        out[ip.value] = {
-            "range": {"start": port_range[0], "end": port_range[1], "number": start_number[1]},
-            "administered": [{"start": a, "end": b} for a, b in administered],
-            "system": [{"start": a, "end": b} for a, b in system],
-            "usable": usable_ports(port_range, [(a, b) for a, b, _admin in rows]),
-            "largest_free_block": (None if largest is None else
-                                   {"start": largest[0], "end": largest[1], "size": largest[1] - largest[0] + 1}),
-            "installer_range": installer,
-        }
-        name = "%s tcp" % ip.value
-        if installer:
-            findings.append(("warning", "the %s dynamic range starts at %d with %s ports, as installers leave it (the "
-                                        "Visual Studio installer left 1024/64511, actions/runner-images#1442): services "
-                                        "listening on low ports compete with it, and WinNAT/Hyper-V carve their "
-                                        "reservations from it; set it back with win_tcp port_range"
-                             % (name, start_number[0], "{:,}".format(start_number[1]))))
-            recommend["port_range"] = "%d %d" % (DEFAULT_RANGE[0], DEFAULT_RANGE[0] + DEFAULT_RANGE[1] - 1)
-        size = largest[1] - largest[0] + 1 if largest else 0
-        if inside and size < CONTIGUOUS_BLOCK_REPORTED <= port_range[1] - port_range[0] + 1:
-            findings.append(("warning", "the %s dynamic range %d-%d is fragmented by %d excluded ranges: its largest "
-                                        "contiguous free block is %s ports%s. microsoft/WSL#12351 reported the host "
-                                        "networking service needing a contiguous block of 4,096 ports and failing "
-                                        "with 0x8007054f when the range was fragmented (a reported figure, not a "
-                                        "documented Windows limit). Restarting WinNAT (or the host) makes it carve its "
-                                        "blocks again; a wider port_range leaves more room"
-                             % (name, port_range[0], port_range[1], len(inside), "{:,}".format(size),
-                                " (%d-%d)" % largest if largest else "")))
-            if port_range[1] - port_range[0] + 1 < DEFAULT_RANGE[1]:
-                recommend.setdefault("port_range", "%d %d" % (DEFAULT_RANGE[0], DEFAULT_RANGE[0] + DEFAULT_RANGE[1] - 1))
+        out[ip.value] = _one_range(ip, start_number, rows, findings, recommend)
+        system = [(a, b) for a, b, admin in rows if not admin]
         for port in sorted(set(listening) | set(service_ports)):
             hit = next(((a, b) for a, b in system if a <= port <= b), None)
             if hit is not None:
-                blocked.setdefault(port, []).append((name, hit, port in listening))
-    for port, hits in sorted(blocked.items()):
-        what = "listens on" if any(h[2] for h in hits) else "is configured for"
-        where = "; ".join("%s system exclusion %d-%d" % (name, a, b) for name, (a, b), dummy in hits)
-        findings.append(("warning", "port %d, which a service %s, lies inside the %s (WinNAT/Hyper-V): a bind to it "
-                                    "fails with WSAEACCES (%d), which is this exclusion, not port exhaustion. Reserve "
-                                    "it as an administered exclusion (win_tcp excluded_ranges) while winnat and the "
-                                    "service are stopped (netsh refuses a port in use), so that WinNAT leaves it alone "
-                                    "after the next start"
-                         % (port, what, where, WSAEACCES)))
+                blocked.setdefault(port, []).append(("%s tcp" % ip.value, hit, port in listening))
+    findings.extend(_blocked_findings(blocked))
     if blocked:
         recommend["excluded_ranges"] = ["%d" % port for port in sorted(blocked)]
     return out, findings, recommend
