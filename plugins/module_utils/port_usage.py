@@ -20,30 +20,23 @@ one host-wide pool per IP version: there the pools' utilisation decides too
 
 from __future__ import annotations
 
-# The names below are re-exported: code and tests import them from here.
+# Some names are imported here only to be re-exported (noqa: F401): code and tests import them from port_usage.
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import clip, usable_ports
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_findings import (  # noqa: F401
-    BIND_ADVICE,
-    POOL_EMPTY,
     POOLING_ADVICE,
     PROCESS_DESTINATIONS,
     cure,
     destination_findings,
-    destination_sentence,
     group_destinations,
     pool_findings,
     ports_held_by_family,
     process_analysis,
     top_destinations,
-    who,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import (  # noqa: F401
     HOST,
-    NEUTRAL,
     TUPLE,
-    Destination,
     Finding,
-    Platform,
     Pool,
     Snapshot,
 )
@@ -58,7 +51,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import
     recommended_range,
     worst,
 )
-from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import endpoint, number, percent, rate  # noqa: F401
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import number, percent, rate
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_int
 
 MAX_TOP = 1000

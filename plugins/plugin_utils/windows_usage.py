@@ -7,18 +7,20 @@ The Windows twin of module_utils/linux_port_usage.py: ``audit(host, options)``
 runs one script on a WindowsHost (ranges, excluded ranges, TcpTimedWaitDelay,
 Get-NetTCPConnection, Get-Process, Win32_Service, the Tcpip events) and
 ``analyse_windows`` turns it into the result.  The interval maths is module_utils/ports.py, the
-capacity maths and the verdict are the OS-neutral module_utils/port_usage.py.
+records, rules and verdict are the OS-neutral module_utils/usage_*.py and port_usage.analyse(); the rules and
+wording only Windows has are ``WINDOWS`` here.
 
 On Windows connect() takes every local port from one host-wide pool per IP
 version, so the pools' utilisation is judged too, not only each destination's.
 
 Who holds the ports (``attribute()``): each connection's OwningProcess, its
 name from Get-Process and the services it runs from Win32_Service, in the
-per-process shape of port_usage.Snapshot.processes, so that the OS-neutral
+records Linux gives (usage_model.ProcessRecord), so that the OS-neutral
 pooling rules apply.  Windows reports a TIME_WAIT connection with
 OwningProcess 0 (as reported publicly, see tests/support/windows_sim/README.md):
-a destination's TIME_WAIT is given to its only live owner (inferred), as on
-Linux without a sample, else it stays unattributed.  The rate: every TIME_WAIT
+a destination's TIME_WAIT is given to its only live owner (inferred,
+usage_rules.time_wait_heir), as on Linux without a sample, else it stays
+unattributed.  The rate: every TIME_WAIT
 socket closed within the last TIME_WAIT period (TcpTimedWaitDelay), so a
 destination's TIME_WAIT count over that period is its rate of connections
 opened and closed, measured over that window without sampling.
@@ -117,23 +119,16 @@ def audit(host, options):
 
 
 # ------------------------------------------------------------------ the parts of one read
-@dataclass(frozen=True)
-class _Pool:
-    """One IP version's dynamic TCP range: (low, high), the excluded ports inside it, how many are usable."""
-
-    port_range: tuple
-    reserved: tuple
-    usable: int
-
-
 def _pools(state):
+    """{IpVersion: usage_model.Pool}: each IP version's dynamic TCP range and the excluded ports inside it."""
     pools = {}
     for ip in IpVersion:
         start_number = state.ranges.get((ip, Protocol.TCP))
         if start_number is not None:
             port_range = start_count_range(*start_number)
             excluded = [(a, b) for a, b, _admin in state.excluded.get((ip, Protocol.TCP), ())]
-            pools[ip] = _Pool(port_range, clip(excluded, port_range), usable_ports(port_range, excluded))
+            pools[ip] = Pool("%s dynamic" % ip.value, 4 if ip is IpVersion.IPV4 else 6, port_range,
+                             clip(excluded, port_range))
     return pools
 
 
@@ -252,8 +247,8 @@ def service_text(names):
 def attribute(rows, names, services, window):
     """(Snapshot.processes, Snapshot.attribution) from the held connections.
 
-    ``rows``: (family, remote address, remote port, State, OwningProcess or None) of each connection holding a
-    dynamic port; ``names`` {pid: ProcessName}; ``services`` {pid: (service name, ...)} or None (not read);
+    ``rows``: HeldConnection (family, remote address, remote port, State, OwningProcess or None) of each connection
+    holding a dynamic port; ``names`` {pid: ProcessName}; ``services`` {pid: (service name, ...)} or None (not read);
     ``window``: the seconds TIME_WAIT lasts.  OwningProcess 0 or unreadable owns nothing.  A TIME_WAIT connection
     with an owner counts as seen alive; those without one go to the destination's only live owner (inferred), else
     stay unattributed: a pid is never invented, and a pooled client beside a churner towards the same destination
@@ -465,8 +460,7 @@ def analyse_windows(options, state, sections):
     snap = Snapshot(
         scope=HOST,
         platform=WINDOWS,
-        pools=tuple(Pool("%s dynamic" % ip.value, 4 if ip is IpVersion.IPV4 else 6, pool.port_range,
-                                    pool.reserved) for ip, pool in pools.items()),
+        pools=tuple(pools.values()),
         settings={"port_range": "%d %d" % v4.port_range if v4 else None, "time_wait_delay": tw_value,
                   "max_user_port": reg_value(state, RegName.MAX_USER_PORT)},
         min_port=NETSH_MIN_START,
