@@ -161,7 +161,7 @@ def recommendations(snap, port_range, usable, short, hot, without_reuse):
 
 def attribution_result(snap, processes, client, unattributed, churner, recommend):
     """The process keys of the result (only when the OS side attributed the ports)."""
-    client_findings = [item for dummy, item in client]
+    client_findings = [item.report for item in client]
     info = dict((key, value) for key, value in (snap.attribution or {}).items() if key != "unattributed")
     info["unattributed"] = unattributed
     return {"processes": processes, "client_findings": client_findings, "top_churner": churner, "attribution": info,
@@ -210,18 +210,19 @@ def analyse(snap, top=10, warning=WARNING_PERCENT, critical=CRITICAL_PERCENT):
     projection = Projection(snap, groups, usable, warning, critical)
     if attributed:
         processes, client, unattributed, churner, owners = process_analysis(snap, top, projection)
-        findings += [(severity, item["sentence"]) for severity, item in client]
+        findings += [Finding(item.severity, item.report["sentence"]) for item in client]
         if (snap.attribution or {}).get("sampled_seconds") is None:
             notes.append(SAMPLE_NOTE)
-    findings.sort(key=lambda item: -SEVERITY[item[0]])
-    verdict = worst(item[0] for item in findings)
+    findings = [Finding(*item) for item in findings]  # the OS side's extra_findings may be plain pairs
+    findings.sort(key=lambda item: -SEVERITY[item.severity])
+    verdict = worst(item.severity for item in findings)
     short = (pools_short if host_scope else hot) or usable == 0 or verdict == "critical"
     recommend = recommendations(snap, port_range, usable, short, hot, projection.without_reuse)
     recommend.update(counted.recommendations or {})
     result = {
         "settings": dict(snap.settings), "ephemeral": eph, "sockets": sockets,
         "ports_held": sum(group.in_use for group in groups.values()), "destinations": destinations,
-        "counters": counted.counters, "capacity": cap, "verdict": verdict, "findings": [item[1] for item in findings],
+        "counters": counted.counters, "capacity": cap, "verdict": verdict, "findings": [item.sentence for item in findings],
         "recommendations": recommend, "thresholds": {"warning_percent": warning, "critical_percent": critical},
         "notes": notes, "source": snap.source, "unreadable": list(snap.unreadable),
     }

@@ -11,7 +11,12 @@ from __future__ import annotations
 import heapq
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import usable_ports
-from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import COUNT_FIELDS, Destination, Finding
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import (
+    COUNT_FIELDS,
+    ClientFinding,
+    Destination,
+    Finding,
+)
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import SEVERITY, level, per_second
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import (
     endpoint,
@@ -161,7 +166,7 @@ def _destination_entry(snap, key, counts, seconds):
 
 
 def _pooling_finding(proc, key, entry, seconds, dest_level):
-    """(severity, the pooling finding) for one process towards one destination, or None."""
+    """The ClientFinding on pooling for one process towards one destination, or None."""
     finding = pooling(proc, entry, seconds)
     if finding is None:
         return None
@@ -169,7 +174,7 @@ def _pooling_finding(proc, key, entry, seconds, dest_level):
     if projection:
         finding["sentence"] = finding["sentence"].replace(": " + POOLING_ADVICE, "; %s: %s" % (projection, POOLING_ADVICE))
         finding["projection"] = projection
-    return severity, finding
+    return ClientFinding(severity, finding)
 
 
 def _process_row(proc, seconds, snap, dest_level, findings):
@@ -197,7 +202,7 @@ def _process_row(proc, seconds, snap, dest_level, findings):
                bound_inactive_seen=proc.bound_inactive_seen,
                destinations=[entry for dummy, entry in keyed[:PROCESS_DESTINATIONS]], destination_count=len(keyed))
     if out["bound_inactive"] or out["bound_inactive_seen"]:
-        findings.append(("ok", binding(out)))
+        findings.append(ClientFinding("ok", binding(out)))
     return out, keyed[:PROCESS_DESTINATIONS]
 
 
@@ -221,7 +226,7 @@ def unattributed_rows(snap, top):
 
 
 def process_analysis(snap, top, dest_level):
-    """(processes, client_findings [(severity, dict)], unattributed, top_churner, owners) from Snapshot.processes.
+    """(processes, [ClientFinding], unattributed, top_churner, owners) from Snapshot.processes.
 
     ``dest_level((family, remote key, port), new connections per second or None)``: (severity, projection
     sentence or None) for a pooling finding: the destination's own level, raised to what the process's
@@ -244,8 +249,8 @@ def process_analysis(snap, top, dest_level):
             owners.setdefault(key, []).append(
                 {"pid": out["pid"], "name": out["name"], "in_use": dest["in_use"], "time_wait": dest["time_wait"],
                  "new_connections_per_second": dest["new_connections_per_second"]})
-    findings.sort(key=lambda item: (-SEVERITY[item[0]], item[1]["kind"] != "pooling",
-                                    -(item[1].get("new_connections_per_second") or 0)))
+    findings.sort(key=lambda item: (-SEVERITY[item.severity], item.report["kind"] != "pooling",
+                                    -(item.report.get("new_connections_per_second") or 0)))
     procs = [out for out, dummy in rows]
     churner = _churner(procs[0]) if procs else None
     return procs, findings, unattributed_rows(snap, top), churner, owners

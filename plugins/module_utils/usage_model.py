@@ -113,6 +113,14 @@ class Finding(NamedTuple):
     sentence: str
 
 
+class ClientFinding(NamedTuple):
+    """A finding on one process (pooling, bind before connect): its severity, and the dict the result reports
+    under ``client_findings`` ("kind", "pid", "process", "sentence", ...)."""
+
+    severity: str
+    report: Dict[str, Any]
+
+
 class Pool(NamedTuple):
     """A host-wide pool of local ports: every connect() of its address family takes its port from here.
 
