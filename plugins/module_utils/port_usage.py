@@ -54,6 +54,10 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import number, percent, rate
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_int
 
+__all__ = ["CRITICAL_PERCENT", "HOST", "MAX_SAMPLE_SECONDS", "MAX_TOP", "POOLING_ADVICE", "SEVERITY", "TUPLE",
+           "WARNING_PERCENT", "Pool", "Snapshot", "analyse", "capacity", "ephemeral_summary", "level", "number",
+           "percent", "recommended_range", "validate_audit_options"]
+
 MAX_TOP = 1000
 MAX_SAMPLE_SECONDS = 60
 SAMPLE_NOTE = ("sample_seconds above 0 follows each new connection to its process: it measures each process's rate "
@@ -222,7 +226,8 @@ def analyse(snap, top=10, warning=WARNING_PERCENT, critical=CRITICAL_PERCENT):
     result = {
         "settings": dict(snap.settings), "ephemeral": eph, "sockets": sockets,
         "ports_held": sum(group.in_use for group in groups.values()), "destinations": destinations,
-        "counters": counted.counters, "capacity": cap, "verdict": verdict, "findings": [item.sentence for item in findings],
+        "counters": counted.counters, "capacity": cap, "verdict": verdict,
+        "findings": [item.sentence for item in findings],
         "recommendations": recommend, "thresholds": {"warning_percent": warning, "critical_percent": critical},
         "notes": notes, "source": snap.source, "unreadable": list(snap.unreadable),
     }

@@ -99,7 +99,8 @@ class Tally:
 
     def state_counts(self):
         """{"ipv4": {state name: count}, "ipv6": {...}}."""
-        return dict((name, dict((STATES.get(state, "STATE_%d" % state), count) for state, count in sorted(counts.items())))
+        return dict((name, dict((STATES.get(state, "STATE_%d" % state), count)
+                                for state, count in sorted(counts.items())))
                     for name, counts in (("ipv4", self.states[AF_INET]), ("ipv6", self.states[AF_INET6])))
 
 

@@ -172,7 +172,8 @@ def _pooling_finding(proc, key, entry, seconds, dest_level):
         return None
     severity, projection = dest_level(key, entry["new_connections_per_second"])
     if projection:
-        finding["sentence"] = finding["sentence"].replace(": " + POOLING_ADVICE, "; %s: %s" % (projection, POOLING_ADVICE))
+        finding["sentence"] = finding["sentence"].replace(": " + POOLING_ADVICE,
+                                                          "; %s: %s" % (projection, POOLING_ADVICE))
         finding["projection"] = projection
     return ClientFinding(severity, finding)
 

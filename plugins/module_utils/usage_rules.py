@@ -78,7 +78,8 @@ def worst(severities):
 def ephemeral_summary(port_range, reserved):
     """{"range", "size", "reserved", "reserved_in_range", "usable"}; all None without a range."""
     if port_range is None:
-        return {"range": None, "size": None, "reserved": format_port_list(reserved), "reserved_in_range": None, "usable": None}
+        return {"range": None, "size": None, "reserved": format_port_list(reserved), "reserved_in_range": None,
+                "usable": None}
     size = port_range[1] - port_range[0] + 1
     inside = count_ports(intersect(reserved, port_range))
     return {

@@ -110,7 +110,8 @@ def audit(host, options):
     output = host.run(build_info_script(options.targets, options.event_hours))
     try:
         if "@@tcpstack:" not in output.stdout:
-            raise WinTcpError("reading the host failed (rc=%s): %s" % (output.rc, (output.stderr or output.stdout).strip()))
+            raise WinTcpError("reading the host failed (rc=%s): %s"
+                              % (output.rc, (output.stderr or output.stdout).strip()))
         state = parse_read(output.stdout, options.targets)
         return analyse_windows(options, state, split_sections(output.stdout))
     except WinTcpError as exc:
@@ -348,17 +349,18 @@ def free_blocks(port_range, excluded):
 
 
 INSTALLER_FINDING = ("the %s dynamic range starts at %d with %s ports, as installers leave it (the Visual Studio "
-                     "installer left 1024/64511, actions/runner-images#1442): services listening on low ports compete "
-                     "with it, and WinNAT/Hyper-V carve their reservations from it; set it back with win_tcp port_range")
-FRAGMENTED_FINDING = ("the %s dynamic range %d-%d is fragmented by %d excluded ranges: its largest contiguous free block "
-                      "is %s ports%s. microsoft/WSL#12351 reported the host networking service needing a contiguous "
-                      "block of 4,096 ports and failing with 0x8007054f when the range was fragmented (a reported "
-                      "figure, not a documented Windows limit). Restarting WinNAT (or the host) makes it carve its "
-                      "blocks again; a wider port_range leaves more room")
-BLOCKED_FINDING = ("port %d, which a service %s, lies inside the %s (WinNAT/Hyper-V): a bind to it fails with WSAEACCES "
-                   "(%d), which is this exclusion, not port exhaustion. Reserve it as an administered exclusion (win_tcp "
-                   "excluded_ranges) while winnat and the service are stopped (netsh refuses a port in use), so that "
-                   "WinNAT leaves it alone after the next start")
+                     "installer left 1024/64511, actions/runner-images#1442): services listening on low ports "
+                     "compete with it, and WinNAT/Hyper-V carve their reservations from it; set it back with win_tcp "
+                     "port_range")
+FRAGMENTED_FINDING = ("the %s dynamic range %d-%d is fragmented by %d excluded ranges: its largest contiguous free "
+                      "block is %s ports%s. microsoft/WSL#12351 reported the host networking service needing a "
+                      "contiguous block of 4,096 ports and failing with 0x8007054f when the range was fragmented (a "
+                      "reported figure, not a documented Windows limit). Restarting WinNAT (or the host) makes it "
+                      "carve its blocks again; a wider port_range leaves more room")
+BLOCKED_FINDING = ("port %d, which a service %s, lies inside the %s (WinNAT/Hyper-V): a bind to it fails with "
+                   "WSAEACCES (%d), which is this exclusion, not port exhaustion. Reserve it as an administered "
+                   "exclusion (win_tcp excluded_ranges) while winnat and the service are stopped (netsh refuses a "
+                   "port in use), so that WinNAT leaves it alone after the next start")
 DEFAULT_RANGE_TEXT = "%d %d" % (DEFAULT_RANGE[0], DEFAULT_RANGE[0] + DEFAULT_RANGE[1] - 1)
 
 
@@ -377,8 +379,9 @@ def _one_range(ip, start_number, rows, findings, recommend):
         recommend["port_range"] = DEFAULT_RANGE_TEXT
     size = largest[1] - largest[0] + 1 if largest else 0
     if inside and size < CONTIGUOUS_BLOCK_REPORTED <= port_range[1] - port_range[0] + 1:
+        where = " (%d-%d)" % largest if largest else ""
         findings.append(("warning", FRAGMENTED_FINDING % (name, port_range[0], port_range[1], len(inside),
-                                                          "{:,}".format(size), " (%d-%d)" % largest if largest else "")))
+                                                          "{:,}".format(size), where)))
         if port_range[1] - port_range[0] + 1 < DEFAULT_RANGE[1]:
             recommend.setdefault("port_range", DEFAULT_RANGE_TEXT)
     return {
