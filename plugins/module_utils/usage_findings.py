@@ -36,7 +36,7 @@ POOLING_ADVICE = ("pool the connections or keep them alive (HTTP keep-alive, a c
 BIND_ADVICE = ("set IP_BIND_ADDRESS_NO_PORT on the socket before bind() (Linux 4.2+), or give connect() its port "
                "range with IP_LOCAL_PORT_RANGE (Linux 6.3+), or connect() without bind(): a socket bound to an "
                "ephemeral port holds it for every destination")
-_IDENTITY = ("pid", "name", "cmdline", "user", "uid", "unit", "cgroup", "container")
+_IDENTITY = ("pid", "name", "cmdline", "user", "uid", "unit", "cgroup", "container")  # the result's order
 _TOTALS = ("in_use", "established", "time_wait", "time_wait_inferred")
 
 

@@ -24,11 +24,6 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 TUPLE = "tuple"  # Linux: the limit is per (local address, remote address, remote port)
 HOST = "host"  # Windows: one host-wide pool of dynamic ports per IP version
 
-# The six counts of one process towards one destination, declared once.
-COUNT_FIELDS = ("in_use", "established", "time_wait", "time_wait_inferred", "new_connections",
-                "new_connections_inferred")
-# Who a process is; what cannot be read is None.
-IDENTITY_FIELDS = ("pid", "name", "cmdline", "uid", "user", "cgroup", "unit", "container")
 
 
 class _Named:
@@ -59,6 +54,10 @@ class DestinationCounts(_Named):
     new_connections_inferred: Optional[int] = None
 
 
+# The six counts of one process towards one destination: DestinationCounts' fields, declared once, there.
+COUNT_FIELDS = tuple(item.name for item in fields(DestinationCounts))
+
+
 @dataclass
 class Unattributed(_Named):
     """The sockets towards one destination that no process could be given."""
@@ -85,6 +84,11 @@ class ProcessRecord(_Named):
     bound_inactive: int = 0
     bound_inactive_seen: int = 0
     destinations: Dict[tuple, DestinationCounts] = field(default_factory=dict)
+
+
+# Who a process is (ProcessRecord's fields but its ports); what cannot be read is None.
+IDENTITY_FIELDS = tuple(item.name for item in fields(ProcessRecord)
+                        if item.name not in ("bound_inactive", "bound_inactive_seen", "destinations"))
 
 
 def identity(pid, **known):
