@@ -5,7 +5,8 @@
 
 Runs on the controller only (it never uses the task's connection).  The
 rendering is plugin_utils/fleet_report.py (pure, unit-tested); this shell
-reads the hosts' results from hostvars, writes the files atomically and
+checks its options, reads the hosts' results from hostvars, writes the files
+(LinuxHost.write_file_atomic, into a directory _report_dir() has checked) and
 prints the summary table.
 """
 
@@ -14,12 +15,13 @@ from __future__ import annotations
 import datetime
 import os
 import stat
-import tempfile
 
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import HostError, LinuxHost
+from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_bool
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.fleet_report import (
     FORMATS,
     build_report,
@@ -31,21 +33,8 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils.fleet_report impor
 display = Display()
 
 
-def _write(path, text):
-    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename), mode 0644."""
-    directory = os.path.dirname(path)
-    handle, temporary = tempfile.mkstemp(prefix=".fleet_report-", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+class Refused(Exception):
+    """An option or the report directory is not usable; the message is the task's."""
 
 
 def _report_dir(path):
@@ -87,6 +76,88 @@ def _plain(value):
     return to_text(value)
 
 
+def _formats(args):
+    """The report formats asked for (a list, or text separated by commas), all known ones."""
+    formats = args.get("formats", ["json", "markdown", "html"])
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
+    formats = [to_text(f) for f in formats]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise Refused("formats must be among %s, got %s" % (", ".join(FORMATS), ", ".join(bad)))
+    return formats
+
+
+def _flag(args, name):
+    """A boolean option, as Ansible's ``type: bool`` reads it (validation.strict_bool)."""
+    value = args.get(name, False)
+    try:
+        return strict_bool(value, name)
+    except ValidationError:
+        raise Refused("%s must be a boolean, got %r" % (name, value)) from None
+
+
+def _failure(variables, names):
+    """The first registered result among ``names`` that failed or was unreachable: why the host has no result."""
+    for name in names:
+        registered = variables.get(name)
+        if hasattr(registered, "get") and (registered.get("failed") or registered.get("unreachable")):
+            return {"failed": True, "msg": to_text(registered.get("msg") or "the audit failed")}
+    return None
+
+
+def _host_result(hostvars, host, result_var, error_vars):
+    """One host's audit result from its variables, its failure when it has none, or None when it has neither."""
+    try:
+        value = hostvars[host].get(result_var) if host in hostvars else None
+        if value is None and host in hostvars:
+            value = _failure(hostvars[host], error_vars)
+    except Exception as exc:  # noqa: BLE001 - a broken variable is that host's error, not the report's
+        value = {"failed": True, "msg": "could not read %s: %s" % (result_var, exc)}
+    return _plain(value) if value is not None else None
+
+
+def _gathered(args, task_vars):
+    """host -> its result: the ``results`` option, else each host's ``result_var`` (or its failure)."""
+    explicit = args.get("results")
+    if explicit is not None:
+        if not isinstance(explicit, dict):
+            raise Refused("results must be a dict {host: info module result with platform}")
+        return dict((to_text(h), _plain(r)) for h, r in explicit.items())
+    hosts = args.get("hosts") or task_vars.get("ansible_play_hosts_all") or []
+    result_var = to_text(args.get("result_var", "port_audit_result"))
+    error_vars = [to_text(v) for v in (args.get("error_vars") or [])]
+    hostvars = task_vars.get("hostvars", {})
+    return dict((to_text(host), _host_result(hostvars, to_text(host), result_var, error_vars)) for host in hosts)
+
+
+def _rows(gathered):
+    return [host_row(host, value.get("platform") if isinstance(value, dict) else None, value)
+            for host, value in gathered.items()]
+
+
+def _write_report(report, formats, dest):
+    """Write one file per format into ``dest`` (checked by _report_dir()), each atomically, mode 0644.
+
+    Returns {format: path}.  The writes are LinuxHost.write_file_atomic (temporary file, fsync, rename).
+    """
+    if not formats:
+        return {}
+    dest = os.path.abspath(os.path.expanduser(to_text(dest)))
+    files = {}
+    try:
+        problem = _report_dir(dest)
+        if problem:
+            raise Refused("dest: refusing to write the report to %s: %s" % (dest, problem))
+        host = LinuxHost()
+        for fmt, text in render(report, formats).items():
+            files[fmt] = os.path.join(dest, FORMATS[fmt])
+            host.write_file_atomic(files[fmt], text, mode=0o644, make_directory=False)
+    except (OSError, HostError) as exc:
+        raise Refused("could not write the report to %s: %s" % (dest, exc)) from None
+    return files
+
+
 class ActionModule(ActionBase):
     """Build, write and summarise the fleet report; changes no host."""
 
@@ -102,62 +173,14 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         result["changed"] = False
         args = self._task.args
-        formats = args.get("formats", ["json", "markdown", "html"])
-        if isinstance(formats, str):
-            formats = [f.strip() for f in formats.split(",") if f.strip()]
-        formats = [to_text(f) for f in formats]
-        bad = [f for f in formats if f not in FORMATS]
-        if bad:
-            result.update(failed=True, msg="formats must be among %s, got %s" % (", ".join(FORMATS), ", ".join(bad)))
-            return result
         try:
-            fail_on_critical = self._bool(args.get("fail_on_critical", False), "fail_on_critical")
-        except ValueError as exc:
-            result.update(failed=True, msg=str(exc))
-            return result
-
-        rows = []
-        explicit = args.get("results")
-        if explicit is not None:
-            if not isinstance(explicit, dict):
-                result.update(failed=True, msg="results must be a dict {host: info module result with platform}")
-                return result
-            gathered = dict((to_text(h), _plain(r)) for h, r in explicit.items())
-        else:
-            hosts = args.get("hosts") or task_vars.get("ansible_play_hosts_all") or []
-            result_var = to_text(args.get("result_var", "port_audit_result"))
-            error_vars = [to_text(v) for v in (args.get("error_vars") or [])]
-            hostvars = task_vars.get("hostvars", {})
-            gathered = {}
-            for host in hosts:
-                host = to_text(host)
-                try:
-                    value = hostvars[host].get(result_var) if host in hostvars else None
-                    if value is None and host in hostvars:
-                        value = self._failure(hostvars[host], error_vars)
-                except Exception as exc:  # noqa: BLE001 - a broken variable is that host's error, not the report's
-                    value = {"failed": True, "msg": "could not read %s: %s" % (result_var, exc)}
-                gathered[host] = _plain(value) if value is not None else None
-        for host, value in gathered.items():
-            platform = value.get("platform") if isinstance(value, dict) else None
-            rows.append(host_row(host, platform, value))
-
-        generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        report = build_report(rows, generated, to_text(args.get("title", "Ephemeral-port audit")))
-        files = {}
-        if formats:
-            dest = os.path.abspath(os.path.expanduser(to_text(args.get("dest", "port_audit_report"))))
-            try:
-                problem = _report_dir(dest)
-                if problem:
-                    result.update(failed=True, msg="dest: refusing to write the report to %s: %s" % (dest, problem))
-                    return result
-                for fmt, text in render(report, formats).items():
-                    files[fmt] = os.path.join(dest, FORMATS[fmt])
-                    _write(files[fmt], text)
-            except OSError as exc:
-                result.update(failed=True, msg="could not write the report to %s: %s" % (dest, exc))
-                return result
+            formats, fail_on_critical = _formats(args), _flag(args, "fail_on_critical")
+            rows = _rows(_gathered(args, task_vars))
+            generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            report = build_report(rows, generated, to_text(args.get("title", "Ephemeral-port audit")))
+            files = _write_report(report, formats, args.get("dest", "port_audit_report"))
+        except Refused as exc:
+            return dict(result, failed=True, msg=str(exc))
         summary = render_summary(report)
         display.display("\nport audit of %d host(s), riskiest first:\n%s%s" % (
             len(rows), summary, "".join("\n%s report: %s" % (f, p) for f, p in files.items())))
@@ -167,23 +190,3 @@ class ActionModule(ActionBase):
             result.update(failed=True, msg="critical ephemeral-port exhaustion on %d host(s): %s" % (
                 len(report["critical"]), ", ".join(report["critical"])))
         return result
-
-    @staticmethod
-    def _failure(variables, names):
-        """The first registered result among ``names`` that failed or was unreachable: why the host has no result."""
-        for name in names:
-            registered = variables.get(name)
-            if hasattr(registered, "get") and (registered.get("failed") or registered.get("unreachable")):
-                return {"failed": True, "msg": to_text(registered.get("msg") or "the audit failed")}
-        return None
-
-    @staticmethod
-    def _bool(value, name):
-        if isinstance(value, bool):
-            return value
-        text = to_text(value).strip().lower()
-        if text in ("1", "true", "yes", "on", "y"):
-            return True
-        if text in ("0", "false", "no", "off", "n"):
-            return False
-        raise ValueError("%s must be a boolean, got %r" % (name, value))

@@ -4,6 +4,11 @@
 """The Linux settings model: module options, the sysctl keys they manage, validation, meaning.
 
 Pure: the host-dependent checks take the host's values as arguments.
+
+A value is parsed once into its meaning, by its setting's kind: an ``int``, a ``ports.PortRange``
+(``range``) or a port list, a tuple of ``(low, high)`` intervals (``ports``).  ``validate_options()``
+gives the desired values in that form; ``value_of()`` reads a host's text into it; ``text_of()``
+renders it where text is written (/proc, a sysctl.d file) or shown.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
+    PortRange,
     contains,
     format_port_list,
-    format_port_range,
     normalise_intervals,
     parse_port_list,
     parse_port_range,
@@ -34,7 +39,6 @@ TIMESTAMPS = "net.ipv4.tcp_timestamps"
 TW_REUSE = "net.ipv4.tcp_tw_reuse"
 PORT_RANGE = "net.ipv4.ip_local_port_range"
 RESERVED_PORTS = "net.ipv4.ip_local_reserved_ports"
-TW_RECYCLE = "net.ipv4.tcp_tw_recycle"
 MAX_TW_BUCKETS = "net.ipv4.tcp_max_tw_buckets"
 
 
@@ -78,7 +82,6 @@ SETTINGS = (
             kernel_low=0),
     Setting("max_syn_backlog", "net.ipv4.tcp_max_syn_backlog", "int", 1, INT_MAX, handler="proc_dointvec"),
 )
-BY_OPTION = OrderedDict((s.option, s) for s in SETTINGS)
 BY_KEY = OrderedDict((s.key, s) for s in SETTINGS)
 KEY_ORDER = {s.key: i for i, s in enumerate(SETTINGS)}
 
@@ -99,26 +102,55 @@ TW_RECYCLE_REASON = (
 )
 
 
-def canonical(key, value):
-    """The meaning of a sysctl value as a canonical string; raises ValueError when it has none."""
+def value_of(key, value):
+    """The meaning of a value of ``key``: an int, a PortRange or a port list (see the module's docstring).
+
+    ``value`` is that meaning already (returned as it is) or text as the kernel prints it or a file sets
+    it.  Raises ValueError when the text has no meaning; a key not in SETTINGS gives its words.
+    """
     setting = BY_KEY.get(key)
-    text = value if isinstance(value, str) else str(value)
     if setting is None:
-        return " ".join(text.split())
+        return " ".join(str(value).split())
     if setting.kind == "int":
-        words = text.split()
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        words = str(value).split()
         if len(words) != 1 or not words[0].lstrip("-").isdigit() or not words[0].isascii():
             raise ValueError("%s: %r is not an integer" % (key, value))
-        return str(int(words[0]))
-    if setting.kind == "range":
-        try:
-            return format_port_range(parse_port_range(" ".join(text.split()), key))
-        except ValidationError as exc:
-            raise ValueError(str(exc))
+        return int(words[0])
+    typed = PortRange if setting.kind == "range" else tuple
+    if isinstance(value, typed):
+        return value
+    text = value if isinstance(value, str) else str(value)
     try:
-        return format_port_list(parse_port_list(text.strip(), key, lowest=0))
+        if setting.kind == "range":
+            return parse_port_range(" ".join(text.split()), key)
+        return parse_port_list(text.strip(), key, lowest=0)
     except ValidationError as exc:
         raise ValueError(str(exc))
+
+
+def text_of(key, value):
+    """The canonical text of ``value`` (a meaning from value_of(), or text that loose() tidies)."""
+    setting = BY_KEY.get(key)
+    if setting is None or isinstance(value, str):
+        return loose(key, value)
+    if setting.kind == "int":
+        return str(value)
+    if setting.kind == "range":
+        return value.text()
+    return format_port_list(value)
+
+
+def texts(values):
+    """``values`` (key -> meaning) with each value as its canonical text, in the same order."""
+    return OrderedDict((key, text_of(key, value)) for key, value in values.items())
+
+
+def canonical(key, value):
+    """The meaning of a sysctl value as a canonical string; raises ValueError when it has none."""
+    meaning = value_of(key, value)
+    return meaning if BY_KEY.get(key) is None else text_of(key, meaning)
 
 
 def loose(key, value):
@@ -242,7 +274,7 @@ def kernel_value(key, text, previous=None):
         low, high = numbers
         if not (1 <= low <= 65535 and 1 <= high <= 65535) or high < low or low < KERNEL_DEFAULT_UNPRIVILEGED_PORT_START:
             return None
-        return format_port_range((low, high))
+        return PortRange(low, high).text()
     if setting.kind == "ports":
         return _kernel_bitmap(text)
     rule = KERNEL_INT_RULES[key]
@@ -252,34 +284,38 @@ def kernel_value(key, text, previous=None):
     return str(numbers[0])
 
 
+def _option_value(setting, value):
+    """The meaning of what the user gave for ``setting`` (see value_of()); raises ValidationError."""
+    if setting.kind == "range":
+        return parse_port_range(value, setting.option)
+    if setting.kind == "ports":
+        return parse_port_list(value, setting.option)
+    if setting.choices is None:
+        return strict_int(value, setting.option, setting.low, setting.high)
+    valid = "one of %s" % ", ".join(map(str, setting.choices))
+    try:
+        number = strict_int(value, setting.option, min(setting.choices), max(setting.choices))
+    except ValidationError:
+        raise ValidationError(setting.option, value, valid)
+    if number not in setting.choices:
+        raise ValidationError(setting.option, value, valid)
+    return number
+
+
 def validate_options(params):
     """Validate the option values that do not depend on the host.
 
     ``params`` maps option names to values (None = not managed).  Returns an
-    ordered dict key -> canonical value for the managed keys, in apply order.
+    ordered dict key -> meaning (an int, a PortRange or a port list: see value_of())
+    for the managed keys, in apply order; texts() gives their canonical text.
     """
     if params.get("tw_recycle") is not None:
         raise ValidationError("tw_recycle", params["tw_recycle"], TW_RECYCLE_REASON)
     desired = OrderedDict()
     for setting in SETTINGS:
         value = params.get(setting.option)
-        if value is None:
-            continue
-        if setting.kind == "range":
-            desired[setting.key] = format_port_range(parse_port_range(value, setting.option))
-        elif setting.kind == "ports":
-            desired[setting.key] = format_port_list(parse_port_list(value, setting.option))
-        elif setting.choices is not None:
-            valid = "one of %s" % ", ".join(map(str, setting.choices))
-            try:
-                number = strict_int(value, setting.option, min(setting.choices), max(setting.choices))
-            except ValidationError:
-                raise ValidationError(setting.option, value, valid)
-            if number not in setting.choices:
-                raise ValidationError(setting.option, value, valid)
-            desired[setting.key] = str(number)
-        else:
-            desired[setting.key] = str(strict_int(value, setting.option, setting.low, setting.high))
+        if value is not None:
+            desired[setting.key] = _option_value(setting, value)
     return desired
 
 
@@ -294,38 +330,33 @@ def _parity_warning(port_range):
     return None
 
 
-def validate_for_host(desired, current, missing_keys, listening_ports=(), reserve_listening=False, kernel=""):
-    """Checks that depend on the host; returns (desired, warnings), desired possibly extended.
-
-    ``current`` maps keys to the host's runtime values (including
-    ip_unprivileged_port_start and tcp_timestamps when readable);
-    ``missing_keys`` are managed keys the running kernel does not have;
-    ``listening_ports`` are the TCP ports with a listener now.
-    """
-    warnings = []
+def _check_keys_exist(desired, missing_keys, kernel):
+    """Refuse a managed key the running kernel does not have, naming the release that added it."""
     for key in desired:
         if key in missing_keys:
             setting = BY_KEY[key]
             since = " (it was added in Linux %s)" % setting.since if setting.since else ""
             raise ValidationError(
-                setting.option, desired[key],
+                setting.option, text_of(key, desired[key]),
                 "this kernel%s has no %s%s" % (" (%s)" % kernel if kernel else "", key, since),
             )
-    desired = OrderedDict(desired)
 
-    effective_range = desired.get(PORT_RANGE, current.get(PORT_RANGE))
-    if PORT_RANGE in desired:
-        low, high = parse_port_range(desired[PORT_RANGE])
-        start = current.get(UNPRIVILEGED_PORT_START)
-        if start is not None and low < int(start):
-            raise ValidationError(
-                "port_range", desired[PORT_RANGE],
-                "the low port must be at least %s (%s) on this host" % (UNPRIVILEGED_PORT_START, start),
-            )
-        parity = _parity_warning((low, high))
-        if parity:
-            warnings.append(parity)
 
+def _check_port_range(port_range, current, warnings):
+    """The low port against ip_unprivileged_port_start (refused below it), and the parity advice."""
+    start = current.get(UNPRIVILEGED_PORT_START)
+    if start is not None and port_range.low < int(start):
+        raise ValidationError(
+            "port_range", port_range.text(),
+            "the low port must be at least %s (%s) on this host" % (UNPRIVILEGED_PORT_START, start),
+        )
+    parity = _parity_warning(port_range)
+    if parity:
+        warnings.append(parity)
+
+
+def _check_tw_reuse(desired, current, warnings):
+    """tcp_tw_reuse 1 does nothing without TCP timestamps: refused when we set it, a warning otherwise."""
     stamps = desired.get(TIMESTAMPS, current.get(TIMESTAMPS))
     reuse = desired.get(TW_REUSE, current.get(TW_REUSE))
     if reuse is not None and stamps is not None and int(reuse) == 1 and int(stamps) == 0:
@@ -337,23 +368,50 @@ def validate_for_host(desired, current, missing_keys, listening_ports=(), reserv
             )
         warnings.append("timestamps: 0 with tcp_tw_reuse at 1 makes TIME_WAIT reuse inactive")
 
+
+def _check_listeners(desired, port_range, current, listening_ports, reserve_listening, warnings):
+    """Listening ports inside the ephemeral range and not reserved: reserved (into ``desired``) or warned about."""
+    if RESERVED_PORTS in desired:
+        reserved = desired[RESERVED_PORTS]
+    else:  # the host's own list, as the kernel prints it (port 0 included)
+        reserved = parse_port_list(current.get(RESERVED_PORTS, ""), RESERVED_PORTS, lowest=0)
+    exposed = sorted(p for p in set(listening_ports) if port_range.low <= p <= port_range.high
+                     and not contains(reserved, p))
+    if reserve_listening:
+        desired[RESERVED_PORTS] = normalise_intervals(reserved + ports_to_intervals(exposed))
+    elif exposed:
+        warnings.append(
+            "TCP ports listening now inside the ephemeral range %d-%d and not reserved: %s; an outgoing "
+            "connection can take one while its service restarts. Add them to reserved_ports or set "
+            "reserve_listening_ports: true" % (port_range.low, port_range.high, ", ".join(map(str, exposed)))
+        )
+
+
+def validate_for_host(desired, current, missing_keys, listening_ports=(), reserve_listening=False, kernel=""):
+    """Checks that depend on the host; returns (desired, warnings), desired possibly extended.
+
+    ``desired`` maps keys to meanings (validate_options()); ``current`` maps
+    keys to the host's runtime text (including ip_unprivileged_port_start and
+    tcp_timestamps when readable); ``missing_keys`` are managed keys the
+    running kernel does not have; ``listening_ports`` are the TCP ports with a
+    listener now.
+    """
+    warnings = []
+    _check_keys_exist(desired, missing_keys, kernel)
+    desired = OrderedDict(desired)
+    if PORT_RANGE in desired:
+        _check_port_range(desired[PORT_RANGE], current, warnings)
+    _check_tw_reuse(desired, current, warnings)
+    effective_range = desired.get(PORT_RANGE, current.get(PORT_RANGE))
     if effective_range is not None and listening_ports:
-        low, high = parse_port_range(effective_range)
-        if RESERVED_PORTS in desired:
-            reserved = parse_port_list(desired[RESERVED_PORTS])
-        else:  # the host's own list, as the kernel prints it (port 0 included)
-            reserved = parse_port_list(current.get(RESERVED_PORTS, ""), RESERVED_PORTS, lowest=0)
-        exposed = sorted(p for p in set(listening_ports) if low <= p <= high and not contains(reserved, p))
-        if reserve_listening:
-            desired[RESERVED_PORTS] = format_port_list(normalise_intervals(reserved + ports_to_intervals(exposed)))
-        elif exposed:
-            warnings.append(
-                "TCP ports listening now inside the ephemeral range %d-%d and not reserved: %s; an outgoing "
-                "connection can take one while its service restarts. Add them to reserved_ports or set "
-                "reserve_listening_ports: true" % (low, high, ", ".join(map(str, exposed)))
-            )
+        if not isinstance(effective_range, PortRange):  # the host's, as the kernel prints it
+            effective_range = parse_port_range(effective_range)
+        _check_listeners(desired, effective_range, current, listening_ports, reserve_listening, warnings)
     elif reserve_listening and RESERVED_PORTS not in desired:
-        desired[RESERVED_PORTS] = loose(RESERVED_PORTS, current.get(RESERVED_PORTS, ""))
+        try:
+            desired[RESERVED_PORTS] = value_of(RESERVED_PORTS, current.get(RESERVED_PORTS, ""))
+        except ValueError:
+            desired[RESERVED_PORTS] = loose(RESERVED_PORTS, current.get(RESERVED_PORTS, ""))
     return sort_keys(desired), warnings
 
 

@@ -30,6 +30,7 @@ from typing import Optional
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
     kernel_value,
     same,
+    text_of,
 )
 
 SYSCTL_D_DIRS = (
@@ -272,7 +273,8 @@ class Override:
 def overrides(layout, path, desired):
     """Where a boot would not end with our file's value for a key in ``desired``.
 
-    ``layout`` must already hold our file at ``path`` with the content we write.
+    ``layout`` must already hold our file at ``path`` with the content we write; ``desired`` maps keys
+    to their meanings (linux_settings.validate_options()) or canonical text.
     """
     found = []
     for init in INITS:
@@ -286,7 +288,7 @@ def overrides(layout, path, desired):
                 key, init,
                 winner.path if winner is not None else None,
                 winner.line if winner is not None else None,
-                value, ours,
+                value, text_of(key, ours),
                 conflicting=winner is None or not same(key, value, ours),
             ))
     return found

@@ -4,26 +4,37 @@
 """What the linux_tcp module does: validate -> read -> plan -> apply -> verify.
 
 The module is a thin shell around ``run()``; the host is a LinuxHost (or a
-test double rooted in a directory tree).
+test double rooted in a directory tree).  For state: present, ``run()`` is
+``validate_options()`` (pure: each value parsed once into its meaning), ``read()``
+(every host read, once: a ``HostState``), ``plan_linux_tcp()`` (pure: the host
+checks, the boot order, the ``Plan``), ``apply()`` (the only writes, each value
+read back, all or nothing) and ``result()``.  Text is made from the meanings only
+where it is written (/proc, our sysctl.d file) or shown (the result, the diff).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Mapping, Optional, Tuple
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import FILE_MAX, HostError
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
     BY_KEY,
     CONTEXT_KEYS,
     PORT_RANGE,
+    RESERVED_PORTS,
     SETTINGS,
     loose,
     same,
     sort_keys,
+    text_of,
+    texts,
     validate_for_host,
     validate_options,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d import (
+    INITS,
     OUR_MARKS,
     SYSCTL_CONF,
     SYSCTL_D_DIRS,
@@ -36,7 +47,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d imp
     render,
     unusable,
 )
-from ansible_collections.tcpstack.tuning.plugins.module_utils.plan import TuningError, make_plan
+from ansible_collections.tcpstack.tuning.plugins.module_utils.plan import Plan, TuningError, make_plan
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_bool
 
 DEFAULT_PERSIST_FILE = "/etc/sysctl.d/60-tcpstack-tuning.conf"
@@ -54,20 +65,20 @@ def own_text(host, path):
     our header (OUR_MARKS), of at most FILE_MAX bytes.  A file of anyone else, a symbolic link, a
     FIFO, a device, a socket or a directory is refused before anything changes, in check mode too.
     """
+    text, refused = _own_file(host, path)
+    if refused is not None:
+        raise ValidationError("persist_file", path, refused)
+    return text
+
+
+def _own_file(host, path):
+    """(text of our file at ``path`` or None when absent, None), or (None, why the file there is not ours)."""
     try:
-        return host.own_file(path, OUR_MARKS)
+        return host.own_file(path, OUR_MARKS), None
     except OSError as exc:
-        raise ValidationError("persist_file", path, "%s %s; linux_tcp rewrites or removes only a regular file of its "
-                              "own, of at most %d bytes, whose first line starts with %r. Nothing was changed: "
-                              "choose another persist_file, or move that file away yourself"
-                              % (exc.filename or path, exc.strerror or exc, FILE_MAX, OUR_MARKS[0]))
-
-
-def _read_layout(host, warnings):
-    notes = []
-    layout = host.read_layout(SYSCTL_D_DIRS, SYSCTL_CONF, notes)
-    warnings.extend(notes)
-    return layout
+        return None, ("%s %s; linux_tcp rewrites or removes only a regular file of its own, of at most %d bytes, "
+                      "whose first line starts with %r. Nothing was changed: choose another persist_file, or move "
+                      "that file away yourself" % (exc.filename or path, exc.strerror or exc, FILE_MAX, OUR_MARKS[0]))
 
 
 def _lines(values):
@@ -91,8 +102,9 @@ def _diff(before, after, path, file_before, file_after):
     return diff
 
 
-def _defaults(host, keys):
-    probed = host.fresh_defaults(list(keys)) or {}
+def _defaults(probed, keys):
+    """The kernel default of each key, as canonical text: as probed in a new namespace, else SETTINGS' default."""
+    probed = probed or {}
     out = {}
     for key in keys:
         value = probed.get(key)
@@ -102,16 +114,24 @@ def _defaults(host, keys):
     return out
 
 
-def _apply(host, plan, raw_before):
-    """Write the runtime changes, then the file; on any failure restore what was written."""
+def _verify(host, change):
+    """Read ``change``'s key back after writing it; HostError unless it now means ``change.after``."""
+    now = host.read_sysctl(change.key)
+    if not same(change.key, now, change.after):
+        raise HostError("%s reads back %r after writing %r" % (change.key, now, text_of(change.key, change.after)))
+
+
+def apply(host, plan, raw_before):
+    """Write the runtime changes (each verified), then the file; on any failure restore what was written.
+
+    The only code of a linux_tcp run that writes.  ``raw_before`` maps keys to the text they held.
+    """
     written = []
     try:
         for change in plan.changes:
-            host.write_sysctl(change.key, change.after)
+            host.write_sysctl(change.key, text_of(change.key, change.after))
             written.append(change.key)
-            now = host.read_sysctl(change.key)
-            if not same(change.key, now, change.after):
-                raise HostError("%s reads back %r after writing %r" % (change.key, now, change.after))
+            _verify(host, change)
         if plan.file_changed:
             if plan.file_after is None:
                 host.remove_file(plan.file_path)
@@ -179,8 +199,146 @@ def validate(params):
     return validate_options(params) if state == "present" else OrderedDict()
 
 
+@dataclass(frozen=True)
+class Options:
+    """linux_tcp's own options for state: present (the sysctl values are the desired ones)."""
+
+    persist_file: Optional[str]  # None: persist is false
+    reserve_listening: bool
+    on_shadowed: str
+
+
+@dataclass(frozen=True)
+class HostState:
+    """Everything a linux_tcp run needs from the host, read once by read()."""
+
+    runtime: Mapping[str, Optional[str]]  # managed and context keys -> text as the kernel prints it (None: no key)
+    listening: Tuple[int, ...]  # TCP ports with a listener (read only when the port range matters)
+    kernel: str
+    layout: Mapping[str, str]  # every sysctl.d file and /etc/sysctl.conf: path -> text
+    layout_notes: Tuple[str, ...]  # files left out of the layout, and why
+    file_text: Optional[str]  # our persisted file's text; None when absent or not ours
+    file_refused: Optional[str]  # why the file at persist_file is not ours (plan_linux_tcp() refuses it)
+    defaults: Optional[Mapping[str, Optional[str]]]  # the keys' values in a new network namespace, if it could be made
+    init: Optional[str] = None  # what applies sysctl.d at boot here, systemd or procps (read for state: absent)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What plan_linux_tcp() decided: the Plan (changes to meanings, the file, warnings) and what the result shows."""
+
+    plan: Plan
+    before: Mapping[str, str]  # the runtime values, as canonical text
+    after: Mapping[str, str]  # the desired values, as canonical text
+    layout: Mapping[str, str]  # what a boot reads, our file as it will be
+    shadowed: Tuple[dict, ...]
+    keys: Tuple[str, ...]  # the keys whose boot values the result shows
+
+
+def read(host, desired, options):
+    """Every host read of a state: present run, once: a HostState.  ``desired`` from validate_options()."""
+    keys = list(desired) + [key for key in CONTEXT_KEYS if key not in desired]
+    runtime = OrderedDict((key, host.read_sysctl(key)) for key in keys)
+    reserve = options.reserve_listening
+    listening = tuple(host.listening_ports()) if (PORT_RANGE in desired or reserve) else ()
+    kernel = host.kernel_release()
+    file_text = refused = None
+    if options.persist_file is not None:
+        file_text, refused = _own_file(host, options.persist_file)
+    notes = []
+    layout = host.read_layout(SYSCTL_D_DIRS, SYSCTL_CONF, notes)
+    probe = list(desired) + ([RESERVED_PORTS] if reserve and RESERVED_PORTS not in desired else [])
+    return HostState(runtime, listening, kernel, layout, tuple(notes), file_text, refused, host.fresh_defaults(probe))
+
+
+def _boot_layout(state, path, desired, warnings):
+    """What a boot will read, with our file as we write it: (layout, our file's new text or None)."""
+    wanted = texts(desired)
+    if path is None:
+        for init in INITS:
+            for key, found in predict(state.layout, wanted.keys(), init).items():
+                if not same(key, found.value, desired[key]):
+                    warnings.append(
+                        "persist is false: %s = %s lasts until the next boot, when %s line %d sets %s"
+                        % (key, wanted[key], found.path, found.line, found.value))
+        return state.layout, None
+    kept = OrderedDict((a.key, a.value) for a in parse(state.file_text or "") if a.value is not None)
+    kept.update(wanted)
+    file_after = render(sort_keys(kept), HEADER)
+    layout = dict(state.layout)
+    layout[path] = file_after
+    return layout, file_after
+
+
+def _shadowing(layout, path, desired, options, refusal, warnings):
+    """Files that would undo our file at boot: a TuningError (on_shadowed: fail) or warnings; the shadowed list."""
+    blocker = hidden_by(layout, path)
+    found = overrides(layout, path, desired)
+    shadowed = tuple({"key": o.key, "init": o.init, "file": o.path, "line": o.line, "value": o.value,
+                      "conflicting": o.conflicting} for o in found)
+    messages = []
+    if blocker is not None:
+        messages.append("%s is never read at boot: %s has the same name and hides it" % (path, blocker))
+    messages.extend(o.describe() for o in found if o.conflicting and blocker is None)
+    if messages:
+        if options.on_shadowed == "fail":
+            refusal["shadowed"] = list(shadowed)
+            raise TuningError(
+                "the tuning would not survive a reboot: %s. Nothing was changed. Remove or fix that setting, "
+                "use a persist_file that sorts later, or set on_shadowed: warn" % "; ".join(messages), refusal)
+        warnings.extend(messages)
+    warnings.extend(o.describe() for o in found if not o.conflicting)
+    return shadowed
+
+
+def plan_linux_tcp(desired, state, options):
+    """Pure: the Tuning that takes the host in ``state`` to ``desired`` (validate_options()'s meanings).
+
+    Checks ``desired`` against the host (ValidationError), finds what would undo it at boot
+    (TuningError with on_shadowed: fail) and plans the runtime and file changes.
+    """
+    path = options.persist_file
+    missing = [key for key in desired if state.runtime.get(key) is None]
+    current = {key: value for key, value in state.runtime.items() if value is not None}
+    desired, warnings = validate_for_host(desired, current, missing, state.listening, options.reserve_listening,
+                                          kernel=state.kernel)
+    if state.file_refused is not None:
+        raise ValidationError("persist_file", path, state.file_refused)
+    warnings.extend(state.layout_notes)
+    warnings.extend(unusable({p: t for p, t in state.layout.items() if p != path}, desired.keys()))
+    layout, file_after = _boot_layout(state, path, desired, warnings)
+    before = OrderedDict((key, loose(key, state.runtime[key])) for key in desired)
+    shadowed = ()
+    if path is not None:
+        refusal = OrderedDict([("persist_file", path), ("kernel", state.kernel), ("before", before)])
+        shadowed = _shadowing(layout, path, desired, options, refusal, warnings)
+    plan = make_plan(before, desired, same, path, state.file_text, file_after, warnings=warnings)
+    return Tuning(plan, before, texts(desired), layout, shadowed, tuple(desired))
+
+
+def result(tuning, state, want_diff):
+    """linux_tcp's result: what plan_linux_tcp() or plan_absent() decided (the apply changes none of it)."""
+    plan = tuning.plan
+    out = OrderedDict()
+    out["persist_file"] = plan.file_path
+    out["kernel"] = state.kernel
+    out["changed"] = plan.changed
+    out["before"] = tuning.before
+    out["after"] = tuning.after
+    out["boot_values"] = boot_values(tuning.layout, list(tuning.keys), _defaults(state.defaults, tuning.keys))
+    out["shadowed"] = list(tuning.shadowed)
+    out["reboot_required"] = False
+    if want_diff:
+        out["diff"] = _diff(tuning.before, tuning.after, plan.file_path, plan.file_before, plan.file_after)
+    return out
+
+
 def run(params, host, check_mode=False, want_diff=False):
-    """Run linux_tcp with module ``params`` against ``host``; returns (result, warnings)."""
+    """Run linux_tcp with module ``params`` against ``host``; returns (result, warnings).
+
+    validate (pure) -> read() (every host read, once, under the lock) -> plan_linux_tcp() (pure) ->
+    apply() (the only writes, all or nothing, each value verified) -> result().
+    """
     state = params.get("state") or "present"
     persist = params.get("persist", True)
     path = params.get("persist_file") or DEFAULT_PERSIST_FILE
@@ -190,132 +348,78 @@ def run(params, host, check_mode=False, want_diff=False):
             raise ValidationError("persist_file", path, problem)
         path = host.first_name(path, SYSCTL_D_DIRS)
     if state == "absent":
-        return _absent(host, path, check_mode, want_diff)
+        with host.lock():
+            host_state = read_absent(host, path)
+            return _done(host, plan_absent(host_state, path), host_state, check_mode, want_diff)
     desired = validate_options(params)
+    options = Options(path if persist else None, bool(params.get("reserve_listening_ports")),
+                      params.get("on_shadowed", "fail"))
     with host.lock():
-        return _present(params, host, desired, path if persist else None, check_mode, want_diff)
+        host_state = read(host, desired, options)
+        return _done(host, plan_linux_tcp(desired, host_state, options), host_state, check_mode, want_diff)
 
 
-def _present(params, host, desired, path, check_mode, want_diff):
+def _done(host, tuning, host_state, check_mode, want_diff):
+    """Apply the plan (not in check mode); (result, warnings)."""
+    if tuning.plan.changed and not check_mode:
+        apply(host, tuning.plan, host_state.runtime)
+    return result(tuning, host_state, want_diff), list(tuning.plan.warnings)
+
+
+# state: absent ------------------------------------------------------------------------------------------------
+
+
+def _named(path, text):
+    """The managed keys our file ``text`` sets, in apply order, and a warning for each other key it names."""
+    named = OrderedDict()
     warnings = []
-    raw = OrderedDict((key, host.read_sysctl(key)) for key in list(desired) + list(CONTEXT_KEYS))
-    missing = [key for key in desired if raw.get(key) is None]
-    reserve = bool(params.get("reserve_listening_ports"))
-    listening = host.listening_ports() if (PORT_RANGE in desired or reserve) else ()
-    current = {key: value for key, value in raw.items() if value is not None}
-    desired, host_warnings = validate_for_host(
-        desired, current, missing, listening, reserve, kernel=host.kernel_release())
-    warnings.extend(host_warnings)
-
-    file_before = own_text(host, path) if path is not None else None  # refuses a file that is not ours
-    layout = _read_layout(host, warnings)
-    warnings.extend(unusable({p: t for p, t in layout.items() if p != path}, desired.keys()))
-    file_after = None
-    if path is not None:
-        kept = OrderedDict((a.key, a.value) for a in parse(file_before or "") if a.value is not None)
-        kept.update(desired)
-        file_after = render(sort_keys(kept), HEADER)
-        layout = dict(layout)
-        layout[path] = file_after
-    else:
-        for init in ("systemd", "procps"):
-            for key, found in predict(layout, desired.keys(), init).items():
-                if not same(key, found.value, desired[key]):
-                    warnings.append(
-                        "persist is false: %s = %s lasts until the next boot, when %s line %d sets %s"
-                        % (key, desired[key], found.path, found.line, found.value))
-
-    before = OrderedDict((key, loose(key, raw[key])) for key in desired)
-    result = OrderedDict()
-    result["persist_file"] = path
-    result["kernel"] = host.kernel_release()
-
-    shadowed = []
-    if path is not None:
-        blocker = hidden_by(layout, path)
-        found = overrides(layout, path, desired)
-        conflicts = [o for o in found if o.conflicting]
-        shadowed = [{"key": o.key, "init": o.init, "file": o.path, "line": o.line, "value": o.value,
-                     "conflicting": o.conflicting} for o in found]
-        messages = []
-        if blocker is not None:
-            messages.append("%s is never read at boot: %s has the same name and hides it" % (path, blocker))
-        messages.extend(o.describe() for o in conflicts if blocker is None)
-        if messages:
-            if params.get("on_shadowed", "fail") == "fail":
-                result["before"] = before
-                result["shadowed"] = shadowed
-                raise TuningError(
-                    "the tuning would not survive a reboot: %s. Nothing was changed. Remove or fix that setting, "
-                    "use a persist_file that sorts later, or set on_shadowed: warn" % "; ".join(messages), result)
-            warnings.extend(messages)
-        warnings.extend(o.describe() for o in found if not o.conflicting)
-
-    defaults = _defaults(host, desired.keys())
-    plan = make_plan(before, desired, same, path, file_before, file_after, warnings=warnings)
-    if plan.changed and not check_mode:
-        _apply(host, plan, raw)
-    after = OrderedDict((key, desired[key]) for key in desired)
-
-    result["changed"] = plan.changed
-    result["before"] = before
-    result["after"] = after
-    result["boot_values"] = boot_values(layout, list(desired), defaults)
-    result["shadowed"] = shadowed
-    result["reboot_required"] = False
-    if want_diff:
-        result["diff"] = _diff(before, after, path, file_before, file_after)
-    return result, warnings
+    for assignment in parse(text):
+        if assignment.value is None:
+            continue
+        if assignment.key in BY_KEY:
+            named[assignment.key] = assignment.value
+        else:
+            warnings.append("%s names %s, which this module does not manage: it is left as it is at runtime"
+                            % (path, assignment.key))
+    return sort_keys(named), warnings
 
 
-def _absent(host, path, check_mode, want_diff):
-    warnings = []
-    with host.lock():
-        file_before = own_text(host, path)
-        layout = _read_layout(host, warnings) if file_before is not None else {}
-        result = OrderedDict([("persist_file", path), ("kernel", host.kernel_release())])
-        if file_before is None:
-            result.update(changed=False, before={}, after={}, boot_values={}, shadowed=[], reboot_required=False)
-            if want_diff:
-                result["diff"] = _diff({}, {}, path, "", "")
-            return result, warnings
-        named = OrderedDict()
-        for assignment in parse(file_before):
-            if assignment.value is None:
-                continue
-            if assignment.key in BY_KEY:
-                named[assignment.key] = assignment.value
-            else:
-                warnings.append("%s names %s, which this module does not manage: it is left as it is at runtime"
-                                % (path, assignment.key))
-        named = sort_keys(named)
-        without = {p: t for p, t in layout.items() if p != path}
-        warnings.extend(unusable(without, named.keys()))
-        defaults = _defaults(host, named.keys())
-        init = "systemd" if host.is_dir("/run/systemd/system") else "procps"
-        boot = predict(without, named.keys(), init)
-        raw = OrderedDict((key, host.read_sysctl(key)) for key in named)
-        before = OrderedDict((key, loose(key, raw[key])) for key in named if raw[key] is not None)
-        target = OrderedDict()
-        for key in named:
-            if raw[key] is None:
-                continue
-            value = loose(key, boot[key].value) if key in boot else defaults.get(key)
-            if value is None:
-                warnings.append("the kernel default of %s is unknown here: its runtime value is left as it is" % key)
-                value = before[key]
-            target[key] = value
-        plan = make_plan(before, target, same, path, file_before, None, warnings=warnings)
-        if not check_mode:
-            _apply(host, plan, raw)
-        result.update(
-            changed=plan.changed,
-            before=before,
-            after=target,
-            boot_values=boot_values(without, list(named), defaults),
-            shadowed=[],
-            reboot_required=False,
-        )
-        if want_diff:
-            result["diff"] = _diff(before, target, path, file_before, "")
-        return result, warnings
+def read_absent(host, path):
+    """Every host read of a state: absent run, once: a HostState (ValidationError when the file is not ours)."""
+    file_text = own_text(host, path)
+    notes = []
+    layout = host.read_layout(SYSCTL_D_DIRS, SYSCTL_CONF, notes) if file_text is not None else {}
+    kernel = host.kernel_release()
+    if file_text is None:
+        return HostState(OrderedDict(), (), kernel, layout, tuple(notes), None, None, None)
+    keys = list(_named(path, file_text)[0])
+    defaults = host.fresh_defaults(keys)
+    init = "systemd" if host.is_dir("/run/systemd/system") else "procps"
+    runtime = OrderedDict((key, host.read_sysctl(key)) for key in keys)
+    return HostState(runtime, (), kernel, layout, tuple(notes), file_text, None, defaults, init)
+
+
+def plan_absent(state, path):
+    """Pure: the Tuning that removes our file and puts each key it set back to what a boot would give it."""
+    warnings = list(state.layout_notes)
+    if state.file_text is None:
+        return Tuning(make_plan({}, {}, same, path, None, None), OrderedDict(), OrderedDict(), {}, (), ())
+    named, unmanaged = _named(path, state.file_text)
+    warnings.extend(unmanaged)
+    without = {p: t for p, t in state.layout.items() if p != path}
+    warnings.extend(unusable(without, named.keys()))
+    defaults = _defaults(state.defaults, named.keys())
+    boot = predict(without, named.keys(), state.init)
+    raw = state.runtime
+    before = OrderedDict((key, loose(key, raw[key])) for key in named if raw[key] is not None)
+    target = OrderedDict()
+    for key in named:
+        if raw[key] is None:
+            continue
+        value = loose(key, boot[key].value) if key in boot else defaults.get(key)
+        if value is None:
+            warnings.append("the kernel default of %s is unknown here: its runtime value is left as it is" % key)
+            value = before[key]
+        target[key] = value
+    plan = make_plan(before, target, same, path, state.file_text, None, warnings=warnings)
+    return Tuning(plan, before, target, without, (), tuple(named))

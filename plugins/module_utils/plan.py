@@ -51,9 +51,6 @@ class Plan:
     def changed(self):
         return bool(self.changes) or self.file_changed
 
-    def keys(self):
-        return [c.key for c in self.changes]
-
 
 def diff_values(current: Mapping[str, Any], desired: Mapping[str, Any], same: Callable[[str, Any, Any], bool]):
     """The changes needed to go from ``current`` to ``desired``, in ``desired``'s key order.

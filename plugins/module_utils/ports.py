@@ -138,8 +138,8 @@ def parse_port_range(value, option="port_range"):
 
 
 def format_port_range(port_range, sep=" "):
-    """Render ``(low, high)`` as "LOW HIGH" (the kernel prints a tab)."""
-    return "%d%s%d" % (port_range[0], sep, port_range[1])
+    """Render ``(low, high)`` as "LOW HIGH" (the kernel prints a tab); a PortRange has it as ``.text(sep)``."""
+    return PortRange(*port_range).text(sep)
 
 
 def normalise_intervals(intervals):
@@ -154,6 +154,17 @@ def normalise_intervals(intervals):
     return tuple(merged)
 
 
+def _list_items(value, option, valid):
+    """The items of a port list: the comma-separated parts of a string (none for a blank one), or a list's."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if not isinstance(value, str):
+        raise ValidationError(option, value, valid)
+    if len(value) > LIST_TEXT_MAX:
+        raise ValidationError(option, value, "%s, at most %d characters" % (valid, LIST_TEXT_MAX))
+    return [] if value.strip(" \t") == "" else value.split(",")
+
+
 def parse_port_list(value, option="reserved_ports", lowest=PORT_MIN):
     """Parse a port list: kernel syntax "8080,9000-9100" or a list of ports and "LOW-HIGH" items.
 
@@ -164,16 +175,8 @@ def parse_port_list(value, option="reserved_ports", lowest=PORT_MIN):
     valid = 'a comma-separated list of ports and LOW-HIGH ranges from 1 to 65535 (e.g. "8080,9000-9100"), or a list of them'
     if value is None:
         return ()
-    if isinstance(value, str):
-        if len(value) > LIST_TEXT_MAX:
-            raise ValidationError(option, value, "%s, at most %d characters" % (valid, LIST_TEXT_MAX))
-        items = [] if value.strip(" \t") == "" else value.split(",")
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise ValidationError(option, value, valid)
     intervals = []
-    for item in items:
+    for item in _list_items(value, option, valid):
         if isinstance(item, bool):
             raise ValidationError(option, value, valid)
         if isinstance(item, int):

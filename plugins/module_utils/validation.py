@@ -88,3 +88,23 @@ def strict_bool(value, option):
         if text in _FALSE:
             return False
     raise ValidationError(option, value, "a boolean: true or false (also yes/no, on/off, 1/0)")
+
+
+PATH_MAX = 1024  # characters of a path accepted: it goes into a systemd unit's command line
+
+
+def absolute_path(value, option, what="an absolute path", empty_ok=False):
+    """``value`` as a plain absolute path without a trailing "/", else ValidationError(option, value, what).
+
+    Plain, because it is written into a systemd unit's command line and must name one place as it is: a
+    string of at most PATH_MAX characters that starts with "/" and is not "/" itself, without control
+    characters, whitespace, ``%`` (a systemd specifier), backslashes, ``//`` or ``.``/``..`` parts.
+    With ``empty_ok``, "" or None (no path) gives "".
+    """
+    if empty_ok and value in ("", None):
+        return ""
+    if (not isinstance(value, str) or not value.startswith("/") or len(value) > PATH_MAX or value == "/"
+            or any(ord(c) < 32 or ord(c) == 127 or c in "%\\" or c.isspace() for c in value)
+            or "/../" in value + "/" or "/./" in value + "/" or "//" in value):
+        raise ValidationError(option, value, what)
+    return value.rstrip("/")

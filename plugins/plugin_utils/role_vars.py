@@ -3,30 +3,47 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The roles' variables, checked on the controller before any host is contacted.
 
-``tcp_tuning(values, ...)``, ``port_audit(values)`` and ``port_monitor(values)`` take the role variables
-as the play has them (rendered) and return what the role's tasks need: whether
-the host is Windows, and the exact options for the module it will call.  Every
+``tcp_tuning(spec, values, ...)``, ``port_audit(spec, values, ...)`` and ``port_monitor(spec, values, ...)``
+take the role variables as the play has them (rendered) and return what the
+role's tasks need: whether the host is Windows, and the exact options for the
+module it will call.  Every
 check is the one the module itself makes (linux_tuning.validate,
 windows_tuning.validate, port_usage.validate_audit_options), so a value the
 role accepts is a value the module accepts; an error names the variable as the
 user wrote it (``tcp_tuning_port_range``, ``tcp_tuning_linux.persist_file``).
 
-Controller only: pure functions, no Ansible objects.
+A role's variables are declared once, in its ``meta/argument_specs.yml`` (which
+ansible-core also checks and ansible-doc shows): ``role_spec()`` reads it into a
+``RoleSpec``, which gives the names, the defaults and the choices used here.
+The role's ``defaults/main.yml`` is generated from it (tools/role_defaults.py).
+
+Controller only: pure functions, no Ansible objects; role_spec() reads the
+collection's own file.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import os
+from typing import NamedTuple
+
+import yaml
+
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning import ARGUMENT_SPEC as LINUX_TCP_OPTIONS
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning import validate as validate_linux_tcp
 from ansible_collections.tcpstack.tuning.plugins.module_utils.port_monitor import (
-    DEFAULT_DIRECTORY as MONITOR_DIRECTORY,
-    DEFAULT_INTERVAL as MONITOR_INTERVAL,
     INTERVAL_MAX as MONITOR_INTERVAL_MAX,
     PROCESS_SAMPLE_MAX as MONITOR_PROCESS_SAMPLE_MAX,
     TOP_MAX as MONITOR_TOP_MAX,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import validate_audit_options
-from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_bool, strict_int
+from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import (
+    ValidationError,
+    absolute_path,
+    strict_bool,
+    strict_int,
+)
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import EVENT_HOURS_MAX, WIN_TCP_OPTIONS
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_tuning import validate as validate_win_tcp
 
@@ -34,48 +51,10 @@ WINDOWS_CONNECTIONS = frozenset(("winrm", "psrp", "ansible.builtin.winrm", "ansi
 WINDOWS_SHELLS = frozenset(("powershell", "cmd", "ansible.builtin.powershell", "ansible.builtin.cmd"))
 PLATFORMS = ("auto", "linux", "windows")
 REBOOT_MODULE = "ansible.windows.win_reboot"
+ROLES = ("tcp_tuning", "port_audit", "port_monitor")
+# This collection's roles: plugins/plugin_utils/role_vars.py -> the collection root -> roles/.
+ROLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "roles")
 
-# Each role's variables: name -> the role default (the role's defaults/main.yml; its meta/argument_specs.yml
-# documents them, and a unit test holds the three in step).  Used to tell typos from the role's variables.
-TCP_TUNING_VARS = {
-    "tcp_tuning_fin_timeout": 30,
-    "tcp_tuning_time_wait_delay": 30,
-    "tcp_tuning_port_range": [32768, 65535],
-    "tcp_tuning_tw_reuse": True,
-    "tcp_tuning_reserved_ports": [],
-    "tcp_tuning_reserve_listening_ports": True,
-    "tcp_tuning_state": "present",
-    "tcp_tuning_platform": "auto",
-    "tcp_tuning_linux": {},
-    "tcp_tuning_windows": {},
-    "tcp_tuning_reboot": "never",
-    "tcp_tuning_reboot_timeout": 600,
-}
-PORT_AUDIT_VARS = {
-    "port_audit_report_dir": "port_audit_report",
-    "port_audit_formats": ["json", "markdown", "html"],
-    "port_audit_title": "Ephemeral-port audit",
-    "port_audit_top": 5,
-    "port_audit_sample_seconds": 0,
-    "port_audit_event_hours": 24,
-    "port_audit_warning_percent": 70,
-    "port_audit_critical_percent": 90,
-    "port_audit_fail_on_critical": False,
-    "port_audit_platform": "auto",
-}
-PORT_MONITOR_VARS = {
-    "port_monitor_state": "present",
-    "port_monitor_interval": MONITOR_INTERVAL,
-    "port_monitor_textfile_dir": MONITOR_DIRECTORY,
-    "port_monitor_top": 5,
-    "port_monitor_warning_percent": 70,
-    "port_monitor_critical_percent": 90,
-    "port_monitor_processes": False,
-    "port_monitor_process_sample_seconds": 0,
-    "port_monitor_python": "/usr/bin/python3",
-    "port_monitor_rules_dir": "",
-    "port_monitor_platform": "auto",
-}
 # Names with the roles' prefixes that are not role variables: the playbooks' own, and what the roles set.
 NOT_ROLE_VARS = frozenset((
     "tcp_tuning_hosts", "tcp_tuning_serial", "tcp_tuning_max_fail_percentage", "tcp_tuning_result",
@@ -89,7 +68,42 @@ DEPRECATED = {
         "tcp_tuning_time_wait_delay (Windows TcpTimedWaitDelay)", "0.3.0"),
 }
 REBOOT_TIMEOUT_MAX = 86400
-FORMATS = ("json", "markdown", "html")
+
+
+class RoleSpec(NamedTuple):
+    """A role's variables as its meta/argument_specs.yml declares them (the entry point ``main``)."""
+
+    role: str
+    options: dict  # variable name -> its argument spec (type, choices, default, description, ...)
+
+    @property
+    def prefix(self):
+        return self.role + "_"
+
+    @property
+    def variables(self):
+        """The role's variable names in the spec's order, the deprecated ones left out."""
+        return [name for name in self.options if name not in DEPRECATED]
+
+    @property
+    def defaults(self):
+        """name -> default, for every variable whose spec has a ``default`` (what defaults/main.yml sets)."""
+        return copy.deepcopy({name: spec["default"] for name, spec in self.options.items() if "default" in spec})
+
+    def choices(self, name):
+        return list(self.options[name]["choices"])
+
+    def with_defaults(self, values):
+        """``values`` over the role defaults; a value of None counts as missing."""
+        return dict(self.defaults, **{k: v for k, v in values.items() if v is not None})
+
+
+@functools.lru_cache(maxsize=None)
+def role_spec(role, roles_dir=ROLES_DIR):
+    """Read ``roles_dir/ROLE/meta/argument_specs.yml`` into a RoleSpec (cached: the file ships with the code)."""
+    with open(os.path.join(roles_dir, role, "meta", "argument_specs.yml"), encoding="utf-8") as stream:
+        document = yaml.load(stream, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return RoleSpec(role, dict(document["argument_specs"]["main"]["options"]))
 
 
 class RoleVarError(ValueError):
@@ -100,12 +114,10 @@ class RoleVarError(ValueError):
         super().__init__(str(ValidationError(name, value, valid)))
 
 
-def unknown_names(role_vars, names):
-    """Variables with the role's prefix that the role does not have (typos, most likely), sorted."""
-    prefix = {id(TCP_TUNING_VARS): "tcp_tuning_", id(PORT_AUDIT_VARS): "port_audit_",
-              id(PORT_MONITOR_VARS): "port_monitor_"}[id(role_vars)]
+def unknown_names(names, known, prefix):
+    """Names starting with ``prefix`` (the role's) that are not in ``known`` (its variables): typos, sorted."""
     return sorted(name for name in names
-                  if name.startswith(prefix) and name not in role_vars and name not in NOT_ROLE_VARS
+                  if name.startswith(prefix) and name not in known and name not in NOT_ROLE_VARS
                   and name not in DEPRECATED)
 
 
@@ -126,6 +138,14 @@ def _as_dict(values, name):
     if not isinstance(value, dict):
         raise RoleVarError(name, value, "a dictionary of module options, e.g. {somaxconn: 8192}")
     return dict(value)
+
+
+def _choice(spec, values, name):
+    """The variable's value, which must be one of its spec's ``choices``."""
+    choices = spec.choices(name)
+    if values[name] not in choices:
+        raise RoleVarError(name, values[name], " or ".join(choices))
+    return values[name]
 
 
 def _bool(values, name):
@@ -160,24 +180,20 @@ def _checked(options, sources, values, per_os_var, module_options, validate):
         raise _renamed(exc, sources) from None
 
 
-def tcp_tuning(values, windows, have_reboot_module=lambda: True):
+def tcp_tuning(spec, values, windows, have_reboot_module=lambda: True):
     """Check the tcp_tuning role's variables for one host; returns (module options, deprecations).
 
-    ``values`` maps variable names to their rendered values (missing = the
-    role default).  ``windows``: the host's platform, from is_windows().
+    ``spec``: the role's RoleSpec.  ``values`` maps variable names to their
+    rendered values (missing = the role default).  ``windows``: the host's platform, from is_windows().
     The options are those of tcpstack.tuning.win_tcp when ``windows``, else
     of tcpstack.tuning.linux_tcp, with ``state`` set.  ``have_reboot_module()``
     tells whether ansible.windows.win_reboot can be loaded on this controller
     (asked only when a Windows host may be rebooted).
     """
-    values = dict(TCP_TUNING_VARS, **{k: v for k, v in values.items() if v is not None})
+    values = spec.with_defaults(values)
     deprecations = []
-    state = values["tcp_tuning_state"]
-    if state not in ("present", "absent"):
-        raise RoleVarError("tcp_tuning_state", state, "present or absent")
-    reboot = values["tcp_tuning_reboot"]
-    if reboot not in ("never", "if_required"):
-        raise RoleVarError("tcp_tuning_reboot", reboot, "never or if_required")
+    state = _choice(spec, values, "tcp_tuning_state")
+    reboot = _choice(spec, values, "tcp_tuning_reboot")
     strict_int_var(values, "tcp_tuning_reboot_timeout", 1, REBOOT_TIMEOUT_MAX, "an integer number of seconds")
     fin_timeout, time_wait_delay = values["tcp_tuning_fin_timeout"], values["tcp_tuning_time_wait_delay"]
     sources = {"fin_timeout": "tcp_tuning_fin_timeout", "time_wait_delay": "tcp_tuning_time_wait_delay",
@@ -220,20 +236,20 @@ def strict_int_var(values, name, low, high, what):
         raise RoleVarError(name, exc.value, exc.valid) from None
 
 
-def port_audit(values, windows):
+def port_audit(spec, values, windows):
     """Check the port_audit role's variables for one host; returns the info module's options.
 
     The options are those of tcpstack.tuning.win_port_usage_info when
     ``windows``, else of tcpstack.tuning.port_usage_info.  The fleet report's
     own variables (directory, formats, title, gate) are checked too.
     """
-    values = dict(PORT_AUDIT_VARS, **{k: v for k, v in values.items() if v is not None})
+    values = spec.with_defaults(values)
     report_dir = values["port_audit_report_dir"]
     if not isinstance(report_dir, str) or not report_dir.strip():
         raise RoleVarError("port_audit_report_dir", report_dir, "a directory path on the controller")
-    formats = values["port_audit_formats"]
-    if isinstance(formats, str) or not isinstance(formats, (list, tuple)) or any(f not in FORMATS for f in formats):
-        raise RoleVarError("port_audit_formats", formats, "a list of %s (or [] for none)" % ", ".join(FORMATS))
+    formats, known = values["port_audit_formats"], spec.choices("port_audit_formats")
+    if isinstance(formats, str) or not isinstance(formats, (list, tuple)) or any(f not in known for f in formats):
+        raise RoleVarError("port_audit_formats", formats, "a list of %s (or [] for none)" % ", ".join(known))
     if not isinstance(values["port_audit_title"], str):
         raise RoleVarError("port_audit_title", values["port_audit_title"], "a string")
     _bool(values, "port_audit_fail_on_critical")
@@ -257,18 +273,14 @@ def port_audit(values, windows):
 
 
 def _absolute_path(values, name, what, empty_ok=False):
-    """An absolute, normalised path with no control characters (it is written into a systemd unit)."""
-    value = values[name]
-    if empty_ok and value in ("", None):
-        return ""
-    if (not isinstance(value, str) or not value.startswith("/") or len(value) > 1024
-            or any(ord(c) < 32 or ord(c) == 127 or c in "%\\" or c.isspace() for c in value)
-            or "/../" in value + "/" or "/./" in value + "/" or "//" in value or value == "/"):
-        raise RoleVarError(name, value, what)
-    return value.rstrip("/") if len(value) > 1 else value
+    """An absolute, plain path (validation.absolute_path, as the sampler checks it: it goes into a systemd unit)."""
+    try:
+        return absolute_path(values[name], name, what, empty_ok)
+    except ValidationError as exc:
+        raise RoleVarError(exc.option, exc.value, exc.valid) from None
 
 
-def port_monitor(values, windows):
+def port_monitor(spec, values, windows):
     """Check the port_monitor role's variables for one host; returns the sampler's settings.
 
     Linux only: a Windows host (``windows``, is_windows() of
@@ -278,10 +290,8 @@ def port_monitor(values, windows):
     Whether the textfile directory is a directory is checked on the host by
     the role, before it changes anything.
     """
-    values = dict(PORT_MONITOR_VARS, **{k: v for k, v in values.items() if v is not None})
-    state = values["port_monitor_state"]
-    if state not in ("present", "absent"):
-        raise RoleVarError("port_monitor_state", state, "present or absent")
+    values = spec.with_defaults(values)
+    state = _choice(spec, values, "port_monitor_state")
     if windows:
         raise RoleVarError("port_monitor_platform", values["port_monitor_platform"],
                            "auto or linux on a Linux host; this host is Windows, and the role tcpstack.tuning."

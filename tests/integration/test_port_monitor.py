@@ -188,8 +188,9 @@ def test_real_scrape_of_the_sampler_during_an_exhaustion(exhausted, tmp_path):
     entry = install_like_the_role(tmp_path / "code")
     textfile_dir = tmp_path / "textfile"
     textfile_dir.mkdir()
-    done = web.exec([sys.executable, "-s", "-E", "-B", entry, "--directory", textfile_dir, "--top", 3, "--once"],
-                    cwd="/", timeout=120)
+    web.start(HOLD, 8081, 5, 120, ready="ready")  # a process holding ports, for the dashboard's process panels
+    done = web.exec([sys.executable, "-s", "-E", "-B", entry, "--directory", textfile_dir, "--top", 3, "--once",
+                     "--processes", "--process-sample-seconds", 1], cwd="/", timeout=120)
     assert done.returncode == 0, done.stderr
     written = textfile_dir / "tcpstack.prom"
     assert sorted(p.name for p in textfile_dir.iterdir()) == ["tcpstack.prom"]  # no temporary file left

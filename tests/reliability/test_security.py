@@ -18,8 +18,9 @@ from tests.support.windows_sim import PASSWORD, Simulator
 
 LINUX_CODE = ["plugins/modules/linux_tcp.py", "plugins/modules/port_usage_info.py"] + [
     "plugins/module_utils/%s.py" % name for name in (
-        "linux_host", "linux_settings", "linux_sysctl_d", "linux_tuning", "plan", "ports", "validation",
-        "port_usage", "socket_table", "linux_port_usage", "prometheus")]
+        "linux_host", "linux_host_files", "linux_host_kernel", "linux_host_processes", "linux_settings",
+        "linux_sysctl_d", "linux_tuning", "plan", "ports", "validation", "port_usage", "socket_table",
+        "linux_port_usage", "prometheus")]
 WINDOWS_CODE = ["plugins/action/win_tcp.py", "plugins/action/win_port_usage_info.py"] + [
     "plugins/plugin_utils/%s.py" % name for name in (
         "_windows_commands", "_windows_options", "_windows_parse", "windows_host", "windows_tuning", "windows_usage")]

@@ -12,10 +12,13 @@ from pathlib import Path
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.prometheus import render
 
+import yaml
+
 from tests.support.promql import exposed_names, metric_names
 
 ROOT = Path(__file__).resolve().parents[4]
 DASHBOARD = ROOT / "extensions" / "grafana" / "tcpstack-ports.json"
+RULES = ROOT / "extensions" / "prometheus" / "tcpstack-rules.yml"
 
 FULL = {
     "settings": {"fin_timeout": 60, "tw_reuse": 2, "tw_reuse_delay": 1000, "timestamps": 1, "somaxconn": 4096,
@@ -31,6 +34,10 @@ FULL = {
                  "loopback": {"max_new_connections_per_second": 28232.0}},
     "verdict": "ok",
     "thresholds": {"warning_percent": 70, "critical_percent": 90},
+    # with port_monitor_processes and a process sample: the "who"
+    "processes": [{"name": "curl", "user": "www", "unit": "fetch.service", "ports_held": 13,
+                   "new_connections_per_second": 12.5}],
+    "attribution": {"sampled_seconds": 2.0},
 }
 
 
@@ -51,7 +58,7 @@ def test_well_formed_with_a_data_source_variable_and_unique_ids():
     board = dashboard()
     assert board["uid"] == "tcpstack-ports" and board["title"]
     ids = [panel["id"] for panel in board["panels"]]
-    assert len(ids) == len(set(ids)) >= 8
+    assert len(ids) == len(set(ids)) >= 16
     assert all(panel["datasource"]["uid"] == "${datasource}" for panel in board["panels"])
     assert {v["name"] for v in board["templating"]["list"]} == {"datasource", "instance"}
 
@@ -68,8 +75,77 @@ def test_every_query_reads_only_metrics_the_sampler_writes():
     for name in ("tcpstack_destination_utilisation_ratio", "tcpstack_critical_utilisation_ratio",
                  "tcpstack_ephemeral_ports_usable", "tcpstack_capacity_new_connections_per_second", "tcpstack_sockets",
                  "tcpstack_time_wait_sockets", "tcpstack_listen_overflows_total", "tcpstack_verdict",
-                 "tcpstack_setting", "tcpstack_sampler_last_success_timestamp_seconds"):
+                 "tcpstack_setting", "tcpstack_sampler_last_success_timestamp_seconds",
+                 # issue 22: the who (process series), the top destinations' figures, the alerts' own series
+                 "tcpstack_process_ports_held", "tcpstack_process_new_connections_per_second",
+                 "tcpstack_destination_ports_in_use", "tcpstack_destination_ports_blocking"):
         assert name in used, name
+
+
+def panel_exprs(panel):
+    return [target["expr"] for target in panel.get("targets", [])]
+
+
+def test_the_who_a_process_panel_by_name_and_unit_with_rate_and_ports():
+    board = dashboard()
+    tables = [panel for panel in board["panels"] if panel["type"] == "table"]
+    who = [panel for panel in tables if any("tcpstack_process_" in expr for expr in panel_exprs(panel))]
+    assert len(who) == 1, [panel["title"] for panel in tables]
+    exprs = panel_exprs(who[0])
+    for name in ("tcpstack_process_ports_held", "tcpstack_process_new_connections_per_second"):
+        assert any(metric_names(expr) == {name} for expr in exprs), (name, exprs)
+    # each row is one process of one host: its name, user and unit (or container scope) stay as labels
+    assert all(re.search(r"by \(instance, process, user, unit\)", expr) for expr in exprs), exprs
+    assert all(target.get("format") == "table" and target.get("instant") for target in who[0]["targets"])
+    assert who[0]["transformations"][0]["id"] == "merge"
+    series = [panel for panel in board["panels"] if panel["type"] == "timeseries"
+              and any("tcpstack_process_" in expr for expr in panel_exprs(panel))]
+    assert {name for panel in series for expr in panel_exprs(panel) for name in metric_names(expr)} == {
+        "tcpstack_process_ports_held", "tcpstack_process_new_connections_per_second"}
+    assert all("{{process}}" in target["legendFormat"] and "{{unit}}" in target["legendFormat"]
+               for panel in series for target in panel["targets"])
+
+
+def test_a_table_of_the_top_destinations():
+    tables = [panel for panel in dashboard()["panels"] if panel["type"] == "table"
+              and any("tcpstack_destination_" in expr for expr in panel_exprs(panel))]
+    assert len(tables) == 1
+    names = {name for expr in panel_exprs(tables[0]) for name in metric_names(expr)}
+    assert names == {"tcpstack_destination_utilisation_ratio", "tcpstack_destination_ports_in_use",
+                     "tcpstack_destination_ports_time_wait", "tcpstack_destination_ports_blocking"}
+    assert all("by (instance, destination, local_address)" in expr for expr in panel_exprs(tables[0]))
+
+
+def test_the_verdict_panels_read_what_the_alerts_read():
+    board = dashboard()
+    rules = {rule["alert"]: rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]}
+    verdict_panels = [panel for panel in board["panels"]
+                      if any(metric_names(expr) == {"tcpstack_verdict"} for expr in panel_exprs(panel))]
+    assert len(verdict_panels) >= 2  # the verdict now, and over time
+    for panel in verdict_panels:
+        texts = {value["text"]: key for mapping in panel["fieldConfig"]["defaults"]["mappings"]
+                 for key, value in mapping["options"].items()}
+        assert texts == {"ok": "0", "warning": "1", "critical": "2"}, panel["title"]
+    # the values the verdict alerts compare with are those the panels map to warning and critical
+    assert rules["TcpstackVerdictWarning"]["expr"].strip().endswith("== 1")
+    assert rules["TcpstackVerdictCritical"]["expr"].strip().endswith(">= 2")
+    # the no-free-port panel counts exactly the destinations the critical alert fires for
+    exhausted = " ".join(rules["TcpstackEphemeralPortsExhausted"]["expr"].split())
+    panel = [panel for panel in board["panels"] if "TcpstackEphemeralPortsExhausted" in panel["title"]]
+    assert len(panel) == 1
+    expr = panel_exprs(panel[0])[0].replace('{instance=~"$instance"}', "")
+    assert exhausted in expr, (exhausted, expr)
+
+
+def test_no_two_panels_overlap_on_the_grid():
+    cells = {}
+    for panel in dashboard()["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, (panel["title"], cells.get((x, y)))
+                cells[(x, y)] = panel["title"]
 
 
 def test_the_promql_name_lexer():

@@ -332,3 +332,24 @@ def test_a_5000_digit_value_in_another_file_is_reported_not_fatal(host):
 
 def sysctl_value(host, key):
     return host.read_sysctl(key)
+
+
+# ---------------------------------------------------------------- a directory to write into (the port_monitor sampler)
+def test_check_directory_accepts_only_a_directory_itself(tmp_path):
+    """LinuxHost.check_directory: the one on-host check of the sampler's textfile directory; lstat, no link followed."""
+    host = LinuxHost(str(tmp_path))
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "dir")
+    os.mkfifo(tmp_path / "fifo")
+    assert host.check_directory("/dir") is None
+    for name, what in (("file", "a regular file"), ("link", "a symbolic link"), ("fifo", "a FIFO (named pipe)")):
+        with pytest.raises(UnsafeFile) as caught:
+            host.check_directory("/" + name)
+        assert (caught.value.errno, caught.value.filename, caught.value.strerror) == (
+            errno.ENOTDIR, "/" + name, "is %s, not a directory" % what)
+    with pytest.raises(FileNotFoundError):
+        host.check_directory("/missing")
+    with pytest.raises(NotADirectoryError):
+        host.check_directory("/file/below")
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["dir", "fifo", "file", "link"]  # nothing was made

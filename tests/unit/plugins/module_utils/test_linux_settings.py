@@ -13,9 +13,13 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings imp
     canonical,
     kernel_value,
     same,
+    text_of,
+    texts,
     validate_for_host,
     validate_options,
+    value_of,
 )
+from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import PortRange
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError
 
 HOST = {
@@ -30,14 +34,38 @@ HOST = {
 def test_only_given_options_are_managed_in_apply_order():
     desired = validate_options({"tw_reuse": 1, "port_range": "1024-65535", "fin_timeout": "30",
                                 "reserved_ports": [9000, "8080"], "timestamps": 1, "somaxconn": None})
-    assert list(desired.items()) == [
+    assert list(texts(desired).items()) == [
         ("net.ipv4.tcp_timestamps", "1"),
         ("net.ipv4.tcp_fin_timeout", "30"),
         (RESERVED_PORTS, "8080,9000"),
         (PORT_RANGE, "1024 65535"),
         ("net.ipv4.tcp_tw_reuse", "1"),
     ]
+    # parsed once: each value is its meaning, which flows as it is to the plan and the writers
+    assert list(desired.items()) == [
+        ("net.ipv4.tcp_timestamps", 1),
+        ("net.ipv4.tcp_fin_timeout", 30),
+        (RESERVED_PORTS, ((8080, 8080), (9000, 9000))),
+        (PORT_RANGE, PortRange(1024, 65535)),
+        ("net.ipv4.tcp_tw_reuse", 1),
+    ]
+    assert isinstance(desired[PORT_RANGE], PortRange)
     assert validate_options({}) == {}
+
+
+def test_value_of_reads_host_text_and_keeps_a_meaning():
+    assert value_of(PORT_RANGE, "32768\t60999") == PortRange(32768, 60999)
+    assert value_of(PORT_RANGE, PortRange(1024, 65535)) == (1024, 65535)
+    assert value_of(RESERVED_PORTS, "0-5,8080") == ((0, 5), (8080, 8080))  # the kernel's list may hold port 0
+    assert value_of("net.ipv4.tcp_fin_timeout", " 30\n") == 30
+    assert value_of("net.unknown", "a  b") == "a b"
+    with pytest.raises(ValueError):
+        value_of(PORT_RANGE, "1 2 3")
+    assert text_of(PORT_RANGE, PortRange(1024, 65535)) == "1024 65535"
+    assert text_of(RESERVED_PORTS, ()) == ""
+    assert text_of(PORT_RANGE, "1024\t65535") == "1024 65535"
+    assert same(PORT_RANGE, "1024\t65535", PortRange(1024, 65535))
+    assert not same(RESERVED_PORTS, "8080", ((8080, 8081),))
 
 
 @pytest.mark.parametrize("params, option, fragment", [
@@ -75,52 +103,52 @@ def test_canonical_and_same():
 def test_low_port_below_unprivileged_start_is_refused():
     host = dict(HOST, **{"net.ipv4.ip_unprivileged_port_start": "2000"})
     with pytest.raises(ValidationError) as err:
-        validate_for_host({PORT_RANGE: "1024 65535"}, host, [])
+        validate_for_host({PORT_RANGE: PortRange(1024, 65535)}, host, [])
     assert "at least net.ipv4.ip_unprivileged_port_start (2000)" in str(err.value)
 
 
 def test_same_parity_warns():
-    _desired, warnings = validate_for_host({PORT_RANGE: "1024 65534"}, HOST, [])
+    _desired, warnings = validate_for_host({PORT_RANGE: PortRange(1024, 65534)}, HOST, [])
     assert any("same parity" in w for w in warnings)
-    _desired, warnings = validate_for_host({PORT_RANGE: "1024 65535"}, HOST, [])
+    _desired, warnings = validate_for_host({PORT_RANGE: PortRange(1024, 65535)}, HOST, [])
     assert warnings == []
 
 
 def test_tw_reuse_needs_timestamps():
     host = dict(HOST, **{"net.ipv4.tcp_timestamps": "0"})
     with pytest.raises(ValidationError) as err:
-        validate_for_host({"net.ipv4.tcp_tw_reuse": "1"}, host, [])
+        validate_for_host({"net.ipv4.tcp_tw_reuse": 1}, host, [])
     assert "tcp_timestamps is 0" in str(err.value)
     # turning timestamps on in the same call makes it valid
-    validate_for_host({"net.ipv4.tcp_timestamps": "1", "net.ipv4.tcp_tw_reuse": "1"}, host, [])
+    validate_for_host({"net.ipv4.tcp_timestamps": 1, "net.ipv4.tcp_tw_reuse": 1}, host, [])
     # turning timestamps off under an unmanaged tw_reuse=1 warns
     host = dict(HOST, **{"net.ipv4.tcp_tw_reuse": "1"})
-    _d, warnings = validate_for_host({"net.ipv4.tcp_timestamps": "0"}, host, [])
+    _d, warnings = validate_for_host({"net.ipv4.tcp_timestamps": 0}, host, [])
     assert any("inactive" in w for w in warnings)
 
 
 def test_missing_kernel_key_fails_clearly():
     with pytest.raises(ValidationError) as err:
-        validate_for_host({"net.ipv4.tcp_tw_reuse_delay": "500"}, HOST, ["net.ipv4.tcp_tw_reuse_delay"],
+        validate_for_host({"net.ipv4.tcp_tw_reuse_delay": 500}, HOST, ["net.ipv4.tcp_tw_reuse_delay"],
                           kernel="6.1.0")
     assert str(err.value).startswith("tw_reuse_delay: ")
     assert "this kernel (6.1.0) has no net.ipv4.tcp_tw_reuse_delay (it was added in Linux 6.14)" in str(err.value)
 
 
 def test_listening_ports_warn_or_are_reserved():
-    desired = {PORT_RANGE: "1024 65535"}
+    desired = {PORT_RANGE: PortRange(1024, 65535)}
     _d, warnings = validate_for_host(desired, dict(HOST, **{RESERVED_PORTS: "8080"}), [], listening_ports={22, 8080, 9090})
     assert any("9090" in w and "8080" not in w for w in warnings)
     reserved, warnings = validate_for_host(desired, dict(HOST, **{RESERVED_PORTS: "8080"}), [],
                                            listening_ports={22, 8080, 9090}, reserve_listening=True)
-    assert reserved[RESERVED_PORTS] == "8080,9090" and warnings == []
+    assert text_of(RESERVED_PORTS, reserved[RESERVED_PORTS]) == "8080,9090" and warnings == []
     # keys come out in apply order: reserved ports before the range
     assert list(reserved) == [RESERVED_PORTS, PORT_RANGE]
 
 
 def test_reserve_listening_without_listeners_still_manages_the_key():
     desired, _w = validate_for_host({}, dict(HOST, **{RESERVED_PORTS: "9000-9001"}), [], (), True)
-    assert desired == {RESERVED_PORTS: "9000-9001"}
+    assert texts(desired) == {RESERVED_PORTS: "9000-9001"}
 
 
 @pytest.mark.parametrize("key, text, previous, expected", [

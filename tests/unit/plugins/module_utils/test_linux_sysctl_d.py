@@ -13,6 +13,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d imp
     predict,
     render,
 )
+from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import PortRange
 
 FIN = "net.ipv4.tcp_fin_timeout"
 RANGE = "net.ipv4.ip_local_port_range"
@@ -104,6 +105,11 @@ def test_overrides_conflicting_and_same_value():
         (FIN, "systemd", "/etc/sysctl.d/99-zz.conf", 1, True),
     ]
     assert "99-zz.conf line 1" in [o for o in found if o.conflicting][0].describe()
+    # the desired values as their meanings (linux_settings.validate_options()) give the same, shown as text
+    typed = overrides(layout, OURS, {FIN: 30, RANGE: PortRange(1024, 65535)})
+    assert sorted((o.key, o.init, o.path, o.line, o.conflicting) for o in typed) == summary
+    assert [o.ours for o in typed if o.key == RANGE] == ["1024 65535"]
+    assert "(we set 1024 65535)" in [o for o in typed if o.key == RANGE][0].describe()
 
 
 @pytest.mark.parametrize("path, ok", [

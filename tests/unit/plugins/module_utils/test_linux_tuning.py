@@ -10,7 +10,22 @@ import os
 import pytest
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import HostError
-from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning import TuningError, run
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
+    PORT_RANGE,
+    RESERVED_PORTS,
+    validate_options,
+)
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_tuning import (
+    HostState,
+    Options,
+    TuningError,
+    apply,
+    plan_linux_tcp,
+    read,
+    result,
+    run,
+)
+from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import PortRange
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError
 
 from tests.support.fake_linux import DEFAULTS, OURS, fake_host, params
@@ -177,3 +192,81 @@ def test_merged_usr_lib_is_one_directory(host, tmp_path):
     assert not again["changed"]
     gone, _w = run(params(state="absent", persist_file="/lib/sysctl.d/60-x.conf"), host)
     assert gone["changed"] and sysctl(host, "net.ipv4.tcp_fin_timeout") == "60"
+
+
+# ---------------------------------------------------------------- read -> HostState -> plan_linux_tcp (pure) -> apply
+def _counting(host, monkeypatch):
+    """Count the calls of each host read (LinuxHost methods), by name and first argument."""
+    calls = []
+    for name in ("read_sysctl", "kernel_release", "listening_ports", "read_layout", "own_file", "fresh_defaults"):
+        real = getattr(host, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls.append((_name, args[0] if args and isinstance(args[0], str) else None))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(host, name, counted)
+    return calls
+
+
+def test_every_host_read_happens_once(host, monkeypatch):
+    calls = _counting(host, monkeypatch)
+    run(params(fin_timeout=30, port_range=[1024, 65535], reserve_listening_ports=True), host)
+    assert calls.count(("kernel_release", None)) == 1
+    assert [c[0] for c in calls].count("read_layout") == 1
+    assert [c[0] for c in calls].count("listening_ports") == 1
+    assert [c[0] for c in calls].count("fresh_defaults") == 1
+    assert [c[0] for c in calls].count("own_file") == 1
+    # each key once before the apply, and each written key once more, when apply() reads it back
+    sysctl_reads = [c[1] for c in calls if c[0] == "read_sysctl"]
+    written = ["net.ipv4.tcp_fin_timeout", PORT_RANGE]  # the reserved ports (no listener here) stay as they are
+    assert {key: sysctl_reads.count(key) for key in set(sysctl_reads)} == dict(
+        {key: 1 for key in set(sysctl_reads)}, **{key: 2 for key in written})
+
+
+def _state(**kw):
+    runtime = {"net.ipv4.tcp_fin_timeout": "60", PORT_RANGE: "32768\t60999", RESERVED_PORTS: "",
+               "net.ipv4.tcp_timestamps": "1", "net.ipv4.tcp_tw_reuse": "2",
+               "net.ipv4.ip_unprivileged_port_start": "1024"}
+    base = dict(runtime=runtime, listening=(), kernel="6.1.0", layout={}, layout_notes=(), file_text=None,
+                file_refused=None, defaults=None)
+    base.update(kw)
+    return HostState(**base)
+
+
+def test_plan_is_pure_and_the_port_range_flows_as_a_port_range():
+    desired = validate_options({"port_range": "1024-65535", "fin_timeout": 60})
+    tuning = plan_linux_tcp(desired, _state(), Options(OURS, False, "fail"))
+    assert [c.key for c in tuning.plan.changes] == [PORT_RANGE]  # fin_timeout 60 is already so
+    change = tuning.plan.changes[0]
+    assert change.after == PortRange(1024, 65535) and isinstance(change.after, PortRange)
+    assert change.before == "32768 60999"
+    assert tuning.after == {"net.ipv4.tcp_fin_timeout": "60", PORT_RANGE: "1024 65535"}  # shown as text
+    assert "net.ipv4.ip_local_port_range = 1024 65535\n" in tuning.plan.file_after  # written as text
+    assert tuning.layout[OURS] == tuning.plan.file_after
+    # the same desired values against a host that has them: nothing to change
+    runtime = dict(_state().runtime, **{PORT_RANGE: "1024\t65535"})
+    again = plan_linux_tcp(desired, _state(runtime=runtime, file_text=tuning.plan.file_after),
+                           Options(OURS, False, "fail"))
+    assert not again.plan.changed
+
+
+def test_plan_refuses_a_file_that_is_not_ours_after_the_host_checks():
+    desired = validate_options({"port_range": "1500 65535"})
+    low = dict(_state().runtime, **{"net.ipv4.ip_unprivileged_port_start": "2000"})
+    state = _state(runtime=low, file_refused="is not ours")
+    with pytest.raises(ValidationError) as err:
+        plan_linux_tcp(desired, state, Options(OURS, False, "fail"))
+    assert err.value.option == "port_range"
+    with pytest.raises(ValidationError) as err:
+        plan_linux_tcp(desired, _state(file_refused="is not ours"), Options(OURS, False, "fail"))
+    assert err.value.option == "persist_file" and "is not ours" in str(err.value)
+
+
+def test_apply_writes_the_port_range_as_text(host):
+    desired = validate_options({"port_range": [1024, 65535]})
+    options = Options(None, False, "fail")
+    state = read(host, desired, options)
+    tuning = plan_linux_tcp(desired, state, options)
+    apply(host, tuning.plan, state.runtime)
+    assert sysctl(host, PORT_RANGE) == "1024 65535"
+    assert result(tuning, state, False)["after"] == {PORT_RANGE: "1024 65535"}

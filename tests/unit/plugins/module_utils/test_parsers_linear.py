@@ -37,13 +37,14 @@ WELL_UNDER_A_SECOND = 0.5
 
 
 def timed(function, *args):
-    """(seconds, result or the exception raised) of one call."""
-    started = time.perf_counter()
+    """(CPU seconds of this process, result or the exception raised) of one call: the work done, not the time
+    spent waiting for a core that other processes hold, so a loaded machine does not fail it."""
+    started = time.process_time()
     try:
         out = function(*args)
     except Exception as exc:  # pylint: disable=broad-except  # the callers check its type
         out = exc
-    return time.perf_counter() - started, out
+    return time.process_time() - started, out
 
 
 # ---------------------------------------------------------------- the issue's inputs
@@ -131,11 +132,11 @@ def test_a_5000_digit_value_in_another_file_is_refused_like_the_kernel_does():
 ])
 def test_a_sysctl_d_line_of_a_megabyte_is_analysed_in_well_under_a_second(text):
     layout = {"/etc/sysctl.d/10-x.conf": text}
-    started = time.perf_counter()
+    started = time.process_time()
     for init in ("systemd", "procps"):
         predict(layout, LINUX_TCP_KEYS, init)
     unusable(layout, LINUX_TCP_KEYS)
-    assert time.perf_counter() - started < 2 * WELL_UNDER_A_SECOND  # two inits, plus the refused-value scan
+    assert time.process_time() - started < 2 * WELL_UNDER_A_SECOND  # two inits, plus the refused-value scan
 
 
 def test_sysctl_d_analysis_time_grows_linearly_with_the_number_of_lines():
@@ -144,10 +145,10 @@ def test_sysctl_d_analysis_time_grows_linearly_with_the_number_of_lines():
         layout = {"/etc/sysctl.d/10-x.conf": "net.core.somaxconn = 1\n# a comment\n" * lines}
         best = None
         for _attempt in range(3):
-            started = time.perf_counter()
+            started = time.process_time()
             predict(layout, LINUX_TCP_KEYS, "procps")
             unusable(layout, LINUX_TCP_KEYS)
-            took = time.perf_counter() - started
+            took = time.process_time() - started
             best = took if best is None else min(best, took)
         return best
     small, large = cost(5000), cost(10000)

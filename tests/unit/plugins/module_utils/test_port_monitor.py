@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import stat
 
 import pytest
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils import port_monitor
+from ansible_collections.tcpstack.tuning.plugins.module_utils import port_monitor, port_monitor_service
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import LinuxHost
 from ansible_collections.tcpstack.tuning.plugins.module_utils.port_monitor import (
     FILE_NAME,
     MonitorError,
+    MonitorOptions,
+    check_options,
+)
+from ansible_collections.tcpstack.tuning.plugins.module_utils.port_monitor_service import (
     main,
     parse_args,
     run,
     write_atomically,
+)
+from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import (
+    PATH_MAX,
+    ValidationError,
+    absolute_path,
+    show,
 )
 
 
@@ -91,7 +103,7 @@ def test_the_temporary_name_is_not_one_the_textfile_collector_reads(tmp_path, mo
         seen.append(os.path.basename(source))
         return real_rename(source, destination)
 
-    monkeypatch.setattr(port_monitor.os, "rename", spy)
+    monkeypatch.setattr(os, "rename", spy)
     write_atomically(str(tmp_path), "a 1\n")
     assert len(seen) == 1 and seen[0].startswith(".") and not seen[0].endswith(".prom")
 
@@ -159,3 +171,87 @@ def test_process_options(tmp_path):
         with pytest.raises(MonitorError) as caught:
             parse_args(["--directory", str(tmp_path)] + argv)
         assert str(caught.value) == message
+
+
+# ---------------------------------------------------------------- one check of the directory's value (issue 20)
+@pytest.mark.parametrize("value", [
+    "var/lib/x", "/a b", "/a\tb", "/a/../etc", "/a/..", "/a/./b", "/a/.", "/a//b", "//a", "/var/%h", "/a\\b",
+    "/x\nExecStartPre=/bin/true", "/x\0", "/x\x7f", "/", "", None, ["/x"], 5, "/" + "a" * PATH_MAX,
+])
+def test_the_sampler_and_the_role_refuse_the_same_directories(tmp_path, value):
+    """validation.absolute_path is the one check of the value: the sampler's --directory and the role's
+    port_monitor_textfile_dir (plugin_utils/role_vars.py) refuse the same paths, naming their own option."""
+    with pytest.raises(ValidationError) as caught:
+        absolute_path(value, "port_monitor_textfile_dir", "an absolute path to a directory")
+    assert str(caught.value).startswith("port_monitor_textfile_dir: %s is not valid: an absolute path to a directory"
+                                        % show(value))
+    with pytest.raises(MonitorError) as caught:
+        check_options(value, 15, 5, 70, 90)
+    assert str(caught.value) == "--directory: %s is not valid: an absolute path to a directory" % show(value)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("/var/lib/prometheus/node-exporter", "/var/lib/prometheus/node-exporter"), ("/srv/textfile/", "/srv/textfile"),
+    ("/a.b/c..d/.e", "/a.b/c..d/.e"), ("/" + "a" * (PATH_MAX - 1), "/" + "a" * (PATH_MAX - 1)),
+])
+def test_a_plain_absolute_path_is_kept_without_its_trailing_slash(value, expected):
+    assert absolute_path(value, "x") == expected
+    assert check_options(value, 15, 5, 70, 90).directory == expected
+
+
+def test_an_empty_path_means_none_only_where_allowed():
+    assert absolute_path("", "port_monitor_rules_dir", empty_ok=True) == ""
+    assert absolute_path(None, "port_monitor_rules_dir", empty_ok=True) == ""
+    with pytest.raises(ValidationError):
+        absolute_path("", "port_monitor_rules_dir")
+
+
+def test_the_options_are_one_checked_value():
+    assert check_options("/srv/t/", "60", "3", "50", "60", processes=True, process_sample_seconds="5") == \
+        MonitorOptions("/srv/t", 60, 3, 50, 60, True, 5, False)
+
+
+def test_the_directory_is_looked_at_through_the_host_object(tmp_path):
+    """parse_args checks the directory on the host it is given (LinuxHost rooted in a tree here), not on "/"."""
+    (tmp_path / "srv" / "textfile").mkdir(parents=True)
+    (tmp_path / "srv" / "file").write_text("x")
+    host = LinuxHost(str(tmp_path))
+    assert parse_args(["--directory", "/srv/textfile"], host).directory == "/srv/textfile"
+    with pytest.raises(MonitorError) as caught:
+        parse_args(["--directory", "/srv/file"], host)
+    assert str(caught.value) == "--directory: '/srv/file' is not valid: a directory, not a symbolic link or a file"
+
+
+# ---------------------------------------------------------------- the host is touched through LinuxHost only
+HOST_CALLS = {"open", "read", "write", "close", "listdir", "scandir", "readlink", "stat", "lstat", "fstat", "access",
+              "unlink", "rename", "replace", "walk", "makedirs", "mkdir", "chmod", "fchmod", "fsync"}
+HOST_MODULES = {"stat", "shutil", "pathlib", "tempfile", "io", "subprocess", "socket", "pwd"}
+
+
+def host_calls(source):
+    """The calls of ``source`` (Python text) that touch a host themselves: os.<file call>(), open(), and the
+    imports of modules that only such code needs."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.extend("import %s" % alias.name for alias in node.names if alias.name in HOST_MODULES)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id == "open":
+                found.append("open()")
+            elif (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "os"
+                  and func.attr in HOST_CALLS):
+                found.append("os.%s()" % func.attr)
+    return found
+
+
+@pytest.mark.parametrize("module", [port_monitor, port_monitor_service])
+def test_the_sampler_touches_the_host_only_through_linux_host(module):
+    with open(module.__file__, encoding="utf-8") as handle:
+        assert host_calls(handle.read()) == []
+
+
+def test_the_host_call_check_finds_what_the_sampler_did_before():
+    """The check above fails on the sampler as it was before issue 20: its own lstat of the directory."""
+    old = "import os\nimport stat\ndef check_directory(path):\n    return stat.S_ISDIR(os.lstat(path).st_mode)\n"
+    assert host_calls(old) == ["import stat", "os.lstat()"]

@@ -30,6 +30,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings imp
     kernel_value,
     loose,
     same,
+    texts,
     validate_options,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d import parse, render
@@ -194,7 +195,8 @@ def test_host_reserving_port_0_does_not_blame_the_user():
     from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (  # pylint: disable=import-outside-toplevel
         validate_for_host,
     )
-    validate_for_host({PORT_RANGE: "32768 60999"}, {RESERVED_PORTS: "0-5"}, [], listening_ports=[40000])
+    validate_for_host({PORT_RANGE: parse_port_range("32768 60999")}, {RESERVED_PORTS: "0-5"}, [],
+                      listening_ports=[40000])
 
 
 # ---------------------------------------------------------------- netsh and reg output, from the simulator's tools
@@ -317,7 +319,7 @@ def _linux_desired(params):
     params = dict(params)
     if "reserved_ports" in params:
         params["reserved_ports"] = ["%d-%d" % span for span in params["reserved_ports"]]
-    return validate_options(params)
+    return texts(validate_options(params))
 
 
 @FAST

@@ -14,7 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from ansible_collections.tcpstack.tuning.plugins.action.fleet_report import _report_dir
+from ansible_collections.tcpstack.tuning.plugins.action.fleet_report import (
+    Refused,
+    _flag,
+    _formats,
+    _gathered,
+    _report_dir,
+    _write_report,
+)
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils import fleet_report as fr
 
 from tests.support.ci import need
@@ -105,3 +112,46 @@ def test_a_directory_of_another_user_is_refused(tmp_path):
     target.mkdir(0o755)
     os.chown(target, 65534, 65534)
     assert _report_dir(str(target)).startswith("it belongs to another user (uid 65534)")
+
+
+def test_the_report_files_are_written_whole_0644_with_no_temporary_left(tmp_path):
+    report = fr.build_report([fr.host_row("good", "linux", GOOD)], "now")
+    old = os.umask(0o077)
+    try:
+        files = _write_report(report, ["json", "html"], str(tmp_path / "out"))
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    assert files == {"json": str(out / "port_audit.json"), "html": str(out / "port_audit.html")}
+    assert sorted(os.listdir(tmp_path / "out")) == ["port_audit.html", "port_audit.json"]
+    assert all(os.stat(path).st_mode & 0o777 == 0o644 for path in files.values())
+    assert json.loads((tmp_path / "out" / "port_audit.json").read_text()) == json.loads(fr.render_json(report))
+    assert _write_report(report, [], str(tmp_path / "none")) == {} and not (tmp_path / "none").exists()
+
+
+def test_a_report_directory_others_control_is_refused_before_any_write(tmp_path):
+    target = tmp_path / "report"
+    target.mkdir()
+    target.chmod(0o777)
+    with pytest.raises(Refused) as caught:
+        _write_report(fr.build_report([], "now"), ["json"], str(target))
+    assert str(caught.value).startswith("dest: refusing to write the report to %s: group or others may write" % target)
+    assert not os.listdir(target)
+
+
+def test_the_action_options_are_refused_with_their_messages():
+    assert _formats({}) == ["json", "markdown", "html"] and _formats({"formats": "json, html"}) == ["json", "html"]
+    with pytest.raises(Refused, match="^formats must be among json, markdown, html, got pdf$"):
+        _formats({"formats": ["json", "pdf"]})
+    assert _flag({}, "fail_on_critical") is False and _flag({"fail_on_critical": "yes"}, "fail_on_critical") is True
+    with pytest.raises(Refused, match="^fail_on_critical must be a boolean, got 'perhaps'$"):
+        _flag({"fail_on_critical": "perhaps"}, "fail_on_critical")
+    with pytest.raises(Refused, match="^results must be a dict"):
+        _gathered({"results": ["web"]}, {})
+
+
+def test_a_host_without_a_result_gets_its_failure_or_none():
+    hostvars = {"web": {"_audit": {"failed": True, "msg": "no python"}}, "db": {"port_audit_result": GOOD}}
+    gathered = _gathered({"error_vars": ["_audit"]}, {"ansible_play_hosts_all": ["web", "db", "gone"],
+                                                       "hostvars": hostvars})
+    assert gathered == {"web": {"failed": True, "msg": "no python"}, "db": GOOD, "gone": None}

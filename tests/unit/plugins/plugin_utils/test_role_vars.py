@@ -2,51 +2,77 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils import port_monitor as sampler
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.role_vars import (
     DEPRECATED,
-    PORT_AUDIT_VARS,
-    PORT_MONITOR_VARS,
-    TCP_TUNING_VARS,
+    ROLES,
+    ROLES_DIR,
     RoleVarError,
     is_windows,
     port_audit,
     port_monitor,
+    role_spec,
     tcp_tuning,
     unknown_names,
 )
 
 ROOT = Path(__file__).resolve().parents[4]
+TCP, AUDIT, MONITOR = (role_spec(role, str(ROOT / "roles")) for role in ROLES)
 
 
-def _role(name):
-    defaults = yaml.safe_load((ROOT / "roles" / name / "defaults" / "main.yml").read_text())
-    specs = yaml.safe_load((ROOT / "roles" / name / "meta" / "argument_specs.yml").read_text())
-    return defaults, specs["argument_specs"]["main"]["options"]
+def _role_defaults_tool():
+    """tools/role_defaults.py, which writes each role's defaults/main.yml from its argument spec."""
+    loaded = importlib.util.spec_from_file_location("role_defaults", ROOT / "tools" / "role_defaults.py")
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    return module
 
 
-@pytest.mark.parametrize("name, table", [("tcp_tuning", TCP_TUNING_VARS), ("port_audit", PORT_AUDIT_VARS),
-                                         ("port_monitor", PORT_MONITOR_VARS)])
-def test_the_table_matches_the_role_defaults_and_argument_specs(name, table):
-    defaults, options = _role(name)
-    assert defaults == table
-    assert set(options) - set(DEPRECATED) == set(table)
-    assert {n: o["default"] for n, o in options.items() if "default" in o} == table
+@pytest.mark.parametrize("name", ROLES)
+def test_the_role_defaults_are_generated_from_the_argument_specs(name):
+    role = ROOT / "roles" / name
+    committed = (role / "defaults" / "main.yml").read_text()
+    options = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    assert committed == _role_defaults_tool().defaults_text(options), \
+        "roles/%s/defaults/main.yml is not generated from its spec: run .venv/bin/python tools/role_defaults.py" % name
+    spec = role_spec(name, str(ROOT / "roles"))
+    assert yaml.safe_load(committed) == spec.defaults
+    assert set(options) - set(DEPRECATED) == set(spec.defaults) == set(spec.variables)
+    assert {n: o["default"] for n, o in options.items() if "default" in o} == spec.defaults
+    assert all(old in TCP.options and "default" not in TCP.options[old] for old in DEPRECATED)
+
+
+def test_the_collection_finds_its_own_roles():
+    assert Path(ROLES_DIR).resolve() == (ROOT / "roles").resolve()
+    assert role_spec("port_audit") == AUDIT
+
+
+def test_the_sampler_defaults_are_the_role_defaults():
+    assert MONITOR.defaults["port_monitor_interval"] == sampler.DEFAULT_INTERVAL
+    assert MONITOR.defaults["port_monitor_textfile_dir"] == sampler.DEFAULT_DIRECTORY
+
+
+def test_the_defaults_are_copies():
+    TCP.defaults["tcp_tuning_port_range"].append(1)
+    assert TCP.defaults["tcp_tuning_port_range"] == [32768, 65535]
 
 
 def test_linux_defaults_give_the_options_the_role_always_gave():
-    options, deprecations = tcp_tuning({}, windows=False)
+    options, deprecations = tcp_tuning(TCP, {}, windows=False)
     assert options == {"state": "present", "fin_timeout": 30, "port_range": [32768, 65535], "tw_reuse": 1,
                        "reserve_listening_ports": True}
     assert deprecations == []
 
 
 def test_windows_defaults_and_per_os_overrides():
-    options = tcp_tuning({"tcp_tuning_windows": {"max_user_port": 65534, "port_range": "49152 65535"}}, windows=True)[0]
+    options = tcp_tuning(TCP, {"tcp_tuning_windows": {"max_user_port": 65534, "port_range": "49152 65535"}},
+                         windows=True)[0]
     assert options == {"state": "present", "time_wait_delay": 30, "port_range": "49152 65535", "max_user_port": 65534}
 
 
@@ -70,7 +96,7 @@ def test_windows_defaults_and_per_os_overrides():
 ])
 def test_linux_errors_name_the_variable_the_value_and_what_is_valid(values, message):
     with pytest.raises(RoleVarError) as caught:
-        tcp_tuning(values, windows=False)
+        tcp_tuning(TCP, values, windows=False)
     assert str(caught.value).startswith(message), str(caught.value)
 
 
@@ -83,18 +109,19 @@ def test_linux_errors_name_the_variable_the_value_and_what_is_valid(values, mess
 ])
 def test_windows_errors_name_the_variable(values, message):
     with pytest.raises(RoleVarError) as caught:
-        tcp_tuning(values, windows=True)
+        tcp_tuning(TCP, values, windows=True)
     assert str(caught.value).startswith(message), str(caught.value)
 
 
 def test_linux_only_variables_do_not_bother_windows_hosts():
-    options = tcp_tuning({"tcp_tuning_fin_timeout": 0, "tcp_tuning_linux": {"persist_file": "bad"}}, windows=True)[0]
+    options = tcp_tuning(TCP, {"tcp_tuning_fin_timeout": 0, "tcp_tuning_linux": {"persist_file": "bad"}},
+                         windows=True)[0]
     assert "fin_timeout" not in options and "persist_file" not in options
 
 
 def test_the_deprecated_name_still_sets_both_with_a_deprecation():
-    linux, deprecations = tcp_tuning({"tcp_tuning_time_wait": 45}, windows=False)
-    windows = tcp_tuning({"tcp_tuning_time_wait": 45}, windows=True)[0]
+    linux, deprecations = tcp_tuning(TCP, {"tcp_tuning_time_wait": 45}, windows=False)
+    windows = tcp_tuning(TCP, {"tcp_tuning_time_wait": 45}, windows=True)[0]
     assert linux["fin_timeout"] == 45 and windows["time_wait_delay"] == 45
     assert deprecations[0]["version"] == "0.3.0" and "tcp_tuning_fin_timeout" in deprecations[0]["msg"]
 
@@ -106,12 +133,12 @@ def test_reboot_needs_ansible_windows_only_on_windows():
         asked.append(1)
         return False
 
-    tcp_tuning({"tcp_tuning_reboot": "if_required"}, windows=False, have_reboot_module=missing)
+    tcp_tuning(TCP, {"tcp_tuning_reboot": "if_required"}, windows=False, have_reboot_module=missing)
     assert not asked  # a Linux host never looks for ansible.windows
     with pytest.raises(RoleVarError) as caught:
-        tcp_tuning({"tcp_tuning_reboot": "if_required"}, windows=True, have_reboot_module=missing)
+        tcp_tuning(TCP, {"tcp_tuning_reboot": "if_required"}, windows=True, have_reboot_module=missing)
     assert "ansible-galaxy collection install ansible.windows" in str(caught.value)
-    tcp_tuning({"tcp_tuning_reboot": "never"}, windows=True, have_reboot_module=missing)
+    tcp_tuning(TCP, {"tcp_tuning_reboot": "never"}, windows=True, have_reboot_module=missing)
     assert len(asked) == 1
 
 
@@ -132,15 +159,15 @@ def test_an_unknown_platform_is_refused():
 def test_misspelt_names_are_found_and_the_playbooks_own_are_not():
     names = ["tcp_tuning_port_rnage", "tcp_tuning_port_range", "tcp_tuning_hosts", "tcp_tuning_time_wait",
              "_tcp_tuning_checked", "port_audit_top", "port_audit_topp"]
-    assert unknown_names(TCP_TUNING_VARS, names) == ["tcp_tuning_port_rnage"]
-    assert unknown_names(PORT_AUDIT_VARS, names) == ["port_audit_topp"]
+    assert unknown_names(names, TCP.options, "tcp_tuning_") == ["tcp_tuning_port_rnage"]
+    assert unknown_names(names, AUDIT.options, "port_audit_") == ["port_audit_topp"]
 
 
 def test_port_audit_options_per_platform():
-    assert port_audit({}, windows=False) == {"top": 5, "sample_seconds": 0.0, "warning_percent": 70,
+    assert port_audit(AUDIT, {}, windows=False) == {"top": 5, "sample_seconds": 0.0, "warning_percent": 70,
                                              "critical_percent": 90}
-    assert port_audit({"port_audit_sample_seconds": "2.5"}, windows=False)["sample_seconds"] == 2.5
-    assert port_audit({}, windows=True) == {"top": 5, "event_hours": 24}
+    assert port_audit(AUDIT, {"port_audit_sample_seconds": "2.5"}, windows=False)["sample_seconds"] == 2.5
+    assert port_audit(AUDIT, {}, windows=True) == {"top": 5, "event_hours": 24}
 
 
 @pytest.mark.parametrize("values, message", [
@@ -158,18 +185,18 @@ def test_port_audit_options_per_platform():
 ])
 def test_port_audit_errors_name_the_variable(values, message):
     with pytest.raises(RoleVarError) as caught:
-        port_audit(values, windows=False)
+        port_audit(AUDIT, values, windows=False)
     assert str(caught.value).startswith(message), str(caught.value)
 
 
 def test_port_monitor_defaults_give_the_sampler_its_defaults():
-    assert port_monitor({}, windows=False) == {
+    assert port_monitor(MONITOR, {}, windows=False) == {
         "state": "present", "interval": 15, "textfile_dir": "/var/lib/prometheus/node-exporter", "top": 5,
         "warning_percent": 70, "critical_percent": 90, "processes": False, "process_sample_seconds": 0,
         "python": "/usr/bin/python3", "rules_dir": ""}
-    options = port_monitor({"port_monitor_processes": "yes", "port_monitor_process_sample_seconds": 14}, False)
+    options = port_monitor(MONITOR, {"port_monitor_processes": "yes", "port_monitor_process_sample_seconds": 14}, False)
     assert (options["processes"], options["process_sample_seconds"]) == (True, 14)
-    options = port_monitor({"port_monitor_interval": "60", "port_monitor_textfile_dir": "/srv/textfile/",
+    options = port_monitor(MONITOR, {"port_monitor_interval": "60", "port_monitor_textfile_dir": "/srv/textfile/",
                             "port_monitor_rules_dir": "/etc/prometheus/rules", "port_monitor_state": "absent"},
                            windows=False)
     assert (options["interval"], options["textfile_dir"], options["rules_dir"], options["state"]) == (
@@ -203,15 +230,15 @@ def test_port_monitor_defaults_give_the_sampler_its_defaults():
 ])
 def test_port_monitor_errors_name_the_variable(values, message):
     with pytest.raises(RoleVarError) as caught:
-        port_monitor(values, windows=False)
+        port_monitor(MONITOR, values, windows=False)
     assert str(caught.value).startswith(message), str(caught.value)
 
 
 def test_port_monitor_refuses_windows_and_finds_typos():
     with pytest.raises(RoleVarError) as caught:
-        port_monitor({}, windows=True)
+        port_monitor(MONITOR, {}, windows=True)
     assert str(caught.value).startswith("port_monitor_platform: 'auto' is not valid: auto or linux on a Linux host; "
                                         "this host is Windows")
     assert caught.value.name == "port_monitor_platform"
-    assert unknown_names(PORT_MONITOR_VARS, ["port_monitor_intreval", "port_monitor_top", "port_monitor_result"]) == [
-        "port_monitor_intreval"]
+    assert unknown_names(["port_monitor_intreval", "port_monitor_top", "port_monitor_result"], MONITOR.options,
+                         MONITOR.prefix) == ["port_monitor_intreval"]

@@ -43,8 +43,8 @@ class TestPlanning:
         desired = validate_win_tcp({"time_wait_delay": 30, "port_range": "10000 65535"})
         plan = plan_for(desired, state_of())
         assert plan.changed and plan.reboot_required
-        assert [w._key(k) for k in plan.keys()] == ["TcpTimedWaitDelay", "ipv4 tcp dynamic port range",
-                                                    "ipv6 tcp dynamic port range"]
+        assert [w._key(c.key) for c in plan.changes] == ["TcpTimedWaitDelay", "ipv4 tcp dynamic port range",
+                                                         "ipv6 tcp dynamic port range"]
         assert w.plan_actions(plan) == (c.SetDword(TWD, 30), c.SetRange(IP4, TCP, 10000, 55536),
                                         c.SetRange(IP6, TCP, 10000, 55536))
 
