@@ -33,10 +33,19 @@ sock_diag dumps, and the /proc/PID reads a linux_processes.ProcessTable asks of 
 from __future__ import annotations
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table import AF_INET, CLOSE, TIME_WAIT
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import (
+    DestinationCounts,
+    Unattributed,
+    process_record,
+)
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import time_wait_heir, unmap_pair
 
 TIME_WAIT_MS = 60000
-_MAPPED = b"\x00" * 10 + b"\xff\xff"
-FIELDS = ("in_use", "established", "time_wait", "time_wait_inferred", "new_connections", "new_connections_inferred")
+# A socket followed by its cookie (``Attribution.seen``): a list, one per socket on the sampling's hot path,
+# read through these indexes.
+DEST, INODE, PID, ALIVE, CLOSED = range(5)
+# A bound, unconnected socket (``Attribution.bound``): [inode, pid].
+BOUND_INODE, BOUND_PID = range(2)
 
 
 def destination(family, key):
@@ -44,10 +53,23 @@ def destination(family, key):
     port = (key[0] << 8) | key[1]
     if family == AF_INET:
         return (4, key[18:22], port)
-    remote = key[18:34]
-    if remote[:12] == _MAPPED and key[2:14] == _MAPPED:
-        return (4, remote[12:], port)
-    return (6, remote, port)
+    pair = unmap_pair(key[2:18], key[18:34])
+    if pair is not None:
+        return (4, pair[1], port)
+    return (6, key[18:34], port)
+
+
+class _Counts:
+    """One process's sockets towards one destination in the final dump: live (in use), established, in
+    TIME_WAIT, opened during the sample."""
+
+    __slots__ = ("live", "established", "time_wait", "new")
+
+    def __init__(self):
+        self.live = self.established = self.time_wait = self.new = 0
+
+
+_NOBODY = _Counts()
 
 
 def share(total, weights):
@@ -87,7 +109,7 @@ class Attribution:
         self.dumps = 0
         self.window_ms = None  # milliseconds from the first live dump to the final one; None: no sample
         self._first = True
-        # final dump: {destination: {pid or None: [in_use, established, time_wait, new]}}
+        # final dump: {destination: {pid or None: _Counts}}
         self.table = {}
         self.bound_now = {}
 
@@ -100,12 +122,12 @@ class Attribution:
             if key[0] == 0 and key[1] == 0 and cookie not in self.bound:
                 record = self.bound[cookie] = [inode, None]
                 if inode:
-                    self.pending.append([record, 0, 1, 0])
+                    self.pending.append([record, BOUND_INODE, BOUND_PID, 0])
             return
         if cookie not in self.seen:
             record = self.seen[cookie] = [destination(family, key), inode, None, self._first, False]
             if inode:
-                self.pending.append([record, 1, 2, 0])
+                self.pending.append([record, INODE, PID, 0])
 
     def end_dump(self):
         """Call after each live dump (both address families)."""
@@ -135,6 +157,15 @@ class Attribution:
         return len(keep)
 
     # ------------------------------------------------------------ the final dump
+    def _observe_bound(self, owner, cookie, inode):
+        pid = owner(inode) if inode else None
+        self.bound_now[pid] = self.bound_now.get(pid, 0) + 1
+        record = self.bound.get(cookie)
+        if record is None:
+            self.bound[cookie] = [inode, pid]
+        elif record[BOUND_PID] is None:
+            record[BOUND_PID] = pid
+
     def observer(self, owner):
         """The ``observe`` callable for the final, whole-table dump; ``owner(inode)`` -> pid or None."""
         seen = self.seen
@@ -145,37 +176,31 @@ class Attribution:
         def observe(family, state, key, cookie, expires, uid, inode):
             if state == CLOSE:
                 if key[0] == 0 and key[1] == 0:
-                    pid = owner(inode) if inode else None
-                    self.bound_now[pid] = self.bound_now.get(pid, 0) + 1
-                    record = self.bound.get(cookie)
-                    if record is None:
-                        self.bound[cookie] = [inode, pid]
-                    elif record[1] is None:
-                        record[1] = pid
+                    self._observe_bound(owner, cookie, inode)
                 return
             dest = destination(family, key)
             record = seen.get(cookie)
             if state == TIME_WAIT:
-                pid = record[2] if record is not None else None
+                pid = record[PID] if record is not None else None
                 if record is None and cookie in bound:  # bound, then connected and closed between two dumps
-                    pid = bound[cookie][1]
+                    pid = bound[cookie][BOUND_PID]
                 counts = _counts(table, dest, pid)
-                counts[2] += 1
-                if window is not None and TIME_WAIT_MS - expires <= window and (record is None or not record[3]):
-                    counts[3] += 1
+                counts.time_wait += 1
+                if window is not None and TIME_WAIT_MS - expires <= window and (record is None or not record[ALIVE]):
+                    counts.new += 1
                     if record is not None:
-                        record[4] = True
+                        record[CLOSED] = True
                 return
             pid = owner(inode) if inode else None
             counts = _counts(table, dest, pid)
-            counts[0] += 1
+            counts.live += 1
             if state == 1:
-                counts[1] += 1
+                counts.established += 1
             if record is not None:
-                if record[2] is None:
-                    record[2] = pid
+                if record[PID] is None:
+                    record[PID] = pid
             elif window is not None:  # not alive at the first live dump (it saw them all): opened since
-                counts[3] += 1
+                counts.new += 1
 
         return observe
 
@@ -184,56 +209,63 @@ class Attribution:
         from socket_table.Tally.tuples(), as sockets without an owner."""
         for (family, dummy_local, remote, port), (dummy_in_use, time_wait) in tuples.items():
             if time_wait:
-                _counts(self.table, (family, remote, port), None)[2] += time_wait
+                _counts(self.table, (family, remote, port), None).time_wait += time_wait
 
     def finish(self):
-        """({pid: {"bound_inactive", "bound_inactive_seen", "destinations": {dest: {FIELDS}}}},
-        {dest: {"in_use", "time_wait", "new_connections"}} unattributed).
+        """({pid: ProcessRecord (pid, destinations, bound_inactive, bound_inactive_seen)},
+        {dest: Unattributed}).
 
         new_connections fields are None without a sample.
         """
-        table = self.table
         sampled = self.window_ms is not None
         if sampled:  # opened during the sample and not (or not yet) in TIME_WAIT
-            for dest, dummy_inode, pid, old, closed in self.seen.values():
-                if not old and not closed:
-                    _counts(table, dest, pid)[3] += 1
+            for record in self.seen.values():
+                if not record[ALIVE] and not record[CLOSED]:
+                    _counts(self.table, record[DEST], record[PID]).new += 1
         processes = {}
         unattributed = {}
-        for dest, by_pid in table.items():
-            openers = dict((pid, counts[3]) for pid, counts in by_pid.items() if pid is not None and counts[3] > 0)
-            nobody = by_pid.get(None, [0, 0, 0, 0])
-            if sampled:
-                tw_weights = openers
-            else:
-                owners = [pid for pid, counts in by_pid.items() if pid is not None and counts[0] > 0]
-                tw_weights = {owners[0]: 1} if len(owners) == 1 else {}
-            tw_shared = share(nobody[2], tw_weights)
-            new_shared = share(nobody[3], openers) if sampled else {}
-            for pid, counts in by_pid.items():
-                if pid is None:
-                    continue
-                _record(processes, pid, dest, counts, tw_shared.get(pid, 0), new_shared.get(pid, 0), sampled)
-            for pid in set(tw_shared) | set(new_shared):
-                if pid not in by_pid:
-                    _record(processes, pid, dest, [0, 0, 0, 0], tw_shared.get(pid, 0), new_shared.get(pid, 0), sampled)
-            left_tw = nobody[2] - sum(tw_shared.values())
-            left_new = nobody[3] - sum(new_shared.values())
-            if nobody[0] or left_tw or left_new:
-                unattributed[dest] = {"in_use": nobody[0] + left_tw, "time_wait": left_tw,
-                                      "new_connections": left_new if sampled else None}
+        for dest, by_pid in self.table.items():
+            left = _share_destination(processes, dest, by_pid, sampled)
+            if left is not None:
+                unattributed[dest] = left
+        self._add_bound(processes)
+        return processes, unattributed
+
+    def _add_bound(self, processes):
         seen_bound = {}
         for dummy_inode, pid in self.bound.values():
             if pid is not None:
                 seen_bound[pid] = seen_bound.get(pid, 0) + 1
         for pid in set(seen_bound) | set(pid for pid in self.bound_now if pid is not None):
-            entry = processes.setdefault(pid, {"destinations": {}})
-            entry["bound_inactive"] = self.bound_now.get(pid, 0)
-            entry["bound_inactive_seen"] = seen_bound.get(pid, 0)
-        for entry in processes.values():
-            entry.setdefault("bound_inactive", 0)
-            entry.setdefault("bound_inactive_seen", 0)
-        return processes, unattributed
+            entry = _process(processes, pid)
+            entry.bound_inactive = self.bound_now.get(pid, 0)
+            entry.bound_inactive_seen = seen_bound.get(pid, 0)
+
+
+def _share_destination(processes, dest, by_pid, sampled):
+    """Give one destination's counts to its processes, sharing out what no owner was seen for; returns what is
+    left unattributed (None: nothing)."""
+    openers = dict((pid, counts.new) for pid, counts in by_pid.items() if pid is not None and counts.new > 0)
+    nobody = by_pid.get(None, _NOBODY)
+    if sampled:
+        tw_weights = openers
+    else:
+        heir = time_wait_heir([pid for pid, counts in by_pid.items() if pid is not None and counts.live > 0])
+        tw_weights = {heir: 1} if heir is not None else {}
+    tw_shared = share(nobody.time_wait, tw_weights)
+    new_shared = share(nobody.new, openers) if sampled else {}
+    for pid, counts in by_pid.items():
+        if pid is not None:
+            _record(processes, pid, dest, counts, tw_shared.get(pid, 0), new_shared.get(pid, 0), sampled)
+    for pid in set(tw_shared) | set(new_shared):
+        if pid not in by_pid:
+            _record(processes, pid, dest, _NOBODY, tw_shared.get(pid, 0), new_shared.get(pid, 0), sampled)
+    left_tw = nobody.time_wait - sum(tw_shared.values())
+    left_new = nobody.new - sum(new_shared.values())
+    if nobody.live or left_tw or left_new:
+        return Unattributed(in_use=nobody.live + left_tw, time_wait=left_tw,
+                            new_connections=left_new if sampled else None)
+    return None
 
 
 def _counts(table, dest, pid):
@@ -242,17 +274,23 @@ def _counts(table, dest, pid):
         by_pid = table[dest] = {}
     counts = by_pid.get(pid)
     if counts is None:
-        counts = by_pid[pid] = [0, 0, 0, 0]
+        counts = by_pid[pid] = _Counts()
     return counts
 
 
+def _process(processes, pid):
+    entry = processes.get(pid)
+    if entry is None:
+        entry = processes[pid] = process_record(pid)
+    return entry
+
+
 def _record(processes, pid, dest, counts, tw_inferred, new_inferred, sampled):
-    entry = processes.setdefault(pid, {"destinations": {}})
-    entry["destinations"][dest] = {
-        "in_use": counts[0] + counts[2] + tw_inferred,
-        "established": counts[1],
-        "time_wait": counts[2] + tw_inferred,
-        "time_wait_inferred": tw_inferred,
-        "new_connections": (counts[3] + new_inferred) if sampled else None,
-        "new_connections_inferred": new_inferred if sampled else None,
-    }
+    _process(processes, pid).destinations[dest] = DestinationCounts(
+        in_use=counts.live + counts.time_wait + tw_inferred,
+        established=counts.established,
+        time_wait=counts.time_wait + tw_inferred,
+        time_wait_inferred=tw_inferred,
+        new_connections=(counts.new + new_inferred) if sampled else None,
+        new_connections_inferred=new_inferred if sampled else None,
+    )

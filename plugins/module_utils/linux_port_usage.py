@@ -25,7 +25,8 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings imp
     RESERVED_PORTS,
     REPORTED_SETTINGS,
 )
-from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import Snapshot, analyse
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_usage_rules import LINUX
+from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import analyse
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
     parse_port_list,
     parse_port_range,
@@ -45,6 +46,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table impor
     tally_netlink,
     tally_proc_chunks,
 )
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import Snapshot, process_record
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError
 
 TIME_WAIT_SECONDS = 60  # TCP_TIMEWAIT_LEN: fixed, no sysctl changes it
@@ -190,17 +192,11 @@ def read_ports(host):
     return raw, settings, port_range, reserved, unreadable
 
 
-def collect(host, use_netlink=True, attribution=None, processes=None):
-    """Read everything port_usage needs from ``host`` (its network namespace): a Snapshot.
-
-    With an ``attribution`` (linux_attribution.Attribution) and ``processes``
-    (linux_processes.ProcessTable, scanned just before), the netlink dump
-    also attributes the sockets to processes: Snapshot.processes.
-    """
-    raw, settings, port_range, reserved, unreadable = read_ports(host)
-    tally = Tally(port_flags(port_range, reserved))
+def read_table(host, tally, use_netlink=True, attribution=None, processes=None):
+    """Read the socket table into ``tally``: over netlink (attributing its sockets when an ``attribution`` is
+    given), else from /proc.  Returns (tally, table read, attributed, notes, unreadable)."""
     notes = []
-    table_ok = True
+    unreadable = []
     attributed = False
     if use_netlink and host.live:
         observe = None
@@ -218,6 +214,7 @@ def collect(host, use_netlink=True, attribution=None, processes=None):
         except TableError as exc:
             notes.append("%s; read /proc/net/tcp and /proc/net/tcp6 instead" % exc)
             tally = Tally(tally.ephemeral)
+    table_ok = True
     if tally.source is None:
         missing = read_proc(host, tally)
         unreadable.extend(missing)
@@ -225,6 +222,20 @@ def collect(host, use_netlink=True, attribution=None, processes=None):
         if tally.bad_lines:
             notes.append("%d lines of /proc/net/tcp and /proc/net/tcp6 were not sockets as the kernel prints them "
                          "and were skipped" % tally.bad_lines)
+    return tally, table_ok, attributed, notes, unreadable
+
+
+def collect(host, use_netlink=True, attribution=None, processes=None):
+    """Read everything port_usage needs from ``host`` (its network namespace): a Snapshot.
+
+    With an ``attribution`` (linux_attribution.Attribution) and ``processes``
+    (linux_processes.ProcessTable, scanned just before), the netlink dump
+    also attributes the sockets to processes: Snapshot.processes.
+    """
+    dummy_raw, settings, port_range, reserved, unreadable = read_ports(host)
+    tally, table_ok, attributed, notes, missing = read_table(host, Tally(port_flags(port_range, reserved)),
+                                                             use_netlink, attribution, processes)
+    unreadable.extend(missing)
     counters, missing = read_counters(host)
     unreadable.extend(missing)
     reuse = reuse_rules(settings)
@@ -235,28 +246,15 @@ def collect(host, use_netlink=True, attribution=None, processes=None):
             unreadable.extend(missing)
         else:
             notes.append("processes are attributed from the netlink dump only: no process attribution")
+    start = settings.get("unprivileged_port_start")
     return Snapshot(
-        settings=settings,
-        port_range=port_range,
-        reserved=reserved,
-        min_port=settings.get("unprivileged_port_start") if settings.get("unprivileged_port_start") is not None else 1024,
-        listening=tally.listening,
-        states=tally.state_counts() if table_ok else None,
-        tuples=tally.tuples(),
-        format_address=format_address,
-        is_loopback=is_loopback,
-        reuse_remote=reuse["remote"],
-        reuse_loopback=reuse["loopback"],
-        reuse_delay=reuse["delay_seconds"],
-        time_wait_seconds=TIME_WAIT_SECONDS,
-        counters=counters,
-        source=tally.source,
-        unreadable=unreadable,
-        notes=notes,
-        extra_findings=_setting_findings(reuse),
-        extra_recommendations={"timestamps": 1} if reuse["inactive"] else {},
-        processes=owners,
-        attribution=attribution_info,
+        settings=settings, port_range=port_range, reserved=reserved, min_port=start if start is not None else 1024,
+        listening=tally.listening, states=tally.state_counts() if table_ok else None, tuples=tally.tuples(),
+        format_address=format_address, is_loopback=is_loopback, reuse_remote=reuse["remote"],
+        reuse_loopback=reuse["loopback"], reuse_delay=reuse["delay_seconds"], time_wait_seconds=TIME_WAIT_SECONDS,
+        counters=counters, source=tally.source, unreadable=unreadable, notes=notes,
+        extra_findings=_setting_findings(reuse), extra_recommendations={"timestamps": 1} if reuse["inactive"] else {},
+        processes=owners, attribution=attribution_info, platform=LINUX,
     )
 
 
@@ -277,9 +275,9 @@ def attributed_processes(attribution, processes):
     owned, unattributed = attribution.finish()
     out = []
     for pid in sorted(owned):
-        entry = processes.describe(pid)
-        entry.update(owned[pid])
-        out.append(entry)
+        found = owned[pid]
+        out.append(process_record(processes.describe(pid), found.destinations, found.bound_inactive,
+                                  found.bound_inactive_seen))
     unreadable = []
     denied = sorted(processes.unreadable)
     if denied:

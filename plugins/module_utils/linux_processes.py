@@ -19,6 +19,7 @@ import errno
 import re
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import LinuxHost
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import identity
 
 CMDLINE_MAX = 512  # characters of a command line reported
 # A container id in a cgroup path: 64 hex digits (docker, podman/libpod, containerd, cri-o).
@@ -172,8 +173,7 @@ class ProcessTable:
         return info
 
     def _read_description(self, pid):
-        info = {"pid": pid, "name": None, "cmdline": None, "uid": None, "user": None, "cgroup": None, "unit": None,
-                "container": None}
+        info = identity(pid)
         readers = (
             ("comm", lambda data: {"name": data.decode("utf-8", "replace").strip()[:64] or None}),
             ("cmdline", lambda data: {"cmdline": parse_cmdline(data)}),

@@ -47,7 +47,8 @@ def _escape(value):
     return str(value).replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
 
 
-def _number(value):
+def _sample_value(value):
+    """A sample's value as the text format writes it: 1/0 for a bool, NaN, +Inf, -Inf."""
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, float):
@@ -75,7 +76,7 @@ class _Family:
         out = ["# HELP %s %s" % (self.name, self.text), "# TYPE %s %s" % (self.name, self.kind)]
         for labels, value in self.samples:
             label_text = ",".join('%s="%s"' % (k, _escape(v)) for k, v in sorted(labels.items()))
-            out.append("%s%s %s" % (self.name, "{%s}" % label_text if label_text else "", _number(value)))
+            out.append("%s%s %s" % (self.name, "{%s}" % label_text if label_text else "", _sample_value(value)))
         return out
 
 
@@ -120,20 +121,23 @@ def _processes(result, top, family):
                (result.get("attribution") or {}).get("sampled_seconds"))
 
 
-def render(result, top=5, duration_seconds=None, timestamp=None, interval_seconds=None):
-    """The textfile for ``result`` (a port_usage_info result); returns text ending in a newline.
+class _Families(list):
+    """The metric families of one textfile, in the order they are declared."""
 
-    ``top`` bounds the destination and process series; ``duration_seconds``, ``timestamp``
-    (Unix time of this successful run) and ``interval_seconds`` describe the
-    sampler itself.
-    """
-    families = []
-
-    def family(name, kind, text):
+    def __call__(self, name, kind, text):
         made = _Family(name, kind, text)
-        families.append(made)
+        self.append(made)
         return made
 
+    def text(self):
+        lines = []
+        for made in self:
+            if made.samples:
+                lines.extend(made.lines())
+        return "\n".join(lines) + "\n"
+
+
+def _ephemeral(result, family):
     ephemeral = result.get("ephemeral") or {}
     low_high = ephemeral.get("range") or (None, None)
     family("tcpstack_ephemeral_port_range_low", "gauge",
@@ -148,12 +152,13 @@ def render(result, top=5, duration_seconds=None, timestamp=None, interval_second
     family("tcpstack_ephemeral_ports_held", "gauge",
            "Ephemeral ports held by sockets of this host, all destinations together.").add(result.get("ports_held"))
 
+
+def _settings_and_sockets(result, family):
     settings = result.get("settings") or {}
     setting = family("tcpstack_setting", "gauge", "A TCP sysctl in force, by name.")
     for name, sysctl in SETTINGS:
         if isinstance(settings.get(name), int) and not isinstance(settings.get(name), bool):
             setting.add(settings[name], sysctl=sysctl)
-
     sockets = result.get("sockets") or {}
     by_state = family("tcpstack_sockets", "gauge", "TCP sockets by state, IPv4 and IPv6 together.")
     for state, count in sorted((sockets.get("by_state") or {}).items()):
@@ -161,6 +166,8 @@ def render(result, top=5, duration_seconds=None, timestamp=None, interval_second
     time_wait = (sockets.get("by_state") or {}).get("TIME_WAIT", 0) if sockets else None
     family("tcpstack_time_wait_sockets", "gauge", "TCP sockets in TIME_WAIT.").add(time_wait)
 
+
+def _destinations(result, top, family):
     in_use = family("tcpstack_destination_ports_in_use", "gauge",
                     "Ports held on a destination's busiest (local address, remote address, remote port) tuple.")
     tw = family("tcpstack_destination_ports_time_wait", "gauge",
@@ -176,34 +183,42 @@ def render(result, top=5, duration_seconds=None, timestamp=None, interval_second
         blocking.add(dest.get("blocking"), **labels)
         ratio.add(dest.get("utilisation"), **labels)
 
-    _processes(result, top, family)
 
+def _judgement(result, family):
+    """Capacity, the kernel's counters, the thresholds and the verdict."""
     capacity = result.get("capacity") or {}
-    rate = family("tcpstack_capacity_new_connections_per_second", "gauge",
+    most = family("tcpstack_capacity_new_connections_per_second", "gauge",
                   "Sustainable new connections per second to one destination tuple (usable ports / hold time).")
     for scope in ("remote", "loopback"):
-        rate.add((capacity.get(scope) or {}).get("max_new_connections_per_second"), scope=scope)
-
+        most.add((capacity.get(scope) or {}).get("max_new_connections_per_second"), scope=scope)
     values = (result.get("counters") or {}).get("values") or {}
     for key, name, text in COUNTERS:
         family(name, "counter", text).add(values.get(key))
-
     thresholds = result.get("thresholds") or {}
     for level in ("warning", "critical"):
-        percent = thresholds.get(level + "_percent")
+        threshold = thresholds.get(level + "_percent")
         family("tcpstack_%s_utilisation_ratio" % level, "gauge",
                "The audit's %s threshold for a destination's utilisation, 0 to 1." % level).add(
-                   None if percent is None else percent / 100.0)
+                   None if threshold is None else threshold / 100.0)
     family("tcpstack_verdict", "gauge", "The audit's verdict: 0 ok, 1 warning, 2 critical.").add(
         VERDICT_VALUE.get(result.get("verdict")))
 
+
+def render(result, top=5, duration_seconds=None, timestamp=None, interval_seconds=None):
+    """The textfile for ``result`` (a port_usage_info result); returns text ending in a newline.
+
+    ``top`` bounds the destination and process series; ``duration_seconds``, ``timestamp``
+    (Unix time of this successful run) and ``interval_seconds`` describe the
+    sampler itself.
+    """
+    family = _Families()
+    _ephemeral(result, family)
+    _settings_and_sockets(result, family)
+    _destinations(result, top, family)
+    _processes(result, top, family)
+    _judgement(result, family)
     family("tcpstack_sampler_duration_seconds", "gauge", "How long the last sample took.").add(duration_seconds)
     family("tcpstack_sampler_last_success_timestamp_seconds", "gauge",
            "Unix time of the last sample written.").add(timestamp)
     family("tcpstack_sampler_interval_seconds", "gauge", "How often the sampler runs.").add(interval_seconds)
-
-    lines = []
-    for made in families:
-        if made.samples:
-            lines.extend(made.lines())
-    return "\n".join(lines) + "\n"
+    return family.text()

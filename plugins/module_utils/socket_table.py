@@ -17,6 +17,8 @@ import os
 import socket
 import struct
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import unmap_pair
+
 AF_INET = 2
 AF_INET6 = 10
 NETLINK_SOCK_DIAG = 4
@@ -53,7 +55,6 @@ _HEX_STATE = dict((b"%02X" % n, n) for n in range(256))
 # Where the kernel prints the table, per address family (a kernel without IPv6 has no tcp6).
 PROC_TABLES = (("/proc/net/tcp", AF_INET), ("/proc/net/tcp6", AF_INET6))
 
-_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _V6_LOOPBACK = b"\x00" * 15 + b"\x01"
 
 
@@ -98,13 +99,16 @@ class Tally:
 
     def state_counts(self):
         """{"ipv4": {state name: count}, "ipv6": {...}}."""
-        return dict((name, dict((STATES.get(state, "STATE_%d" % state), count) for state, count in sorted(counts.items())))
+        return dict((name, dict((STATES.get(state, "STATE_%d" % state), count)
+                                for state, count in sorted(counts.items())))
                     for name, counts in (("ipv4", self.states[AF_INET]), ("ipv6", self.states[AF_INET6])))
 
 
 def _add(out, family, local, remote, port, value):
-    if family == AF_INET6 and local[:12] == _MAPPED and remote[:12] == _MAPPED:
-        family, local, remote = AF_INET, local[12:], remote[12:]
+    if family == AF_INET6:
+        pair = unmap_pair(local, remote)
+        if pair is not None:
+            family, (local, remote) = AF_INET, pair
     key = (4 if family == AF_INET else 6, local, remote, port)
     have = out.get(key)
     if have is None:
@@ -172,12 +176,7 @@ def tally_netlink(buf, family, tally, observe=None, observe_time_wait=True):
         if kind == NLMSG_DONE:
             return True
         if kind == NLMSG_ERROR:
-            if length < NLMSG_HDRLEN + 4:
-                raise TableError("malformed netlink message: an error message of %d bytes" % length)
-            code = -unpack("=i", buf, pos + 16)[0]
-            if code == 0:
-                return True
-            raise TableError("sock_diag: %s" % _strerror(code))
+            return _acknowledged(buf, pos, length)
         if kind == SOCK_DIAG_BY_FAMILY:
             if length < NLMSG_HDRLEN + INET_DIAG_MSG_LEN:
                 raise TableError("malformed netlink message: an inet_diag message of %d bytes" % length)
@@ -201,6 +200,16 @@ def tally_netlink(buf, family, tally, observe=None, observe_time_wait=True):
                     observe(family, state, key, buf[pos + 60:pos + 68], expires, uid, inode)
         pos += (length + 3) & ~3
     return False
+
+
+def _acknowledged(buf, pos, length):
+    """True for the NLMSG_ERROR message that ends a dump (error 0); raises TableError for any other."""
+    if length < NLMSG_HDRLEN + 4:
+        raise TableError("malformed netlink message: an error message of %d bytes" % length)
+    code = -struct.unpack_from("=i", buf, pos + 16)[0]
+    if code == 0:
+        return True
+    raise TableError("sock_diag: %s" % _strerror(code))
 
 
 def _strerror(code):
@@ -259,11 +268,10 @@ def tally_proc_lines(lines, family, tally, ports):
             key = (local[:-5], fields[2])
             have = table.get(key)
             if have is None:
-                table[key] = [1, 1 if state == TIME_WAIT else 0]
-            else:
-                have[0] += 1
-                if state == TIME_WAIT:
-                    have[1] += 1
+                have = table[key] = [0, 0]
+            have[0] += 1
+            if state == TIME_WAIT:
+                have[1] += 1
 
 
 def tally_proc_chunks(chunks, family, tally):

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: tcpstack.tuning contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""How the analysis says things: numbers, rates, percents, endpoints, host text.
+"""How the analysis says things: numbers, rates, percents, endpoints, processes, host text.
 
 One wording for every output: the port_usage_info and win_port_usage_info
 findings, the ``tcpstack_`` metrics and the fleet report all call these, so a
@@ -38,6 +38,22 @@ def percent(fraction):
 def endpoint(family, address, port):
     """"10.0.0.2:80", "[2001:db8::1]:443"."""
     return ("[%s]:%d" % (address, port)) if family == 6 else ("%s:%d" % (address, port))
+
+
+def process_text(pid, name, user=None, unit=None, container=None, host=None):
+    """How a process is named, the one way for every output.
+
+    Without ``host`` (a finding, the cure): "pid 1234 (curl, user alice, unit web.service, container ID)", the
+    name "?" when unknown.  With ``host`` (the fleet report's culprit): "curl (pid 1234)@web", without the pid
+    part when ``pid`` is None.
+    """
+    if host is not None:
+        return "%s%s@%s" % (name, "" if pid is None else " (pid %d)" % pid, host)
+    parts = [name or "?"]
+    for label, value in (("user", user), ("unit", unit), ("container", container)):
+        if value:
+            parts.append("%s %s" % (label, value))
+    return "pid %d (%s)" % (pid, ", ".join(parts))
 
 
 def clean_text(value):

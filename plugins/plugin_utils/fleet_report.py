@@ -17,7 +17,7 @@ import html
 import json
 import math
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import clean_text, rate
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import clean_text, process_text, rate
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import percent as _percent
 
 VERDICTS = ("critical", "warning", "unknown", "ok")  # riskiest first
@@ -28,7 +28,7 @@ NO_RESULT = "no result: the host was unreachable or its audit failed before it r
 COUNT_MAX = 2 ** 63 - 1
 
 
-def _number(value):
+def _finite(value):
     """``value`` as a finite float, or None when it is not one (text, NaN, infinity, 10**400)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -50,7 +50,7 @@ def _plain_value(value, depth=0):
     """A recommendation's value as strict-JSON data with clean text (a host's result is not trusted)."""
     if value is None or isinstance(value, bool) or _count(value) is not None:
         return value
-    if isinstance(value, float) and _number(value) is not None:
+    if isinstance(value, float) and _finite(value) is not None:
         return value
     if isinstance(value, (list, tuple)) and depth < 4:
         return [_plain_value(item, depth + 1) for item in value][:100]
@@ -61,15 +61,8 @@ def _clamp(value):
     return None if value is None else max(0.0, min(1.0, value))
 
 
-def host_row(host, platform, result):
-    """One host's row from its info module result (None when there is none).
-
-    ``utilisation`` (0..1) is what the verdict is measured on: on Linux the
-    busiest destination tuple's share of the usable ports (the limit is per
-    tuple), on Windows the ports held on the host against the usable dynamic
-    ports (one host-wide pool).
-    """
-    row = {
+def _empty_row(host, platform):
+    return {
         "host": clean_text(host),
         "platform": clean_text(platform or "unknown"),
         "verdict": "unknown",
@@ -84,6 +77,46 @@ def host_row(host, platform, result):
         "cure": None,
         "error": None,
     }
+
+
+def _top_destination(destinations):
+    if not destinations:
+        return None
+    top = destinations[0]
+    return {
+        "endpoint": clean_text(top.get("endpoint", "")),
+        "in_use": _count(top.get("in_use")),
+        "time_wait": _count(top.get("time_wait")),
+        "blocking": _count(top.get("blocking")),
+        "utilisation": _finite(top.get("utilisation")),
+    }
+
+
+def _utilisation(row):
+    """What the verdict is measured on: Windows, the ports held against the usable ones; Linux, the top
+    destination's."""
+    if row["platform"] == "windows":
+        if row["usable_ports"]:
+            return _clamp(float(row["ports_held"] or 0) / row["usable_ports"])
+        return 1.0 if row["usable_ports"] == 0 else None
+    if row["top_destination"] is not None:
+        return _clamp(row["top_destination"]["utilisation"])
+    return 1.0 if row["usable_ports"] == 0 else 0.0
+
+
+def _dict(value):
+    return value if isinstance(value, dict) else {}
+
+
+def host_row(host, platform, result):
+    """One host's row from its info module result (None when there is none).
+
+    ``utilisation`` (0..1) is what the verdict is measured on: on Linux the
+    busiest destination tuple's share of the usable ports (the limit is per
+    tuple), on Windows the ports held on the host against the usable dynamic
+    ports (one host-wide pool).
+    """
+    row = _empty_row(host, platform)
     if not isinstance(result, dict):
         row["error"] = NO_RESULT
         return row
@@ -92,36 +125,16 @@ def host_row(host, platform, result):
         return row
     verdict = result.get("verdict")
     row["verdict"] = verdict if verdict in VERDICTS else "unknown"
-    ephemeral = result.get("ephemeral")
-    ephemeral = ephemeral if isinstance(ephemeral, dict) else {}
+    ephemeral = _dict(result.get("ephemeral"))
     row["usable_ports"] = _count(ephemeral.get("usable"))
     row["ports_held"] = _count(result.get("ports_held"))
     destinations = result.get("destinations")
     destinations = [d for d in destinations if isinstance(d, dict)] if isinstance(destinations, list) else []
-    if destinations:
-        top = destinations[0]
-        row["top_destination"] = {
-            "endpoint": clean_text(top.get("endpoint", "")),
-            "in_use": _count(top.get("in_use")),
-            "time_wait": _count(top.get("time_wait")),
-            "blocking": _count(top.get("blocking")),
-            "utilisation": _number(top.get("utilisation")),
-        }
-    if row["platform"] == "windows":
-        if row["usable_ports"]:
-            row["utilisation"] = _clamp(float(row["ports_held"] or 0) / row["usable_ports"])
-        elif row["usable_ports"] == 0:
-            row["utilisation"] = 1.0
-    elif row["top_destination"] is not None:
-        row["utilisation"] = _clamp(row["top_destination"]["utilisation"])
-    elif row["usable_ports"] == 0:
-        row["utilisation"] = 1.0
-    else:
-        row["utilisation"] = 0.0
-    capacity = result.get("capacity")
-    remote = capacity.get("remote") if isinstance(capacity, dict) else None
-    row["max_new_connections_per_second"] = _number(remote.get("max_new_connections_per_second")) \
-        if isinstance(remote, dict) else None
+    row["top_destination"] = _top_destination(destinations)
+    row["utilisation"] = _utilisation(row)
+    remote = _dict(result.get("capacity")).get("remote")
+    remote = remote if isinstance(remote, dict) else None
+    row["max_new_connections_per_second"] = _finite(remote.get("max_new_connections_per_second")) if remote else None
     findings = result.get("findings")
     row["findings"] = [clean_text(f) for f in findings] if isinstance(findings, list) else []
     unreadable = _unreadable(result, ephemeral, destinations[:1], remote)
@@ -161,9 +174,9 @@ def culprit(host, result):
     return {
         "process": name,
         "pid": pid,
-        "at": "%s%s@%s" % (name, "" if pid is None else " (pid %d)" % pid, host),
+        "at": process_text(pid, name, host=host),
         "destination": None if destination is None else clean_text(destination)[:200],
-        "new_connections_per_second": _number(chosen.get("new_connections_per_second")),
+        "new_connections_per_second": _finite(chosen.get("new_connections_per_second")),
         "kind": kind if kind in CULPRIT_KINDS else "unknown",
         "advice": clean_text(chosen.get("advice") or "")[:500] or None,
     }
@@ -191,9 +204,9 @@ def _unreadable(result, ephemeral, top, remote):
     fields = [("ports_held", result.get("ports_held"), _count), ("usable", ephemeral.get("usable"), _count)]
     for dest in top:
         fields += [(name, dest.get(name), _count) for name in ("in_use", "time_wait", "blocking")]
-        fields.append(("utilisation", dest.get("utilisation"), _number))
+        fields.append(("utilisation", dest.get("utilisation"), _finite))
     if isinstance(remote, dict):
-        fields.append(("max_new_connections_per_second", remote.get("max_new_connections_per_second"), _number))
+        fields.append(("max_new_connections_per_second", remote.get("max_new_connections_per_second"), _finite))
     bad = ["%s %s" % (name, clean_text(repr(value))[:40]) for name, value, parse in fields
            if value is not None and parse(value) is None]
     return bad[:5]
@@ -204,7 +217,7 @@ def risk_key(row):
     towards the top destination (most first), then the name."""
     utilisation = row.get("utilisation")
     top = row.get("top_destination") or {}
-    in_use = _number(top.get("in_use")) or 0.0
+    in_use = _finite(top.get("in_use")) or 0.0
     return (VERDICTS.index(row["verdict"]) if row["verdict"] in VERDICTS else len(VERDICTS),
             -(utilisation if utilisation is not None else -1.0), -in_use, row["host"])
 

@@ -7,18 +7,20 @@ The Windows twin of module_utils/linux_port_usage.py: ``audit(host, options)``
 runs one script on a WindowsHost (ranges, excluded ranges, TcpTimedWaitDelay,
 Get-NetTCPConnection, Get-Process, Win32_Service, the Tcpip events) and
 ``analyse_windows`` turns it into the result.  The interval maths is module_utils/ports.py, the
-capacity maths and the verdict are the OS-neutral module_utils/port_usage.py.
+records, rules and verdict are the OS-neutral module_utils/usage_*.py and port_usage.analyse(); the rules and
+wording only Windows has are ``WINDOWS`` here.
 
 On Windows connect() takes every local port from one host-wide pool per IP
 version, so the pools' utilisation is judged too, not only each destination's.
 
 Who holds the ports (``attribute()``): each connection's OwningProcess, its
 name from Get-Process and the services it runs from Win32_Service, in the
-per-process shape of port_usage.Snapshot.processes, so that the OS-neutral
+records Linux gives (usage_model.ProcessRecord), so that the OS-neutral
 pooling rules apply.  Windows reports a TIME_WAIT connection with
 OwningProcess 0 (as reported publicly, see tests/support/windows_sim/README.md):
-a destination's TIME_WAIT is given to its only live owner (inferred), as on
-Linux without a sample, else it stays unattributed.  The rate: every TIME_WAIT
+a destination's TIME_WAIT is given to its only live owner (inferred,
+usage_rules.time_wait_heir), as on Linux without a sample, else it stays
+unattributed.  The rate: every TIME_WAIT
 socket closed within the last TIME_WAIT period (TcpTimedWaitDelay), so a
 destination's TIME_WAIT count over that period is its rate of connections
 opened and closed, measured over that window without sampling.
@@ -27,9 +29,9 @@ opened and closed, measured over that window without sampling.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils import port_usage
+from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import analyse
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
     PORT_MAX,
     clip,
@@ -37,6 +39,17 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
     start_count_range,
     usable_ports,
 )
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import (
+    HOST,
+    DestinationCounts,
+    Platform,
+    Pool,
+    Snapshot,
+    Unattributed,
+    identity,
+    process_record,
+)
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import time_wait_heir, unmap_text
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import build_info_script
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import (
     CONTIGUOUS_BLOCK_REPORTED,
@@ -69,6 +82,18 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse imp
 
 SHORTER_TIME_WAIT = 30  # the time_wait_delay recommended when ports run short
 TIME_WAIT, ESTABLISHED, BOUND = "TimeWait", "Established", "Bound"  # Get-NetTCPConnection's State names
+# A host-wide pool held beyond a threshold, in Windows' words.
+POOL_HELD = ("the host holds %s of %s usable %s TCP ports (%s); on Windows connect() takes them from one "
+             "host-wide pool")
+
+
+def _shorter_time_wait(snap):
+    """Windows' way to shorten how long a closed port is held: a shorter TcpTimedWaitDelay (win_tcp time_wait_delay)."""
+    return {"time_wait_delay": SHORTER_TIME_WAIT} if snap.time_wait_seconds > SHORTER_TIME_WAIT else {}
+
+
+# The rules and wording only Windows has, for port_usage.analyse().
+WINDOWS = Platform(name="windows", hold_remedy=_shorter_time_wait, pool_held=POOL_HELD)
 
 
 def validate(params):
@@ -85,7 +110,8 @@ def audit(host, options):
     output = host.run(build_info_script(options.targets, options.event_hours))
     try:
         if "@@tcpstack:" not in output.stdout:
-            raise WinTcpError("reading the host failed (rc=%s): %s" % (output.rc, (output.stderr or output.stdout).strip()))
+            raise WinTcpError("reading the host failed (rc=%s): %s"
+                              % (output.rc, (output.stderr or output.stdout).strip()))
         state = parse_read(output.stdout, options.targets)
         return analyse_windows(options, state, split_sections(output.stdout))
     except WinTcpError as exc:
@@ -94,23 +120,16 @@ def audit(host, options):
 
 
 # ------------------------------------------------------------------ the parts of one read
-@dataclass(frozen=True)
-class _Pool:
-    """One IP version's dynamic TCP range: (low, high), the excluded ports inside it, how many are usable."""
-
-    port_range: tuple
-    reserved: tuple
-    usable: int
-
-
 def _pools(state):
+    """{IpVersion: usage_model.Pool}: each IP version's dynamic TCP range and the excluded ports inside it."""
     pools = {}
     for ip in IpVersion:
         start_number = state.ranges.get((ip, Protocol.TCP))
         if start_number is not None:
             port_range = start_count_range(*start_number)
             excluded = [(a, b) for a, b, _admin in state.excluded.get((ip, Protocol.TCP), ())]
-            pools[ip] = _Pool(port_range, clip(excluded, port_range), usable_ports(port_range, excluded))
+            pools[ip] = Pool("%s dynamic" % ip.value, 4 if ip is IpVersion.IPV4 else 6, port_range,
+                             clip(excluded, port_range))
     return pools
 
 
@@ -128,29 +147,31 @@ def _time_wait(state):
     return value, seconds, notes
 
 
-def _family(address):
-    """(4|6, address) with IPv4-mapped IPv6 addresses turned into IPv4."""
-    address = (address or "").strip()
-    if address.lower().startswith("::ffff:") and "." in address:
-        return 4, address[7:]
-    return (6 if ":" in address else 4), address
-
-
 def _port_of(text):
     """The int of a short digit string from the host's CSV, else None (never int() of a long string)."""
     return small_int(text if isinstance(text, str) else str(text))
 
 
+class HeldConnection(NamedTuple):
+    """A connection that holds a dynamic port: its destination, Get-NetTCPConnection's State, its OwningProcess."""
+
+    family: int
+    remote: str
+    port: int
+    state: str
+    pid: Optional[int]
+
+
 @dataclass
-class Tally:
-    """The connection table counted: states per family, ports held per tuple, family and process."""
+class ConnectionTally:
+    """Get-NetTCPConnection counted: states per family, ports held per tuple, family and process."""
 
     source: Optional[str] = None  # None: the table could not be read
     states: Optional[dict] = None
     tuples: Dict[tuple, list] = field(default_factory=dict)
     listening: set = field(default_factory=set)
     held: Dict[IpVersion, int] = field(default_factory=lambda: {IpVersion.IPV4: 0, IpVersion.IPV6: 0})
-    rows: List[tuple] = field(default_factory=list)  # (family, remote, remote port, state, pid or None) held
+    rows: List[HeldConnection] = field(default_factory=list)
     names: Dict[int, Optional[str]] = field(default_factory=dict)
 
 
@@ -168,7 +189,7 @@ def _process_names(sections):
 
 def _tally(sections, pools, unreadable):
     """Count the connections; the ports held are those of a pool, not excluded, not listening, any state but Listen."""
-    tally = Tally()
+    tally = ConnectionTally()
     section = sections.get("connections")
     if section is None or not section.ok:
         unreadable.append({"source": "Get-NetTCPConnection", "reason": "Get-NetTCPConnection failed or is missing (it "
@@ -183,7 +204,7 @@ def _tally(sections, pools, unreadable):
     tally.source = "Get-NetTCPConnection"
     tally.states = {"ipv4": {}, "ipv6": {}}
     for row in rows:
-        family, _address = _family(row.get("LocalAddress"))
+        family, _address = unmap_text(row.get("LocalAddress"))
         tcp_state = (row.get("State") or "").strip()
         bucket = tally.states["ipv%d" % family]
         bucket[tcp_state] = bucket.get(tcp_state, 0) + 1
@@ -193,19 +214,19 @@ def _tally(sections, pools, unreadable):
     flags = {ip: port_flags(pool.port_range, pool.reserved) for ip, pool in pools.items()}
     for row in rows:
         tcp_state = (row.get("State") or "").strip()
-        family, local = _family(row.get("LocalAddress"))
+        family, local = unmap_text(row.get("LocalAddress"))
         ip = IpVersion.IPV4 if family == 4 else IpVersion.IPV6
         port = _port_of(row.get("LocalPort"))
         if tcp_state == "Listen" or ip not in flags or port is None or not 0 <= port <= PORT_MAX \
                 or not flags[ip][port] or port in tally.listening:
             continue
-        _rfamily, remote = _family(row.get("RemoteAddress"))
+        _rfamily, remote = unmap_text(row.get("RemoteAddress"))
         remote_port = _port_of(row.get("RemotePort")) or 0
         entry = tally.tuples.setdefault((family, local, remote, remote_port), [0, 0])
         entry[0] += 1
         entry[1] += tcp_state == TIME_WAIT
         tally.held[ip] += 1
-        tally.rows.append((family, remote, remote_port, tcp_state, _port_of(row.get("OwningProcess"))))
+        tally.rows.append(HeldConnection(family, remote, remote_port, tcp_state, _port_of(row.get("OwningProcess"))))
     return tally
 
 
@@ -227,8 +248,8 @@ def service_text(names):
 def attribute(rows, names, services, window):
     """(Snapshot.processes, Snapshot.attribution) from the held connections.
 
-    ``rows``: (family, remote address, remote port, State, OwningProcess or None) of each connection holding a
-    dynamic port; ``names`` {pid: ProcessName}; ``services`` {pid: (service name, ...)} or None (not read);
+    ``rows``: HeldConnection (family, remote address, remote port, State, OwningProcess or None) of each connection
+    holding a dynamic port; ``names`` {pid: ProcessName}; ``services`` {pid: (service name, ...)} or None (not read);
     ``window``: the seconds TIME_WAIT lasts.  OwningProcess 0 or unreadable owns nothing.  A TIME_WAIT connection
     with an owner counts as seen alive; those without one go to the destination's only live owner (inferred), else
     stay unattributed: a pid is never invented, and a pooled client beside a churner towards the same destination
@@ -236,45 +257,50 @@ def attribute(rows, names, services, window):
     within the last ``window`` seconds.  Bound ports (bound, not connected: no destination) are counted in
     ``attribution["bound"]`` only.
     """
-    # pylint: disable=too-many-locals
-    table = {}  # destination -> {pid or None: [live, established, time wait]}
+    table = {}  # destination -> {pid or None: _Held}
     bound = 0
     for family, remote, port, tcp_state, pid in rows:
         if tcp_state == BOUND:
             bound += 1
             continue
-        counts = table.setdefault((family, remote, port), {}).setdefault(pid or None, [0, 0, 0])
+        counts = table.setdefault((family, remote, port), {}).setdefault(pid or None, _Held())
         if tcp_state == TIME_WAIT:
-            counts[2] += 1
+            counts.time_wait += 1
         else:
-            counts[0] += 1
-            counts[1] += tcp_state == ESTABLISHED
+            counts.live += 1
+            counts.established += tcp_state == ESTABLISHED
     processes = {}
     unattributed = {}
     for dest, by_pid in table.items():
-        nobody = by_pid.get(None, [0, 0, 0])
-        live = [pid for pid, counts in by_pid.items() if pid is not None and counts[0] > 0]
-        heir = live[0] if len(live) == 1 and nobody[2] else None
+        nobody = by_pid.get(None, _Held())
+        heir = time_wait_heir([pid for pid, counts in by_pid.items() if pid is not None and counts.live > 0])
         for pid, counts in by_pid.items():
             if pid is None:
                 continue
-            inferred = nobody[2] if pid == heir else 0
-            time_wait = counts[2] + inferred
+            inferred = nobody.time_wait if pid == heir else 0
+            time_wait = counts.time_wait + inferred
             proc = processes.get(pid)
             if proc is None:
-                proc = processes[pid] = {
-                    "pid": pid, "name": names.get(pid), "cmdline": None, "user": None, "uid": None,
-                    "unit": service_text((services or {}).get(pid)), "cgroup": None, "container": None,
-                    "bound_inactive": 0, "bound_inactive_seen": 0, "destinations": {}}
-            proc["destinations"][dest] = {
-                "in_use": counts[0] + time_wait, "established": counts[1], "time_wait": time_wait,
-                "time_wait_inferred": inferred, "new_connections": time_wait, "new_connections_inferred": inferred}
-        if nobody[0] or (nobody[2] and heir is None):
-            left = 0 if heir is not None else nobody[2]
-            unattributed[dest] = {"in_use": nobody[0] + left, "time_wait": left, "new_connections": left}
+                proc = processes[pid] = process_record(identity(pid, name=names.get(pid), unit=service_text(
+                    (services or {}).get(pid))))
+            proc.destinations[dest] = DestinationCounts(
+                in_use=counts.live + time_wait, established=counts.established, time_wait=time_wait,
+                time_wait_inferred=inferred, new_connections=time_wait, new_connections_inferred=inferred)
+        if nobody.live or (nobody.time_wait and heir is None):
+            left = 0 if heir is not None else nobody.time_wait
+            unattributed[dest] = Unattributed(in_use=nobody.live + left, time_wait=left, new_connections=left)
     attribution = {"sampled_seconds": float(window), "method": "time_wait_window", "bound": bound,
                    "services": services is not None, "unattributed": unattributed}
     return [processes[pid] for pid in sorted(processes)], attribution
+
+
+class _Held:
+    """One process's connections towards one destination: live, established, in TIME_WAIT."""
+
+    __slots__ = ("live", "established", "time_wait")
+
+    def __init__(self):
+        self.live = self.established = self.time_wait = 0
 
 
 def _times(count):
@@ -322,8 +348,62 @@ def free_blocks(port_range, excluded):
     return tuple(out)
 
 
-def _ranges_text(rows):
-    return ", ".join("%d-%d" % (a, b) for a, b in rows)
+INSTALLER_FINDING = ("the %s dynamic range starts at %d with %s ports, as installers leave it (the Visual Studio "
+                     "installer left 1024/64511, actions/runner-images#1442): services listening on low ports "
+                     "compete with it, and WinNAT/Hyper-V carve their reservations from it; set it back with win_tcp "
+                     "port_range")
+FRAGMENTED_FINDING = ("the %s dynamic range %d-%d is fragmented by %d excluded ranges: its largest contiguous free "
+                      "block is %s ports%s. microsoft/WSL#12351 reported the host networking service needing a "
+                      "contiguous block of 4,096 ports and failing with 0x8007054f when the range was fragmented (a "
+                      "reported figure, not a documented Windows limit). Restarting WinNAT (or the host) makes it "
+                      "carve its blocks again; a wider port_range leaves more room")
+BLOCKED_FINDING = ("port %d, which a service %s, lies inside the %s (WinNAT/Hyper-V): a bind to it fails with "
+                   "WSAEACCES (%d), which is this exclusion, not port exhaustion. Reserve it as an administered "
+                   "exclusion (win_tcp excluded_ranges) while winnat and the service are stopped (netsh refuses a "
+                   "port in use), so that WinNAT leaves it alone after the next start")
+DEFAULT_RANGE_TEXT = "%d %d" % (DEFAULT_RANGE[0], DEFAULT_RANGE[0] + DEFAULT_RANGE[1] - 1)
+
+
+def _one_range(ip, start_number, rows, findings, recommend):
+    """One IP version's range against its excluded ``rows``: its entry of the result; its findings and
+    recommendations added to ``findings`` and ``recommend``."""
+    port_range = start_count_range(*start_number)
+    excluded = [(a, b) for a, b, _admin in rows]
+    blocks = free_blocks(port_range, excluded)
+    largest = max(blocks, key=lambda r: (r[1] - r[0], -r[0]), default=None)
+    installer = tuple(start_number) in INSTALLER_RANGES
+    inside = clip(excluded, port_range)
+    name = "%s tcp" % ip.value
+    if installer:
+        findings.append(("warning", INSTALLER_FINDING % (name, start_number[0], "{:,}".format(start_number[1]))))
+        recommend["port_range"] = DEFAULT_RANGE_TEXT
+    size = largest[1] - largest[0] + 1 if largest else 0
+    if inside and size < CONTIGUOUS_BLOCK_REPORTED <= port_range[1] - port_range[0] + 1:
+        where = " (%d-%d)" % largest if largest else ""
+        findings.append(("warning", FRAGMENTED_FINDING % (name, port_range[0], port_range[1], len(inside),
+                                                          "{:,}".format(size), where)))
+        if port_range[1] - port_range[0] + 1 < DEFAULT_RANGE[1]:
+            recommend.setdefault("port_range", DEFAULT_RANGE_TEXT)
+    return {
+        "range": {"start": port_range[0], "end": port_range[1], "number": start_number[1]},
+        "administered": [{"start": a, "end": b} for a, b, admin in rows if admin],
+        "system": [{"start": a, "end": b} for a, b, admin in rows if not admin],
+        "usable": usable_ports(port_range, excluded),
+        "largest_free_block": (None if largest is None else
+                               {"start": largest[0], "end": largest[1], "size": largest[1] - largest[0] + 1}),
+        "installer_range": installer,
+    }
+
+
+def _blocked_findings(blocked):
+    """The findings on ports a service needs that a system exclusion holds: {port: [(range name, (a, b),
+    listening)]}."""
+    findings = []
+    for port, hits in sorted(blocked.items()):
+        what = "listens on" if any(h[2] for h in hits) else "is configured for"
+        where = "; ".join("%s system exclusion %d-%d" % (name, a, b) for name, (a, b), dummy in hits)
+        findings.append(("warning", BLOCKED_FINDING % (port, what, where, WSAEACCES)))
+    return findings
 
 
 def range_analysis(state, listening, service_ports):
@@ -343,56 +423,14 @@ def range_analysis(state, listening, service_ports):
         start_number = state.ranges.get((ip, Protocol.TCP))
         if start_number is None:
             continue
-        port_range = start_count_range(*start_number)
         rows = state.excluded.get((ip, Protocol.TCP), ())
-        administered = tuple((a, b) for a, b, admin in rows if admin)
-        system = tuple((a, b) for a, b, admin in rows if not admin)
-        blocks = free_blocks(port_range, [(a, b) for a, b, _admin in rows])
-        largest = max(blocks, key=lambda r: (r[1] - r[0], -r[0]), default=None)
-        installer = tuple(start_number) in INSTALLER_RANGES
-        inside = clip([(a, b) for a, b, _admin in rows], port_range)
-        out[ip.value] = {
-            "range": {"start": port_range[0], "end": port_range[1], "number": start_number[1]},
-            "administered": [{"start": a, "end": b} for a, b in administered],
-            "system": [{"start": a, "end": b} for a, b in system],
-            "usable": usable_ports(port_range, [(a, b) for a, b, _admin in rows]),
-            "largest_free_block": (None if largest is None else
-                                   {"start": largest[0], "end": largest[1], "size": largest[1] - largest[0] + 1}),
-            "installer_range": installer,
-        }
-        name = "%s tcp" % ip.value
-        if installer:
-            findings.append(("warning", "the %s dynamic range starts at %d with %s ports, as installers leave it (the "
-                                        "Visual Studio installer left 1024/64511, actions/runner-images#1442): services "
-                                        "listening on low ports compete with it, and WinNAT/Hyper-V carve their "
-                                        "reservations from it; set it back with win_tcp port_range"
-                             % (name, start_number[0], "{:,}".format(start_number[1]))))
-            recommend["port_range"] = "%d %d" % (DEFAULT_RANGE[0], DEFAULT_RANGE[0] + DEFAULT_RANGE[1] - 1)
-        size = largest[1] - largest[0] + 1 if largest else 0
-        if inside and size < CONTIGUOUS_BLOCK_REPORTED <= port_range[1] - port_range[0] + 1:
-            findings.append(("warning", "the %s dynamic range %d-%d is fragmented by %d excluded ranges: its largest "
-                                        "contiguous free block is %s ports%s. microsoft/WSL#12351 reported the host "
-                                        "networking service needing a contiguous block of 4,096 ports and failing "
-                                        "with 0x8007054f when the range was fragmented (a reported figure, not a "
-                                        "documented Windows limit). Restarting WinNAT (or the host) makes it carve its "
-                                        "blocks again; a wider port_range leaves more room"
-                             % (name, port_range[0], port_range[1], len(inside), "{:,}".format(size),
-                                " (%d-%d)" % largest if largest else "")))
-            if port_range[1] - port_range[0] + 1 < DEFAULT_RANGE[1]:
-                recommend.setdefault("port_range", "%d %d" % (DEFAULT_RANGE[0], DEFAULT_RANGE[0] + DEFAULT_RANGE[1] - 1))
+        out[ip.value] = _one_range(ip, start_number, rows, findings, recommend)
+        system = [(a, b) for a, b, admin in rows if not admin]
         for port in sorted(set(listening) | set(service_ports)):
             hit = next(((a, b) for a, b in system if a <= port <= b), None)
             if hit is not None:
-                blocked.setdefault(port, []).append((name, hit, port in listening))
-    for port, hits in sorted(blocked.items()):
-        what = "listens on" if any(h[2] for h in hits) else "is configured for"
-        where = "; ".join("%s system exclusion %d-%d" % (name, a, b) for name, (a, b), dummy in hits)
-        findings.append(("warning", "port %d, which a service %s, lies inside the %s (WinNAT/Hyper-V): a bind to it "
-                                    "fails with WSAEACCES (%d), which is this exclusion, not port exhaustion. Reserve "
-                                    "it as an administered exclusion (win_tcp excluded_ranges) while winnat and the "
-                                    "service are stopped (netsh refuses a port in use), so that WinNAT leaves it alone "
-                                    "after the next start"
-                         % (port, what, where, WSAEACCES)))
+                blocked.setdefault(port, []).append(("%s tcp" % ip.value, hit, port in listening))
+    findings.extend(_blocked_findings(blocked))
     if blocked:
         recommend["excluded_ranges"] = ["%d" % port for port in sorted(blocked)]
     return out, findings, recommend
@@ -422,10 +460,10 @@ def analyse_windows(options, state, sections):
     shorter = {"time_wait_delay": SHORTER_TIME_WAIT} if time_wait > SHORTER_TIME_WAIT else {}
     extra = dict(shorter) if events["4227"] else {}
     extra.update(range_recommendations)
-    snap = port_usage.Snapshot(
-        scope=port_usage.HOST,
-        pools=tuple(port_usage.Pool("%s dynamic" % ip.value, 4 if ip is IpVersion.IPV4 else 6, pool.port_range,
-                                    pool.reserved) for ip, pool in pools.items()),
+    snap = Snapshot(
+        scope=HOST,
+        platform=WINDOWS,
+        pools=tuple(pools.values()),
         settings={"port_range": "%d %d" % v4.port_range if v4 else None, "time_wait_delay": tw_value,
                   "max_user_port": reg_value(state, RegName.MAX_USER_PORT)},
         min_port=NETSH_MIN_START,
@@ -439,8 +477,6 @@ def analyse_windows(options, state, sections):
         unreadable=unreadable,
         notes=notes,
         extra_findings=event_findings + range_findings,
-        reserve_option=None,
-        hold_remedy=shorter,
         processes=processes,
         attribution=attribution,
         extra_recommendations=extra,
@@ -452,4 +488,4 @@ def analyse_windows(options, state, sections):
             "build": state.build,
         },
     )
-    return port_usage.analyse(snap, top=options.top)
+    return analyse(snap, top=options.top)

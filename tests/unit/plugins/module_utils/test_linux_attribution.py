@@ -18,7 +18,9 @@ from hypothesis import strategies as hs
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils import linux_attribution as la
 from ansible_collections.tcpstack.tuning.plugins.module_utils import socket_table as st
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_usage_rules import LINUX
 from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import Snapshot, analyse
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import identity, process_record
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import port_flags
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -123,11 +125,11 @@ def test_analyse_finds_pooling_for_the_churner_only_and_the_binder():
     processes, unattributed = attribution.finish()
     rows = []
     for pid, entry in processes.items():
-        row = {"pid": pid, "name": [role for role, p in PIDS.items() if p == pid][0], "user": "root"}
-        row.update(entry)
+        row = process_record(identity(pid, name=[role for role, p in PIDS.items() if p == pid][0], user="root"),
+                             entry.destinations, entry.bound_inactive, entry.bound_inactive_seen)
         rows.append(row)
     seconds = META["window_ms"] / 1000.0
-    result = analyse(Snapshot(port_range=(40000, 40999), tuples=tally.tuples(), states=tally.state_counts(),
+    result = analyse(Snapshot(port_range=(40000, 40999), platform=LINUX, tuples=tally.tuples(), states=tally.state_counts(),
                               format_address=st.format_address, processes=rows,
                               attribution={"sampled_seconds": seconds, "unattributed": unattributed}))
     kinds = [(item["kind"], item["name"]) for item in result["client_findings"]]

@@ -7,6 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils import port_usage as pu
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_usage_rules import LINUX
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import (
+    DestinationCounts,
+    identity,
+    process_record,
+)
 
 REMOTE = "198.51.100.2"
 LOCAL = "192.0.2.1"
@@ -23,6 +29,7 @@ def snap(tuples, port_range=(40000, 40999), reserved=(), **fields):
         format_address=lambda family, key: key,
         is_loopback=lambda family, key: key.startswith("127.") or key == "::1",
         reuse_loopback=True,
+        platform=LINUX,  # the Linux rules: tcp_tw_reuse, tcp_max_tw_buckets, the /proc/net counters
     )
     base.update(fields)
     return pu.Snapshot(**base)
@@ -242,13 +249,13 @@ def test_analyse_never_fails_and_stays_consistent(tuples, low, span, reuse_remot
 # ---------------------------------------------------------------- processes: pooling, bind before connect, the cure
 def proc(pid, name, dests, bound=0, bound_seen=0):
     """A process as the OS side gives it: dests {(family, remote, port): (in_use, established, time_wait, new)}."""
-    out = {"pid": pid, "name": name, "cmdline": name, "user": "app", "uid": 1000, "unit": name + ".service",
-           "cgroup": "/system.slice/%s.service" % name, "container": None, "bound_inactive": bound,
-           "bound_inactive_seen": bound_seen, "destinations": {}}
+    out = process_record(identity(pid, name=name, cmdline=name, user="app", uid=1000, unit=name + ".service",
+                                  cgroup="/system.slice/%s.service" % name), bound_inactive=bound,
+                         bound_inactive_seen=bound_seen)
     for dest, (in_use, established, time_wait, new) in dests.items():
-        out["destinations"][dest] = {"in_use": in_use, "established": established, "time_wait": time_wait,
-                                     "time_wait_inferred": 0, "new_connections": new,
-                                     "new_connections_inferred": 0 if new is not None else None}
+        out.destinations[dest] = DestinationCounts(in_use=in_use, established=established, time_wait=time_wait,
+                                                   time_wait_inferred=0, new_connections=new,
+                                                   new_connections_inferred=0 if new is not None else None)
     return out
 
 
@@ -284,7 +291,7 @@ def test_no_pooling_finding_below_the_rules(dest, why):
 
 def test_without_a_rate_only_time_wait_seen_alive_counts():
     inferred = proc(10, "c", {(4, REMOTE, 8080): (500, 0, 500, None)})
-    inferred["destinations"][(4, REMOTE, 8080)]["time_wait_inferred"] = 450
+    inferred.destinations[(4, REMOTE, 8080)].time_wait_inferred = 450
     assert attributed([inferred], seconds=None)["client_findings"] == []
     seen = proc(10, "c", {(4, REMOTE, 8080): (500, 0, 500, None)})
     (finding,) = attributed([seen], seconds=None)["client_findings"]

@@ -1,15 +1,15 @@
-"""port_usage.analyse() in host scope gives win_port_usage_info's whole answer, with nothing patched afterwards.
+"""win_port_usage_info's answer on Windows reads, from the real windows_usage on the simulator's tool output.
 
-A Windows read, already parsed (``Read``), is analysed two ways:
+Each read (``Read``: ranges, excluded ranges, TcpTimedWaitDelay, connections, processes, events) is put on a
+simulated host (tests/support/windows_sim), whose rendered netsh / reg / Get-NetTCPConnection / Get-Process /
+wevtutil output the real ``windows_usage.audit()`` (or ``analyse_windows()`` on that output, for what the
+simulator cannot make fail alone) turns into the answer: ``real``.
 
-- ``patched``: what win_port_usage_info did up to now (windows_tcp.analyse_windows of commit 2d23330, its
-  analysis transcribed): analyse() in tuple scope, host-wide pool findings and win_tcp recommendations
-  computed beside it, then the result patched;
-- ``direct``: one Snapshot with ``scope=HOST``, the pools, the win_tcp remedies and the Windows-only fields,
-  and analyse()'s result returned as it is.  This is how the Windows side can call it.
-
-The tests check that both give the same result on hand-picked and on random reads.  Only port_usage and
-ports are imported: the Windows plugin code can move without touching this file.
+``patched`` is the reference: what win_port_usage_info answered at commit 2d23330 (windows_tcp.analyse_windows,
+its analysis transcribed: analyse() in tuple scope, host-wide pool findings and win_tcp recommendations computed
+beside it, then the result patched).  The real answer must give the same on the keys the reference defines
+(``same()``); later work only added to its findings and recommendations (the dynamic range's exclusions, the
+processes).  The tests check hand-picked and random reads.
 """
 
 from __future__ import annotations
@@ -21,6 +21,14 @@ from hypothesis import strategies as hs
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils import port_usage as pu
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import port_flags, start_count_range
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils import windows_usage
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import build_info_script
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import InfoOptions, IpVersion, Protocol
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse import Section, parse_read, split_sections
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_host import WindowsHost
+
+from tests.support.windows_sim import Faults
+from tests.support.windows_sim.connection import InProcessConnection, run_script, simulated_host
 
 # Windows' constants (docs/windows_commands.md)
 NETSH_MIN_START = 1025
@@ -48,7 +56,7 @@ class Read(NamedTuple):
     extra: Dict[str, Any] = {}  # dynamic_port_range, excluded_port_ranges: passed through as they are
 
 
-# ---------------------------------------------------------------- what both ways share: the Windows tally
+# ---------------------------------------------------------------- the reference: its own tally (commit 2d23330)
 def _family(address):
     address = (address or "").strip()
     if address.lower().startswith("::ffff:") and "." in address:
@@ -154,7 +162,7 @@ def _common(read):
                 settings=settings_, source="Get-NetTCPConnection" if rows is not None else None)
 
 
-# ---------------------------------------------------------------- the two ways
+# ---------------------------------------------------------------- the reference
 def patched(read):
     """windows_tcp.analyse_windows (commit 2d23330) after parsing: analyse(), then its result patched."""
     common = _common(read)
@@ -222,38 +230,81 @@ def patched(read):
     return result
 
 
-def direct(read):
-    """The same answer from one analyse() call: host scope, the pools, win_tcp's remedies, the Windows fields."""
-    common = _common(read)
-    shorter = {"time_wait_delay": SHORTER_TIME_WAIT} if common["time_wait"] > SHORTER_TIME_WAIT else {}
-    snap = pu.Snapshot(
-        scope=pu.HOST,
-        pools=tuple(_pools(read)),
-        settings=common["settings"],
-        min_port=NETSH_MIN_START,
-        listening=common["listening"],
-        states=common["states"],
-        tuples=common["tuples"],
-        format_address=lambda family, key: key,
-        time_wait_seconds=common["time_wait"],
-        counters=None,
-        source=common["source"],
-        unreadable=common["unreadable"],
-        notes=common["notes"],
-        extra_findings=common["found_events"],
-        reserve_option=None,
-        hold_remedy=shorter,
-        extra_recommendations=shorter if common["events"]["4227"] else {},
-        extra_result=dict(read.extra, processes=common["processes"], events=common["events"], build=read.build),
-    )
-    return pu.analyse(snap, top=read.top)
+# ---------------------------------------------------------------- the real one: the simulator's output, windows_usage
+def _simulated(read):
+    """A simulated host holding ``read``: its ranges, excluded ranges, registry, connections, processes, events."""
+    registry = {}
+    if isinstance(read.time_wait, int):
+        registry["TcpTimedWaitDelay"] = ("REG_DWORD", read.time_wait)
+    elif read.time_wait is not None:
+        registry["TcpTimedWaitDelay"] = (read.time_wait["type"], read.time_wait["data"])
+    if read.max_user_port is not None:
+        registry["MaxUserPort"] = ("REG_DWORD", read.max_user_port)
+    rows = [(r["LocalAddress"], int(r["LocalPort"]), r["RemoteAddress"], int(r["RemotePort"]), r["State"],
+             int(r["OwningProcess"])) for r in read.rows or ()]
+    return simulated_host(build=read.build, registry=registry,
+                          ranges={(ip, "tcp"): r for ip, r in read.ranges.items() if r is not None},
+                          excluded={(ip, "tcp"): rows_ for ip, rows_ in read.excluded.items()}, connections=rows,
+                          processes=sorted((read.names or {}).items()), events=[e["id"] for e in read.events or ()])
+
+
+def real(read):
+    """win_port_usage_info's answer for ``read``: the simulator renders the host's tool output, the real
+    windows_usage.analyse_windows reads it.
+
+    What the simulator cannot make fail alone is made to fail in the rendered output: a range missing from the
+    parsed state (netsh shows every range), and a failed Get-NetTCPConnection or Get-Process section.
+    """
+    options = InfoOptions(top=read.top)
+    faults = Faults()
+    if read.events is None:
+        faults.fail_tool("wevtutil", times=10)
+    host = _simulated(read)
+    if all(r is not None for r in read.ranges.values()) and read.rows is not None and read.names is not None:
+        conn = InProcessConnection(host=host, faults=faults)
+        result = windows_usage.audit(WindowsHost(conn), options)  # the whole action: one round trip
+        assert conn.round_trips == 1
+        return result
+    stdout = run_script(host, build_info_script(options.targets, options.event_hours), faults)
+    state = parse_read(stdout, options.targets)
+    for ip, value in read.ranges.items():
+        if value is None:
+            del state.ranges[(IpVersion(ip), Protocol.TCP)]
+    sections = split_sections(stdout)
+    for word, failed in (("connections", read.rows is None), ("processes", read.names is None)):
+        if failed:
+            sections[word] = Section(["the cmdlet failed"], rc="False")
+    return windows_usage.analyse_windows(options, state, sections)
+
+
+# The keys of the answer that the real analysis gives exactly as the reference did.  Later work added to the
+# others: findings and recommendations on the dynamic range's exclusions (dynamic_range_analysis), the processes
+# (attribution: pooling findings, the cure), so there the reference's findings and recommendations must be in
+# the real answer, and its verdict no worse.
+SAME = ("settings", "ephemeral", "ephemeral_ipv6", "sockets", "ports_held", "ports_held_by_family", "counters",
+        "capacity", "thresholds", "source", "build")
 
 
 def both(read):
-    today = patched(read)
-    result = direct(read)
-    assert result == today
+    """The real answer for ``read``, checked against the reference's."""
+    result = real(read)
+    same(result, patched(read))
     return result
+
+
+def same(result, today):
+    """``result`` (real) gives ``today`` (the reference's answer): equal on SAME, the rest contained."""
+    for key in SAME:
+        assert result.get(key) == today.get(key), key
+    assert [dict(d, processes=None) for d in result["destinations"]] == [dict(d, processes=None)
+                                                                        for d in today["destinations"]]
+    assert [u["source"] for u in result["unreadable"] if u["source"] != "Win32_Service"] == \
+        [u["source"] for u in today["unreadable"]]
+    assert dict(result["events"], latest=None) == dict(today["events"], latest=None)
+    assert [f for f in result["findings"] if f in today["findings"]] == today["findings"]
+    assert pu.SEVERITY[result["verdict"]] >= pu.SEVERITY[today["verdict"]]
+    assert set(today["recommendations"]) <= set(result["recommendations"])
+    assert all(note in result["notes"] for note in today["notes"])
 
 
 # ---------------------------------------------------------------- hand-picked reads
@@ -334,14 +385,14 @@ def test_without_an_ipv4_range_or_connections():
 def test_an_empty_range_lists_no_inverted_interval():
     """The one difference: a range of 0 ports (netsh refuses it) with an excluded range over its start.
 
-    The patched way reported the excluded ports inside it as "60000-59999"; the direct one, through ports.py,
+    The patched way reported the excluded ports inside it as "60000-59999"; the real one, through ports.py,
     reports none.  Everything else is the same.
     """
     empty = read(ranges={"ipv4": (60000, 0)}, excluded={"ipv4": ((59000, 61000, False),)})
-    today, result = patched(empty), direct(empty)
+    today, result = patched(empty), real(empty)
     assert today["ephemeral"]["reserved"] == "60000-59999" and result["ephemeral"]["reserved"] == ""
     today["ephemeral"]["reserved"] = ""
-    assert result == today
+    same(result, today)
     assert result["ephemeral"] == {"range": [60000, 59999], "size": 0, "reserved": "", "reserved_in_range": 0,
                                    "usable": 0}
 
