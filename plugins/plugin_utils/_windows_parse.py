@@ -383,9 +383,3 @@ def excluded_result(state):
     """The excluded ranges read, as results show them: {ipv4: {tcp: [{start, end, administered}]}}."""
     return by_target((target, [{"start": a, "end": b, "administered": admin} for a, b, admin in rows])
                      for target, rows in state.excluded.items())
-
-
-def nest(values):
-    """Kept only until windows_usage calls ranges_result(state) (issue 20): {(ip, protocol): value} ->
-    {"dynamic_port_range": {ipv4: {tcp: value}}}.  Plan values are nested by _windows_kinds.nest."""
-    return {"dynamic_port_range": by_target(values.items())}

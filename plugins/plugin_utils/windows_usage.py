@@ -64,17 +64,16 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options i
     IpVersion,
     Protocol,
     RegName,
-    WinTcpError,
     validate_port_usage_info,
 )
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse import (
     excluded_result,
-    nest,
     parse_csv,
+    parse_output,
     parse_events,
     parse_read,
     parse_services,
-    range_value,
+    ranges_result,
     reg_value,
     small_int,
     split_sections,
@@ -108,15 +107,8 @@ def audit(host, options):
     the host's stderr, if any); the connection's own errors propagate.
     """
     output = host.run(build_info_script(options.targets, options.event_hours))
-    try:
-        if "@@tcpstack:" not in output.stdout:
-            raise WinTcpError("reading the host failed (rc=%s): %s"
-                              % (output.rc, (output.stderr or output.stdout).strip()))
-        state = parse_read(output.stdout, options.targets)
-        return analyse_windows(options, state, split_sections(output.stdout))
-    except WinTcpError as exc:
-        stderr = output.stderr.strip()
-        raise WinTcpError("%s%s" % (exc, "; stderr: %s" % stderr if stderr else "")) from exc
+    return parse_output(output, lambda stdout: analyse_windows(options, parse_read(stdout, options.targets),
+                                                               split_sections(stdout)))
 
 
 # ------------------------------------------------------------------ the parts of one read
@@ -481,7 +473,7 @@ def analyse_windows(options, state, sections):
         attribution=attribution,
         extra_recommendations=extra,
         extra_result={
-            "dynamic_port_range": nest({t: range_value(r) for t, r in state.ranges.items()})["dynamic_port_range"],
+            "dynamic_port_range": ranges_result(state),
             "excluded_port_ranges": excluded_result(state),
             "dynamic_range_analysis": ranges,
             "events": events,

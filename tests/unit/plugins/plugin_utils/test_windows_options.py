@@ -150,10 +150,24 @@ def test_int_subclasses_become_plain_ints():
 SPEC_FIELDS = ("type", "elements", "choices", "default", "required")
 
 
+def _doc(kind, name):
+    """The DOCUMENTATION of plugins/<kind>/<name>.py (a module, or a doc fragment's ModuleDocFragment), as YAML."""
+    found = importlib.import_module("ansible_collections.tcpstack.tuning.plugins.%s.%s" % (kind, name))
+    return yaml.safe_load((found.ModuleDocFragment if kind == "doc_fragments" else found).DOCUMENTATION)
+
+
 def documented_options(module):
-    """The ``options`` of plugins/modules/<module>.py's DOCUMENTATION, as YAML."""
-    text = importlib.import_module("ansible_collections.tcpstack.tuning.plugins.modules.%s" % module).DOCUMENTATION
-    return yaml.safe_load(text)["options"]
+    """The ``options`` of plugins/modules/<module>.py's DOCUMENTATION with its tcpstack.tuning doc fragments merged
+    in as Ansible merges them (the module's own keys over the fragment's)."""
+    doc = _doc("modules", module)
+    options = {}
+    for fragment in doc.get("extends_documentation_fragment") or ():
+        assert fragment.startswith("tcpstack.tuning."), fragment
+        for name, spec in (_doc("doc_fragments", fragment.split(".")[-1]).get("options") or {}).items():
+            options[name] = dict(spec)
+    for name, spec in doc["options"].items():
+        options[name] = dict(options.get(name, {}), **spec)
+    return options
 
 
 def doc_mismatches(documented, table):
