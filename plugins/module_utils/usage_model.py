@@ -25,7 +25,6 @@ TUPLE = "tuple"  # Linux: the limit is per (local address, remote address, remot
 HOST = "host"  # Windows: one host-wide pool of dynamic ports per IP version
 
 
-
 class _Named:
     """Read a record's fields by name as a mapping too: ``record["in_use"]``, ``record.get("unit")``."""
 

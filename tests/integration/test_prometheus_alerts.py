@@ -26,7 +26,6 @@ import time
 import urllib.parse
 import urllib.request
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 from test_port_monitor import DASHBOARD, RULES, install_like_the_role, queries
@@ -181,7 +180,7 @@ def wait_for(check, seconds, step=0.5):
 
 def timestamp(text):
     """Prometheus' RFC 3339 activeAt (nanoseconds, Z) as Unix time."""
-    head, _, rest = text.rstrip("Z").partition(".")
+    head, _dot, rest = text.rstrip("Z").partition(".")
     fraction = float("0." + "".join(ch for ch in rest if ch.isdigit())) if rest else 0.0
     return datetime.fromisoformat(head + "+00:00").timestamp() + fraction
 

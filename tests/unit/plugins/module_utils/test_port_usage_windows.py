@@ -296,8 +296,8 @@ def same(result, today):
     """``result`` (real) gives ``today`` (the reference's answer): equal on SAME, the rest contained."""
     for key in SAME:
         assert result.get(key) == today.get(key), key
-    assert [dict(d, processes=None) for d in result["destinations"]] == [dict(d, processes=None)
-                                                                        for d in today["destinations"]]
+    assert [dict(d, processes=None) for d in result["destinations"]] == [
+        dict(d, processes=None) for d in today["destinations"]]
     assert [u["source"] for u in result["unreadable"] if u["source"] != "Win32_Service"] == \
         [u["source"] for u in today["unreadable"]]
     assert dict(result["events"], latest=None) == dict(today["events"], latest=None)

@@ -152,6 +152,6 @@ def test_the_action_options_are_refused_with_their_messages():
 
 def test_a_host_without_a_result_gets_its_failure_or_none():
     hostvars = {"web": {"_audit": {"failed": True, "msg": "no python"}}, "db": {"port_audit_result": GOOD}}
-    gathered = _gathered({"error_vars": ["_audit"]}, {"ansible_play_hosts_all": ["web", "db", "gone"],
-                                                       "hostvars": hostvars})
+    gathered = _gathered({"error_vars": ["_audit"]},
+                         {"ansible_play_hosts_all": ["web", "db", "gone"], "hostvars": hostvars})
     assert gathered == {"web": {"failed": True, "msg": "no python"}, "db": GOOD, "gone": None}

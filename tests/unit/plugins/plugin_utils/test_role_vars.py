@@ -165,7 +165,7 @@ def test_misspelt_names_are_found_and_the_playbooks_own_are_not():
 
 def test_port_audit_options_per_platform():
     assert port_audit(AUDIT, {}, windows=False) == {"top": 5, "sample_seconds": 0.0, "warning_percent": 70,
-                                             "critical_percent": 90}
+                                                    "critical_percent": 90}
     assert port_audit(AUDIT, {"port_audit_sample_seconds": "2.5"}, windows=False)["sample_seconds"] == 2.5
     assert port_audit(AUDIT, {}, windows=True) == {"top": 5, "event_hours": 24}
 
@@ -197,7 +197,7 @@ def test_port_monitor_defaults_give_the_sampler_its_defaults():
     options = port_monitor(MONITOR, {"port_monitor_processes": "yes", "port_monitor_process_sample_seconds": 14}, False)
     assert (options["processes"], options["process_sample_seconds"]) == (True, 14)
     options = port_monitor(MONITOR, {"port_monitor_interval": "60", "port_monitor_textfile_dir": "/srv/textfile/",
-                            "port_monitor_rules_dir": "/etc/prometheus/rules", "port_monitor_state": "absent"},
+                                     "port_monitor_rules_dir": "/etc/prometheus/rules", "port_monitor_state": "absent"},
                            windows=False)
     assert (options["interval"], options["textfile_dir"], options["rules_dir"], options["state"]) == (
         60, "/srv/textfile", "/etc/prometheus/rules", "absent")
