@@ -7,7 +7,10 @@ Part of LinuxHost (linux_host.py), the only code that touches a Linux host.
 ``read_regular`` opens nothing but a regular file and reads at most a cap;
 ``HostFiles`` reads sysctl.d files as boot-time tools do, writes atomically
 (temporary file in the same directory, fsync, rename, fsync of the
-directory) and checks a directory it is asked to write into.  ``HostRoot``
+directory) and checks a directory it is asked to write into; ``write_in_directory``
+and ``remove_in_directory`` do the same confined to one real directory, every
+step relative to a descriptor opened without following a link (the
+port_monitor sampler).  ``HostRoot``
 is the root every part of LinuxHost works under ("/", or a directory tree in
 the unit tests).
 """

@@ -8,8 +8,9 @@ The role tcpstack.tuning.port_monitor installs an entry point,
 does is port_monitor's (``check_options``, ``sample``); what this module adds
 is the shell around it: argparse, the schedule, SIGTERM/SIGINT, the journal,
 and the host, touched only through one LinuxHost: the textfile directory
-checked (``check_directory``) and the textfile replaced atomically
-(``write_atomically``).
+checked (``check_directory``), the textfile replaced atomically
+(``write_atomically``) and removed (``remove_textfile``, ``--remove``), every
+step relative to the directory opened without following a symbolic link.
 
 Standard library only, Python 3.9+.
 """
