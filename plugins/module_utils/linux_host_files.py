@@ -7,7 +7,10 @@ Part of LinuxHost (linux_host.py), the only code that touches a Linux host.
 ``read_regular`` opens nothing but a regular file and reads at most a cap;
 ``HostFiles`` reads sysctl.d files as boot-time tools do, writes atomically
 (temporary file in the same directory, fsync, rename, fsync of the
-directory) and checks a directory it is asked to write into.  ``HostRoot``
+directory) and checks a directory it is asked to write into; ``write_in_directory``
+and ``remove_in_directory`` do the same confined to one real directory, every
+step relative to a descriptor opened without following a link (the
+port_monitor sampler).  ``HostRoot``
 is the root every part of LinuxHost works under ("/", or a directory tree in
 the unit tests).
 """
@@ -315,6 +318,103 @@ class HostFiles(HostRoot):
         finally:
             os.close(fd)
 
+    # ---------------------------------------------------------------- writes confined to one real directory
+    def open_directory(self, path):
+        """A descriptor of the directory ``path``, reached without following a symbolic link in any component.
+
+        Walks from the root one component at a time with openat(O_DIRECTORY|O_NOFOLLOW), so a link
+        anywhere, even one swapped in during the walk, is refused: UnsafeFile (errno ENOTDIR) saying
+        what is there instead ("/srv/t is a symbolic link, not a directory"), or the open's own OSError
+        (FileNotFoundError, PermissionError) when there is nothing to open.  "." and ".." components
+        are UnsafeFile (EINVAL).  The caller closes the descriptor.
+        """
+        parts = [part for part in path.split("/") if part]
+        if not path.startswith("/") or any(part in (".", "..") for part in parts):
+            raise UnsafeFile(errno.EINVAL, "is not a plain absolute path", path)
+        fd = os.open(self.root, DIR_FLAGS & ~NOFOLLOW)  # the root itself ("/", or a test tree) is trusted
+        try:
+            for depth, part in enumerate(parts):
+                try:
+                    below = os.open(part, DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    mode = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+                    raise UnsafeFile(errno.ENOTDIR, "is %s, not a directory" % kind(mode),
+                                     "/" + "/".join(parts[:depth + 1])) from None
+                os.close(fd)
+                fd = below
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def check_real_directory(self, path):
+        """Raise as open_directory does unless ``path`` is a directory reached without any symbolic link."""
+        os.close(self.open_directory(path))
+
+    def write_in_directory(self, directory, name, text, mode=0o644):
+        """Replace ``name`` in ``directory`` with ``text`` atomically, never outside the real ``directory``.
+
+        Like write_file_atomic (hidden temporary file ".NAME.XXXXXXXX.tmp", fsync, rename, fsync of
+        the directory; stale temporaries of a killed write removed first), but every create, rename
+        and delete is relative to one descriptor of the directory from open_directory: a directory or
+        a component above it swapped for a symbolic link is refused, and one swapped while this runs
+        does not move the write.  The temporary file is created O_EXCL|O_NOFOLLOW, mode 0600 until
+        fchmod.  HostError when the write fails; UnsafeFile or the OSError of open_directory when the
+        directory cannot be reached without a link.
+        """
+        dfd = self.open_directory(directory)
+        try:
+            _remove_temporaries_at(dfd, name)
+            fd, temporary = _create_temporary_at(dfd, name, posixpath.join(directory, name))
+            try:
+                try:
+                    os.fchmod(fd, mode)
+                    view = memoryview(text.encode("utf-8"))
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(temporary, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException as exc:  # also text that cannot be encoded, or a signal: never leave it behind
+                _unlink_at(dfd, temporary)
+                if isinstance(exc, OSError):
+                    raise HostError("writing %s failed: %s" % (posixpath.join(directory, name), exc.strerror)) \
+                        from None
+                raise
+            _fsync_fd(dfd)
+        finally:
+            os.close(dfd)
+
+    def remove_in_directory(self, directory, name):
+        """Remove ``name`` and the temporaries of a killed write of it from the real ``directory``; the names removed.
+
+        The same confinement as write_in_directory: relative to a descriptor from open_directory, so
+        nothing outside the real directory is deleted, and a symbolic link named ``name`` is removed
+        itself, never what it points to.  A missing directory removes nothing ([]); a component that is
+        a link raises UnsafeFile, and nothing is removed.
+        """
+        try:
+            dfd = self.open_directory(directory)
+        except FileNotFoundError:
+            return []
+        try:
+            removed = _remove_temporaries_at(dfd, name)
+            try:
+                os.unlink(name, dir_fd=dfd)
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise HostError("removing %s failed: %s" % (posixpath.join(directory, name), exc.strerror)) from None
+            if removed:
+                _fsync_fd(dfd)
+            return sorted(removed)
+        finally:
+            os.close(dfd)
+
     def is_dir(self, path):
         return os.path.isdir(self._p(path))
 
@@ -329,3 +429,44 @@ class HostFiles(HostRoot):
         mode = os.lstat(self._p(path)).st_mode
         if not stat.S_ISDIR(mode):
             raise UnsafeFile(errno.ENOTDIR, "is %s, not a directory" % kind(mode), path)
+
+
+def _unlink_at(dfd, name):
+    """Remove ``name`` (never followed: a link is removed itself) from the directory ``dfd``; True when it went."""
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_temporaries_at(dfd, name):
+    """Remove the ".NAME.*.tmp" an earlier, killed write left in the directory ``dfd``; the names removed.
+
+    Callers are the only writer of ``name`` (the sampler runs once per host).
+    """
+    stale = sorted(entry for entry in os.listdir(dfd) if entry.startswith(".%s." % name) and entry.endswith(".tmp"))
+    return [entry for entry in stale if _unlink_at(dfd, entry)]
+
+
+def _create_temporary_at(dfd, name, shown):
+    """A new ".NAME.XXXXXXXXXXXX.tmp" in the directory ``dfd`` (O_EXCL, O_NOFOLLOW, 0600): (fd, its name)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    for _attempt in range(100):
+        temporary = ".%s.%s.tmp" % (name, os.urandom(6).hex())
+        try:
+            return os.open(temporary, flags, 0o600, dir_fd=dfd), temporary
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise HostError("cannot create a temporary file in %s: %s" % (posixpath.dirname(shown), exc.strerror)) \
+                from None
+    raise HostError("cannot create a temporary file in %s: every name tried exists" % posixpath.dirname(shown))
+
+
+def _fsync_fd(fd):
+    """fsync a directory's descriptor: the rename or unlink in it is on disk (an error is not the caller's)."""
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass

@@ -8,8 +8,9 @@ The role tcpstack.tuning.port_monitor installs an entry point,
 does is port_monitor's (``check_options``, ``sample``); what this module adds
 is the shell around it: argparse, the schedule, SIGTERM/SIGINT, the journal,
 and the host, touched only through one LinuxHost: the textfile directory
-checked (``check_directory``) and the textfile replaced atomically
-(``write_atomically``).
+checked (``check_directory``), the textfile replaced atomically
+(``write_atomically``) and removed (``remove_textfile``, ``--remove``), every
+step relative to the directory opened without following a symbolic link.
 
 Standard library only, Python 3.9+.
 """
@@ -40,9 +41,10 @@ DESCRIPTION = "The port_monitor sampler: the port_usage_info audit, again and ag
 
 
 def check_directory(path, host=None, option="--directory"):
-    """``path`` (checked by check_options) must be an existing directory on ``host``, not a symbolic link to one."""
+    """``path`` (checked by check_options) must be an existing directory on ``host``, reached without following a
+    symbolic link in any of its components (LinuxHost.check_real_directory)."""
     try:
-        (LinuxHost() if host is None else host).check_directory(path)
+        (LinuxHost() if host is None else host).check_real_directory(path)
     except UnsafeFile:
         raise MonitorError(str(ValidationError(option, path, "a directory, not a symbolic link or a file"))) from None
     except OSError as exc:
@@ -51,9 +53,7 @@ def check_directory(path, host=None, option="--directory"):
     return path
 
 
-def parse_args(argv, host=None):
-    """The sampler's configuration (a port_monitor.MonitorOptions) from its command line; MonitorError names a bad
-    option.  The directory is checked on ``host`` (default: this one)."""
+def _parser():
     parser = argparse.ArgumentParser(prog="tcpstack-port-monitor", description=DESCRIPTION)
     parser.add_argument("--directory", default=DEFAULT_DIRECTORY)
     parser.add_argument("--interval", default=str(DEFAULT_INTERVAL))
@@ -65,20 +65,50 @@ def parse_args(argv, host=None):
     parser.add_argument("--process-sample-seconds", default="0",
                         help="with --processes: follow new connections this long per run, for their rates")
     parser.add_argument("--once", action="store_true", help="write one sample and exit")
-    args = parser.parse_args(argv)
+    parser.add_argument("--remove", action="store_true",
+                        help="remove the textfile (and temporaries of a killed write) from --directory, never through "
+                             "a symbolic link, and exit: what port_monitor_state=absent runs")
+    return parser
+
+
+def _options(args, host, check=True):
     options = check_options(args.directory, args.interval, args.top, args.warning_percent, args.critical_percent,
                             args.processes, args.process_sample_seconds, args.once)
-    check_directory(options.directory, host)
+    if check:
+        check_directory(options.directory, host)
     return options
 
 
+def parse_args(argv, host=None):
+    """The sampler's configuration (a port_monitor.MonitorOptions) from its command line; MonitorError names a bad
+    option.  The directory is checked on ``host`` (default: this one)."""
+    return _options(_parser().parse_args(argv), host)
+
+
 def write_atomically(directory, text, name=FILE_NAME, host=None):
-    """Replace ``directory/name`` with ``text`` (LinuxHost.write_file_atomic: a hidden temporary file in the same
-    directory, 0644, fsync, rename, fsync of the directory); returns the path."""
-    final = posixpath.join(directory, name)
-    # the collector's directory is the package's (or the user's): a missing one is an error, never made here
-    (LinuxHost() if host is None else host).write_file_atomic(final, text, make_directory=False)
-    return final
+    """Replace ``directory/name`` with ``text``; returns the path.
+
+    LinuxHost.write_in_directory: a hidden temporary file in the same directory, 0644, fsync, rename,
+    fsync of the directory, every step relative to one descriptor of the directory opened without
+    following a symbolic link in any component (checked again at every run, not only at start).  The
+    collector's directory is the package's (or the user's): a missing one is an error, never made here.
+    """
+    (LinuxHost() if host is None else host).write_in_directory(directory, name, text, mode=0o644)
+    return posixpath.join(directory, name)
+
+
+def remove_textfile(directory, name=FILE_NAME, host=None):
+    """Remove the textfile and any temporary file of a killed write (``port_monitor_state: absent``).
+
+    LinuxHost.remove_in_directory: relative to a descriptor of the real directory, never through a
+    symbolic link.  Returns (status, line): 0 and what was removed, or 0 and why nothing was (a missing
+    directory, a component that is a link: the sampler never wrote through one, so nothing there is ours).
+    """
+    try:
+        removed = (LinuxHost() if host is None else host).remove_in_directory(directory, name)
+    except UnsafeFile as exc:
+        return 0, "left alone: %s %s, so nothing of the sampler's is there" % (exc.filename, exc.strerror)
+    return 0, ("removed: %s" % " ".join(removed)) if removed else "nothing to remove"
 
 
 class _Stop:
@@ -131,11 +161,16 @@ def run(options, host=None, runs=None, sleep=time.sleep, monotonic=time.monotoni
 def main(argv=None):
     """Entry point of the service; returns the exit status (2 for a bad option)."""
     host = LinuxHost()
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        options = parse_args(sys.argv[1:] if argv is None else argv, host)
+        options = _options(args, host, check=not args.remove)
     except MonitorError as exc:
         _log("tcpstack-port-monitor: %s" % exc)
         return 2
+    if args.remove:
+        status, line = remove_textfile(options.directory, host=host)
+        sys.stdout.write(line + "\n")
+        return status
     if options.once:
         return 1 if run(options, host, runs=1) else 0
     stop = _Stop()

@@ -353,3 +353,102 @@ def test_check_directory_accepts_only_a_directory_itself(tmp_path):
     with pytest.raises(NotADirectoryError):
         host.check_directory("/file/below")
     assert [p.name for p in sorted(tmp_path.iterdir())] == ["dir", "fifo", "file", "link"]  # nothing was made
+
+
+# ---------------------------------------------------------------- writes confined to the real directory (issue 22)
+def test_open_directory_walks_without_following_a_link_in_any_component(tmp_path):
+    host = LinuxHost(str(tmp_path))
+    (tmp_path / "real" / "dir").mkdir(parents=True)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "up").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "down").symlink_to(tmp_path / "real" / "dir")
+    fd = host.open_directory("/real/dir")
+    try:
+        assert os.path.samestat(os.fstat(fd), os.stat(tmp_path / "real" / "dir"))
+    finally:
+        os.close(fd)
+    host.check_real_directory("/real/dir/")
+    for path, shown, what in (("/up/dir", "/up", "a symbolic link"), ("/real/down", "/real/down", "a symbolic link"),
+                              ("/file", "/file", "a regular file"), ("/file/below", "/file", "a regular file")):
+        with pytest.raises(UnsafeFile) as caught:
+            host.check_real_directory(path)
+        assert (caught.value.errno, caught.value.filename, caught.value.strerror) == (
+            errno.ENOTDIR, shown, "is %s, not a directory" % what), path
+    for path in ("/real/../real/dir", "real/dir", "/real/./dir"):
+        with pytest.raises(UnsafeFile) as caught:
+            host.open_directory(path)
+        assert caught.value.errno == errno.EINVAL
+    with pytest.raises(FileNotFoundError):
+        host.open_directory("/missing")
+
+
+def test_write_in_directory_is_atomic_and_cleans_only_its_own_temporaries(tmp_path):
+    host = LinuxHost(str(tmp_path))
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / ".x.prom.dead.tmp").write_text("killed write")
+    (target / ".other.prom.dead.tmp").write_text("someone else's")
+    host.write_in_directory("/t", "x.prom", "a 1\n")
+    host.write_in_directory("/t", "x.prom", "a 2\n", mode=0o640)
+    assert (target / "x.prom").read_text() == "a 2\n"
+    assert stat.S_IMODE((target / "x.prom").stat().st_mode) == 0o640
+    assert sorted(p.name for p in target.iterdir()) == [".other.prom.dead.tmp", "x.prom"]
+    with pytest.raises(UnicodeEncodeError):
+        host.write_in_directory("/t", "x.prom", "a \ud800\n")
+    assert sorted(p.name for p in target.iterdir()) == [".other.prom.dead.tmp", "x.prom"]
+    assert (target / "x.prom").read_text() == "a 2\n"
+
+
+def test_write_in_directory_never_writes_through_a_link(tmp_path):
+    host = LinuxHost(str(tmp_path))
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / ".x.prom.root.tmp").write_text("root's")
+    (tmp_path / "t").symlink_to(tmp_path / "secret")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "x.prom").symlink_to(tmp_path / "secret" / "y")  # a link named like the file: replaced
+    with pytest.raises(UnsafeFile):
+        host.write_in_directory("/t", "x.prom", "a 1\n")
+    host.write_in_directory("/real", "x.prom", "a 1\n")
+    assert not (tmp_path / "real" / "x.prom").is_symlink() and (tmp_path / "real" / "x.prom").read_text() == "a 1\n"
+    assert [p.name for p in (tmp_path / "secret").iterdir()] == [".x.prom.root.tmp"]
+
+
+def test_a_write_goes_on_in_the_directory_it_opened_when_the_path_is_swapped_meanwhile(tmp_path, monkeypatch):
+    host = LinuxHost(str(tmp_path))
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "t").mkdir()
+    real_fsync = os.fsync
+    swapped = []
+
+    def swap_then_fsync(fd):
+        if not swapped:  # after the temporary file is written, before the rename
+            os.rename(tmp_path / "t", tmp_path / "t.old")
+            os.symlink(tmp_path / "secret", tmp_path / "t")
+            swapped.append(fd)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", swap_then_fsync)
+    host.write_in_directory("/t", "x.prom", "a 1\n")
+    assert swapped and list((tmp_path / "secret").iterdir()) == []
+    assert [p.name for p in (tmp_path / "t.old").iterdir()] == ["x.prom"]
+
+
+def test_remove_in_directory_removes_only_in_the_real_directory(tmp_path):
+    host = LinuxHost(str(tmp_path))
+    (tmp_path / "secret").mkdir()
+    for name in ("x.prom", ".x.prom.root.tmp"):
+        (tmp_path / "secret" / name).write_text("root's")
+    (tmp_path / "t").symlink_to(tmp_path / "secret")
+    with pytest.raises(UnsafeFile):
+        host.remove_in_directory("/t", "x.prom")
+    assert sorted(p.name for p in (tmp_path / "secret").iterdir()) == [".x.prom.root.tmp", "x.prom"]
+    assert host.remove_in_directory("/missing", "x.prom") == []
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "x.prom").symlink_to(tmp_path / "secret" / "x.prom")  # the link goes, never what it points to
+    (real / ".x.prom.dead.tmp").write_text("")
+    (real / "other.prom").write_text("")
+    assert host.remove_in_directory("/real", "x.prom") == [".x.prom.dead.tmp", "x.prom"]
+    assert [p.name for p in real.iterdir()] == ["other.prom"]
+    assert host.remove_in_directory("/real", "x.prom") == []
+    assert sorted(p.name for p in (tmp_path / "secret").iterdir()) == [".x.prom.root.tmp", "x.prom"]

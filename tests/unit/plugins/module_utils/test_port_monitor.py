@@ -99,13 +99,74 @@ def test_the_temporary_name_is_not_one_the_textfile_collector_reads(tmp_path, mo
     seen = []
     real_rename = os.rename
 
-    def spy(source, destination):
+    def spy(source, destination, **dir_fds):  # the sampler renames relative to its directory's descriptor
         seen.append(os.path.basename(source))
-        return real_rename(source, destination)
+        return real_rename(source, destination, **dir_fds)
 
     monkeypatch.setattr(os, "rename", spy)
     write_atomically(str(tmp_path), "a 1\n")
     assert len(seen) == 1 and seen[0].startswith(".") and not seen[0].endswith(".prom")
+
+
+
+def swap_layout(tmp_path):
+    """Debian's layout in a tree: prometheus owns the parent, so it can swap node-exporter for a link into a
+    root-only directory that holds root's own temporary file.  Returns (textfile directory, root-only directory)."""
+    parent = tmp_path / "var" / "lib" / "prometheus"
+    (parent / "node-exporter").mkdir(parents=True)
+    secret = tmp_path / "root-only"
+    secret.mkdir(mode=0o700)
+    (secret / (".%s.root.tmp" % FILE_NAME)).write_text("root's temporary file")
+    return parent / "node-exporter", secret
+
+
+def test_a_directory_swapped_for_a_link_between_two_writes_is_not_written_through(tmp_path):
+    """Issue 22: the sampler checked its directory only at start; a swap between runs moved the write (and the
+    stale-temporary cleanup) into the link's target.  Now each write reaches the directory without any link."""
+    textfile_dir, secret = swap_layout(tmp_path)
+    options = parse_args(["--directory", str(textfile_dir)])  # the check at start passes: a real directory
+    write_atomically(options.directory, "a 1\n")
+    textfile_dir.rename(textfile_dir.parent / "node-exporter.old")
+    textfile_dir.symlink_to(secret)
+    with pytest.raises(OSError):
+        write_atomically(options.directory, "a 2\n")
+    assert sorted(p.name for p in secret.iterdir()) == [".%s.root.tmp" % FILE_NAME]  # nothing made, nothing deleted
+    assert (textfile_dir.parent / "node-exporter.old" / FILE_NAME).read_text() == "a 1\n"
+
+
+def test_a_parent_swapped_for_a_link_is_not_written_through(tmp_path):
+    textfile_dir, secret = swap_layout(tmp_path)
+    (secret / "node-exporter").mkdir()
+    prometheus = textfile_dir.parent
+    prometheus.rename(prometheus.parent / "prometheus.old")
+    prometheus.symlink_to(secret)
+    with pytest.raises(OSError):
+        write_atomically(str(textfile_dir), "a 1\n")
+    assert list((secret / "node-exporter").iterdir()) == []
+    assert main(["--directory", str(textfile_dir), "--once"]) == 2  # and the check at start refuses it too
+
+
+def test_remove_never_deletes_through_a_link(tmp_path, capsys):
+    textfile_dir, secret = swap_layout(tmp_path)
+    (secret / FILE_NAME).write_text("root's")
+    textfile_dir.rmdir()
+    textfile_dir.symlink_to(secret)
+    assert main(["--directory", str(textfile_dir), "--remove"]) == 0
+    assert capsys.readouterr().out == "left alone: %s is a symbolic link, not a directory, so nothing of the " \
+        "sampler's is there\n" % textfile_dir
+    assert sorted(p.name for p in secret.iterdir()) == [".%s.root.tmp" % FILE_NAME, FILE_NAME]
+    textfile_dir.unlink()
+    textfile_dir.mkdir()
+    write_atomically(str(textfile_dir), "a 1\n")
+    (textfile_dir / (".%s.dead.tmp" % FILE_NAME)).write_text("")
+    (textfile_dir / "other.prom").write_text("")
+    assert main(["--directory", str(textfile_dir), "--remove"]) == 0
+    assert capsys.readouterr().out == "removed: .%s.dead.tmp %s\n" % (FILE_NAME, FILE_NAME)
+    assert [p.name for p in textfile_dir.iterdir()] == ["other.prom"]
+    assert main(["--directory", str(textfile_dir), "--remove"]) == 0
+    assert capsys.readouterr().out == "nothing to remove\n"
+    assert main(["--directory", str(tmp_path / "missing"), "--remove"]) == 0
+    assert capsys.readouterr().out == "nothing to remove\n"
 
 
 class Clock:
