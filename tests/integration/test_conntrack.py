@@ -131,8 +131,10 @@ def test_default_range_remaps_a_clash_into_1024_65535(nat_tools):
         for line in conntrack_lines(lab.router, "-p", "tcp"):
             dummy, dummy, orig, reply = parse_conntrack_line(line)
             (kept if orig["sport"] == reply["dport"] else remapped).append(int(reply["dport"]))
-        assert sorted(kept) == list(range(40000, 40100))  # one of each pair keeps its port
-        assert len(remapped) == 100 and all(1024 <= port <= 65535 for port in remapped)
+        # one of each pair keeps its port; rarely both lose it, when an earlier remap landed on it (100 in 64,512)
+        assert len(set(kept + remapped)) == len(kept) + len(remapped) == 200
+        assert 95 <= len(kept) <= 100 and set(kept) <= set(range(40000, 40100))
+        assert all(1024 <= port <= 65535 for port in remapped)
         assert max(remapped) - min(remapped) > 20000  # spread over the range, not next to the original
 
 

@@ -305,3 +305,30 @@ def test_parsing_is_linear():
     large, count4 = cost(one * 4)
     assert (count, count4) == (5000, 20000)
     assert large < 8 * small + 0.05
+
+
+class CapturedHost:
+    """LinuxHost.netlink_dump answered with the captured replies, by the request's message type."""
+
+    def __init__(self):
+        self.calls = []
+
+    def netlink_dump(self, protocol, dumps, timeout, label, error):
+        self.calls.append((protocol, label, error))
+        replies = {ct.CT_GET: "conntrack_dump.bin", ct.CT_GET_STATS_CPU: "conntrack_stats_cpu.bin",
+                   ct.CT_GET_STATS: "conntrack_stats.bin"}
+        for request, consume in dumps:
+            assert consume(fixture(replies[struct.unpack_from("=H", request, 4)[0]])) is True
+
+
+@little_endian_only
+def test_read_nat_on_the_captured_replies():
+    host = CapturedHost()
+    reading = linux_nat.read_nat(host, top=5)
+    assert host.calls == [(ct.NETLINK_NETFILTER, "netlink ctnetlink", ConntrackError)]
+    assert (reading.entries, reading.snat_entries, reading.egress_total) == (13, 13, 1)
+    assert reading.table.count == 13 and reading.table.max == 262144
+    as_dict = linux_nat.as_dict(reading)
+    assert as_dict["egress"][0]["sources"] == [{"address": "10.231.1.11", "in_use": 10},
+                                               {"address": "10.231.1.12", "in_use": 3}]
+    assert as_dict["table"]["counters"]["drop"] == 0 and as_dict["egress"][0]["closing"] == 4
