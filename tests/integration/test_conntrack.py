@@ -217,4 +217,3 @@ def test_statistics_counters_and_count_match_conntrack(nat_tools):
         assert reading["table"]["cpus"] >= 1
         count = int(lab.router.exec(["conntrack", "-C"]).stdout.strip())
         assert reading["table"]["count"] == count == 50
-
