@@ -31,6 +31,11 @@ TOOLS = {
     'promtool': 'prometheus',  # promtool check metrics / check rules / test rules (port_monitor)
     'prometheus-node-exporter': 'prometheus-node-exporter',  # the real textfile collector scrapes our metrics
     'strace': 'strace',  # tests/reliability/test_fsync_order.py traces the syscalls of a persisted-file write
+    # tests/integration/test_conntrack.py: a router namespace that source-NATs (nftables, iptables-nft), and
+    # conntrack -L/-S/-C, the reference the ctnetlink reader is measured against
+    'nft': 'nftables',
+    'iptables-nft': 'iptables',
+    'conntrack': 'conntrack',
 }
 
 

@@ -1,10 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright: tcpstack.tuning contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The kernel's side of a Linux host: /proc/sys (sysctl), /proc files, netlink sock_diag, the kernel defaults.
+"""The kernel's side of a Linux host: /proc/sys (sysctl), /proc files, netlink dumps (sock_diag, ctnetlink),
+the kernel defaults.
 
 Part of LinuxHost (linux_host.py), the only code that touches a Linux host.
-What is read is handed on as text or bytes; socket_table parses it.
+What is read is handed on as text or bytes; socket_table (and linux_conntrack) parse it.
 """
 
 from __future__ import annotations
@@ -114,12 +115,21 @@ class HostKernel(HostRoot):
         seconds.  Raises socket_table.TableError, saying why, when the kernel or a
         sandbox refuses the socket or the dump fails; the caller then reads /proc.
         """
+        self.netlink_dump(NETLINK_SOCK_DIAG, dumps, timeout, "netlink sock_diag", TableError)
+
+    def netlink_dump(self, protocol, dumps, timeout, label, error):
+        """Run netlink dumps over ``protocol`` (NETLINK_SOCK_DIAG, NETLINK_NETFILTER), one socket each.
+
+        ``dumps`` and ``timeout`` as for sock_diag.  Raises ``error`` (an exception class of the caller's parser)
+        with a message that starts with ``label`` when the kernel or a sandbox refuses the socket, the dump
+        fails or takes too long; what ``consume`` raises goes through unchanged.
+        """
         deadline = time.monotonic() + timeout
         for request, consume in dumps:
             try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
             except (OSError, AttributeError, ValueError) as exc:
-                raise TableError("netlink sock_diag unavailable: %s" % exc)
+                raise error("%s unavailable: %s" % (label, exc))
             try:
                 sock.settimeout(timeout)
                 try:
@@ -130,13 +140,13 @@ class HostKernel(HostRoot):
                 while True:
                     buf = sock.recv(1 << 17)
                     if not buf:
-                        raise TableError("netlink sock_diag: the dump ended early")
+                        raise error("%s: the dump ended early" % label)
                     if consume(buf):
                         break
                     if time.monotonic() > deadline:
-                        raise TableError("netlink sock_diag: the dump took more than %ds" % timeout)
+                        raise error("%s: the dump took more than %ds" % (label, timeout))
             except (OSError, socket.timeout) as exc:
-                raise TableError("netlink sock_diag: %s" % exc)
+                raise error("%s: %s" % (label, exc))
             finally:
                 sock.close()
 
