@@ -6,14 +6,14 @@
 A thin shell, as ansible.windows' win_reboot is around plugin_utils/_reboot.py:
 plugin_utils/_windows_action.py checks the options before the connection is
 touched and wraps the connection in a WindowsHost; this hands the task to
-plugin_utils/windows_tuning.py's ``run()``.
+plugin_utils/windows_tuning.py's ``tune()`` with the options it checked.
 """
 
 from __future__ import annotations
 
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_action import WindowsAction, add_warnings
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import WIN_TCP_OPTIONS
-from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_tuning import run, validate
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_tuning import tune, validate
 
 
 class ActionModule(WindowsAction):
@@ -25,7 +25,7 @@ class ActionModule(WindowsAction):
     validate = staticmethod(validate)
 
     def act(self, options, host, result):
-        outcome, warnings = run(self._task.args, host, check_mode=bool(self._task.check_mode),
-                                want_diff=bool(self._task.diff))
+        outcome, warnings = tune(options, host, check_mode=bool(self._task.check_mode),
+                                 want_diff=bool(self._task.diff))
         result.update(outcome)
         add_warnings(result, warnings)

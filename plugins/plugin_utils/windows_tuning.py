@@ -178,7 +178,12 @@ def run(params, host, check_mode=False, want_diff=False):
     everything the host did wrong, with the result known so far.  The
     connection's own errors on the read propagate (the host is unreachable).
     """
-    desired = validate(params)
+    return tune(validate(params), host, check_mode, want_diff)
+
+
+def tune(desired, host, check_mode=False, want_diff=False):
+    """run() for options already checked: ``desired`` is validate()'s Desired (the action plugin checks the
+    task's options once, before the connection is touched, and hands that value on)."""
     targets = desired.targets
     result = {}
     warnings = []
