@@ -145,11 +145,11 @@ class NatLab:
             raise ValueError("rule must be nft or iptables, not %r" % self.rule)
 
     def server_echo(self, seconds=120):
-        return self.server.start(traffic.ECHO, SERVER_IP, SERVER_PORT, seconds, ready="listening")
+        return self.server.start(traffic.program("serve", SERVER_IP, SERVER_PORT, seconds, "--echo"), ready="listening")
 
     def server_accept(self, seconds=120):
         """The SERVER script: accept, wait for the client's FIN, close (short connections)."""
-        return self.server.start(traffic.SERVER, SERVER_IP, SERVER_PORT, seconds, ready="listening")
+        return self.server.start(traffic.program("serve", SERVER_IP, SERVER_PORT, seconds), ready="listening")
 
     def hold(self, source, count, timeout=10.0, seconds=120):
         """Open ``count`` connections from ``source`` and hold them; returns (child, {"open", "failed"})."""

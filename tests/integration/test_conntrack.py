@@ -125,7 +125,8 @@ def test_default_range_remaps_a_clash_into_1024_65535(nat_tools):
     """Without a port range the translated port is the original one unless taken; then one from 1024-65535."""
     with NatLab(rule="nft") as lab:
         lab.server_echo()
-        child = lab.clients.start(BIND_PAIRS, ",".join(CLIENT_IPS), 40000, 100, SERVER_IP, SERVER_PORT, 60)
+        child = lab.clients.start([sys.executable, "-c", BIND_PAIRS, ",".join(CLIENT_IPS), "40000", "100", SERVER_IP,
+                                   str(SERVER_PORT), "60"])
         assert child.stdout.readline().strip() == '{"open": 200}'
         kept, remapped = [], []
         for line in conntrack_lines(lab.router, "-p", "tcp"):
@@ -142,7 +143,7 @@ def test_time_wait_entries_are_taken_over_by_new_flows(nat_tools):
     """Through 1,000 translated ports, 3,000 short sequential connections all succeed (Linux 6.18)."""
     with NatLab(rule="nft", ports=(20000, 20999)) as lab:
         lab.server_accept()
-        done = lab.clients.exec([sys.executable, "-c", traffic.CHURN, SERVER_IP, SERVER_PORT, 3000, 0, 60],
+        done = lab.clients.exec(traffic.program("connect", SERVER_IP, SERVER_PORT, "--attempts", 3000, "--seconds", 60),
                                 timeout=90)
         counts = traffic_json(done.stdout)
         assert counts["made"] == 3000 and counts["other"] == 0 and counts["eaddrnotavail"] == 0, counts

@@ -355,8 +355,8 @@ def test_absent_removes_the_textfile_and_temporaries_from_the_real_directory(box
     for name in ("tcpstack.prom", ".tcpstack.prom.killed.tmp", "other.prom"):
         (textfile_dir / name).write_text("x 1\n")
     results = absent_run(box, textfile_dir, with_code, check=True)
-    assert sorted(p.name for p in textfile_dir.iterdir()) == [".tcpstack.prom.killed.tmp", "other.prom",
-                                                                "tcpstack.prom"]  # check mode changes nothing
+    assert sorted(p.name for p in textfile_dir.iterdir()) == [  # check mode changes nothing
+        ".tcpstack.prom.killed.tmp", "other.prom", "tcpstack.prom"]
     assert any(r.get("changed") for r in results if r["_task"] == "Remove them"), results
     absent_run(box, textfile_dir, with_code)
     assert [p.name for p in textfile_dir.iterdir()] == ["other.prom"]
@@ -411,9 +411,9 @@ def test_the_sampler_works_with_only_the_units_capabilities(box, tmp_path):
     (box.scratch / "textfile").mkdir()
     text = rendered_unit(box, box.scratch / "textfile", processes=True)
     caps = unit_setting(text, "CapabilityBoundingSet")[0].split()
-    box.start(HOLD, 8080, 50, 120, ready="ready")  # root's
-    nobody = subprocess.Popen(box.argv(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                                        "/usr/bin/python3", "-c", HOLD, 8081, 30, 120]),
+    box.start(program("hold", "127.0.0.1", 8080, 50, 120), ready="ready")  # root's
+    nobody = subprocess.Popen(box.argv(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+                                       + program("hold", "127.0.0.1", 8081, 30, 120, python="/usr/bin/python3")),
                               stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert nobody.stdout.readline().strip() == "ready"

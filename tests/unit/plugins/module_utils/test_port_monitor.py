@@ -108,7 +108,6 @@ def test_the_temporary_name_is_not_one_the_textfile_collector_reads(tmp_path, mo
     assert len(seen) == 1 and seen[0].startswith(".") and not seen[0].endswith(".prom")
 
 
-
 def swap_layout(tmp_path):
     """Debian's layout in a tree: prometheus owns the parent, so it can swap node-exporter for a link into a
     root-only directory that holds root's own temporary file.  Returns (textfile directory, root-only directory)."""
