@@ -36,7 +36,8 @@ POOLING_ADVICE = ("pool the connections or keep them alive (HTTP keep-alive, a c
 BIND_ADVICE = ("set IP_BIND_ADDRESS_NO_PORT on the socket before bind() (Linux 4.2+), or give connect() its port "
                "range with IP_LOCAL_PORT_RANGE (Linux 6.3+), or connect() without bind(): a socket bound to an "
                "ephemeral port holds it for every destination")
-_IDENTITY = ("pid", "name", "cmdline", "user", "uid", "unit", "cgroup", "container")  # the result's order
+_IDENTITY = ("pid", "start_time", "name", "cmdline", "user", "uid", "unit", "cgroup", "container",
+             "evidence")  # the result's order
 _TOTALS = ("in_use", "established", "time_wait", "time_wait_inferred")
 
 
@@ -200,7 +201,9 @@ def _process_row(proc, seconds, snap, dest_level, findings):
     out.update(totals)
     out.update(ports_held=totals["in_use"], new_connections=new_total, new_connections_inferred=new_inferred,
                new_connections_per_second=per_second(new_total, seconds), bound_inactive=proc.bound_inactive,
-               bound_inactive_seen=proc.bound_inactive_seen,
+               bound_inactive_seen=proc.bound_inactive_seen, spawned=proc.spawned,
+               failed_connections=proc.failed_connections,
+               failed_connections_per_second=per_second(proc.failed_connections, seconds),
                destinations=[entry for dummy, entry in keyed[:PROCESS_DESTINATIONS]], destination_count=len(keyed))
     if out["bound_inactive"] or out["bound_inactive_seen"]:
         findings.append(ClientFinding("ok", binding(out)))

@@ -51,9 +51,13 @@ class DestinationCounts(_Named):
     time_wait_inferred: int = 0
     new_connections: Optional[int] = None
     new_connections_inferred: Optional[int] = None
+    # connections of the sample that left a TIME_WAIT on this host (this end closed first); None: not known
+    time_wait_entered: Optional[int] = None
+    # connect() calls that failed for want of a local port (EADDRNOTAVAIL); None: not measured
+    failed_connections: Optional[int] = None
 
 
-# The six counts of one process towards one destination: DestinationCounts' fields, declared once, there.
+# The counts of one process towards one destination: DestinationCounts' fields, declared once, there.
 COUNT_FIELDS = tuple(item.name for item in fields(DestinationCounts))
 
 
@@ -80,6 +84,10 @@ class ProcessRecord(_Named):
     cgroup: Optional[str] = None
     unit: Optional[str] = None
     container: Optional[str] = None
+    start_time: Optional[float] = None  # seconds after boot (/proc/PID/stat): with the pid, who the process is
+    evidence: str = "exact"  # "exact": seen owning sockets or opening connections; "inferred": only given a share
+    spawned: Optional[Dict[str, Any]] = None  # {"command", "count"}: short-lived children whose counts are here
+    failed_connections: Optional[int] = None  # connect() calls failed for want of a port; None: not measured
     bound_inactive: int = 0
     bound_inactive_seen: int = 0
     destinations: Dict[tuple, DestinationCounts] = field(default_factory=dict)
@@ -87,7 +95,8 @@ class ProcessRecord(_Named):
 
 # Who a process is (ProcessRecord's fields but its ports); what cannot be read is None.
 IDENTITY_FIELDS = tuple(item.name for item in fields(ProcessRecord)
-                        if item.name not in ("bound_inactive", "bound_inactive_seen", "destinations"))
+                        if item.name not in ("evidence", "spawned", "failed_connections", "bound_inactive",
+                                             "bound_inactive_seen", "destinations"))
 
 
 def identity(pid, **known):
@@ -101,11 +110,13 @@ def identity(pid, **known):
     return out
 
 
-def process_record(who, destinations=None, bound_inactive=0, bound_inactive_seen=0):
+def process_record(who, destinations=None, bound_inactive=0, bound_inactive_seen=0, evidence="exact", spawned=None,
+                   failed_connections=None):
     """The one builder of a ProcessRecord: ``who`` an identity() (or a pid), the counts per destination."""
     who = identity(who) if isinstance(who, int) else who
     return ProcessRecord(bound_inactive=bound_inactive, bound_inactive_seen=bound_inactive_seen,
-                         destinations={} if destinations is None else destinations,
+                         destinations={} if destinations is None else destinations, evidence=evidence,
+                         spawned=spawned, failed_connections=failed_connections,
                          **dict((name, who.get(name)) for name in IDENTITY_FIELDS))
 
 

@@ -137,7 +137,7 @@ def test_process_table_reads_only_this_namespace_through_the_host(tree):
     info = table.describe(100)
     assert info == {"pid": 100, "name": "client", "cmdline": "python3 -c pass", "uid": 0,
                     "user": LinuxHost.user_name(0), "cgroup": "/system.slice/client.service",
-                    "unit": "client.service", "container": None}
+                    "unit": "client.service", "container": None, "start_time": None}
 
 
 def test_process_table_without_a_namespace_reads_every_process(tree):
@@ -175,7 +175,7 @@ def test_a_process_gone_between_listing_and_reading_is_skipped(tree):
     table = lp.ProcessTable(LinuxHost(str(tree)))
     assert table.scan([100, 999]) == 1 and not table.unreadable
     assert table.describe(999) == {"pid": 999, "name": None, "cmdline": None, "uid": None, "user": None,
-                                   "cgroup": None, "unit": None, "container": None}
+                                   "cgroup": None, "unit": None, "container": None, "start_time": None}
 
 
 @pytest.mark.parametrize("what", ["fifo", "symlink", "directory"])
