@@ -30,8 +30,6 @@ DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | NOFOLLOW | getattr(os,
 # How a path that is not a regular file is named in messages.
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
-# tempfile is imported by the one method only linux_tcp and the port_monitor sampler call (write_file_atomic):
-# port_usage_info never needs it, and its start-up time and memory are measured (docs/port_usage_info.md, Cost).
 
 
 class HostError(Exception):
@@ -249,52 +247,22 @@ class HostFiles(HostRoot):
 
         Either the old or the new file is there afterwards, never a partial one,
         and no temporary file is left behind.  ``make_directory``: create a
-        missing directory (0755); otherwise its absence is a HostError.
+        missing directory (0755); otherwise its absence is a HostError.  The
+        same write as write_in_directory (``_write_at``), relative to one
+        descriptor of the directory, which is reached here as the path names it.
         """
-        import tempfile
         real = self._p(path)
         directory, name = os.path.split(real)
         try:
             if make_directory and not os.path.isdir(directory):
                 os.makedirs(directory, 0o755)
-            self._remove_stale_temporaries(directory, name)
-            fd, tmp = tempfile.mkstemp(prefix=".%s." % name, suffix=".tmp", dir=directory)
+            dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             raise HostError("cannot create a temporary file in %s: %s" % (posixpath.dirname(path), exc.strerror))
         try:
-            try:
-                os.fchmod(fd, mode)
-                data = text.encode("utf-8")
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, real)
-        except BaseException as exc:  # also text that cannot be encoded, or a signal: never leave the temporary file
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if isinstance(exc, OSError):
-                raise HostError("writing %s failed: %s" % (path, exc.strerror)) from None
-            raise
-        self._fsync_dir(directory)
-
-    @staticmethod
-    def _remove_stale_temporaries(directory, name):
-        """Temporary files an earlier, killed write left behind (".NAME.XXXX.tmp").
-
-        Callers hold the module's lock, so no other run of ours is writing one now.
-        """
-        for entry in os.listdir(directory):
-            if entry.startswith(".%s." % name) and entry.endswith(".tmp"):
-                try:
-                    os.unlink(os.path.join(directory, entry))
-                except OSError:
-                    pass
+            _write_at(dfd, name, text, mode, path)
+        finally:
+            os.close(dfd)
 
     def remove_file(self, path):
         try:
@@ -366,25 +334,7 @@ class HostFiles(HostRoot):
         """
         dfd = self.open_directory(directory)
         try:
-            _remove_temporaries_at(dfd, name)
-            fd, temporary = _create_temporary_at(dfd, name, posixpath.join(directory, name))
-            try:
-                try:
-                    os.fchmod(fd, mode)
-                    view = memoryview(text.encode("utf-8"))
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.rename(temporary, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except BaseException as exc:  # also text that cannot be encoded, or a signal: never leave it behind
-                _unlink_at(dfd, temporary)
-                if isinstance(exc, OSError):
-                    raise HostError("writing %s failed: %s" % (posixpath.join(directory, name), exc.strerror)) \
-                        from None
-                raise
-            _fsync_fd(dfd)
+            _write_at(dfd, name, text, mode, posixpath.join(directory, name))
         finally:
             os.close(dfd)
 
@@ -443,7 +393,7 @@ def _unlink_at(dfd, name):
 def _remove_temporaries_at(dfd, name):
     """Remove the ".NAME.*.tmp" an earlier, killed write left in the directory ``dfd``; the names removed.
 
-    Callers are the only writer of ``name`` (the sampler runs once per host).
+    Callers are the only writer of ``name`` (linux_tcp holds the lock; the sampler runs once per host).
     """
     stale = sorted(entry for entry in os.listdir(dfd) if entry.startswith(".%s." % name) and entry.endswith(".tmp"))
     return [entry for entry in stale if _unlink_at(dfd, entry)]
@@ -462,6 +412,30 @@ def _create_temporary_at(dfd, name, shown):
             raise HostError("cannot create a temporary file in %s: %s" % (posixpath.dirname(shown), exc.strerror)) \
                 from None
     raise HostError("cannot create a temporary file in %s: every name tried exists" % posixpath.dirname(shown))
+
+
+def _write_at(dfd, name, text, mode, shown):
+    """The one atomic write: ``text`` to ``name`` in the directory ``dfd`` (stale temporaries of a killed write
+    removed first; a new temporary O_EXCL|O_NOFOLLOW 0600, fchmod ``mode``, written, fsync, renamed over
+    ``name``, the directory fsynced).  Never leaves its temporary behind; HostError naming ``shown``."""
+    _remove_temporaries_at(dfd, name)
+    fd, temporary = _create_temporary_at(dfd, name, shown)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(text.encode("utf-8"))
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temporary, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except BaseException as exc:  # also text that cannot be encoded, or a signal: never leave it behind
+        _unlink_at(dfd, temporary)
+        if isinstance(exc, OSError):
+            raise HostError("writing %s failed: %s" % (shown, exc.strerror)) from None
+        raise
+    _fsync_fd(dfd)
 
 
 def _fsync_fd(fd):

@@ -10,8 +10,10 @@ the system calls on the temporary file, the target and the directory must come i
     fsync(T)
     close(T)
     rename(<tmp>, <target>)  (or renameat/renameat2)
-    openat(<dir>, O_DIRECTORY) = D
     fsync(D)
+
+where D is openat(<dir>, O_DIRECTORY), opened before the temporary is created (which is then created
+relative to D: openat(D, ".60-tcpstack-tuning.conf.XXXX.tmp"), and renamed with renameat(D, ..., D, ...)),
 
 and removing the file (state: absent) is unlink(<target>) then fsync of the directory.  Any change of that
 order (a rename before the fsync, a missing directory fsync, fdatasync, a write to the target itself) fails.
@@ -69,24 +71,43 @@ def quoted(args):
     return re.findall(r'"((?:[^"\\]|\\.)*)"', args)
 
 
+def _resolve(args, dir_fds):
+    """The absolute paths a call names: a name relative to a descriptor of DIRECTORY (openat(D, "name"),
+    renameat(D, "old", D, "new")) is joined to DIRECTORY."""
+    fields = [field.strip() for field in args.split(",")]
+    out = []
+    for index, name in enumerate(quoted(args)):  # the descriptor of name N is among the fields before it
+        if name.startswith("/"):
+            out.append(name)
+            continue
+        out.append((DIRECTORY + "/" + name) if any(f in dir_fds for f in fields[:2 * index + 1] if f.isdigit())
+                   else name)
+    return out
+
+
 def file_events(calls):
-    """The calls on our temporary file, the target and the directory, in order, as short names."""
+    """The calls on our temporary file, the target and the directory, in order, as short names.
+
+    A descriptor of the directory is named "open-dir" when it is first used for our file (the temporary
+    created relative to it, or an fsync of it): the directory's other opens are listdir()."""
     events = []
     tmp_fd = dir_fd = None
     tmp_path = None
+    dir_fds = set()
     for name, args, result in calls:
-        paths = quoted(args)
+        paths = _resolve(args, dir_fds)
         first = args.split(",", 1)[0].strip()
         if name in ("openat", "open") and paths:
             path = paths[0]
-            if path.startswith(DIRECTORY + "/.60-tcpstack-tuning.conf.") and path.endswith(".tmp"):
+            if path == DIRECTORY and "O_DIRECTORY" in args:
+                dir_fds.add(result)
+            elif path.startswith(DIRECTORY + "/.60-tcpstack-tuning.conf.") and path.endswith(".tmp"):
                 assert "O_CREAT" in args and "O_EXCL" in args and "O_NOFOLLOW" in args, args
+                if first in dir_fds and dir_fd != first:
+                    dir_fd = first
+                    events.append("open-dir")
                 tmp_fd, tmp_path = result, path
                 events.append("create-temp-in-same-dir")
-            elif path == DIRECTORY and "O_DIRECTORY" in args and events and events[-1] in (
-                    "rename-temp-over-target", "unlink-target"):  # earlier opens are listdir()
-                dir_fd = result
-                events.append("open-dir")
             elif path == TARGET and ("O_WRONLY" in args or "O_RDWR" in args or "O_CREAT" in args):
                 events.append("open-target-for-writing")
         elif name == "fchmod" and first == tmp_fd:
@@ -94,13 +115,18 @@ def file_events(calls):
         elif name in ("write", "pwrite64") and first == tmp_fd:
             if not events or events[-1] != "write-temp":
                 events.append("write-temp")
-        elif name in ("fsync", "fdatasync", "sync_file_range") and first in (tmp_fd, dir_fd):
+        elif name in ("fsync", "fdatasync", "sync_file_range") and (first == tmp_fd or first in dir_fds):
+            if first != tmp_fd and first != dir_fd:
+                dir_fd = first
+                events.append("open-dir")
             events.append("%s-%s" % (name, "temp" if first == tmp_fd else "dir"))
-        elif name == "close" and first in (tmp_fd, dir_fd):
-            events.append("close-temp" if first == tmp_fd else "close-dir")
+        elif name == "close" and (first == tmp_fd or first in dir_fds):
+            dir_fds.discard(first)
             if first == tmp_fd:
+                events.append("close-temp")
                 tmp_fd = None
-            else:
+            elif first == dir_fd:
+                events.append("close-dir")
                 dir_fd = None
         elif name.startswith("rename") and TARGET in paths:
             assert paths == [tmp_path, TARGET], (args, tmp_path)
@@ -112,8 +138,8 @@ def file_events(calls):
     return events
 
 
-WRITE_ORDER = ["create-temp-in-same-dir", "fchmod-0644", "write-temp", "fsync-temp", "close-temp",
-               "rename-temp-over-target", "open-dir", "fsync-dir", "close-dir"]
+WRITE_ORDER = ["open-dir", "create-temp-in-same-dir", "fchmod-0644", "write-temp", "fsync-temp", "close-temp",
+               "rename-temp-over-target", "fsync-dir", "close-dir"]
 REMOVE_ORDER = ["unlink-target", "open-dir", "fsync-dir", "close-dir"]
 
 
@@ -140,3 +166,15 @@ def test_the_order_check_notices_a_changed_order():
              ("fsync", "3", "0"), ("close", "3", "0")]
     events = file_events(calls)
     assert events != WRITE_ORDER and events.index("rename-temp-over-target") < events.index("fsync-temp")
+
+
+def test_the_order_check_reads_calls_relative_to_the_directory():
+    """openat(D, name) and renameat(D, old, D, new) are read as the directory's files: the right order passes,
+    a missing directory fsync does not."""
+    good = [("openat", 'AT_FDCWD, "%s", O_RDONLY|O_DIRECTORY|O_CLOEXEC' % DIRECTORY, "3"),
+            ("openat", '3, ".60-tcpstack-tuning.conf.ab.tmp", O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600',
+             "4"), ("fchmod", "4, 0644", "0"), ("write", '4, "x", 1', "1"), ("fsync", "4", "0"), ("close", "4", "0"),
+            ("renameat", '3, ".60-tcpstack-tuning.conf.ab.tmp", 3, "60-tcpstack-tuning.conf"', "0"),
+            ("fsync", "3", "0"), ("close", "3", "0")]
+    assert file_events(good) == WRITE_ORDER
+    assert file_events(good[:-2] + [("close", "3", "0")]) != WRITE_ORDER
