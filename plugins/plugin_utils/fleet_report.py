@@ -151,16 +151,17 @@ def host_row(host, platform, result):
 
 
 CURES = ("client", "host", "both", "none")
-CULPRIT_KINDS = ("pooling", "bind_before_connect", "churner")
+CULPRIT_KINDS = ("failing", "pooling", "bind_before_connect", "churner")
 
 
 def culprit(host, result):
-    """The process to blame on this host, from its result's client findings (a pooling one first) or its top
-    churner: {"process", "pid", "at" ("name (pid N)@host"), "destination", "new_connections_per_second", "kind",
+    """The process to blame on this host, from its result's client findings (one whose connect() calls fail
+    first, then a pooling one) or its top churner: {"process", "pid", "at" ("name (pid N)@host"), "destination", "new_connections_per_second", "kind",
     "advice"}; None when the result names none.  Every value is checked: a host's result is not trusted."""
     findings = result.get("client_findings")
     findings = [f for f in findings if isinstance(f, dict)] if isinstance(findings, list) else []
-    chosen = next((f for f in findings if f.get("kind") == "pooling"), None)
+    chosen = next((f for f in findings if f.get("kind") == "failing"), None) \
+        or next((f for f in findings if f.get("kind") == "pooling"), None)
     if chosen is None and isinstance(result.get("top_churner"), dict):
         chosen = dict(result["top_churner"], kind="churner")
     if chosen is None and findings:
@@ -192,7 +193,9 @@ def culprit_text(row):
         text += " -> %s" % item["destination"]
     if item.get("new_connections_per_second") is not None:
         text += " at %s new connections/s" % rate(item["new_connections_per_second"])
-    if item["kind"] == "pooling":
+    if item["kind"] == "failing":
+        text += " (its connect() calls fail for want of ports)"
+    elif item["kind"] == "pooling":
         text += " (pool its connections)"
     elif item["kind"] == "bind_before_connect":
         text += " (binds before connect)"
