@@ -65,6 +65,7 @@ _V6_LOOPBACK = b"\x00" * 15 + b"\x01"
 TIME_WAIT_MS = 60000
 RECENT_SECONDS = 10
 USER_HZ = 100
+_EXPIRES = struct.Struct("=I").unpack_from  # idiag_expires, in the host's byte order
 
 
 class TableError(Exception):
@@ -226,7 +227,7 @@ def tally_netlink(buf, family, tally, observe=None, observe_time_wait=True):
                         have[0] += 1
                         if state == TIME_WAIT:
                             have[1] += 1
-                    if state == TIME_WAIT and unpack("=I", buf, pos + 68)[0] > recent_after:
+                    if state == TIME_WAIT and _EXPIRES(buf, pos + 68)[0] > recent_after:
                         recent[key] = recent.get(key, 0) + 1
                 if observe is not None and state != NEW_SYN_RECV and (observe_time_wait or state != TIME_WAIT):
                     expires, dummy_r, dummy_w, uid, inode = unpack("=IIIII", buf, pos + 68)
