@@ -24,7 +24,13 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import
     process_record,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import projected
-from ansible_collections.tcpstack.tuning.plugins.plugin_utils.fleet_report import culprit_text, host_row
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils.fleet_report import (
+    build_report,
+    culprit_text,
+    host_row,
+    render_markdown,
+    render_summary,
+)
 from tests.unit.plugins.module_utils.test_socket_table import (
     EXPECTED_TUPLES,
     fixture,
@@ -372,3 +378,14 @@ def test_no_result_contradicts_itself(shape, reuse, per_second, held_now):
         if finding.startswith("at "):
             assert then != "ok" and pu.SEVERITY[then] > pu.SEVERITY[now]
             assert ("will fail with EADDRNOTAVAIL" in finding) == (entered * hold >= 1000)
+
+
+def test_the_fleet_report_shows_the_projection_beside_the_ports_held_now():
+    result = pu.analyse(snap({KEY: [288, 287]}, recent={KEY: 200}))
+    row = host_row("web1", "linux", result)
+    assert (row["verdict"], row["utilisation"], row["projected_utilisation"]) == ("critical", 0.288, 1.2)
+    report = build_report([row, host_row("idle", "linux", pu.analyse(snap({KEY: [3, 0]}, recent={})))], "now")
+    assert "28.8% (120% projected)" in render_summary(report) and "28.8% (120% projected)" in render_markdown(report)
+    assert "0.3%" in render_summary(report) and "projected)" not in render_summary(report).splitlines()[3]
+    hostile = dict(result, destinations=[dict(result["destinations"][0], projected_utilisation="NaN")])
+    assert host_row("web1", "linux", hostile)["projected_utilisation"] is None
