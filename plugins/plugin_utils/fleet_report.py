@@ -254,10 +254,12 @@ def percent(value):
 
 def utilisation_text(row):
     """"28.8%", or "28.8% (120% projected)" where a destination's rate of connections that leave a TIME_WAIT
-    will hold more in steady state (what raised the verdict beyond the ports held now)."""
+    will hold more in steady state (what raises the verdict beyond the ports held now); a host already at 100%
+    shows no projection."""
     text = percent(row["utilisation"])
     projected = row.get("projected_utilisation")
-    if projected is not None and projected > (row["utilisation"] or 0.0):
+    now = row["utilisation"] or 0.0
+    if projected is not None and now < projected and now < 1.0:
         text += " (%s projected)" % percent(projected)
     return text
 

@@ -389,3 +389,10 @@ def test_the_fleet_report_shows_the_projection_beside_the_ports_held_now():
     assert "0.3%" in render_summary(report) and "projected)" not in render_summary(report).splitlines()[3]
     hostile = dict(result, destinations=[dict(result["destinations"][0], projected_utilisation="NaN")])
     assert host_row("web1", "linux", hostile)["projected_utilisation"] is None
+
+
+def test_a_host_already_full_shows_no_projection():
+    row = host_row("web", "linux", pu.analyse(snap({KEY: [1000, 1000]}, recent={KEY: 1000})))
+    assert row["projected_utilisation"] == 6.0 and row["utilisation"] == 1.0
+    assert render_summary(build_report([row], "now")).splitlines()[2].split()[:4] == ["web", "linux", "CRITICAL",
+                                                                                       "100%"]
