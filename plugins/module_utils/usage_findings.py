@@ -42,8 +42,8 @@ BIND_ADVICE = ("set IP_BIND_ADDRESS_NO_PORT on the socket before bind() (Linux 4
                "range with IP_LOCAL_PORT_RANGE (Linux 6.3+), or connect() without bind(): a socket bound to an "
                "ephemeral port holds it for every destination")
 FAILING_ADVICE = ("pool the connections or keep them alive in that client, and stop opening a new connection (or "
-                  "starting a new process) per request: every port is held; a wider port range or tcp_tw_reuse on "
-                  "the host only buys time")
+                  "starting a new process) per request; a wider port range or tcp_tw_reuse on the host only buys "
+                  "time")
 _IDENTITY = ("pid", "start_time", "name", "cmdline", "user", "uid", "unit", "cgroup", "container",
              "evidence")  # the result's order
 _TOTALS = ("in_use", "established", "time_wait", "time_wait_inferred")
