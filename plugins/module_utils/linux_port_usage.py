@@ -255,6 +255,8 @@ def collect(host, use_netlink=True, attribution=None, processes=None):
         counters=counters, source=tally.source, unreadable=unreadable, notes=notes,
         extra_findings=_setting_findings(reuse), extra_recommendations={"timestamps": 1} if reuse["inactive"] else {},
         processes=owners, attribution=attribution_info, platform=LINUX,
+        time_wait_recent=tally.time_wait_recent() if table_ok else None,
+        time_wait_recent_seconds=tally.recent_seconds if table_ok else None,
     )
 
 

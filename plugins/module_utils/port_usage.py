@@ -27,6 +27,8 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_findings imp
     PROCESS_DESTINATIONS,
     cure,
     destination_findings,
+    destination_sentence,
+    failing_findings,
     group_destinations,
     pool_findings,
     ports_held_by_family,
@@ -48,10 +50,11 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import
     ephemeral_summary,
     hold_seconds,
     level,
+    projected,
     recommended_range,
     worst,
 )
-from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import number, percent, rate
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import endpoint, number, percent, rate
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_int
 
 __all__ = ["CRITICAL_PERCENT", "HOST", "MAX_SAMPLE_SECONDS", "MAX_TOP", "POOLING_ADVICE", "SEVERITY", "TUPLE",
@@ -106,45 +109,149 @@ def socket_states(states):
              "ipv6": dict(states.get("ipv6", {}))}, merged.get("TIME_WAIT", 0))
 
 
-def measured_capacity(snap, usable, measured, notes):
-    """capacity() with the measured rates; a note when the host's own rate is known."""
+# Opens measured over a sample, of which at most this share left a TIME_WAIT here: their peers close first.
+PEER_CLOSES_SHARE = 0.1
+
+
+def time_wait_rates(snap):
+    """({destination key: rate}, total rate): new connections per second that entered TIME_WAIT on this host over
+    the last ``snap.time_wait_recent_seconds`` (the TIME_WAIT timers of one dump), a destination's on its busiest
+    tuple for it (the limit is per tuple); (None, None) where the timers were not read."""
+    seconds = snap.time_wait_recent_seconds
+    if snap.time_wait_recent is None or not seconds:
+        return None, None
+    busiest, total = {}, 0
+    for (family, dummy_local, remote, port), count in snap.time_wait_recent.items():
+        total += count
+        key = (family, remote, port)
+        busiest[key] = max(busiest.get(key, 0), count)
+    return (dict((key, round(count / float(seconds), 2)) for key, count in busiest.items() if count),
+            round(total / float(seconds), 2))
+
+
+def measured_capacity(snap, usable, measured, notes, entered=None):
+    """capacity() with the measured rates, and a note on them.
+
+    The sustainable rate holds for connections that leave a TIME_WAIT here
+    (this end closes first): ``entered``, their rate over the last
+    ``snap.time_wait_recent_seconds``, is what it is set against.  Opens
+    measured over a sample of which almost none left a TIME_WAIT are
+    connections whose peer closes first: their ports are free at once, and no
+    limit is claimed for them.
+    """
     cap = capacity(usable, snap.time_wait_seconds, snap.reuse_remote, snap.reuse_loopback, snap.reuse_delay)
     cap["measured"] = measured
-    if measured and measured.get("active_opens_per_second") is not None \
-            and cap["remote"]["max_new_connections_per_second"]:
+    cap["time_wait_entered_per_second"] = entered
+    cap["time_wait_recent_seconds"] = snap.time_wait_recent_seconds if entered is not None else None
+    most = cap["remote"]["max_new_connections_per_second"]
+    opens = (measured or {}).get("active_opens_per_second")
+    if opens is not None and entered is not None and opens > 0 and entered <= PEER_CLOSES_SHARE * opens:
+        notes.append("%s new outgoing connections per second over %.1f s, of which %s per second left a TIME_WAIT "
+                     "here: their peers close first, so their ports are free again at once and the TIME_WAIT "
+                     "limit does not apply to them" % (rate(opens), measured["seconds"], rate(entered)))
+    elif entered:
+        notes.append("%s%s connections per second left a TIME_WAIT here over the last %s s%s" % (
+            "%s new outgoing connections per second over %.1f s; " % (rate(opens), measured["seconds"])
+            if opens is not None else "", rate(entered), rate(snap.time_wait_recent_seconds),
+            "; one remote destination sustains at most %s such connections per second" % rate(most)
+            if most else ""))
+    elif opens is not None and most:
         notes.append("%s new outgoing connections per second over %.1f s; one remote destination sustains at most "
-                     "%s per second" % (rate(measured["active_opens_per_second"]), measured["seconds"],
-                                        rate(cap["remote"]["max_new_connections_per_second"])))
+                     "%s per second of those that leave a TIME_WAIT here (this end closes first)"
+                     % (rate(opens), measured["seconds"], rate(most)))
     return cap
 
 
 class Projection:
-    """``dest_level`` of usage_findings.process_analysis(): a destination's level now, raised to what a client's
-    rate of new connections would hold in steady state.  ``without_reuse``: the destinations such a rate will
-    fill and that TIME_WAIT reuse does not cover."""
+    """What a steady rate of connections that leave a TIME_WAIT here will hold: rate x the time a port stays held
+    (usage_rules.projected(), the one rule), against the usable ports.
 
-    def __init__(self, snap, groups, usable, warning, critical):
+    ``rates``: {destination key: its own rate} (time_wait_rates()), from the
+    TIME_WAIT timers, so it needs no sample and no process.  Called as
+    ``dest_level`` by usage_findings.process_analysis(): (a destination's level,
+    the worse of now and its own projection, raised to what a client's rate
+    would hold; a sentence when that rate raises it beyond now).
+    ``without_reuse``: the destinations such a rate will fill and that
+    TIME_WAIT reuse does not cover.
+    """
+
+    def __init__(self, snap, groups, usable, warning, critical, rates=None):
         self.snap, self.groups, self.usable = snap, groups, usable
         self.warning, self.critical = warning, critical
+        self.rates = rates or {}
         self.without_reuse = []
 
-    def __call__(self, key, per_second):
-        group, usable = self.groups.get(key), self.usable
-        now = level(float(group.blocking) / usable, self.warning, self.critical) \
-            if group is not None and usable else "ok"
-        if not per_second or not usable:
-            return now, None
+    def hold(self, key):
+        """(TIME_WAIT reuse applies, seconds a closed port stays held) towards a destination."""
+        group = self.groups.get(key)
         reuse = group.reuse if group is not None else self.snap.reuse_remote
-        hold = hold_seconds(reuse, self.snap.reuse_delay, self.snap.time_wait_seconds)
-        needed = per_second * hold
-        then = level(needed / usable, self.warning, self.critical)
+        return reuse, hold_seconds(reuse, self.snap.reuse_delay, self.snap.time_wait_seconds)
+
+    def now(self, key):
+        group = self.groups.get(key)
+        return level(float(group.blocking) / self.usable, self.warning, self.critical) \
+            if group is not None and self.usable else "ok"
+
+    def destination(self, key):
+        """(severity, ports needed) of the destination's own rate."""
+        return projected(self.rates.get(key), self.hold(key)[1], self.usable, self.warning, self.critical)
+
+    def __call__(self, key, per_second):
+        now = self.now(key)
+        base = worst((now, self.destination(key)[0]))
+        reuse, hold = self.hold(key)
+        then, needed = projected(per_second, hold, self.usable, self.warning, self.critical)
         if SEVERITY[then] <= SEVERITY[now] or then == "ok":
-            return now, None
+            return base, None
         if not reuse:
             self.without_reuse.append(key)
-        return then, ("at that rate it holds %s ports (%s s each), %s of the %s usable: %s" % (
-            number(int(round(needed))), rate(hold), percent(needed / usable), number(usable),
-            "connect() will fail with EADDRNOTAVAIL" if needed >= usable else "the verdict's threshold"))
+        return worst((base, then)), ("at that rate it holds %s ports (%s s each), %s of the %s usable: %s" % (
+            number(int(round(needed))), rate(hold), percent(needed / self.usable), number(self.usable),
+            _failure(needed, self.usable)))
+
+
+def _failure(needed, usable):
+    return "connect() will fail with EADDRNOTAVAIL" if needed >= usable else "the verdict's threshold"
+
+
+def projected_destinations(projection, keyed, found, format_address):
+    """(findings, the shown destinations they concern, whether one not shown runs short): each destination whose
+    own rate of connections that leave a TIME_WAIT projects beyond its level now.  Its finding replaces the one on
+    its ports now (in ``found``, removed there): one finding per destination, the worse of now and projected.
+    Every shown destination gains ``time_wait_entered_per_second`` and ``projected_utilisation``."""
+    usable = projection.usable
+    shown = dict(keyed)
+    measured = projection.snap.time_wait_recent is not None and projection.snap.time_wait_recent_seconds
+    for dest in shown.values():
+        dest["time_wait_entered_per_second"] = 0.0 if measured else None
+        dest["projected_utilisation"] = 0.0 if measured and usable else None
+    out, hot, short = [], [], False
+    for key, per_second in sorted(projection.rates.items(), key=lambda item: (-item[1], item[0][2])):
+        then, needed = projection.destination(key)
+        dest = shown.get(key)
+        if dest is not None:
+            dest["time_wait_entered_per_second"] = per_second
+            dest["projected_utilisation"] = round(needed / usable, 4) if needed is not None else None
+        if then == "ok" or SEVERITY[then] <= SEVERITY[projection.now(key)]:
+            continue
+        reuse, hold = projection.hold(key)
+        family, remote, port = key
+        text = endpoint(family, format_address(family, remote), port)
+        sentence = ("at %s new connections per second that leave a TIME_WAIT here, %s will hold %s of %s usable "
+                    "ports (%s) within %s s: %s" % (rate(per_second), text, number(int(round(needed))),
+                                                    number(usable), percent(needed / usable), rate(hold),
+                                                    _failure(needed, usable)))
+        if dest is not None:
+            now_sentence = destination_sentence(dest, usable)
+            found[:] = [item for item in found if item.sentence != now_sentence]
+            sentence += "; it holds %s (%s) now" % (number(dest["busiest_in_use"]), percent(dest["utilisation"]))
+            hot.append(dest)
+        else:
+            short = True
+        if not reuse:
+            projection.without_reuse.append(key)
+        out.append(Finding(then, sentence))
+    return out, hot, short
 
 
 def recommendations(snap, port_range, usable, short, hot, without_reuse):
@@ -199,7 +306,11 @@ def analyse(snap, top=10, warning=WARNING_PERCENT, critical=CRITICAL_PERCENT):
     keyed = top_destinations(groups, top, usable, snap.format_address)
     destinations = [dest for dummy, dest in keyed]
     found, hot = destination_findings(eph, groups, destinations, warning, critical)
-    findings += found + list(snap.extra_findings)
+    rates, entered = time_wait_rates(snap)
+    projection = Projection(snap, groups, usable, warning, critical, rates)
+    ahead, hot_ahead, short_ahead = projected_destinations(projection, keyed, found, snap.format_address)
+    hot += [dest for dest in hot_ahead if dest not in hot]
+    findings += ahead + found + list(snap.extra_findings)
     held_by_family, pools_short = None, False
     if host_scope:
         held_by_family = ports_held_by_family(snap.tuples)
@@ -209,18 +320,18 @@ def analyse(snap, top=10, warning=WARNING_PERCENT, critical=CRITICAL_PERCENT):
     counted = snap.platform.counters(snap)
     findings += counted.findings
     notes = list(snap.notes) + list(counted.notes)
-    cap = measured_capacity(snap, usable, counted.measured, notes)
+    cap = measured_capacity(snap, usable, counted.measured, notes, entered)
     attributed = snap.processes is not None
-    projection = Projection(snap, groups, usable, warning, critical)
     if attributed:
         processes, client, unattributed, churner, owners = process_analysis(snap, top, projection)
+        client = failing_findings(snap) + client
         findings += [Finding(item.severity, item.report["sentence"]) for item in client]
         if (snap.attribution or {}).get("sampled_seconds") is None:
             notes.append(SAMPLE_NOTE)
     findings = [Finding(*item) for item in findings]  # the OS side's extra_findings may be plain pairs
     findings.sort(key=lambda item: -SEVERITY[item.severity])
     verdict = worst(item.severity for item in findings)
-    short = (pools_short if host_scope else hot) or usable == 0 or verdict == "critical"
+    short = (pools_short if host_scope else hot) or short_ahead or usable == 0 or verdict == "critical"
     recommend = recommendations(snap, port_range, usable, short, hot, projection.without_reuse)
     recommend.update(counted.recommendations or {})
     result = {

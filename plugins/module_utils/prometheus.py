@@ -176,12 +176,21 @@ def _destinations(result, top, family):
                       "Of those, ports connect() cannot take (TIME_WAIT ports are free when tcp_tw_reuse applies).")
     ratio = family("tcpstack_destination_utilisation_ratio", "gauge",
                    "Blocking ports over usable ports on a destination's busiest tuple, 0 to 1.")
+    entered = family("tcpstack_destination_time_wait_entered_per_second", "gauge",
+                     "New connections per second towards a destination that left a TIME_WAIT on this host (this "
+                     "end closed first), over the last seconds the TIME_WAIT timers of one dump cover.")
+    projected = family("tcpstack_destination_projected_utilisation_ratio", "gauge",
+                       "What that rate holds in steady state (rate x the seconds a closed port stays held) over "
+                       "the usable ports; the verdict is critical from the critical threshold on (above 1: connect() "
+                       "will fail).")
     for dest in (result.get("destinations") or [])[:top]:
         labels = {"destination": dest.get("endpoint"), "local_address": dest.get("busiest_local_address") or ""}
         in_use.add(dest.get("busiest_in_use"), **labels)
         tw.add(dest.get("busiest_time_wait"), **labels)
         blocking.add(dest.get("blocking"), **labels)
         ratio.add(dest.get("utilisation"), **labels)
+        entered.add(dest.get("time_wait_entered_per_second"), **labels)
+        projected.add(dest.get("projected_utilisation"), **labels)
 
 
 def _judgement(result, family):
@@ -191,6 +200,9 @@ def _judgement(result, family):
                   "Sustainable new connections per second to one destination tuple (usable ports / hold time).")
     for scope in ("remote", "loopback"):
         most.add((capacity.get(scope) or {}).get("max_new_connections_per_second"), scope=scope)
+    family("tcpstack_time_wait_entered_per_second", "gauge",
+           "New connections per second, all destinations together, that left a TIME_WAIT on this host: what "
+           "the capacity is set against.").add(capacity.get("time_wait_entered_per_second"))
     values = (result.get("counters") or {}).get("values") or {}
     for key, name, text in COUNTERS:
         family(name, "counter", text).add(values.get(key))

@@ -57,6 +57,16 @@ PROC_TABLES = (("/proc/net/tcp", AF_INET), ("/proc/net/tcp6", AF_INET6))
 
 _V6_LOOPBACK = b"\x00" * 15 + b"\x01"
 
+# TIME_WAIT lasts TCP_TIMEWAIT_LEN, a fixed 60 s, and its timer is armed when the socket enters it: the time left
+# on a TIME_WAIT socket's timer tells when its connection closed.  So one dump tells how many connections entered
+# TIME_WAIT in the last RECENT_SECONDS towards each tuple: a rate of connections that leave a TIME_WAIT on this
+# host, measured without a sample.  netlink gives the time left in milliseconds (idiag_expires); /proc/net/tcp in
+# clock ticks (USER_HZ, 100 per second), after "03:" in its "tr:tm->when" column.
+TIME_WAIT_MS = 60000
+RECENT_SECONDS = 10
+USER_HZ = 100
+_EXPIRES = struct.Struct("=I").unpack_from  # idiag_expires, in the host's byte order
+
 
 class TableError(Exception):
     """The socket table could not be read from this source."""
@@ -67,11 +77,19 @@ class Tally:
 
     ``ephemeral`` is a 65536-byte table (ports.port_flags), non-zero for the
     ports automatic allocation hands out (inside the range and not reserved).
-    ``source`` is set by the reader: "netlink" or "proc".
+    ``source`` is set by the reader: "netlink" or "proc".  ``recent`` and
+    ``recent_hex`` count, per tuple as ``raw`` and ``hex`` do, the TIME_WAIT
+    sockets that entered TIME_WAIT in the last ``recent_seconds``
+    (``time_wait_recent()``).
     """
 
-    def __init__(self, ephemeral):
+    def __init__(self, ephemeral, recent_seconds=RECENT_SECONDS):
         self.ephemeral = ephemeral
+        self.recent_seconds = recent_seconds
+        # a TIME_WAIT socket with more than this left on its timer entered TIME_WAIT in the last recent_seconds
+        self.recent_after_ms = TIME_WAIT_MS - recent_seconds * 1000
+        self.recent = {AF_INET: {}, AF_INET6: {}}
+        self.recent_hex = {AF_INET: {}, AF_INET6: {}}
         self.states = {AF_INET: {}, AF_INET6: {}}
         self.listening = set()
         # netlink: {family: {dport + src + dst (34 raw bytes): [in use, in TIME_WAIT]}}
@@ -96,6 +114,20 @@ class Tally:
                 address, port = remote.split(b":")
                 _add(out, family, hex_address(local), hex_address(address), int(port, 16), value)
         return out
+
+    def time_wait_recent(self):
+        """{(family, local address bytes, remote address bytes, remote port): sockets that entered TIME_WAIT in the
+        last ``recent_seconds``}, keyed as ``tuples()``; tuples with none are left out."""
+        out = {}
+        for family, table in self.recent.items():
+            size = 4 if family == AF_INET else 16
+            for key, count in table.items():
+                _add(out, family, key[2:2 + size], key[18:18 + size], (key[0] << 8) | key[1], (count, 0))
+        for family, table in self.recent_hex.items():
+            for (local, remote), count in table.items():
+                address, port = remote.split(b":")
+                _add(out, family, hex_address(local), hex_address(address), int(port, 16), (count, 0))
+        return dict((key, value[0]) for key, value in out.items())
 
     def state_counts(self):
         """{"ipv4": {state name: count}, "ipv6": {...}}."""
@@ -152,7 +184,8 @@ def tally_netlink(buf, family, tally, observe=None, observe_time_wait=True):
     address (as in ``Tally.raw``), ``cookie`` the kernel's 8-byte socket
     cookie (a TIME_WAIT socket keeps the cookie of the connection it was),
     ``expires`` the milliseconds left on its timer (TIME_WAIT: of the 60 s),
-    ``inode`` 0 for a socket no file descriptor owns.  ``observe_time_wait``
+    ``inode`` 0 for a socket no file descriptor owns.  A TIME_WAIT socket that
+    entered it recently is also counted in ``tally.recent``.  ``observe_time_wait``
     False leaves TIME_WAIT sockets (the bulk of a busy table) to the tally.
 
     Every length is checked before it is used: a message shorter than its
@@ -160,10 +193,9 @@ def tally_netlink(buf, family, tally, observe=None, observe_time_wait=True):
     shorter than ``struct inet_diag_msg`` raises TableError (and the caller
     reads /proc instead), never IndexError or struct.error.
     """
-    states = tally.states[family]
-    table = tally.raw[family]
-    ephemeral = tally.ephemeral
-    listening = tally.listening
+    states, table = tally.states[family], tally.raw[family]
+    ephemeral, listening = tally.ephemeral, tally.listening
+    recent, recent_after = tally.recent[family], tally.recent_after_ms
     unpack = struct.unpack_from
     end = len(buf)
     pos = 0
@@ -195,6 +227,8 @@ def tally_netlink(buf, family, tally, observe=None, observe_time_wait=True):
                         have[0] += 1
                         if state == TIME_WAIT:
                             have[1] += 1
+                    if state == TIME_WAIT and _EXPIRES(buf, pos + 68)[0] > recent_after:
+                        recent[key] = recent.get(key, 0) + 1
                 if observe is not None and state != NEW_SYN_RECV and (observe_time_wait or state != TIME_WAIT):
                     expires, dummy_r, dummy_w, uid, inode = unpack("=IIIII", buf, pos + 68)
                     observe(family, state, key, buf[pos + 60:pos + 68], expires, uid, inode)
@@ -237,10 +271,14 @@ def tally_proc_lines(lines, family, tally, ports):
     ``ports`` caches {port hex: allocated automatically} across calls.  A line
     that is not the header and not a socket as the kernel prints it (state
     two hex digits, both endpoints hex ADDRESS:PORT of the family's size) is
-    refused: counted in ``tally.bad_lines``, never raised.
+    refused: counted in ``tally.bad_lines``, never raised.  A TIME_WAIT line
+    whose timer has more than ``tally.recent_after_ms`` left is also counted in
+    ``tally.recent_hex``.
     """
     states = tally.states[family]
     table = tally.hex[family]
+    recent = tally.recent_hex[family]
+    recent_after = tally.recent_after_ms * USER_HZ // 1000
     ephemeral = tally.ephemeral
     listening = ports.setdefault("listening", set())
     for line in lines:
@@ -272,6 +310,20 @@ def tally_proc_lines(lines, family, tally, ports):
             have[0] += 1
             if state == TIME_WAIT:
                 have[1] += 1
+                if len(fields) > 4 and proc_ticks_left(fields[4]) > recent_after:
+                    recent[key] = recent.get(key, 0) + 1
+
+
+def proc_ticks_left(rest):
+    """The clock ticks left on a socket's timer from the columns after the state ("tx:rx tr:when ..."); -1 when
+    they are not as the kernel prints them."""
+    parts = rest.split(None, 2)
+    if len(parts) < 2:
+        return -1
+    timer = parts[1]
+    if len(timer) != 11 or timer[2:3] != b":" or timer[3:].translate(None, _HEX_DIGITS):
+        return -1
+    return int(timer[3:], 16)
 
 
 def tally_proc_chunks(chunks, family, tally):

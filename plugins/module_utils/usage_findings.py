@@ -17,7 +17,12 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import
     Destination,
     Finding,
 )
-from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import SEVERITY, level, per_second
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import (
+    SEVERITY,
+    leaving_rate,
+    level,
+    per_second,
+)
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import (
     endpoint,
     number,
@@ -36,6 +41,9 @@ POOLING_ADVICE = ("pool the connections or keep them alive (HTTP keep-alive, a c
 BIND_ADVICE = ("set IP_BIND_ADDRESS_NO_PORT on the socket before bind() (Linux 4.2+), or give connect() its port "
                "range with IP_LOCAL_PORT_RANGE (Linux 6.3+), or connect() without bind(): a socket bound to an "
                "ephemeral port holds it for every destination")
+FAILING_ADVICE = ("pool the connections or keep them alive in that client, and stop opening a new connection (or "
+                  "starting a new process) per request; a wider port range or tcp_tw_reuse on the host only buys "
+                  "time")
 _IDENTITY = ("pid", "start_time", "name", "cmdline", "user", "uid", "unit", "cgroup", "container",
              "evidence")  # the result's order
 _TOTALS = ("in_use", "established", "time_wait", "time_wait_inferred")
@@ -171,7 +179,7 @@ def _pooling_finding(proc, key, entry, seconds, dest_level):
     finding = pooling(proc, entry, seconds)
     if finding is None:
         return None
-    severity, projection = dest_level(key, entry["new_connections_per_second"])
+    severity, projection = dest_level(key, leaving_rate(entry, seconds))
     if projection:
         finding["sentence"] = finding["sentence"].replace(": " + POOLING_ADVICE,
                                                           "; %s: %s" % (projection, POOLING_ADVICE))
@@ -308,16 +316,62 @@ def _reorder(item, order):
     return dict((key, item[key]) for key in order)
 
 
+def failing(proc, seconds, format_address):
+    """The "failing" ClientFinding (critical) of a ProcessRecord whose connect() calls failed for want of a local
+    port (``failed_connections`` above 0, measured by tracing), or None: it names the process, its failures per
+    second and the destination that failed most, when known."""
+    failed = proc.failed_connections
+    if not failed or failed <= 0:
+        return None
+    key, most, new = None, 0, None
+    for dest_key, counts in proc.destinations.items():
+        if (counts.failed_connections or 0) > most:
+            key, most = dest_key, counts.failed_connections
+        if counts.new_connections is not None:
+            new = (new or 0) + counts.new_connections
+    destination = None
+    if key is not None:
+        destination = endpoint(key[0], format_address(key[0], key[1]), key[2])
+    per = per_second(failed, seconds)
+    how = ("fails %s connect() calls per second" % rate(per) if per is not None
+           else "failed %s connect() calls" % number(failed))
+    sentence = "%s %s%s for want of a local port (EADDRNOTAVAIL%s): %s" % (
+        who(proc), how, " to %s" % destination if destination else "",
+        ", %s in %.1f s" % (number(failed), seconds) if per is not None else "", FAILING_ADVICE)
+    return ClientFinding("critical", _client(proc, "failing", destination, per_second(new, seconds), FAILING_ADVICE,
+                                             sentence, failed_connections=failed,
+                                             failed_connections_per_second=per))
+
+
+def failing_findings(snap):
+    """[ClientFinding] "failing" of every process of ``snap`` whose connect() calls failed for want of a port,
+    the most failures first (before any cut to the top N: while connections fail, the failing client is named)."""
+    seconds = (snap.attribution or {}).get("sampled_seconds")
+    found = [failing(proc, seconds, snap.format_address) for proc in snap.processes or ()]
+    found = [item for item in found if item is not None]
+    found.sort(key=lambda item: (-item.report["failed_connections"], item.report["pid"]))
+    return found
+
+
 def cure(recommendations, client_findings):
-    """{"where": "client" | "host" | "both" | "none", "summary"}: which of the two cures applies."""
-    named = "; ".join(sorted(set(item["process"] for item in client_findings))[:3])
+    """{"where": "client" | "host" | "both" | "none", "summary"}: which of the two cures applies.  The clients
+    whose connect() calls fail (a "failing" finding) are named first."""
+    names = []
+    for item in sorted(client_findings, key=lambda item: (item.get("kind") != "failing", item["process"])):
+        if item["process"] not in names:
+            names.append(item["process"])
+    named = "; ".join(names[:3])
+    why = ("its connect() calls fail for want of a local port" if any(
+        item.get("kind") == "failing" for item in client_findings) else None)
     host = bool(recommendations)
     if client_findings and host:
-        return {"where": "both", "summary": "fix the client (%s) for a lasting cure; tune the host with the "
-                                            "recommendations meanwhile" % named}
+        return {"where": "both", "summary": "fix the client (%s)%s for a lasting cure; tune the host with the "
+                                            "recommendations meanwhile" % (named, ", whose connect() calls fail "
+                                                                                  "for want of a local port," if why
+                                                                           else "")}
     if client_findings:
-        return {"where": "client", "summary": "fix the client (%s): the host's settings are not what runs short"
-                                              % named}
+        return {"where": "client", "summary": "fix the client (%s): %s" % (
+            named, why or "the host's settings are not what runs short")}
     if host:
         return {"where": "host", "summary": "tune the host with the recommendations: no client opens connections "
                                             "in a way that pooling would cure"}

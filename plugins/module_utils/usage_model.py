@@ -227,6 +227,11 @@ class Snapshot:
     new_connections were counted over, None without a sample),
     "unattributed" {(family, remote, port): Unattributed}, and any other
     facts, reported as they are.  ``platform``: the Platform whose rules apply.
+
+    ``time_wait_recent``: {tuple key as in ``tuples``: sockets that entered
+    TIME_WAIT in the last ``time_wait_recent_seconds``}, read from the
+    TIME_WAIT timers of one dump (None: not measured, e.g. on Windows): the
+    rate of connections that leave a TIME_WAIT on this host.
     """
 
     settings: Dict[str, Any] = field(default_factory=dict)
@@ -256,6 +261,8 @@ class Snapshot:
     processes: Optional[List[ProcessRecord]] = None
     attribution: Optional[Dict[str, Any]] = None
     platform: Platform = NEUTRAL
+    time_wait_recent: Optional[Dict[tuple, int]] = None
+    time_wait_recent_seconds: Optional[float] = None
 
 
 class Destination:

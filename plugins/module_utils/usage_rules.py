@@ -96,6 +96,29 @@ def hold_seconds(reuse, reuse_delay, time_wait_seconds):
     return reuse_delay if reuse else float(time_wait_seconds)
 
 
+def projected(per_second, hold, usable, warning, critical):
+    """(severity, ports held in steady state) of a steady rate of new connections that each hold a port for
+    ``hold`` seconds (hold_seconds()), against ``usable`` ports: the one rule of every projection, a
+    destination's and a process's.  ("ok", None) without a rate or usable ports."""
+    if not per_second or not usable or hold <= 0:
+        return "ok", None
+    needed = per_second * hold
+    return level(needed / float(usable), warning, critical), needed
+
+
+def leaving_rate(counts, seconds):
+    """The rate of a process's connections towards one destination that leave a TIME_WAIT on this host (and so
+    hold a port): ``time_wait_entered`` over ``seconds`` where it was measured (tracepoints), else its new
+    connections (a sample that finds connections by their TIME_WAIT counts those only).  ``counts``: a
+    DestinationCounts or the result's destination dict."""
+    entered = counts.get("time_wait_entered")
+    if entered is not None:
+        return per_second(entered, seconds)
+    if counts.get("new_connections_per_second") is not None:
+        return counts.get("new_connections_per_second")
+    return per_second(counts.get("new_connections"), seconds)
+
+
 def capacity(usable, time_wait_seconds, reuse_remote, reuse_loopback, reuse_delay):
     """The sustainable rate of new connections to one destination tuple, for remote and loopback destinations.
 

@@ -166,6 +166,10 @@ destinations:
     - C(in_use) and C(time_wait) count every local address; C(busiest_*) are those of the busiest tuple;
       C(blocking) is what C(connect()) cannot take there (ports in TIME_WAIT are free when C(reuse) applies);
       C(utilisation) is C(blocking) / usable ports (C(null) when no port is usable).
+    - C(time_wait_entered_per_second) the new connections per second towards it that left a TIME_WAIT on this
+      host over the last 10 s, on its busiest tuple for them, read from the TIME_WAIT timers of the final dump
+      (no sample needed); C(projected_utilisation) what that rate holds in steady state (rate x the seconds a
+      closed port stays held) over the usable ports. Both C(null) where the timers were not read.
     - With O(attribution), C(processes) lists up to 5 processes holding ports towards it (C(pid), C(name),
       C(in_use), C(time_wait), C(new_connections_per_second)), among those in RV(processes).
   returned: always
@@ -188,6 +192,10 @@ capacity:
   description:
     - The sustainable rate of new connections to one destination tuple, C(usable_ports) / C(port_hold_seconds),
       for C(remote) and C(loopback) destinations (they differ with C(tcp_tw_reuse=2)).
+    - The sustainable rate holds for connections that leave a TIME_WAIT on this host (this end closes first);
+      a connection whose peer closes first frees its port at once. C(time_wait_entered_per_second) is the rate of
+      those connections, all destinations together, over the last C(time_wait_recent_seconds) (10), read from the
+      TIME_WAIT timers of one dump; C(null) where they were not read.
     - C(measured) with O(sample_seconds) above 0, the measured C(active_opens_per_second),
       C(passive_opens_per_second) and C(attempt_fails_per_second) of the whole host; else C(null).
   returned: always
@@ -195,7 +203,7 @@ capacity:
   sample: {"usable_ports": 1000, "time_wait_seconds": 60,
            "remote": {"reuse": false, "port_hold_seconds": 60.0, "max_new_connections_per_second": 16.67},
            "loopback": {"reuse": true, "port_hold_seconds": 1.0, "max_new_connections_per_second": 1000.0},
-           "measured": null}
+           "measured": null, "time_wait_entered_per_second": 20.0, "time_wait_recent_seconds": 10}
 verdict:
   description: V(ok), V(warning) or V(critical); the most severe finding.
   returned: always
@@ -270,7 +278,10 @@ client_findings:
       keeps at most a tenth as many open as it has in TIME_WAIT (without a sample, 100 TIME_WAIT sockets seen
       alive); or V(bind_before_connect), a process holding ephemeral ports bound and not connected (dumped by
       Linux 6.x with state CLOSE when the dump asks for BOUND_INACTIVE), with the advice
-      C(IP_BIND_ADDRESS_NO_PORT) (Linux 4.2+) or C(IP_LOCAL_PORT_RANGE) (Linux 6.3+).
+      C(IP_BIND_ADDRESS_NO_PORT) (Linux 4.2+) or C(IP_LOCAL_PORT_RANGE) (Linux 6.3+); or V(failing), a process
+      whose C(connect()) calls failed for want of a local port (EADDRNOTAVAIL, where they were counted), with
+      C(failed_connections) and C(failed_connections_per_second), always V(critical), listed first and named
+      first by RV(cure).
     - Each has C(pid), C(name), C(user), C(unit), C(container), C(process) (a phrase naming it),
       C(destination) (C(null) for bind_before_connect), C(new_connections_per_second), C(advice) and
       C(sentence); pooling adds C(new_connections), C(established), C(time_wait) and

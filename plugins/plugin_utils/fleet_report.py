@@ -71,6 +71,7 @@ def _empty_row(host, platform):
         "usable_ports": None,
         "top_destination": None,
         "max_new_connections_per_second": None,
+        "projected_utilisation": None,
         "findings": [],
         "recommendations": {},
         "culprit": None,
@@ -132,6 +133,9 @@ def host_row(host, platform, result):
     destinations = [d for d in destinations if isinstance(d, dict)] if isinstance(destinations, list) else []
     row["top_destination"] = _top_destination(destinations)
     row["utilisation"] = _utilisation(row)
+    projected = [_finite(d.get("projected_utilisation")) for d in destinations]
+    projected = [value for value in projected if value is not None and value >= 0]
+    row["projected_utilisation"] = max(projected) if projected else None
     remote = _dict(result.get("capacity")).get("remote")
     remote = remote if isinstance(remote, dict) else None
     row["max_new_connections_per_second"] = _finite(remote.get("max_new_connections_per_second")) if remote else None
@@ -151,16 +155,17 @@ def host_row(host, platform, result):
 
 
 CURES = ("client", "host", "both", "none")
-CULPRIT_KINDS = ("pooling", "bind_before_connect", "churner")
+CULPRIT_KINDS = ("failing", "pooling", "bind_before_connect", "churner")
 
 
 def culprit(host, result):
-    """The process to blame on this host, from its result's client findings (a pooling one first) or its top
-    churner: {"process", "pid", "at" ("name (pid N)@host"), "destination", "new_connections_per_second", "kind",
+    """The process to blame on this host, from its result's client findings (one whose connect() calls fail
+    first, then a pooling one) or its top churner: {"process", "pid", "at" ("name (pid N)@host"), "destination", "new_connections_per_second", "kind",
     "advice"}; None when the result names none.  Every value is checked: a host's result is not trusted."""
     findings = result.get("client_findings")
     findings = [f for f in findings if isinstance(f, dict)] if isinstance(findings, list) else []
-    chosen = next((f for f in findings if f.get("kind") == "pooling"), None)
+    chosen = next((f for f in findings if f.get("kind") == "failing"), None) \
+        or next((f for f in findings if f.get("kind") == "pooling"), None)
     if chosen is None and isinstance(result.get("top_churner"), dict):
         chosen = dict(result["top_churner"], kind="churner")
     if chosen is None and findings:
@@ -192,7 +197,9 @@ def culprit_text(row):
         text += " -> %s" % item["destination"]
     if item.get("new_connections_per_second") is not None:
         text += " at %s new connections/s" % rate(item["new_connections_per_second"])
-    if item["kind"] == "pooling":
+    if item["kind"] == "failing":
+        text += " (its connect() calls fail for want of ports)"
+    elif item["kind"] == "pooling":
         text += " (pool its connections)"
     elif item["kind"] == "bind_before_connect":
         text += " (binds before connect)"
@@ -245,6 +252,18 @@ def percent(value):
     return "n/a" if value is None else _percent(value)
 
 
+def utilisation_text(row):
+    """"28.8%", or "28.8% (120% projected)" where a destination's rate of connections that leave a TIME_WAIT
+    will hold more in steady state (what raises the verdict beyond the ports held now); a host already at 100%
+    shows no projection."""
+    text = percent(row["utilisation"])
+    projected = row.get("projected_utilisation")
+    now = row["utilisation"] or 0.0
+    if projected is not None and now < projected and now < 1.0:
+        text += " (%s projected)" % percent(projected)
+    return text
+
+
 def destination_text(row):
     top = row.get("top_destination")
     if not top:
@@ -288,7 +307,7 @@ def render_markdown(report):
         findings = row["findings"] + ([row["error"]] if row.get("error") else [])
         lines.append("| %s |" % " | ".join([
             md_escape(row["host"]), md_escape(row["platform"]), md_escape(row["verdict"]),
-            md_escape(percent(row["utilisation"])), md_escape(destination_text(row)),
+            md_escape(utilisation_text(row)), md_escape(destination_text(row)),
             "<br>".join(md_escape(item) for item in recommendation_items(row)) or "-",
             "<br>".join(md_escape(item) for item in findings) or "-",
             md_escape(culprit_text(row)) + (" (%s)" % md_escape(row["cure"]["summary"])
@@ -305,7 +324,7 @@ def render_summary(report, width=40):
     for row in report["hosts"]:
         recommended = ", ".join(sorted(row["recommendations"])) or ("-" if not row.get("error") else row["error"])
         rows.append((row["host"], row["platform"], row["verdict"].upper() if row["verdict"] == "critical" else row["verdict"],
-                     percent(row["utilisation"]), destination_text(row), recommended))
+                     utilisation_text(row), destination_text(row), recommended))
     rows = [tuple(_shorten(" ".join(str(cell).split()), width) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
@@ -365,7 +384,7 @@ def _html_row(number, row):
         "<td>%s</td>" % _e(row["platform"]),
         '<td><span class="badge %s">%s</span></td>' % (_e(row["verdict"]), _e(row["verdict"])),
         '<td><div class="bar" title="%s"><span style="width:%s%%"></span></div><span class="pct">%s</span></td>' % (
-            _e(percent(utilisation)), _e(width), _e(percent(utilisation))),
+            _e(percent(utilisation)), _e(width), _e(utilisation_text(row))),
         "<td>%s%s</td>" % (_e(destination_text(row)), "" if capacity is None else
                            '<br><span class="muted">max %s new connections/s %s</span>' % (
                                _e("{:,}".format(capacity)),
