@@ -164,7 +164,7 @@ class ProcessTable:
         read = 0
         alive = set()
         for pid in pids:
-            if self._read(pid, describe=False) is None:
+            if not self._read(pid, describe=False):
                 continue
             read += 1
             alive.add(pid)
@@ -182,27 +182,31 @@ class ProcessTable:
         return self._read(pid, describe=True)
 
     def _read(self, pid, describe):
-        """Read process ``pid`` through one handle and record its sockets: its identity (with ``describe``, or
-        when its sockets are seen for the first time; else a dict with its start time only), None when gone or
-        when its fd table cannot be read (without ``describe``)."""
+        """Read process ``pid`` through one handle and record its sockets.  Returns its identity with ``describe``
+        (None when it is gone), else whether its fd table could be read.
+
+        Its start time is read only when it holds sockets not seen under this pid before: a pid reused by another
+        process shows other inodes, so that is when the check is needed, and an unchanged fd table costs no more
+        reads than before."""
         try:
             proc = self.host.process_dir(pid)
         except (OSError, ValueError):
-            return None
+            return None if describe else False
         with proc:
             inodes = self._socket_inodes(proc)
-            if inodes is None and not describe:
-                return None
+            if not describe:
+                if inodes is None:
+                    return False
+                if not inodes or inodes == self.sockets.get(pid):
+                    self._record(pid, None, inodes, None)
+                    return True
             try:
                 start = parse_stat_start(proc.read("stat"), self.ticks)
             except OSError:
-                return None  # gone (ENOENT, ESRCH): every process has a stat
-            if not describe and (not inodes or pid in self.first_seen):
-                self._record(pid, start, inodes, None)
-                return {"start_time": start}
-            info = self._identity(proc, pid, start)
+                return None if describe else False  # gone (ENOENT, ESRCH): every process has a stat
+            info = self._identity(proc, pid, start) if describe or pid not in self.first_seen else None
         self._record(pid, start, inodes, info)
-        return info
+        return info if describe else True
 
     def _record(self, pid, start, inodes, info):
         if inodes is None:
