@@ -57,7 +57,6 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import
     process_record,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import time_wait_heir, unmap_text
-from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import clean_text
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import build_info_script
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import (
     CONTIGUOUS_BLOCK_REPORTED,

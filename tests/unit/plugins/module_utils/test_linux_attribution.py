@@ -8,10 +8,9 @@ connected to 8080 and closed.  attr.json holds which child's /proc/PID/fd held e
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest

@@ -15,6 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils import linux_processes as lp
+from ansible_collections.tcpstack.tuning.plugins.module_utils import prometheus
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_usage_rules import LINUX
+from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import Snapshot, analyse
+from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table import format_address
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import DestinationCounts, process_record
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import (
     PROCESS_FILE_MAX,
     LinuxHost,
@@ -289,6 +294,29 @@ def test_host_text_is_cleaned_where_it_is_read(tree):
     assert info["unit"] == CLEAN + ".service" and info["cgroup"] == "/system.slice/%s.service" % CLEAN
     for value in info.values():
         assert not isinstance(value, str) or all(c.isprintable() for c in value)
+
+
+def test_hostile_host_text_reaches_neither_the_findings_nor_the_metrics(tree):
+    """A process named with ESC and U+202E, in a unit holding them, that churns: its finding, its process row and
+    its tcpstack_ series show the bytes escaped (the cleaning happens where /proc is read)."""
+    base = tree / "proc/100"
+    (base / "comm").write_bytes(b"\x1b]0;pwn\x07\xe2\x80\xae\n")
+    (base / "cgroup").write_bytes("0::/system.slice/a\x1b[2J\u202eb.service\n".encode())
+    table = lp.ProcessTable(LinuxHost(str(tree)))
+    table.scan()
+    counts = DestinationCounts(in_use=601, established=1, time_wait=600, new_connections=600,
+                               new_connections_inferred=0)
+    record = process_record(table.describe(100), {(4, b"\x0a\x00\x00\x02", 80): counts})
+    result = analyse(Snapshot(port_range=(40000, 40999), platform=LINUX, tuples={}, format_address=format_address,
+                              processes=[record], attribution={"sampled_seconds": 10.0, "unattributed": {}}))
+    assert result["client_findings"] and result["top_churner"]["name"] == "\\x1b]0;pwn\\x07\\u202e"
+    texts = list(result["findings"]) + [result["cure"]["summary"]]
+    texts += [value for row in result["processes"] + result["client_findings"] for value in row.values()
+              if isinstance(value, str)]
+    assert all(char.isprintable() for text in texts for char in text)
+    metrics = prometheus.render(result)
+    assert "\\x1b]0;pwn" in metrics and "unit=\"a\\\\x1b[2J\\\\u202eb.service\"" in metrics
+    assert all(char.isprintable() for line in metrics.splitlines() for char in line)
 
 
 def test_a_name_holding_a_line_break_of_unicode_does_not_forge_its_uid():
