@@ -1,15 +1,20 @@
 # -*- coding: utf-8 -*-
 # Copyright: tcpstack.tuning contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The processes of a Linux host: /proc/PID (fd tables, network namespaces, comm/cmdline/status/cgroup), user names.
+"""The processes of a Linux host: /proc/PID (fd tables, network namespaces, stat/comm/cmdline/status/cgroup), user
+names, the clock tick.
 
 Part of LinuxHost (linux_host.py), the only code that touches a Linux host.
 What is read is handed on as bytes or numbers; linux_processes parses it.
+A process is read through one handle on its /proc/PID directory (``ProcessDir``): a pid reused while it is read
+is never read in its place.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
 try:
     import pwd
@@ -18,12 +23,17 @@ except ImportError:  # pragma: no cover - not Linux
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_files import (
     DIR_FLAGS,
+    NOFOLLOW,
+    READ_FLAGS,
     HostRoot,
-    read_regular,
+    UnsafeFile,
+    _read_fd,
+    kind,
 )
 
 PROCESS_FILE_MAX = 1 << 16  # bytes read from /proc/PID/{comm,cmdline,status,cgroup}: the rest is not read
 SOCKET_PREFIX = "socket:["  # what /proc/PID/fd/N links to for a socket: socket:[INODE]
+CLOCK_TICKS_DEFAULT = 100  # USER_HZ on every Linux architecture, when sysconf cannot say
 
 
 def socket_inode(link):
@@ -35,8 +45,84 @@ def socket_inode(link):
     return None
 
 
+def _file_name(name):
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        raise ValueError("not a file of /proc/PID: %r" % (name,))
+    return name
+
+
+class ProcessDir:
+    """/proc/PID opened once (O_DIRECTORY|O_NOFOLLOW), and every file of that process read through this handle.
+
+    The handle stays with the process it was opened for: once that process is gone its files fail (ESRCH or
+    ENOENT), even when its pid has been given to another process meanwhile, so what is read through one handle
+    (start time, name, command line, user, cgroup, sockets) is always one process's.  Close it (or use ``with``).
+    """
+
+    def __init__(self, fd, pid):
+        self.fd = fd
+        self.pid = pid
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def read(self, name, cap=PROCESS_FILE_MAX):
+        """The bytes of /proc/PID/NAME (``name`` one file: stat, comm, cmdline, status, cgroup), at most ``cap``.
+
+        Opened relative to the handle with O_NOFOLLOW, O_NONBLOCK and O_CLOEXEC, and read only when fstat shows
+        a regular file; of a longer file only the first ``cap`` bytes.  Raises OSError (UnsafeFile when it is
+        not a regular file); ValueError for a ``name`` that is not one file name.
+        """
+        shown = "/proc/%d/%s" % (self.pid, _file_name(name))
+        try:
+            fd = os.open(name, READ_FLAGS | NOFOLLOW, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeFile(errno.EINVAL, "is a symbolic link, not a regular file", shown)
+            raise
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise UnsafeFile(errno.EINVAL, "is %s, not a regular file" % kind(mode), shown)
+            return _read_fd(fd, cap, shown, truncate=True)
+        finally:
+            os.close(fd)
+
+    def socket_inodes(self):
+        """The inodes of the sockets the process holds (a frozenset): its fd/N linking to socket:[INODE].
+
+        The fd directory is opened once relative to the handle (O_NOFOLLOW) and each link read relative to it;
+        an fd closed meanwhile is skipped.  Raises OSError when the fd table cannot be read: EACCES or EPERM
+        for another user's process without root, ENOENT or ESRCH when it is gone.
+        """
+        fd = os.open("fd", DIR_FLAGS, dir_fd=self.fd)
+        try:
+            inodes = set()
+            readlink = os.readlink
+            for name in os.listdir(fd):
+                try:
+                    link = readlink(name, dir_fd=fd)
+                except OSError:
+                    continue  # closed meanwhile
+                if link.startswith(SOCKET_PREFIX):
+                    inode = socket_inode(link)
+                    if inode is not None:
+                        inodes.add(inode)
+            return frozenset(inodes)
+        finally:
+            os.close(fd)
+
+
 class HostProcesses(HostRoot):
-    """LinuxHost's processes: their pids, network namespaces, socket inodes, /proc/PID files and user names."""
+    """LinuxHost's processes: their pids, network namespaces, /proc/PID handles and files, user names."""
 
     def pids(self):
         """The pids of /proc (its numeric entries), in the order listed; [] when /proc cannot be listed."""
@@ -54,43 +140,31 @@ class HostProcesses(HostRoot):
         """
         return os.readlink(self._p("/proc/self/ns/net" if pid is None else "/proc/%d/ns/net" % pid))
 
-    def socket_inodes(self, pid):
-        """The inodes of the sockets process ``pid`` holds (a frozenset): its /proc/PID/fd/N linking to socket:[INODE].
+    def process_dir(self, pid):
+        """A ProcessDir: /proc/PID opened once.  Raises OSError (ENOENT when the process is gone)."""
+        if type(pid) is not int or pid <= 0:  # pylint: disable=unidiomatic-typecheck
+            raise ValueError("not a pid: %r" % (pid,))
+        return ProcessDir(os.open(self._p("/proc/%d" % pid), DIR_FLAGS), pid)
 
-        One call per process, the loop over its fds here and tight (the fd directory is opened once,
-        O_NOFOLLOW, and each link read relative to it): attribution reads every fd of the namespace.
-        An fd closed meanwhile is skipped.  Raises OSError when the fd table cannot be read: EACCES or
-        EPERM for another user's process without root, ENOENT when it is gone.
-        """
-        fd = os.open(self._p("/proc/%d/fd" % pid), DIR_FLAGS)
-        try:
-            inodes = set()
-            readlink = os.readlink
-            for name in os.listdir(fd):
-                try:
-                    link = readlink(name, dir_fd=fd)
-                except OSError:
-                    continue  # closed meanwhile
-                if link.startswith(SOCKET_PREFIX):
-                    inode = socket_inode(link)
-                    if inode is not None:
-                        inodes.add(inode)
-            return frozenset(inodes)
-        finally:
-            os.close(fd)
+    def socket_inodes(self, pid):
+        """The inodes of the sockets process ``pid`` holds (ProcessDir.socket_inodes).  Raises OSError."""
+        with self.process_dir(pid) as proc:
+            return proc.socket_inodes()
 
     def read_process_file(self, pid, name):
-        """The bytes of /proc/PID/NAME (``name`` one file: comm, cmdline, status, cgroup), at most PROCESS_FILE_MAX.
+        """The bytes of /proc/PID/NAME (ProcessDir.read), at most PROCESS_FILE_MAX.  Raises OSError, ValueError."""
+        _file_name(name)
+        with self.process_dir(pid) as proc:
+            return proc.read(name)
 
-        Read as read_regular() reads: a regular file only, opened with O_NOFOLLOW, O_NONBLOCK and
-        O_CLOEXEC; of a longer file (a long command line) only the first PROCESS_FILE_MAX bytes.
-        Raises OSError (UnsafeFile when it is not a regular file); ValueError for a ``name`` that is
-        not one file name.
-        """
-        if not name or "/" in name or name in (".", ".."):
-            raise ValueError("not a file of /proc/PID: %r" % (name,))
-        path = "/proc/%d/%s" % (pid, name)
-        return read_regular(self._p(path), path, cap=PROCESS_FILE_MAX, truncate=True)
+    @staticmethod
+    def clock_ticks():
+        """The clock ticks per second of /proc/PID/stat's times (sysconf SC_CLK_TCK), else 100."""
+        try:
+            ticks = os.sysconf("SC_CLK_TCK")
+        except (AttributeError, ValueError, OSError):
+            return CLOCK_TICKS_DEFAULT
+        return ticks if isinstance(ticks, int) and ticks > 0 else CLOCK_TICKS_DEFAULT
 
     @staticmethod
     def user_name(uid):

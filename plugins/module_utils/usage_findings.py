@@ -174,12 +174,27 @@ def _destination_entry(snap, key, counts, seconds):
     return entry
 
 
+def _exact(entry, seconds):
+    """The destination ``entry`` with only what was seen (its inferred shares taken out): what a culprit or a
+    pooling finding may rest on."""
+    out = dict(entry)
+    out["time_wait"] = (entry["time_wait"] or 0) - (entry["time_wait_inferred"] or 0)
+    out["time_wait_inferred"] = 0
+    if entry["new_connections"] is not None:
+        out["new_connections"] = entry["new_connections"] - (entry["new_connections_inferred"] or 0)
+        out["new_connections_inferred"] = 0
+        out["new_connections_per_second"] = per_second(out["new_connections"], seconds)
+    return out
+
+
 def _pooling_finding(proc, key, entry, seconds, dest_level):
-    """The ClientFinding on pooling for one process towards one destination, or None."""
-    finding = pooling(proc, entry, seconds)
+    """The ClientFinding on pooling for one process towards one destination, or None; on its exact counts only
+    (an inferred share never makes a pooling finding by itself)."""
+    exact = _exact(entry, seconds)
+    finding = pooling(proc, exact, seconds)
     if finding is None:
         return None
-    severity, projection = dest_level(key, leaving_rate(entry, seconds))
+    severity, projection = dest_level(key, leaving_rate(exact, seconds))
     if projection:
         finding["sentence"] = finding["sentence"].replace(": " + POOLING_ADVICE,
                                                           "; %s: %s" % (projection, POOLING_ADVICE))
@@ -187,8 +202,19 @@ def _pooling_finding(proc, key, entry, seconds, dest_level):
     return ClientFinding(severity, finding)
 
 
+def evidence(proc, totals, new_total, new_inferred):
+    """"inferred" when all a process is said to have opened or left in TIME_WAIT is an inferred share (or its
+    record says so), else "exact"."""
+    if proc.evidence == "inferred":
+        return "inferred"
+    inferred = totals["time_wait_inferred"] + (new_inferred or 0)
+    exact = totals["time_wait"] - totals["time_wait_inferred"] + (new_total or 0) - (new_inferred or 0)
+    return "inferred" if inferred and not exact else "exact"
+
+
 def _process_row(proc, seconds, snap, dest_level, findings):
-    """(the result's process dict, [(key, destination dict)] busiest first); its pooling findings to ``findings``."""
+    """(the result's process dict, [(key, destination dict)] busiest first, the exact rank); its pooling findings
+    to ``findings``.  The rank: (new connections per second seen, not inferred; ports held, not inferred)."""
     keyed = []
     totals = dict.fromkeys(_TOTALS, 0)
     new_total = new_inferred = None
@@ -206,6 +232,7 @@ def _process_row(proc, seconds, snap, dest_level, findings):
     keyed.sort(key=lambda item: (-(item[1]["new_connections_per_second"] or 0), -(item[1]["in_use"] or 0),
                                  item[1]["endpoint"]))
     out = dict((name, getattr(proc, name)) for name in _IDENTITY)
+    out["evidence"] = evidence(proc, totals, new_total, new_inferred)
     out.update(totals)
     out.update(ports_held=totals["in_use"], new_connections=new_total, new_connections_inferred=new_inferred,
                new_connections_per_second=per_second(new_total, seconds), bound_inactive=proc.bound_inactive,
@@ -215,16 +242,23 @@ def _process_row(proc, seconds, snap, dest_level, findings):
                destinations=[entry for dummy, entry in keyed[:PROCESS_DESTINATIONS]], destination_count=len(keyed))
     if out["bound_inactive"] or out["bound_inactive_seen"]:
         findings.append(ClientFinding("ok", binding(out)))
-    return out, keyed[:PROCESS_DESTINATIONS]
+    exact_new = None if new_total is None else new_total - (new_inferred or 0)
+    rank = (per_second(exact_new, seconds) or 0, totals["in_use"] - totals["time_wait_inferred"])
+    return out, keyed[:PROCESS_DESTINATIONS], rank
 
 
-def _churner(first):
-    if not first["new_connections_per_second"]:
+def _churner(row):
+    """The top churner from the first row (out, keyed, rank): named only on what it was seen opening, with that
+    rate and the destination it opened most connections to."""
+    first, keyed, rank = row
+    if not rank[0]:
         return None
+    exact = [(_exact(dest, None)["new_connections"] or 0, -index, dest["endpoint"])
+             for index, (dummy, dest) in enumerate(keyed)]
     return {"pid": first["pid"], "name": first["name"], "user": first["user"], "unit": first["unit"],
             "container": first["container"], "process": who(first),
-            "destination": first["destinations"][0]["endpoint"] if first["destinations"] else None,
-            "new_connections_per_second": first["new_connections_per_second"]}
+            "destination": max(exact)[2] if exact else None,
+            "new_connections_per_second": rank[0]}
 
 
 def unattributed_rows(snap, top):
@@ -252,19 +286,20 @@ def process_analysis(snap, top, dest_level):
     findings = []
     for proc in snap.processes or ():
         rows.append(_process_row(proc, seconds, snap, dest_level, findings))
-    rows.sort(key=lambda row: (-(row[0]["new_connections_per_second"] or 0), -row[0]["ports_held"],
-                               -row[0]["bound_inactive"], row[0]["pid"]))
+    # ranked on what was seen first (an inferred share never puts a process ahead by itself), then on the whole
+    rows.sort(key=lambda row: (-row[2][0], -(row[0]["new_connections_per_second"] or 0), -row[2][1],
+                               -row[0]["ports_held"], -row[0]["bound_inactive"], row[0]["pid"]))
     rows = rows[:top]
     owners = {}
-    for out, keyed in rows:
+    for out, keyed, dummy in rows:
         for key, dest in keyed:
             owners.setdefault(key, []).append(
                 {"pid": out["pid"], "name": out["name"], "in_use": dest["in_use"], "time_wait": dest["time_wait"],
                  "new_connections_per_second": dest["new_connections_per_second"]})
     findings.sort(key=lambda item: (-SEVERITY[item.severity], item.report["kind"] != "pooling",
                                     -(item.report.get("new_connections_per_second") or 0)))
-    procs = [out for out, dummy in rows]
-    churner = _churner(procs[0]) if procs else None
+    procs = [row[0] for row in rows]
+    churner = _churner(rows[0]) if rows else None
     return procs, findings, unattributed_rows(snap, top), churner, owners
 
 

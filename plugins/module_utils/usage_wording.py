@@ -12,10 +12,13 @@ only, Python 3.9+.
 from __future__ import annotations
 
 import math
+import unicodedata
 
-# Characters a terminal or an editor acts on instead of showing: C0/C1 controls, DEL, and the bidi controls
-# that reorder text (Trojan Source, CVE-2021-42574). Host text shows them as \\xNN / \\uNNNN instead.
+# Characters a terminal or an editor acts on instead of showing: C0/C1 controls, DEL, the bidi controls that
+# reorder text (Trojan Source, CVE-2021-42574) and the other format characters (zero-width ones), line and
+# paragraph separators, lone surrogates. Host text shows them as \\xNN / \\uNNNN instead.
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_HIDDEN = frozenset(("Cf", "Zl", "Zp", "Cs"))
 
 
 def number(value):
@@ -64,8 +67,8 @@ def clean_text(value):
         code = ord(char)
         if code < 0x20 or 0x7f <= code < 0xa0:
             out.append("\\x%02x" % code)
-        elif char in _BIDI:
-            out.append("\\u%04x" % code)
+        elif char in _BIDI or (code >= 0xa0 and unicodedata.category(char) in _HIDDEN):
+            out.append("\\u%04x" % code if code <= 0xffff else "\\U%08x" % code)
         else:
             out.append(char)
     return "".join(out)

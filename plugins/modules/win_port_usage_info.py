@@ -198,11 +198,18 @@ destinations:
             "busiest_time_wait": 14000, "reuse": false, "blocking": 15000, "utilisation": 0.9155}]
 processes:
   description:
-    - The top O(top) processes holding dynamic ports, by rate of new connections, then ports held, in the shape
-      of RV(tcpstack.tuning.port_usage_info#module:processes). C(pid), C(name) (C(Get-Process)), C(unit) (the
-      Windows services running in that process, comma-separated, at most 5 then C(+N more), C(null) when it runs none or
-      C(Win32_Service) could not be read); C(cmdline), C(user), C(uid), C(cgroup) and C(container) are
-      always C(null) on Windows.
+    - The top O(top) processes holding dynamic ports, by what they were seen opening and holding (an inferred
+      share never ranks a process first by itself), then by rate of new connections and ports held, in the shape
+      of RV(tcpstack.tuning.port_usage_info#module:processes), the same keys as on Linux. C(pid), C(name)
+      (C(Get-Process)), C(unit) (the Windows services running in that process, comma-separated, at most 5 then
+      C(+N more), C(null) when it runs none or C(Win32_Service) could not be read); names are host text, shown
+      with control and bidi characters escaped (C(\\x1b), C(\\u202e)). C(cmdline), C(user), C(uid), C(cgroup),
+      C(container) and C(start_time) are always C(null) on Windows.
+    - C(evidence) V(inferred) when all its TIME_WAIT is owner-0 TIME_WAIT given to it as the destination's only
+      live owner, else V(exact). An inferred share never makes a pooling finding or the RV(top_churner) by
+      itself (Windows reports every TIME_WAIT with process id 0), so such a process is listed, never blamed.
+    - C(spawned), C(failed_connections) and C(failed_connections_per_second) are always C(null) on Windows, not
+      available (C(attribution.unavailable) says why), never guessed.
     - C(ports_held) (= C(in_use)) counts its dynamic ports in every state but Listen and Bound, C(established)
       and C(time_wait) those states; C(time_wait_inferred) is the part of C(time_wait) given to it as the only
       live owner of the destination (Windows reports TIME_WAIT with process id 0). C(new_connections) is its
@@ -213,10 +220,11 @@ processes:
   returned: success, when the connection table was read
   type: list
   elements: dict
-  sample: [{"pid": 5200, "name": "OrderSync", "cmdline": null, "user": null, "uid": null, "unit": "OrderSyncSvc",
-            "cgroup": null, "container": null, "ports_held": 1502, "in_use": 1502, "established": 2,
+  sample: [{"pid": 5200, "start_time": null, "name": "OrderSync", "cmdline": null, "user": null, "uid": null,
+            "unit": "OrderSyncSvc", "cgroup": null, "container": null, "evidence": "inferred", "ports_held": 1502, "in_use": 1502, "established": 2,
             "time_wait": 1500, "time_wait_inferred": 1500, "new_connections": 1500, "new_connections_inferred": 1500,
             "new_connections_per_second": 12.5, "bound_inactive": 0, "bound_inactive_seen": 0,
+            "spawned": null, "failed_connections": null, "failed_connections_per_second": null,
             "destination_count": 1,
             "destinations": [{"endpoint": "10.0.0.9:8080", "address": "10.0.0.9", "port": 8080, "family": "ipv4",
                               "in_use": 1502, "established": 2, "time_wait": 1500, "time_wait_inferred": 1500,
@@ -226,7 +234,8 @@ client_findings:
   description:
     - What only the client can cure, also listed (as sentences) in RV(findings). C(kind) V(pooling) is a process
       that opens at least 5 new connections per second to one destination and keeps at most a tenth as many open
-      as it has in TIME_WAIT. The rule and the keys are those of
+      as it has in TIME_WAIT, counting only the connections and TIME_WAIT seen with its process id (never an
+      inferred share, as Windows reports TIME_WAIT with process id 0). The rule and the keys are those of
       RV(tcpstack.tuning.port_usage_info#module:client_findings), each with C(pid), C(name), C(user), C(unit) (its
       services), C(container), C(process) (a phrase naming it), C(destination), C(new_connections_per_second),
       C(new_connections), C(established), C(time_wait), C(time_wait_per_established), C(advice), C(sentence).
@@ -242,9 +251,10 @@ client_findings:
             "sentence": "pid 5200 (OrderSync, unit OrderSyncSvc) opens 12.5 new connections per second to ..."}]
 top_churner:
   description:
-    - "The process with the highest rate of new connections: C(pid), C(name), C(user), C(unit), C(container),
-      C(process), C(destination) (its busiest) and C(new_connections_per_second); C(null) when no process has a
-      connection in TIME_WAIT attributed to it."
+    - "The process with the highest rate of new connections seen with its process id (never an inferred share):
+      C(pid), C(name), C(user), C(unit), C(container), C(process), C(destination) (its busiest) and
+      C(new_connections_per_second) (that rate); C(null) when no process has a connection in TIME_WAIT seen with
+      its process id, as when Windows reports every TIME_WAIT with process id 0."
   returned: success, when the connection table was read
   type: dict
   sample: {"pid": 5200, "name": "OrderSync", "user": null, "unit": "OrderSyncSvc", "container": null,
@@ -255,11 +265,14 @@ attribution:
     - How the attribution went. C(sampled_seconds), the window the rates are over (the seconds TIME_WAIT lasts);
       C(method) V(time_wait_window); C(bound), ports in the Bound state (no destination, not attributed);
       C(services), whether C(Win32_Service) was read; C(unattributed), the destinations whose ports no process
-      could be given (each C(endpoint), C(in_use), C(time_wait), C(new_connections)).
+      could be given (each C(endpoint), C(in_use), C(time_wait), C(new_connections)); C(unavailable), what
+      Windows cannot tell from one read, each with the reason (C(spawned), C(failed_connections_per_second)).
   returned: success, when the connection table was read
   type: dict
   sample: {"sampled_seconds": 120.0, "method": "time_wait_window", "bound": 0, "services": true,
-           "unattributed": [{"endpoint": "10.0.0.9:443", "in_use": 900, "time_wait": 900, "new_connections": 900}]}
+           "unattributed": [{"endpoint": "10.0.0.9:443", "in_use": 900, "time_wait": 900, "new_connections": 900}],
+           "unavailable": {"spawned": "Windows: Get-Process and Get-NetTCPConnection do not say which process
+                           started which", "failed_connections_per_second": "Windows: no per-process count ..."}}
 cure:
   description:
     - Which cure applies. C(where) V(client) (client findings, and the host's settings are not short), V(host)

@@ -9,7 +9,12 @@ standard ``reg``, ``netsh`` and ``wevtutil``, called by their full path under
 program could have put a ``netsh.exe`` in front of), and fixed cmdlet
 pipelines.
 Each part of a script is a section: a marker line, one command, its exit code
-(``_windows_parse.split_sections`` splits the output on the markers).
+(``_windows_parse.split_sections`` splits the output on the markers).  The
+marker is random per script (``new_marker``: 16 bytes from the controller's
+``secrets``), written into the script as a literal: a host's output (a process
+or service name holding CR/LF and a copy of a marker) cannot forge a section
+without knowing it.  A script is ``Marked`` text: it carries its marker, and so
+does the output WindowsHost.run() returns for it.
 
 No text from the user ever reaches a script: the builders accept only ints
 (checked again here) and members of the enums of ``_windows_options``, and
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import re
+import secrets
 from dataclasses import dataclass
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import PORT_MAX
@@ -36,9 +42,13 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options i
 
 PARAMETERS_KEY = "HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters"
 VERSION_KEY = "HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion"
-MARKER = "@@tcpstack:%s@@"
-MARKER_RE = re.compile(r"\A@@tcpstack:([a-z0-9-]+)@@\Z")
-RC_RE = re.compile(r"\A@@tcpstack:(rc|ok):([^@]*)@@\Z")
+MARKER_BYTES = 16  # random bytes of a script's marker
+MARKER_PREFIX = "tcpstack-"
+MARKER_TOKEN_RE = re.compile(r"\Atcpstack-[0-9a-f]{%d}\Z" % (2 * MARKER_BYTES))
+WORD_RE = re.compile(r"\A[a-z0-9-]+\Z")  # a section's name
+MARKER = "@@%s:%s@@"  # (marker, section name)
+RC_MARKER = '@@%s:rc:$LASTEXITCODE@@'  # (marker): after a native command
+OK_MARKER = '@@%s:ok:$?@@'  # (marker): after a cmdlet pipeline
 CONNECTIONS_PIPELINE = ("Get-NetTCPConnection | Select-Object -Property LocalAddress,LocalPort,RemoteAddress,RemotePort,"
                         "State,OwningProcess | ConvertTo-Csv -NoTypeInformation")
 PROCESSES_PIPELINE = "Get-Process | Select-Object -Property Id,ProcessName | ConvertTo-Csv -NoTypeInformation"
@@ -193,16 +203,38 @@ def describe(action):
 
 
 # ------------------------------------------------------------------ sections and scripts
-def _section(word, command):
+class Marked(str):
+    """Text (a script, or the stdout of one) and the marker of its sections (``marker``)."""
+
+    def __new__(cls, text, marker):
+        self = super().__new__(cls, text)
+        self.marker = check_marker(marker)
+        return self
+
+
+def new_marker():
+    """A fresh marker: "tcpstack-" and 16 random bytes in hex, from the controller's CSPRNG."""
+    return MARKER_PREFIX + secrets.token_hex(MARKER_BYTES)
+
+
+def check_marker(marker):
+    """``marker`` when it is one new_marker() makes, else TypeError: only such a literal enters a script."""
+    if not isinstance(marker, str) or not MARKER_TOKEN_RE.match(marker):
+        raise TypeError("not a section marker: %r" % (marker,))
+    return marker
+
+
+def _section(word, command, marker, end=RC_MARKER):
     """Marker, command, exit-code marker: the three statements of one section."""
-    if not MARKER_RE.match(MARKER % word):
+    if not isinstance(word, str) or not WORD_RE.match(word):
         raise TypeError("bad section name %r" % (word,))
-    return ["Write-Output '%s'" % (MARKER % word), command, 'Write-Output "@@tcpstack:rc:$LASTEXITCODE@@"']
+    check_marker(marker)
+    return ["Write-Output '%s'" % (MARKER % (marker, word)), command, 'Write-Output "%s"' % (end % marker)]
 
 
-def _pipeline(word, pipeline):
+def _pipeline(word, pipeline, marker):
     """A cmdlet pipeline's section: its success is ``$?`` (True/False), cmdlets set no exit code."""
-    return ["Write-Output '%s'" % (MARKER % word), pipeline, 'Write-Output "@@tcpstack:ok:$?@@"']
+    return _section(word, pipeline, marker, end=OK_MARKER)
 
 
 def range_word(prefix, ip, proto):
@@ -210,43 +242,48 @@ def range_word(prefix, ip, proto):
     return "%s-%s-%s" % (prefix, _member(ip, IpVersion).value, _member(proto, Protocol).value)
 
 
-def _build_lines():
-    return _section("build", "%s query '%s' /v CurrentBuildNumber" % (tool("reg"), VERSION_KEY))
+def _build_lines(marker):
+    return _section("build", "%s query '%s' /v CurrentBuildNumber" % (tool("reg"), VERSION_KEY), marker)
 
 
-def _read_lines(targets, excluded=True, prefix=""):
+def _read_lines(targets, marker, excluded=True, prefix=""):
     lines = []
-    lines += _section(prefix + "params", "%s query '%s'" % (tool("reg"), PARAMETERS_KEY))
+    lines += _section(prefix + "params", "%s query '%s'" % (tool("reg"), PARAMETERS_KEY), marker)
     for ip, proto in targets:
         lines += _section(range_word(prefix + "range", ip, proto),
-                          "%s int %s show dynamicportrange protocol=%s" % (tool("netsh"), ip.value, proto.value))
+                          "%s int %s show dynamicportrange protocol=%s" % (tool("netsh"), ip.value, proto.value),
+                          marker)
         if excluded:
             lines += _section(range_word(prefix + "excluded", ip, proto),
-                              "%s int %s show excludedportrange protocol=%s" % (tool("netsh"), ip.value, proto.value))
+                              "%s int %s show excludedportrange protocol=%s" % (tool("netsh"), ip.value, proto.value),
+                              marker)
     return lines
 
 
-def _script(lines):
-    return "\n".join(lines) + "\n"
+def _script(lines, marker):
+    return Marked("\n".join(lines) + "\n", marker)
 
 
-def build_read_script(targets, listeners=False):
+def build_read_script(targets, listeners=False, marker=None):
     """The one read of win_tcp: build, TCP parameters, dynamic and excluded ranges of each (ip, protocol); with
-    ``listeners`` the listening TCP ports too (section ``listeners``), to refuse an exclusion netsh would refuse."""
-    lines = _build_lines() + _read_lines(targets)
+    ``listeners`` the listening TCP ports too (section ``listeners``), to refuse an exclusion netsh would refuse.
+    A Marked script: its sections use ``marker`` (default: a new one)."""
+    marker = new_marker() if marker is None else marker
+    lines = _build_lines(marker) + _read_lines(targets, marker)
     if listeners:
-        lines += _pipeline("listeners", LISTENERS_PIPELINE)
-    return _script(lines)
+        lines += _pipeline("listeners", LISTENERS_PIPELINE, marker)
+    return _script(lines, marker)
 
 
-def build_apply_script(actions, targets, excluded=False):
+def build_apply_script(actions, targets, excluded=False, marker=None):
     """Apply ``actions`` in order (sections ``apply-N``), then read back the parameters and ranges (``verify-``),
-    with ``excluded`` the excluded ranges too."""
+    with ``excluded`` the excluded ranges too.  A Marked script (``marker``: default a new one)."""
+    marker = new_marker() if marker is None else marker
     lines = []
     for index, action in enumerate(actions):
-        lines += _section("apply-%d" % _int(index, 0, 1000), statement(action))
-    lines += _read_lines(targets, excluded=bool(excluded), prefix="verify-")
-    return _script(lines)
+        lines += _section("apply-%d" % _int(index, 0, 1000), statement(action), marker)
+    lines += _read_lines(targets, marker, excluded=bool(excluded), prefix="verify-")
+    return _script(lines, marker)
 
 
 def event_query(hours):
@@ -256,16 +293,17 @@ def event_query(hours):
             "TimeCreated[timediff(@SystemTime) <= %d]]]" % (EVENT_IDS[0], EVENT_IDS[1], ms))
 
 
-def build_info_script(targets, event_hours):
+def build_info_script(targets, event_hours, marker=None):
     """The one read of win_port_usage_info: win_tcp's read, the connections, the processes, the services, the
-    Tcpip events."""
-    lines = _build_lines() + _read_lines(targets)
-    lines += _pipeline("connections", CONNECTIONS_PIPELINE)
-    lines += _pipeline("processes", PROCESSES_PIPELINE)
-    lines += _pipeline("services", SERVICES_PIPELINE)
+    Tcpip events.  A Marked script (``marker``: default a new one)."""
+    marker = new_marker() if marker is None else marker
+    lines = _build_lines(marker) + _read_lines(targets, marker)
+    lines += _pipeline("connections", CONNECTIONS_PIPELINE, marker)
+    lines += _pipeline("processes", PROCESSES_PIPELINE, marker)
+    lines += _pipeline("services", SERVICES_PIPELINE, marker)
     lines += _section("events", "%s qe System '/q:%s' /f:xml /rd:true /c:%d"
-                      % (tool("wevtutil"), event_query(event_hours), EVENT_MAX))
-    return _script(lines)
+                      % (tool("wevtutil"), event_query(event_hours), EVENT_MAX), marker)
+    return _script(lines, marker)
 
 
 def encode_command(script):

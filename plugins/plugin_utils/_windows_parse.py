@@ -19,10 +19,11 @@ from typing import Dict, Optional, Tuple
 
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import (
     DWORD_MAX,
-    MARKER_RE,
-    RC_RE,
+    WORD_RE,
+    check_marker,
     range_word,
 )
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import clean_text
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import IpVersion, WinTcpError
 
 
@@ -72,11 +73,25 @@ class Section:
         return "\n".join(self.lines).strip()
 
 
-def split_sections(stdout):
-    """Split a script's stdout on the markers: {word: Section(lines, rc)}.  Text before the first marker is dropped.
+def _marker_of(stdout, marker):
+    """The marker to split ``stdout`` on: ``marker``, else the one ``stdout`` carries (Marked text, what
+    WindowsHost.run() returns).  TypeError without one: a host's output is never split on a guessable marker."""
+    if marker is None:
+        marker = getattr(stdout, "marker", None)
+    if marker is None:
+        raise TypeError("the section marker of this output is not known")
+    return check_marker(marker)
 
-    Raises WinTcpError for a line inside a section longer than LINE_MAX.
+
+def split_sections(stdout, marker=None):
+    """Split a script's stdout on the markers of its script: {word: Section(lines, rc)}.  Text before the first
+    marker is dropped.  ``marker``: the script's (default: the one ``stdout`` carries, see _marker_of).
+
+    Only a line that is exactly ``@@MARKER:word@@`` (or ``@@MARKER:rc:N@@`` / ``@@MARKER:ok:True@@``) is a marker,
+    and the random MARKER is in no host text.  Raises WinTcpError for a section that comes twice (never silently
+    replaced) and for a line inside a section longer than LINE_MAX.
     """
+    prefix = "@@%s:" % _marker_of(stdout, marker)
     sections = {}
     current = None
     word = None
@@ -85,17 +100,19 @@ def split_sections(stdout):
         if current is not None:
             check_line(line, "section %s" % word)
         stripped = line.strip()
-        if stripped.startswith("@@tcpstack:"):
-            match = MARKER_RE.match(stripped)
-            if match:
-                word = match.group(1)
-                current = Section([])
-                sections[word] = current
-                continue
-            match = RC_RE.match(stripped)
-            if match and current is not None:
-                current.rc = match.group(2)
+        if stripped.startswith(prefix) and stripped.endswith("@@") and len(stripped) >= len(prefix) + 3:
+            body = stripped[len(prefix):-2]
+            kind, sep, value = body.partition(":")
+            if sep and kind in ("rc", "ok") and current is not None and "@" not in value:
+                current.rc = value
                 current = None
+                continue
+            if not sep and WORD_RE.match(body):
+                if body in sections:
+                    raise WinTcpError("the host's output has section %r twice: refused (a section is never "
+                                      "replaced)" % body)
+                word = body
+                current = sections[word] = Section([])
                 continue
         if current is not None:
             current.lines.append(line)
@@ -105,10 +122,10 @@ def split_sections(stdout):
 def parse_output(output, parse):
     """``parse(output.stdout)`` of a script's Output (rc, stdout, stderr), for win_tcp and win_port_usage_info.
 
-    WinTcpError when the script did not run (no marker in stdout: the host refused the command line), quoting
-    stderr, else stdout; a WinTcpError of ``parse`` gets the host's stderr, if any, appended.
+    WinTcpError when the script did not run (no marker of its script in stdout: the host refused the command
+    line), quoting stderr, else stdout; a WinTcpError of ``parse`` gets the host's stderr, if any, appended.
     """
-    if "@@tcpstack:" not in output.stdout:
+    if "@@%s:" % _marker_of(output.stdout, None) not in output.stdout:
         raise WinTcpError("reading the host failed (rc=%s): %s" % (output.rc, (output.stderr or output.stdout).strip()))
     try:
         return parse(output.stdout)
@@ -273,9 +290,10 @@ def parse_listeners(sections):
     return frozenset(out)
 
 
-def parse_read(stdout, targets, prefix="", excluded=True):
-    """Parse a read (or, with ``prefix="verify-"`` and no excluded ranges, the read-back of an apply)."""
-    sections = split_sections(stdout)
+def parse_read(stdout, targets, prefix="", excluded=True, marker=None):
+    """Parse a read (or, with ``prefix="verify-"`` and no excluded ranges, the read-back of an apply); ``marker``
+    as split_sections takes it."""
+    sections = split_sections(stdout, marker)
     state = HostState(build=parse_build(sections) if not prefix else None,
                       listening=parse_listeners(sections) if not prefix else None)
     state.registry = parse_reg_query(_need(sections, prefix + "params").lines)
@@ -316,6 +334,27 @@ def parse_services(sections):
         if pid and name.strip():
             out.setdefault(pid, set()).add(name.strip())
     return dict((pid, tuple(sorted(names, key=str.lower))) for pid, names in out.items())
+
+
+# ------------------------------------------------------------------ host names as results show them
+SERVICES_SHOWN = 5  # service names shown per process (an svchost may run many)
+SERVICE_NAME_MAX = 256  # the longest service name Windows allows (CreateService: 256 characters)
+PROCESS_NAME_MAX = 256  # characters of a ProcessName shown (an image file name: MAX_PATH at most)
+
+
+def process_name(name):
+    """A ProcessName as the result shows it: cleaned host text, at most PROCESS_NAME_MAX characters, or None."""
+    return clean_text(name[:PROCESS_NAME_MAX]) if isinstance(name, str) and name else None
+
+
+def service_text(names):
+    """"RpcEptMapper, RpcSs" (at most SERVICES_SHOWN names, then "+N more"), or None for no service."""
+    if not names:
+        return None
+    shown = [clean_text(name[:SERVICE_NAME_MAX]) for name in names[:SERVICES_SHOWN]]
+    if len(names) > SERVICES_SHOWN:
+        shown.append("+%d more" % (len(names) - SERVICES_SHOWN))
+    return ", ".join(shown)
 
 
 _EVENT_NS = "{http://schemas.microsoft.com/win/2004/08/events/event}"

@@ -18,7 +18,7 @@ from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.utils.display import Display
 
-from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import encode_command
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import Marked, encode_command
 
 try:
     from winrm.exceptions import WinRMError  # pywinrm, which Ansible's winrm connection uses
@@ -54,7 +54,8 @@ class WindowsHost:
         self.round_trips = 0
 
     def run(self, script):
-        """One round trip: run ``script`` on the host; returns Output.
+        """One round trip: run ``script`` on the host; returns Output.  When ``script`` is Marked (the builders'
+        scripts), Output.stdout is Marked with the same marker: what its sections are split on.
 
         Raises what the connection raises (CONNECTION_ERRORS): the caller
         decides what a lost connection means at that point.
@@ -63,6 +64,9 @@ class WindowsHost:
         display.vvvvv("%s: sending script:\n%s" % (self.name, script))
         rc, stdout, stderr = self.connection.exec_command(encode_command(script), in_data=None, sudoable=False)
         stdout = to_text(stdout, errors="surrogate_or_strict")
+        marker = getattr(script, "marker", None)
+        if marker is not None:
+            stdout = Marked(stdout, marker)
         stderr = to_text(stderr, errors="surrogate_or_strict")
         display.vvvvv("%s: rc=%s stdout:\n%s\nstderr:\n%s" % (self.name, rc, stdout, stderr))
         return Output(rc, stdout, stderr)

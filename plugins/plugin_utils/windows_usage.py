@@ -20,7 +20,14 @@ pooling rules apply.  Windows reports a TIME_WAIT connection with
 OwningProcess 0 (as reported publicly, see tests/support/windows_sim/README.md):
 a destination's TIME_WAIT is given to its only live owner (inferred,
 usage_rules.time_wait_heir), as on Linux without a sample, else it stays
-unattributed.  The rate: every TIME_WAIT
+unattributed; an inferred share never makes a pooling finding or the top
+churner by itself (usage_findings), so such a process is listed with
+``evidence: inferred``, never blamed.  Names (ProcessName, service names) are
+host text, cleaned here (usage_wording.clean_text).  Windows cannot say here
+which process spawned which, nor which connect() failed for want of a port:
+``spawned``, ``failed_connections`` are None and ``attribution.unavailable``
+says why; ``start_time`` is None (Get-Process is read for Id and ProcessName
+only).  The rate: every TIME_WAIT
 socket closed within the last TIME_WAIT period (TcpTimedWaitDelay), so a
 destination's TIME_WAIT count over that period is its rate of connections
 opened and closed, measured over that window without sampling.
@@ -73,8 +80,10 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse imp
     parse_events,
     parse_read,
     parse_services,
+    process_name,
     ranges_result,
     reg_value,
+    service_text,
     small_int,
     split_sections,
 )
@@ -223,18 +232,10 @@ def _tally(sections, pools, unreadable):
 
 
 # ------------------------------------------------------------------ who holds the ports
-SERVICES_SHOWN = 5  # service names shown per process (an svchost may run many)
-SERVICE_NAME_MAX = 256  # the longest service name Windows allows (CreateService: 256 characters)
-
-
-def service_text(names):
-    """"RpcEptMapper, RpcSs" (at most SERVICES_SHOWN names, then "+N more"), or None for no service."""
-    if not names:
-        return None
-    shown = [name[:SERVICE_NAME_MAX] for name in names[:SERVICES_SHOWN]]
-    if len(names) > SERVICES_SHOWN:
-        shown.append("+%d more" % (len(names) - SERVICES_SHOWN))
-    return ", ".join(shown)
+UNAVAILABLE = {  # what Windows cannot tell from one read, said instead of guessed (attribution.unavailable)
+    "spawned": "Windows: Get-Process and Get-NetTCPConnection do not say which process started which",
+    "failed_connections_per_second": "Windows: no per-process count of connect() calls failed for want of a port; "
+                                     "Tcpip event 4231 counts them host-wide (events)"}
 
 
 def attribute(rows, names, services, window):
@@ -271,19 +272,26 @@ def attribute(rows, names, services, window):
                 continue
             inferred = nobody.time_wait if pid == heir else 0
             time_wait = counts.time_wait + inferred
-            proc = processes.get(pid)
-            if proc is None:
-                proc = processes[pid] = process_record(identity(pid, name=names.get(pid), unit=service_text(
-                    (services or {}).get(pid))))
+            proc = processes.get(pid) or processes.setdefault(pid, process_record(identity(
+                pid, name=process_name(names.get(pid)), unit=service_text((services or {}).get(pid)))))
             proc.destinations[dest] = DestinationCounts(
                 in_use=counts.live + time_wait, established=counts.established, time_wait=time_wait,
                 time_wait_inferred=inferred, new_connections=time_wait, new_connections_inferred=inferred)
         if nobody.live or (nobody.time_wait and heir is None):
             left = 0 if heir is not None else nobody.time_wait
             unattributed[dest] = Unattributed(in_use=nobody.live + left, time_wait=left, new_connections=left)
+    for proc in processes.values():
+        proc.evidence = _evidence(proc)
     attribution = {"sampled_seconds": float(window), "method": "time_wait_window", "bound": bound,
-                   "services": services is not None, "unattributed": unattributed}
+                   "services": services is not None, "unattributed": unattributed, "unavailable": dict(UNAVAILABLE)}
     return [processes[pid] for pid in sorted(processes)], attribution
+
+
+def _evidence(proc):
+    """"inferred" for a process whose every TIME_WAIT is an owner-0 one given to it, else "exact"."""
+    counts = proc.destinations.values()
+    inferred = sum(c.time_wait_inferred for c in counts)
+    return "inferred" if inferred and inferred == sum(c.time_wait for c in counts) else "exact"
 
 
 class _Held:

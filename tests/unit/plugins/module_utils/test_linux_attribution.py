@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -120,18 +121,29 @@ def test_without_a_sample_time_wait_goes_only_to_a_sole_owner():
     assert unattributed == {}
 
 
-def test_analyse_finds_pooling_for_the_churner_only_and_the_binder():
+def _sampled_analysis(exact=False):
+    """analyse() of the captured sample; with ``exact`` as if every connection had been seen opened (none
+    inferred), as a tracer sees them."""
     attribution, tally = sampled()
     processes, unattributed = attribution.finish()
     rows = []
     for pid, entry in processes.items():
+        destinations = entry.destinations
+        if exact:
+            destinations = dict((key, replace(counts, time_wait_inferred=0, new_connections_inferred=0))
+                                for key, counts in destinations.items())
         row = process_record(identity(pid, name=[role for role, p in PIDS.items() if p == pid][0], user="root"),
-                             entry.destinations, entry.bound_inactive, entry.bound_inactive_seen)
+                             destinations, entry.bound_inactive, entry.bound_inactive_seen)
         rows.append(row)
     seconds = META["window_ms"] / 1000.0
     result = analyse(Snapshot(port_range=(40000, 40999), platform=LINUX, tuples=tally.tuples(), states=tally.state_counts(),
                               format_address=st.format_address, processes=rows,
                               attribution={"sampled_seconds": seconds, "unattributed": unattributed}))
+    return result, seconds
+
+
+def test_analyse_finds_pooling_for_the_churner_only_and_the_binder():
+    result, seconds = _sampled_analysis(exact=True)
     kinds = [(item["kind"], item["name"]) for item in result["client_findings"]]
     # 11 connections in under half a second: over 5 per second, 10 in TIME_WAIT for 1 open
     assert ("pooling", "churner") in kinds
@@ -149,6 +161,20 @@ def test_analyse_finds_pooling_for_the_churner_only_and_the_binder():
     assert pooling["projection"].endswith("of the 1,000 usable: connect() will fail with EADDRNOTAVAIL")
     dest = [d for d in result["destinations"] if d["port"] == 8081][0]
     assert dest["processes"][0]["name"] == "churner"
+
+
+def test_an_inferred_share_blames_nobody_by_itself():
+    """Issue 21: the same sample as captured, where the live dumps caught 2 of the churner's 11 connections and the
+    other 9 are its inferred share: the churner is listed with all 11 (9 inferred) and still ranked first, and it
+    is the top churner at the rate it was seen opening (2 in 0.46 s), but no pooling finding rests on 9 inferred
+    connections."""
+    result, seconds = _sampled_analysis()
+    churner = result["processes"][0]
+    assert churner["name"] == "churner" and churner["evidence"] == "exact"
+    assert (churner["new_connections"], churner["new_connections_inferred"], churner["time_wait_inferred"]) == (11, 9, 9)
+    assert result["top_churner"]["name"] == "churner"
+    assert result["top_churner"]["new_connections_per_second"] == pytest.approx(2 / seconds, rel=0.01)
+    assert not [item for item in result["client_findings"] if item["kind"] == "pooling"]
 
 
 # ---------------------------------------------------------------- share()

@@ -15,6 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils import linux_processes as lp
+from ansible_collections.tcpstack.tuning.plugins.module_utils import prometheus
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_usage_rules import LINUX
+from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import Snapshot, analyse
+from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table import format_address
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import DestinationCounts, process_record
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import (
     PROCESS_FILE_MAX,
     LinuxHost,
@@ -50,7 +55,7 @@ def test_parse_cgroup(text, expected):
 def test_parse_cmdline_and_status():
     assert lp.parse_cmdline(b"python3\x00-c\x00print(1)\x00") == "python3 -c print(1)"
     assert lp.parse_cmdline(b"") is None
-    assert lp.parse_cmdline(b"a\x1b[2Jb\x00") == "a?[2Jb"
+    assert lp.parse_cmdline(b"a\x1b[2Jb\x00") == "a\\x1b[2Jb"  # issue 21: cleaned as the report cleans host text
     assert len(lp.parse_cmdline(b"x" * 100000)) == lp.CMDLINE_MAX
     assert lp.parse_status_uid("Name:\tx\nUid:\t1000\t1000\t1000\t1000\n") == 1000
     assert lp.parse_status_uid("Uid:\tx\n") is None and lp.parse_status_uid("") is None
@@ -96,10 +101,18 @@ def test_host_socket_inodes_follow_this_process_sockets():
 
 
 # ---------------------------------------------------------------- a directory tree standing in for /proc
-def fake_proc(root, pid, netns="net:[4026531840]", fds=None, files=None):
-    """/proc/PID in ``root``: ns/net and fd/N as symbolic links (a dangling link reads like the real one), files."""
+def stat_line(pid, comm="client", start=4200):
+    """/proc/PID/stat as the kernel prints it, with ``start`` (clock ticks after boot) in field 22."""
+    return ("%d (%s) S 1 %d %d 0 -1 4194304 100 0 0 0 1 2 0 0 20 0 1 0 %d 12345678 300 18446744073709551615 "
+            "1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n" % (pid, comm, pid, pid, start)).encode()
+
+
+def fake_proc(root, pid, netns="net:[4026531840]", fds=None, files=None, start=4200):
+    """/proc/PID in ``root``: ns/net and fd/N as symbolic links (a dangling link reads like the real one), stat
+    (started ``start`` ticks after boot), files."""
     base = root / "proc" / str(pid)
     (base / "fd").mkdir(parents=True)
+    (base / "stat").write_bytes(stat_line(pid, start=start))
     if netns is not None:
         (base / "ns").mkdir()
         os.symlink(netns, str(base / "ns/net"))
@@ -126,24 +139,19 @@ def tree(tmp_path):
     return tmp_path
 
 
-def test_process_table_reads_only_this_namespace_through_the_host(tree):
+def test_process_table_reads_every_process_through_the_host(tree):
+    """Issue 21: every process is read, whatever network namespace it is in now (pid 200's is another one): a
+    socket keeps the namespace it was created in, so only the dump's inodes decide."""
     table = lp.ProcessTable(LinuxHost(str(tree)))
-    assert table.netns == "net:[4026531840]"
-    assert sorted(table.pids()) == [100]
-    assert table.other_netns == 1
-    assert table.scan() == 1
-    assert (table.owner(111), table.owner(222), table.owner(333), table.owner(9)) == (100, 100, None, None)
-    assert table.sockets == {100: frozenset({111, 222})} and not table.unreadable and not table.changed
+    assert sorted(table.pids()) == [100, 200, 300]
+    assert table.scan() == 3
+    assert (table.owner(111), table.owner(222), table.owner(333), table.owner(9)) == (100, 100, 200, None)
+    assert table.sockets == {100: frozenset({111, 222}), 200: frozenset({333}), 300: frozenset()}
+    assert not table.unreadable and not table.changed
     info = table.describe(100)
     assert info == {"pid": 100, "name": "client", "cmdline": "python3 -c pass", "uid": 0,
                     "user": LinuxHost.user_name(0), "cgroup": "/system.slice/client.service",
-                    "unit": "client.service", "container": None, "start_time": None}
-
-
-def test_process_table_without_a_namespace_reads_every_process(tree):
-    table = lp.ProcessTable(LinuxHost(str(tree)), same_netns=False)
-    assert table.netns is None and sorted(table.pids()) == [100, 200, 300]
-    assert table.scan() == 3 and table.owner(333) == 200
+                    "unit": "client.service", "container": None, "start_time": 42.0}
 
 
 def test_a_process_that_changes_its_sockets_is_marked_changed_and_a_gone_one_forgotten(tree):
@@ -156,7 +164,7 @@ def test_a_process_that_changes_its_sockets_is_marked_changed_and_a_gone_one_for
     assert table.changed == {100} and table.owner(444) == 100 and table.sockets[100] == frozenset({111, 444})
     os.rename(str(tree / "proc/100"), str(tree / "gone"))
     table.scan()
-    assert table.sockets == {} and table.changed == set()
+    assert 100 not in table.sockets and table.changed == set()
 
 
 def test_a_process_gone_by_the_end_is_described_as_it_was_when_its_sockets_were_seen(tree):
@@ -168,7 +176,7 @@ def test_a_process_gone_by_the_end_is_described_as_it_was_when_its_sockets_were_
     os.rename(str(tree / "proc/100"), str(tree / "gone"))
     table.scan()
     assert table.describe(100) == seen and seen["name"] == "client" and seen["unit"] == "client.service"
-    assert table.describe(200)["name"] is None  # another namespace: never scanned, never described
+    assert table.describe(300)["name"] is None  # no sockets, no comm: never described from a first sighting
 
 
 def test_a_process_gone_between_listing_and_reading_is_skipped(tree):
@@ -228,8 +236,135 @@ def test_fd_tables_that_cannot_be_read(tree):
     with pytest.raises(OSError) as err:
         host.socket_inodes(300)
     assert err.value.errno == errno.ENOTDIR
-    table = lp.ProcessTable(host, same_netns=False)
+    table = lp.ProcessTable(host)
     assert table.scan() == 2 and not table.unreadable
+
+
+# ---------------------------------------------------------------- issue 21: who a process is, proven
+@pytest.mark.parametrize("comm, start, expected", [
+    ("curl", 4200, 42.0), ("a b) S 1 2 3 (x", 123456, 1234.56), (")", 1, 0.01), ("", 0, 0.0),
+])
+def test_parse_stat_start_counts_fields_from_the_last_parenthesis(comm, start, expected):
+    """comm may hold spaces and ")": the start time (field 22) is found from the line's last ")"."""
+    assert lp.parse_stat_start(stat_line(7, comm, start), 100) == expected
+
+
+@pytest.mark.parametrize("data", [b"", b"7 (x", b"7 (x) S 1 2", b"7 (x) " + b"1 " * 19 + b"-5 0", b")" * 100000,
+                                  b"7 (x) " + b"1 " * 19 + b"9" * 30])
+def test_parse_stat_start_refuses_what_is_not_a_stat_line(data):
+    assert lp.parse_stat_start(data, 100) is None
+
+
+def test_parse_stat_start_on_this_process():
+    """/proc/self/stat of the real kernel: a start time after boot, no later than now."""
+    with open("/proc/uptime") as handle:
+        uptime = float(handle.read().split()[0])
+    start = LinuxHost().process_dir(os.getpid())
+    with start:
+        value = lp.parse_stat_start(start.read("stat"), LinuxHost.clock_ticks())
+    assert 0 <= value <= uptime + 1
+    assert lp.ProcessTable().identify(os.getpid())["start_time"] == value
+
+
+@pytest.mark.parametrize("text, unit", [
+    ("0::/user.slice/user-1000.slice/user@1000.service/app.slice/evil.service\n", "user@1000.service/evil.service"),
+    ("0::/user.slice/user-1000.slice/user@1000.service/init.scope\n", "user@1000.service/init.scope"),
+    ("0::/user.slice/user-1000.slice/user@1000.service\n", "user@1000.service"),
+    ("0::/system.slice/user@1000.x/nginx.service\n", "nginx.service"),
+])
+def test_a_per_user_unit_is_shown_under_its_user_manager(text, unit):
+    """A unit a user's systemd runs never passes for a system unit: it keeps its user@UID.service/ prefix."""
+    assert lp.parse_cgroup(text)[1] == unit
+
+
+HOSTILE = "a\x1b[31mb\u202ecod.exe\x07\x85\u200b"
+CLEAN = "a\\x1b[31mb\\u202ecod.exe\\x07\\x85\\u200b"
+
+
+def test_host_text_is_cleaned_where_it_is_read(tree):
+    """ESC, other C0/C1 controls, bidi overrides and zero-width characters in comm, cmdline, the cgroup path and the
+    unit are shown escaped, never passed on (they reach the result, the metrics' labels and the findings)."""
+    base = tree / "proc/100"
+    (base / "comm").write_bytes(HOSTILE.encode()[:15] + b"\n")
+    (base / "cmdline").write_bytes(HOSTILE.encode() + b"\x00-x\x00")
+    (base / "cgroup").write_bytes(("0::/system.slice/%s.service\n" % HOSTILE).encode())
+    info = lp.ProcessTable(LinuxHost(str(tree))).identify(100)
+    assert info["name"] == lp.parse_comm(HOSTILE.encode()[:15]) and "\x1b" not in info["name"]
+    assert info["cmdline"] == CLEAN + " -x"
+    assert info["unit"] == CLEAN + ".service" and info["cgroup"] == "/system.slice/%s.service" % CLEAN
+    for value in info.values():
+        assert not isinstance(value, str) or all(c.isprintable() for c in value)
+
+
+def test_hostile_host_text_reaches_neither_the_findings_nor_the_metrics(tree):
+    """A process named with ESC and U+202E, in a unit holding them, that churns: its finding, its process row and
+    its tcpstack_ series show the bytes escaped (the cleaning happens where /proc is read)."""
+    base = tree / "proc/100"
+    (base / "comm").write_bytes(b"\x1b]0;pwn\x07\xe2\x80\xae\n")
+    (base / "cgroup").write_bytes("0::/system.slice/a\x1b[2J\u202eb.service\n".encode())
+    table = lp.ProcessTable(LinuxHost(str(tree)))
+    table.scan()
+    counts = DestinationCounts(in_use=601, established=1, time_wait=600, new_connections=600,
+                               new_connections_inferred=0)
+    record = process_record(table.describe(100), {(4, b"\x0a\x00\x00\x02", 80): counts})
+    result = analyse(Snapshot(port_range=(40000, 40999), platform=LINUX, tuples={}, format_address=format_address,
+                              processes=[record], attribution={"sampled_seconds": 10.0, "unattributed": {}}))
+    assert result["client_findings"] and result["top_churner"]["name"] == "\\x1b]0;pwn\\x07\\u202e"
+    texts = list(result["findings"]) + [result["cure"]["summary"]]
+    texts += [value for row in result["processes"] + result["client_findings"] for value in row.values()
+              if isinstance(value, str)]
+    assert all(char.isprintable() for text in texts for char in text)
+    metrics = prometheus.render(result)
+    assert "\\x1b]0;pwn" in metrics and "unit=\"a\\\\x1b[2J\\\\u202eb.service\"" in metrics
+    assert all(char.isprintable() for line in metrics.splitlines() for char in line)
+
+
+def test_a_name_holding_a_line_break_of_unicode_does_not_forge_its_uid():
+    """/proc/PID/status starts with the process's own comm (15 bytes it chooses): "\\u0085Uid:\\t0" there is not a
+    Uid line (the kernel ends lines with \\n only)."""
+    status = "Name:\t\x85Uid:\t0\t0\nUmask:\t0022\nUid:\t1000\t1000\t1000\t1000\n"
+    assert lp.parse_status_uid(status) == 1000
+    assert lp.parse_cgroup("0::/system.slice/a\u2028b.service\n")[1] == "a\\u2028b.service"
+
+
+def test_identify_reads_one_process_through_one_handle(tree, monkeypatch):
+    """The files of a process are read through the handle opened first: a /proc/PID swapped for another process's
+    between the open and the reads is not read (it is what a pid reused meanwhile looks like)."""
+    host = LinuxHost(str(tree))
+    opened = host.process_dir
+
+    def swap_after_open(pid):
+        proc = opened(pid)
+        os.rename(str(tree / "proc/100"), str(tree / "old100"))
+        fake_proc(tree, 100, fds={3: "socket:[999]"}, start=9999,
+                  files={"comm": b"intruder\n", "status": b"Uid:\t1000\t1000\t1000\t1000\n"})
+        return proc
+
+    monkeypatch.setattr(host, "process_dir", swap_after_open)
+    table = lp.ProcessTable(host)
+    info = table.identify(100)
+    assert info["name"] == "client" and info["start_time"] == 42.0 and info["uid"] == 0
+    assert table.owner(111) == 100 and table.owner(999) is None
+
+
+def test_identify_of_a_gone_process_is_none(tree):
+    assert lp.ProcessTable(LinuxHost(str(tree))).identify(4242) is None
+
+
+def test_a_reused_pid_inherits_nothing(tree):
+    """pid 100 had sockets and exits; another process (another start time) gets pid 100 and opens sockets: the
+    end of the audit describes pid 100 as the first process, and the newcomer's sockets are not given to it."""
+    table = lp.ProcessTable(LinuxHost(str(tree)))
+    table.scan()
+    first = table.describe(100)
+    os.rename(str(tree / "proc/100"), str(tree / "gone"))
+    fake_proc(tree, 100, fds={3: "socket:[555]"}, start=8800,
+              files={"comm": b"other\n", "cmdline": b"other\x00", "status": b"Uid:\t1000\t1000\t1000\t1000\n"})
+    table.scan()
+    assert table.owner(555) is None and table.reused == {100} and table.owner(111) == 100
+    assert table.describe(100) == first and first["name"] == "client" and first["start_time"] == 42.0
+    assert table.identify(100)["name"] == "other"  # who it is now, for a caller that asks while it runs
+    assert table.describe(100) == first
 
 
 # ---------------------------------------------------------------- the host object is the only host-touching piece

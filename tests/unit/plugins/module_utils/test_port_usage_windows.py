@@ -22,7 +22,7 @@ from hypothesis import strategies as hs
 from ansible_collections.tcpstack.tuning.plugins.module_utils import port_usage as pu
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import port_flags, start_count_range
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils import windows_usage
-from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import build_info_script
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import Marked, build_info_script
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import InfoOptions, IpVersion, Protocol
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_parse import Section, parse_read, split_sections
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_host import WindowsHost
@@ -265,7 +265,8 @@ def real(read):
         result = windows_usage.audit(WindowsHost(conn), options)  # the whole action: one round trip
         assert conn.round_trips == 1
         return result
-    stdout = run_script(host, build_info_script(options.targets, options.event_hours), faults)
+    script = build_info_script(options.targets, options.event_hours)
+    stdout = Marked(run_script(host, script, faults), script.marker)
     state = parse_read(stdout, options.targets)
     for ip, value in read.ranges.items():
         if value is None:

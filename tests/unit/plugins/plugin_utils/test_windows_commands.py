@@ -19,14 +19,15 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options i
 IP4, IP6 = IpVersion.IPV4, IpVersion.IPV6
 TCP, UDP = Protocol.TCP, Protocol.UDP
 TWD, MUP = RegName.TIME_WAIT_DELAY, RegName.MAX_USER_PORT
+M = "tcpstack-" + "0123456789abcdef" * 2  # a fixed marker, for the scripts compared as text
 
 
 # ------------------------------------------------------------------ script building
 REG, NETSH, WEVTUTIL = (re.escape('& "$env:SystemRoot\\System32\\%s.exe"' % t) for t in ("reg", "netsh", "wevtutil"))
 ALLOWED = [
-    re.compile(r"\AWrite-Output '@@tcpstack:[a-z0-9-]+@@'\Z"),
-    re.compile(r'\AWrite-Output "@@tcpstack:rc:\$LASTEXITCODE@@"\Z'),
-    re.compile(r'\AWrite-Output "@@tcpstack:ok:\$\?@@"\Z'),
+    re.compile(r"\AWrite-Output '@@tcpstack-[0-9a-f]{32}:[a-z0-9-]+@@'\Z"),
+    re.compile(r'\AWrite-Output "@@tcpstack-[0-9a-f]{32}:rc:\$LASTEXITCODE@@"\Z'),
+    re.compile(r'\AWrite-Output "@@tcpstack-[0-9a-f]{32}:ok:\$\?@@"\Z'),
     re.compile(r"\A" + REG + r" query 'HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion' /v CurrentBuildNumber\Z"),
     re.compile(r"\A" + REG + r" query 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters'\Z"),
     re.compile(r"\A" + REG + r" add 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters' /v (TcpTimedWaitDelay|MaxUserPort)"
@@ -111,9 +112,23 @@ class TestScripts:
         for script in all_scripts():
             lines = script.splitlines()
             assert len(lines) % 3 == 0
+            marker = script.marker
             for i in range(0, len(lines), 3):
-                assert lines[i].startswith("Write-Output '@@tcpstack:")
-                assert lines[i + 2] in ('Write-Output "@@tcpstack:rc:$LASTEXITCODE@@"', 'Write-Output "@@tcpstack:ok:$?@@"')
+                assert lines[i].startswith("Write-Output '@@%s:" % marker)
+                assert lines[i + 2] in ('Write-Output "@@%s:rc:$LASTEXITCODE@@"' % marker,
+                                        'Write-Output "@@%s:ok:$?@@"' % marker)
+
+    def test_every_script_has_its_own_random_marker(self):
+        """Issue 21: the marker is 16 random bytes per script, never a constant a host could copy."""
+        markers = [script.marker for script in all_scripts()]
+        assert len(set(markers)) == len(markers) and all(re.match(r"\Atcpstack-[0-9a-f]{32}\Z", m) for m in markers)
+        assert "@@tcpstack:" not in "".join(all_scripts())
+
+    @pytest.mark.parametrize("marker", ["tcpstack-x", "@@tcpstack:build@@", "tcpstack-" + "A" * 32, 7,
+                                        "tcpstack-" + "0" * 31 + "'"])
+    def test_only_a_marker_new_marker_makes_enters_a_script(self, marker):
+        with pytest.raises(TypeError):
+            w.build_read_script(((IP4, TCP),), marker=marker)
 
     def test_powershell_grammar(self):
         parser = _tree_sitter_parser()
@@ -127,7 +142,7 @@ class TestScripts:
         assert grammar_problems(parser, "reg add 'HKLM\\x' /d $(\n")
 
     def test_read_script_exact(self):
-        assert w.build_read_script(((IP4, TCP),)) == (
+        assert w.build_read_script(((IP4, TCP),), marker=M).replace(M, "tcpstack") == (
             "Write-Output '@@tcpstack:build@@'\n"
             '& "$env:SystemRoot\\System32\\reg.exe" query \'HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\' /v CurrentBuildNumber\n'
             'Write-Output "@@tcpstack:rc:$LASTEXITCODE@@"\n'
@@ -143,7 +158,7 @@ class TestScripts:
 
     def test_apply_script_exact(self):
         script = w.build_apply_script((w.SetDword(TWD, 30), w.DeleteValue(MUP), w.SetRange(IP6, UDP, 10000, 55536)),
-                                      ((IP6, UDP),))
+                                      ((IP6, UDP),), marker=M).replace(M, "tcpstack")
         assert script.splitlines()[:9] == [
             "Write-Output '@@tcpstack:apply-0@@'",
             '& "$env:SystemRoot\\System32\\reg.exe" add \'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters\' '

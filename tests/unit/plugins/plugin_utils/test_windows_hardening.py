@@ -32,6 +32,7 @@ from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options i
     validate_win_tcp,
 )
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_host import WindowsHost
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import Marked
 
 from tests.support.windows_sim.connection import InProcessConnection, run_script
 
@@ -40,6 +41,8 @@ TCP = Protocol.TCP
 SPACES = " " * 64000
 MB = 1024 * 1024
 FUZZ = settings(derandomize=True, max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+
+M = "tcpstack-" + "7a" * 16  # the marker of the sections written here
 
 
 def timed(func, *args):
@@ -75,8 +78,8 @@ class TestLinear:
 
     def test_split_sections_refuses_a_long_line_inside_a_section_only(self):
         noise = "x" * MB + "\n"  # before the first marker: dropped, never parsed
-        assert p.split_sections(noise + "@@tcpstack:a@@\nok\n@@tcpstack:rc:0@@\n")["a"].lines == ["ok"]
-        out, seconds = timed(p.split_sections, "@@tcpstack:a@@\n" + "1" + " " * MB + "x\n@@tcpstack:rc:0@@\n")
+        assert p.split_sections(noise + "@@%s:a@@\nok\n@@%s:rc:0@@\n" % (M, M), M)["a"].lines == ["ok"]
+        out, seconds = timed(p.split_sections, "@@%s:a@@\n" % M + "1" + " " * MB + "x\n@@%s:rc:0@@\n" % M, M)
         assert isinstance(out, WinTcpError) and "section a" in str(out) and seconds < 0.5
 
     def test_many_lines_are_linear(self):
@@ -260,8 +263,8 @@ SECTION_WORDS = st.sampled_from(["build", "params", "range-ipv4-tcp", "range-ipv
 @given(st.lists(st.tuples(SECTION_WORDS, LINES, st.sampled_from(["0", "1", "True", "False", ""])), max_size=12))
 def test_fuzz_a_whole_read_and_the_analysis(sections):
     """Any mix of sections through parse_read and analyse_windows: a result or WinTcpError, nothing else."""
-    stdout = "".join("@@tcpstack:%s@@\n%s\n@@tcpstack:rc:%s@@\n" % (word, "\n".join(lines), rc)
-                     for word, lines, rc in sections)
+    stdout = Marked("".join("@@%s:%s@@\n%s\n@@%s:rc:%s@@\n" % (M, word, "\n".join(lines), M, rc)
+                            for word, lines, rc in sections), M)
     options = InfoOptions()
     state = only_our_errors(p.parse_read, stdout, options.targets)
     if state is not None:

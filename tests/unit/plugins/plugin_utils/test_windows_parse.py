@@ -9,7 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils import _windows_parse as w
-from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import PARAMETERS_KEY, build_read_script
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_commands import (
+    PARAMETERS_KEY,
+    Marked,
+    build_read_script,
+)
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import IpVersion, Protocol, WinTcpError
 
 from tests.support.windows_sim import Faults
@@ -54,8 +58,12 @@ def reg_build(build):
     return "\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\n    CurrentBuildNumber    REG_SZ    %d\n" % build
 
 
-def section(word, body, rc=0):
-    return "@@tcpstack:%s@@\n%s\n@@tcpstack:rc:%s@@\n" % (word, body, rc)
+M = "tcpstack-" + "5e" * 16  # the marker of the sections written here
+
+
+def section(word, body, rc=0, marker=M):
+    """One section of a script's output, as Marked text."""
+    return Marked("@@%s:%s@@\n%s\n@@%s:rc:%s@@\n" % (marker, word, body, marker, rc), marker)
 
 
 # ------------------------------------------------------------------ parsing
@@ -117,8 +125,8 @@ class TestParsing:
         assert w.parse_build({}) is None
 
     def test_split_sections(self):
-        text = "noise\r\n" + section("a-b", "x\ny").replace("\n", "\r\n") + "@@tcpstack:c@@\nz\n@@tcpstack:rc:@@\n"
-        sections = w.split_sections(text)
+        text = "noise\r\n" + section("a-b", "x\ny").replace("\n", "\r\n") + "@@%s:c@@\nz\n@@%s:rc:@@\n" % (M, M)
+        sections = w.split_sections(text, M)
         assert sections["a-b"].lines == ["x", "y"] and sections["a-b"].ok
         assert sections["c"].rc == "" and not sections["c"].ok
 
@@ -129,8 +137,9 @@ class TestParsing:
         host = simulated_host(build=17763, language="de-DE" if de else "en-US",
                               registry={"TcpTimedWaitDelay": ("REG_DWORD", 60)}, ranges={(IP4, TCP): (1024, 64511)},
                               excluded={(IP6, UDP): ((50000, 50100, True),)})
-        out = run_script(host, build_read_script(targets)).replace("\r\n", newline)
-        state = w.parse_read(out, targets)
+        script = build_read_script(targets)
+        out = run_script(host, script).replace("\r\n", newline)
+        state = w.parse_read(out, targets, marker=script.marker)
         assert state.build == 17763
         assert state.registry["TcpTimedWaitDelay"].dword == 60
         assert state.ranges == {(IP4, TCP): (1024, 64511), (IP6, UDP): (49152, 16384)}
@@ -139,14 +148,16 @@ class TestParsing:
     def test_read_failed_section(self):
         faults = Faults()
         faults.fail_tool("reg", verb=("query", PARAMETERS_KEY))  # reg query of the parameters fails once
-        out = run_script(simulated_host(), build_read_script(((IP4, TCP), (IP6, TCP))), faults)
+        script = build_read_script(((IP4, TCP), (IP6, TCP)))
+        out = run_script(simulated_host(), script, faults)
         with pytest.raises(WinTcpError, match="reading params failed"):
-            w.parse_read(out, ((IP4, TCP), (IP6, TCP)))
+            w.parse_read(out, ((IP4, TCP), (IP6, TCP)), marker=script.marker)
 
     def test_read_truncated(self):
-        out = run_script(simulated_host(), build_read_script(((IP4, TCP),)))
+        script = build_read_script(((IP4, TCP),))
+        out = run_script(simulated_host(), script)
         with pytest.raises(WinTcpError, match="no 'range-ipv6-tcp' section"):
-            w.parse_read(out, ((IP4, TCP), (IP6, TCP)))
+            w.parse_read(out, ((IP4, TCP), (IP6, TCP)), marker=script.marker)
 
 
 # ------------------------------------------------------------------ win_port_usage_info parsing
@@ -181,7 +192,8 @@ def test_every_profile_and_language_layout_reads_the_same(profile, language):
     host.add_excluded(8000, 8000)
     host.set_dynamic_range(10000, 55536, ip="ipv6")
     targets = ((IP4, TCP), (IP6, TCP))
-    state = w.parse_read(run_script(host, build_read_script(targets)), targets)
+    script = build_read_script(targets)
+    state = w.parse_read(run_script(host, script), targets, marker=script.marker)
     assert state.build == PROFILES[profile]["build"]
     assert state.ranges == {(IP4, TCP): (49152, 16384), (IP6, TCP): (10000, 55536)}
     assert state.excluded[(IP4, TCP)] == ((8000, 8000, False), (49153, 49252, False), (50000, 50059, True))
@@ -212,8 +224,8 @@ def test_classic_tcpip_event():
 def test_powershell_51_error_records_do_not_decide():
     """A failed reg as PowerShell 5.1 reports it (error records on stderr); the exit code in the marker decides."""
     host = simulated_host()
-    script = build_read_script(((IP4, TCP),)).replace("CurrentBuildNumber", "NoSuchValue")
-    sections = w.split_sections(run_script(host, script))
+    script = build_read_script(((IP4, TCP),), marker=M).replace("CurrentBuildNumber", "NoSuchValue")
+    sections = w.split_sections(run_script(host, script), M)
     assert not sections["build"].ok and sections["params"].ok and w.parse_build(sections) is None
 
 
@@ -221,7 +233,7 @@ class TestParseOutput:
     """parse_output(): the checks of a script's output that win_tcp and win_port_usage_info share."""
 
     def output(self, stdout, stderr="", rc=0):
-        return SimpleNamespace(rc=rc, stdout=stdout, stderr=stderr)
+        return SimpleNamespace(rc=rc, stdout=Marked(stdout, M), stderr=stderr)
 
     def test_parsed(self):
         out = self.output(section("params", reg_params({"TcpTimedWaitDelay": ("REG_DWORD", "0x1e")})))
@@ -242,5 +254,46 @@ class TestParseOutput:
             raise WinTcpError("bad output")
 
         with pytest.raises(WinTcpError) as info:
-            w.parse_output(self.output("@@tcpstack:params@@\n", stderr), parse)
+            w.parse_output(self.output("@@%s:params@@\n" % M, stderr), parse)
         assert str(info.value) == message
+
+
+class TestForgedSections:
+    """Issue 21: a process or service name is host text.  One holding CR/LF and a copy of a marker must not forge a
+    section, and a section that comes twice is refused, never silently replaced."""
+
+    def forged_name(self, marker):
+        return "evil\r\n%s\r\n@@%s:params@@\r\n    TcpTimedWaitDelay    REG_DWORD    0x1e\r\n@@%s:rc:0@@\r\nx" % (
+            "@@%s:ok:True@@" % marker, marker, marker)
+
+    def run(self, name, marker=None):
+        from tests.support.windows_sim.connection import InProcessConnection
+        from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_host import WindowsHost
+        host = simulated_host(processes=[(4242, name)])
+        script = build_read_script(((IP4, TCP),), marker=marker)
+        script = Marked(script + "Get-Process | Select-Object -Property Id,ProcessName | ConvertTo-Csv "
+                                 "-NoTypeInformation\n", script.marker)  # after the real params section
+        return WindowsHost(InProcessConnection(host=host)).run(script)
+
+    def test_a_name_copying_the_old_fixed_marker_forges_nothing(self):
+        output = self.run(self.forged_name("tcpstack"))
+        assert "@@tcpstack:params@@" in output.stdout  # the forged lines are there, as host text
+        state = w.parse_read(output.stdout, ((IP4, TCP),))
+        assert state.registry.get("TcpTimedWaitDelay") is None  # the host has none: the forged value is not read
+
+    def test_a_name_copying_this_runs_marker_is_refused_not_merged(self):
+        """Even a host that learnt this run's marker cannot replace a section: the second one is refused."""
+        marker = "tcpstack-" + "ab" * 16
+        output = self.run(self.forged_name(marker), marker=marker)
+        with pytest.raises(WinTcpError, match="section 'params' twice"):
+            w.parse_read(output.stdout, ((IP4, TCP),))
+
+    def test_a_duplicate_section_is_refused(self):
+        with pytest.raises(WinTcpError, match="section 'build' twice: refused"):
+            w.split_sections(section("build", reg_build(7601)) + section("build", reg_build(1)), M)
+
+    @pytest.mark.parametrize("stdout", ["@@tcpstack:build@@\n1\n@@tcpstack:rc:0@@\n", ""])
+    def test_output_without_its_marker_is_never_split(self, stdout):
+        with pytest.raises(TypeError):
+            w.split_sections(stdout)
+        assert w.split_sections(stdout, M) == {}

@@ -20,11 +20,14 @@ from tests.support.windows_sim.host import WindowsHost as SimHost
 CHURNER, POOLED, OTHER = 5200, 5300, 5400
 SERVER_A, SERVER_B = ("10.0.0.9", 8080), ("10.0.0.10", 5432)
 
+M = "tcpstack-" + "7a" * 16  # the marker of the sections written here
 
-def churn_rows(time_wait=1500, live=2, server=SERVER_A, pid=CHURNER, first=50000):
-    """A churning client: ``time_wait`` closed connections (OwningProcess 0, as Windows reports TIME_WAIT) and
-    ``live`` connections in flight, all towards ``server``."""
-    rows = [("10.0.0.5", first + i, server[0], server[1], "TimeWait", 0) for i in range(time_wait)]
+
+def churn_rows(time_wait=1500, live=2, server=SERVER_A, pid=CHURNER, first=50000, owner=0):
+    """A churning client: ``time_wait`` closed connections (OwningProcess ``owner``: 0 as Windows reports TIME_WAIT;
+    the pid, as the simulator can print it, for a TIME_WAIT whose owner is known) and ``live`` connections in
+    flight, all towards ``server``."""
+    rows = [("10.0.0.5", first + i, server[0], server[1], "TimeWait", owner) for i in range(time_wait)]
     rows += [("10.0.0.5", first + time_wait + i, server[0], server[1], "Established", pid) for i in range(live)]
     return rows
 
@@ -51,7 +54,8 @@ def by_pid(result):
 
 class TestPooling:
     def test_the_churner_is_named_with_its_service_and_the_pooled_client_is_not_blamed(self):
-        r = audit(churn_rows() + pooled_rows(), services=[(CHURNER, "OrderSyncSvc")])
+        """TIME_WAIT rows that carry the churner's pid: exact evidence, the OS-neutral pooling rule names it."""
+        r = audit(churn_rows(owner=CHURNER) + pooled_rows(), services=[(CHURNER, "OrderSyncSvc")])
         pooling = [f for f in r["client_findings"] if f["kind"] == "pooling"]
         assert len(pooling) == 1
         finding = pooling[0]
@@ -67,7 +71,8 @@ class TestPooling:
         procs = by_pid(r)
         assert procs[POOLED]["time_wait"] == 0 and procs[POOLED]["established"] == 4
         assert procs[POOLED]["new_connections_per_second"] == 0
-        assert procs[CHURNER]["time_wait_inferred"] == 1500 and procs[CHURNER]["ports_held"] == 1502
+        assert procs[CHURNER]["time_wait_inferred"] == 0 and procs[CHURNER]["ports_held"] == 1502
+        assert procs[CHURNER]["evidence"] == "exact"
         assert r["top_churner"]["pid"] == CHURNER and r["top_churner"]["unit"] == "OrderSyncSvc"
         assert r["top_churner"]["destination"] == "10.0.0.9:8080"
         assert r["cure"]["where"] == "client" and "OrderSync" in r["cure"]["summary"]
@@ -77,11 +82,11 @@ class TestPooling:
         assert dest["processes"][0]["pid"] == CHURNER
 
     def test_the_rate_follows_tcp_timed_wait_delay(self):
-        r = audit(churn_rows(time_wait=600), registry={"TcpTimedWaitDelay": ("REG_DWORD", 30)})
+        r = audit(churn_rows(time_wait=600, owner=CHURNER), registry={"TcpTimedWaitDelay": ("REG_DWORD", 30)})
         assert r["client_findings"][0]["new_connections_per_second"] == 20.0 and r["attribution"]["sampled_seconds"] == 30
 
     def test_a_churner_that_exhausts_the_host_needs_both_cures(self):
-        r = audit(churn_rows(time_wait=15000, first=49700) + pooled_rows(first=65000))
+        r = audit(churn_rows(time_wait=15000, first=49700, owner=CHURNER) + pooled_rows(first=65000))
         assert r["verdict"] == "critical" and r["cure"]["where"] == "both"
         assert r["recommendations"]["time_wait_delay"] == 30
         finding = r["client_findings"][0]
@@ -91,9 +96,43 @@ class TestPooling:
 
     def test_below_the_rate_no_finding(self):
         """599 TIME_WAIT in 120 s is 4.99 per second: under POOLING_MIN_RATE, no finding (the same rule as Linux)."""
-        r = audit(churn_rows(time_wait=599))
+        r = audit(churn_rows(time_wait=599, owner=CHURNER))
         assert r["client_findings"] == [] and r["top_churner"]["pid"] == CHURNER
         assert r["cure"]["where"] == "none"
+
+    def test_owner_0_time_wait_given_to_the_only_live_owner_never_blames_it(self):
+        """Issue 21: 1,000 TIME_WAIT with OwningProcess 0 (as Windows reports them) and one live w3wp connection
+        towards the same destination.  w3wp inherits them as an inferred share: listed, with evidence "inferred",
+        but neither a pooling culprit nor the top churner, and the cure does not name it."""
+        r = audit(churn_rows(time_wait=1000, live=1, pid=POOLED), services=[(POOLED, "W3SVC")])
+        w3wp = by_pid(r)[POOLED]
+        assert w3wp["name"] == "w3wp" and w3wp["evidence"] == "inferred"
+        assert w3wp["time_wait"] == 1000 and w3wp["time_wait_inferred"] == 1000 and w3wp["established"] == 1
+        assert r["client_findings"] == [] and r["top_churner"] is None
+        assert "w3wp" not in r["cure"]["summary"] and not any("w3wp" in f for f in r["findings"])
+
+    def test_the_same_keys_as_linux_and_what_windows_cannot_know(self):
+        """Windows parity: every process row has the Linux keys; start time, spawned children and failed connects
+        are None (not guessed), and attribution.unavailable says why."""
+        r = audit(churn_rows(owner=CHURNER) + pooled_rows())
+        for proc in r["processes"]:
+            assert proc["start_time"] is None and proc["spawned"] is None and proc["failed_connections"] is None
+            assert proc["failed_connections_per_second"] is None and proc["evidence"] == "exact"
+        assert set(r["attribution"]["unavailable"]) == {"spawned", "failed_connections_per_second"}
+        assert all(isinstance(reason, str) and reason for reason in r["attribution"]["unavailable"].values())
+
+    def test_hostile_process_and_service_names_are_cleaned(self):
+        """ESC, C0/C1 controls and a bidi override in a ProcessName or a service name reach neither the result nor
+        the findings: they are shown escaped."""
+        host = simulated_host(connections=churn_rows(owner=OTHER, pid=OTHER), processes=[(OTHER, "ev\x1b[2Jil\u202egpj.exe")])
+        host.add_service("Svc\x07\x9b\u2066x", OTHER)
+        r = u.audit(WindowsHost(InProcessConnection(host=host)), InfoOptions())
+        proc = by_pid(r)[OTHER]
+        assert proc["name"] == "ev\\x1b[2Jil\\u202egpj.exe" and proc["unit"] == "Svc\\x07\\x9b\\u2066x"
+        texts = list(r["findings"]) + [value for row in r["client_findings"] + r["processes"] for value in row.values()
+                                       if isinstance(value, str)]
+        assert "ev\\x1b[2Jil\\u202egpj.exe" in " ".join(texts)
+        assert all(char.isprintable() for text in texts for char in text)
 
     def test_many_open_is_not_pooling(self):
         """1,500 TIME_WAIT with 200 kept open: fewer than 10 TIME_WAIT per ESTABLISHED, no finding."""
@@ -132,11 +171,11 @@ class TestPooling:
         monkeypatch.setattr(SimHost, "has_cim", property(lambda self: False))
         r = audit(churn_rows(), services=[(CHURNER, "OrderSyncSvc")])
         assert any(item["source"] == "Win32_Service" for item in r["unreadable"])
-        assert r["client_findings"][0]["name"] == "OrderSync" and r["client_findings"][0]["unit"] is None
+        assert by_pid(r)[CHURNER]["name"] == "OrderSync" and by_pid(r)[CHURNER]["unit"] is None
         assert r["attribution"]["services"] is False
 
     def test_the_fleet_report_names_the_windows_culprit(self):
-        r = audit(churn_rows() + pooled_rows(), services=[(CHURNER, "OrderSyncSvc")])
+        r = audit(churn_rows(owner=CHURNER) + pooled_rows(), services=[(CHURNER, "OrderSyncSvc")])
         report = fleet_report.build_report([fleet_report.host_row("win1", "windows", r)], "now")
         row = report["hosts"][0]
         assert row["culprit"]["at"] == "OrderSync (pid 5200)@win1"
@@ -150,12 +189,12 @@ class TestParseServices:
     def test_running_services_by_pid_stopped_and_bad_rows_skipped(self):
         lines = ['"ProcessId","Name"', '"784","RpcSs"', '"784","RpcEptMapper"', '"0","W3SVC"', '"","x"',
                  '"12345678901","long"', '"900",""', '"1488","Spooler"']
-        sections = split_sections("@@tcpstack:services@@\n%s\n@@tcpstack:ok:True@@\n" % "\n".join(lines))
+        sections = split_sections("@@%s:services@@\n%s\n@@%s:ok:True@@\n" % (M, "\n".join(lines), M), M)
         assert parse_services(sections) == {784: ("RpcEptMapper", "RpcSs"), 1488: ("Spooler",)}
 
-    @pytest.mark.parametrize("stdout", ["", "@@tcpstack:services@@\nGet-CimInstance : Access denied\n@@tcpstack:ok:False@@\n"])
+    @pytest.mark.parametrize("stdout", ["", "@@%s:services@@\nGet-CimInstance : Access denied\n@@%s:ok:False@@\n" % (M, M)])
     def test_missing_or_failed_is_none(self, stdout):
-        assert parse_services(split_sections(stdout)) is None
+        assert parse_services(split_sections(stdout, M)) is None
 
 
 # ------------------------------------------------------------------ properties of attribute()

@@ -40,7 +40,8 @@ K_IP4, K_IP6 = DynamicRange(IP4, TCP), DynamicRange(IP6, TCP)
 def state_of(build=20348, registry=None, ranges=None, excluded=None, targets=((IP4, TCP), (IP6, TCP))):
     """What win_tcp's read finds on a simulated host with these settings."""
     host = simulated_host(build=build, registry=registry, ranges=ranges, excluded=excluded)
-    return parse_read(run_script(host, c.build_read_script(targets)), targets)
+    script = c.build_read_script(targets)
+    return parse_read(run_script(host, script), targets, marker=script.marker)
 
 
 def plan_for(desired, state):
