@@ -47,8 +47,9 @@ RANGE_SIZE = 1000
 SAMPLE_SECONDS = 5
 PACED = "/paced.txt"  # nginx delays requests to this location to PACED_RATE per second (limit_req)
 PACED_RATE = 10
+NGINX_SECONDS = 900  # the longest nginx may run, should its test die without stopping it
 MODULE = "ansible_collections.tcpstack.tuning.plugins.modules.port_usage_info"
-TOOLS = ("nginx", "ab", "wrk", "curl", "bash", "unshare", "ss")
+TOOLS = ("nginx", "ab", "wrk", "curl", "bash", "unshare", "ss", "timeout")
 
 NGINX_CONF = """
 worker_processes {workers};
@@ -447,8 +448,9 @@ class RealLab:
         conf = self.dir / "nginx.conf"
         conf.write_text(NGINX_CONF.format(workers=workers, dir=self.dir, keepalive=keepalive_timeout,
                                           paced=PACED_RATE, paced_path=PACED, address=SERVER_IP, port=HTTP_PORT))
-        self._nginx = subprocess.Popen(self.server.argv(["nginx", "-p", self.dir, "-e", self.dir / "error.log",
-                                                         "-c", conf]),
+        # bounded in time like every process here: ``timeout`` ends it (SIGTERM: nginx's fast shutdown) at the latest
+        self._nginx = subprocess.Popen(self.server.argv(["timeout", NGINX_SECONDS, "nginx", "-p", self.dir,
+                                                         "-e", self.dir / "error.log", "-c", conf]),
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                        start_new_session=True)
         deadline = time.monotonic() + seconds
