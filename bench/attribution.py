@@ -4,10 +4,10 @@ scale curve to a million sockets (issue 14).
     sudo PYTHONPATH=$(python3 -m tests.support.collection) .venv/bin/python -m bench.attribution \
         [--owned 100000] [--processes 500] [--scale 10000,100000,300000,1000000] [--fill-seconds 240] [--fillers 4]
         [--established 100000]
-        [--repetitions 5] [--only attribution,rate,scale]
+        [--repetitions 5] [--only attribution,rate,scale,real]
 
-Three measurements, each in a network namespace of its own (loopback only), deleted afterwards (the rate error
-first, then the attribution cost, then the scale):
+Four measurements, each in network namespaces of its own, deleted afterwards (the rate error first, then the
+attribution cost, then the real traffic, then the scale):
 
 1. **attribution**: ``--processes`` client processes (forked) hold ``--owned``/2 connections to 5 server processes
    that accept and hold them: ``--owned`` sockets in all, every one owned by a process.  The module's core
@@ -28,12 +28,33 @@ first, then the attribution cost, then the scale):
    connections and 900 s; a size not reached in time is measured at the largest reached and says so.  The fill's
    time, rate, processes' RSS and the machine's Slab and MemAvailable (machine-wide) are recorded.
 
+4. **real** (issue 21): real software between two namespaces (tests/support/realtraffic.py, the harness the
+   integration tests use: nginx in a server namespace, the clients in a client namespace with 1,000 ports), the
+   module run through its own main() with ``sample_seconds: 5``:
+   - ``rate_error.SHAPE.PACE``: |reported - truth| / truth, truth being the client's OWN count over the sample
+     window; PACE ``10`` (about 10 per second) or ``flat_out`` (as fast as the client goes: >= 5,000/s wanted where
+     the machine can; the rate reached is in ``cases``).  SHAPE ``client_close`` (a python client that connects and
+     closes first; flat out with the range 1024-65535, so that it does not run out of ports), ``server_close`` (a
+     python client sending ``Connection: close`` at 10/s, connections of well under 1 ms; ApacheBench HTTP/1.0
+     without keep-alive flat out: nginx closes first), ``spawn_loop`` (a bash loop starting a new curl per request;
+     reported: the loop's own entry, the group's rate), ``exhausted`` (the same loop after 1,000 connections held
+     to nginx took every port; reported: the loop's ``failed_connections_per_second`` against its own count of
+     curl exit 7).  A client the module does not name counts as reported 0 (error 1.0).
+   - ``workload_slowdown``: a flat-out python client's own rate during the sample against its mean rate over the
+     5 s before and the 5 s after (1 - with / without, at least 0).
+   - ``sample_cpu_seconds``: the module's CPU seconds (main() only, imports done before) per sampled second, with
+     ApacheBench flat out (>= 5,000 connections/s wanted), against ``ss -tanp`` run every 10 ms for the same time
+     under the same load, right after (``ss_p_cpu_seconds`` per second); ``sample_cpu_vs_ss_p`` is their ratio.
+     The load during each, as the kernel counts it (ActiveOpens per second), is recorded beside them.
+   - ``sample_peak_rss_mb``: the largest ru_maxrss of those module runs.
+
 Prints the figures and writes bench/results/attribution.json.  Nothing outside the namespaces is changed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -52,6 +73,8 @@ TARGET_VS_SS_P = 1.0
 TARGET_VS_SS = 1.0
 TARGET_RSS_MB = 64.0
 TARGET_RATE_ERROR = 0.2
+TARGET_SLOWDOWN = 0.05
+TARGET_SAMPLE_CPU_VS_SS_P = 1.0
 
 # the attribution table: PROCESSES forked clients hold PER_PROCESS connections each to SERVERS server processes,
 # which accept and hold them (one port each, 9000 + N, on 127.0.0.1 and 127.0.0.2).  Prints "ready N" once all are
@@ -372,6 +395,115 @@ def measure_scale(sizes, fill_seconds, reps, python, env, count=4, established=1
     return points, fill
 
 
+def realtraffic():
+    """tests/support/realtraffic.py (it imports the collection: its path is put on sys.path first)."""
+    if str(collections_path()) not in sys.path:
+        sys.path.insert(0, str(collections_path()))
+    return importlib.import_module("tests.support.realtraffic")
+
+
+# (shape, pace, the scenario (lab -> Outcome), the client's port range, what is compared: "rate" the client's entry's
+# new_connections_per_second against its own rate, "failed" its failed_connections_per_second against its failures)
+def real_cases():
+    rt = realtraffic()
+    return [
+        ("client_close", "10", lambda lab: rt.client_close(lab, rate=10), rt.RANGE, "rate"),
+        ("client_close", "flat_out", lambda lab: rt.client_close(lab, rate=0), "1024 65535", "rate"),
+        ("server_close", "10", lambda lab: rt.client_close(lab, rate=10, mode="close"), rt.RANGE, "rate"),
+        ("server_close", "flat_out", lambda lab: rt.server_close_ab(lab, flat_out=True), rt.RANGE, "rate"),
+        ("spawn_loop", "10", lambda lab: rt.spawn_loop(lab, interval=0.1), rt.RANGE, "rate"),
+        ("spawn_loop", "flat_out", lambda lab: rt.spawn_loop(lab, interval=0, keepalive_timeout=0), rt.RANGE, "rate"),
+        ("exhausted", "10", lambda lab: rt.exhausted_loop(lab, interval=0.1), rt.RANGE, "failed"),
+        ("exhausted", "flat_out", lambda lab: rt.exhausted_loop(lab, interval=0), rt.RANGE, "failed"),
+    ]
+
+
+def rate_case(scenario, port_range, compared):
+    """One real-traffic case in a lab of its own: the figures of its client and of the module's entry for it."""
+    rt = realtraffic()
+    with rt.RealLab(prefixes=("rbc", "rbs"), port_range=port_range) as lab:
+        outcome = scenario(lab)
+    row = outcome.row or {}
+    truth = outcome.truth.rate if compared == "rate" else outcome.truth.failed_rate
+    reported = row.get("new_connections_per_second" if compared == "rate" else "failed_connections_per_second")
+    error = abs((reported or 0.0) - truth) / truth if truth else None
+    return {"client": outcome.client.name, "truth_per_second": round(truth, 2), "reported_per_second": reported,
+            "named": bool(row), "spawned": row.get("spawned"), "evidence": row.get("evidence"),
+            "window_covered": outcome.truth.covered, "rate_error": None if error is None else round(error, 4),
+            "method": (outcome.result.get("attribution") or {}).get("method"),
+            "verdict": outcome.result.get("verdict"), "cpu_seconds": outcome.run.cpu_seconds,
+            "sampled_seconds": outcome.run.sampled_seconds, "peak_rss_mb": outcome.run.peak_rss_mb}
+
+
+def workload_slowdown():
+    """A flat-out python client (Connection: close, nginx closes first): its own rate during the sample against its
+    mean over the 5 s before and the 5 s after."""
+    rt = realtraffic()
+    with rt.RealLab(prefixes=("rbwc", "rbws")) as lab:
+        lab.nginx(keepalive_timeout=65, workers=2)
+        client = lab.python_client("close", rate=0, seconds=40)
+        time.sleep(1)
+        before = (time.monotonic(), time.monotonic() + 5)
+        time.sleep(5.2)
+        run = lab.audit(rt.SAMPLE_SECONDS)
+        after = (time.monotonic() + 0.5, time.monotonic() + 5.5)
+        time.sleep(5.7)
+        rates = [client.truth(window).rate for window in (before, run.window, after)]
+    without = (rates[0] + rates[2]) / 2.0
+    return {"without_per_second": round(without, 1), "with_per_second": round(rates[1], 1),
+            "before_per_second": round(rates[0], 1), "after_per_second": round(rates[2], 1),
+            "workload_slowdown": round(max(0.0, 1.0 - rates[1] / without), 4) if without else None}
+
+
+def sample_cpu():
+    """The module's CPU per sampled second under ApacheBench flat out, against ``ss -tanp`` every 10 ms."""
+    rt = realtraffic()
+    with rt.RealLab(prefixes=("rbpc", "rbps")) as lab:
+        lab.nginx(keepalive_timeout=0, workers=2)
+        lab.ab(1000000, concurrency=8, seconds=40)
+        time.sleep(1)
+        run = lab.audit(rt.SAMPLE_SECONDS)
+        seconds = run.sampled_seconds
+        opens = active_opens(lab.client)
+        polled = json.loads(lab.client.exec([sys.executable, "-c", rt.SS_POLL, seconds], timeout=120).stdout)
+        opens = (active_opens(lab.client) - opens) / polled["seconds"]
+    audit_cpu = run.cpu_seconds / seconds
+    ss_cpu = polled["cpu_seconds"] / polled["seconds"]
+    sampled = ((run.result["counters"].get("sample") or {}).get("changes") or {}).get("ActiveOpens") or {}
+    return {"sample_cpu_seconds": round(audit_cpu, 4), "ss_p_cpu_seconds": round(ss_cpu, 4),
+            "sample_cpu_vs_ss_p": round(audit_cpu / ss_cpu, 2) if ss_cpu else None, "ss_p_runs": polled["runs"],
+            "connections_per_second_sampled": sampled.get("per_second"),
+            "connections_per_second_ss_p": round(opens, 1), "sample_peak_rss_mb": run.peak_rss_mb}
+
+
+def active_opens(box):
+    """The client namespace's ActiveOpens (/proc/net/snmp): the load, as the kernel counts it."""
+    lines = [line.split() for line in box.exec(["cat", "/proc/net/snmp"]).stdout.splitlines() if line.startswith("Tcp:")]
+    return int(dict(zip(lines[0], lines[1]))["ActiveOpens"])
+
+
+def measure_real():
+    """The real-traffic figures (section 4 of the docstring)."""
+    cases, errors = {}, {}
+    for shape, pace, scenario, port_range, compared in real_cases():
+        case = rate_case(scenario, port_range, compared)
+        cases["%s.%s" % (shape, pace)] = case
+        errors.setdefault(shape, {})[pace] = case["rate_error"]
+        print("real: %s.%s: truth %s/s, reported %s/s, error %s (%s, named %s)" % (
+            shape, pace, case["truth_per_second"], case["reported_per_second"], case["rate_error"],
+            case["client"], case["named"]), flush=True)
+    out = {"rate_error": errors, "cases": cases}
+    out.update(workload_slowdown())
+    out.update(sample_cpu())
+    out["sample_peak_rss_mb"] = max([out["sample_peak_rss_mb"]] + [c["peak_rss_mb"] or 0 for c in cases.values()])
+    print("real: workload_slowdown %(workload_slowdown)s (%(with_per_second)s/s against %(without_per_second)s/s); "
+          "sample %(sample_cpu_seconds)s CPU s per s against ss -tanp %(ss_p_cpu_seconds)s "
+          "(%(sample_cpu_vs_ss_p)sx) at %(connections_per_second_sampled)s connections/s; "
+          "peak RSS %(sample_peak_rss_mb)s MiB" % out,
+          flush=True)
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--owned", type=int, default=100000, help="owned sockets for the attribution cost (at most 200000)")
@@ -382,7 +514,7 @@ def main():
     parser.add_argument("--fillers", type=int, default=4, help="processes churning connections for the scale fill (1-8)")
     parser.add_argument("--established", type=int, default=100000,
                         help="sockets held ESTABLISHED in the scale table from the size of a million on (0-400000)")
-    parser.add_argument("--only", default="attribution,rate,scale")
+    parser.add_argument("--only", default="attribution,rate,scale,real")
     parser.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args()
@@ -413,6 +545,8 @@ def main():
         print("attribution: %(sockets)d sockets (%(connections)d connections, %(processes)d processes): audit "
               "%(seconds).3f s, ss -tanp %(ss_p_seconds).3f s, %(vs_ss_p).2fx, peak RSS %(peak_rss_mb).1f MiB, "
               "%(unattributed_sockets)d sockets unattributed" % result["attribution"], flush=True)
+    if "real" in only:
+        result["real"] = measure_real()
     if "scale" in only:
         points, fill = measure_scale(sizes, max(10.0, min(args.fill_seconds, 600.0)), reps, args.python, env,
                                      max(1, min(args.fillers, 8)), max(0, min(args.established, 400000)))
@@ -442,7 +576,10 @@ def main():
             result["linearity"] = round((last["seconds"] / last["sockets"]) / (first["seconds"] / first["sockets"]), 2)
     result["targets"] = {"attribution.vs_ss_p": TARGET_VS_SS_P, "attribution.peak_rss_mb": TARGET_RSS_MB,
                          "attribution.rate_error": TARGET_RATE_ERROR, "audit.million.vs_ss": TARGET_VS_SS,
-                         "audit.million.peak_rss_mb": TARGET_RSS_MB}
+                         "audit.million.peak_rss_mb": TARGET_RSS_MB,
+                         "attribution.rate_error.SHAPE.PACE": TARGET_RATE_ERROR,
+                         "attribution.workload_slowdown": TARGET_SLOWDOWN,
+                         "attribution.sample_cpu_vs_ss_p": TARGET_SAMPLE_CPU_VS_SS_P}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1) + "\n")

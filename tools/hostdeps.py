@@ -36,6 +36,12 @@ TOOLS = {
     'nft': 'nftables',
     'iptables-nft': 'iptables',
     'conntrack': 'conntrack',
+    # tests/integration/test_real_traffic.py and bench/attribution.py (issue 21): real servers and clients
+    'nginx': 'nginx',
+    'ab': 'apache2-utils',
+    'wrk': 'wrk',
+    'curl': 'curl',
+    '/usr/lib/python3/dist-packages/requests/__init__.py': 'python3-requests',  # python-requests, the system python3
 }
 
 
