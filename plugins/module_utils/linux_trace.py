@@ -149,6 +149,8 @@ def _exec_name(body):
 
 
 def _exit_whole(body, tid, tgid):
+    if not body.startswith("comm=") or _last_int(body, "prio") is None:
+        return None
     at = body.rfind(" group_dead=")
     if at < 0:  # kernels before 6.x: the event of the thread group leader
         return tid == tgid
@@ -267,8 +269,8 @@ class TraceTally:
                 proc.comm = data
         elif event == "sched_process_exit":
             key = self.key(tgid)
-            if data and (key in self.forks or key in self.admitted):
-                self.ended.add(key)
+            if data and (key in self.forks or key in self.admitted or len(self.ended) < 2 * self.max_processes):
+                self.ended.add(key)  # never read /proc/PID for it again: the pid may be another process's
         elif event == "sys_exit_connect" and data == -EADDRNOTAVAIL:
             proc = self._counted(tgid, comm, stamp)
             if proc is not None:
