@@ -76,6 +76,33 @@ def _v6(text):
     return address.packed
 
 
+_ADDRESSES = {}  # address text -> bytes (or None): a busy sample repeats a few addresses tens of thousands of times
+_COMMS = {}  # comm as the trace shows it -> cleaned
+CACHE_MAX = 4096
+
+
+def _address(text, convert):
+    try:
+        return _ADDRESSES[text]
+    except KeyError:
+        pass
+    if len(_ADDRESSES) >= CACHE_MAX:
+        _ADDRESSES.clear()
+    value = _ADDRESSES[text] = convert(text)
+    return value
+
+
+def _clean_comm(comm):
+    try:
+        return _COMMS[comm]
+    except KeyError:
+        pass
+    if len(_COMMS) >= CACHE_MAX:
+        _COMMS.clear()
+    value = _COMMS[comm] = clean_text(comm.strip())
+    return value
+
+
 def parse_state(body):
     """(family 4|6, local bytes, local port, remote bytes, remote port, old state, new state) of an
     inet_sock_set_state body, or None.  A v4-mapped IPv6 address is its IPv4 address (family 4)."""
@@ -84,9 +111,9 @@ def parse_state(body):
         return None
     family, sport, dport, saddr, daddr, saddr6, daddr6, old, new = match.groups()
     if family == "AF_INET":
-        local, remote, fam = _v4(saddr), _v4(daddr), 4
+        local, remote, fam = _address(saddr, _v4), _address(daddr, _v4), 4
     else:
-        local, remote = _v6(saddr6), _v6(daddr6)
+        local, remote = _address(saddr6, _v6), _address(daddr6, _v6)
         fam = 4 if remote is not None and len(remote) == 4 else 6
     sport, dport = int(sport), int(dport)
     if remote is None or local is None or sport > 65535 or dport > 65535:
@@ -137,7 +164,7 @@ def parse_line(line):
         return None
     if event == "sched_process_exec":
         data = clean_text(data)
-    return event, clean_text(comm.strip()), int(tid), tgid, float(stamp), data
+    return event, _clean_comm(comm), int(tid), tgid, float(stamp), data
 
 
 def _exec_name(body):

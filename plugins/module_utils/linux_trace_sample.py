@@ -31,7 +31,9 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import
 
 TRACE_INTERVAL = 0.05  # seconds between two reads of the trace_pipe
 BUFFER_TOTAL_KB = 65536  # the ring buffers of all CPUs together, at most (kernel memory, freed with the instance)
-DRAIN_READS = 64  # reads of what is left in the buffer once recording stops
+READ_CHUNK = 1 << 19  # bytes of trace text read and parsed at a time: the memory a read costs stays small
+READS_PER_INTERVAL = 64  # reads at most per TRACE_INTERVAL (a bound: a busy host needs a few)
+DRAIN_READS = 512  # reads of what is left in the buffer once recording stops
 UNREADABLE_PIDS_SHOWN = 20
 
 
@@ -94,19 +96,23 @@ def trace_sample(host, view, seconds, port_range, listening, clock=time.monotoni
     with host.trace_instance(trace_events(port_range), buffer_kb()) as (pipe, notes):
         begun = clock()
         deadline = begun + seconds
-        for dummy_tick in range(int(seconds / TRACE_INTERVAL) + 2):
-            rest = parse_lines(pipe.read(), tally, rest)
+        for dummy_read in range(int(seconds / TRACE_INTERVAL + 1) * READS_PER_INTERVAL):
+            text = pipe.read(READ_CHUNK)
+            rest = parse_lines(text, tally, rest)
             now = clock()
             if now >= deadline:
                 break
-            sleep(min(TRACE_INTERVAL, deadline - now))
+            if len(text) < READ_CHUNK // 2:  # the buffer is drained: wait for more
+                sleep(min(TRACE_INTERVAL, deadline - now))
         pipe.stop()
         window = clock() - begun
         for dummy_read in range(DRAIN_READS):
-            text = pipe.read()
+            text = pipe.read(READ_CHUNK)
             if not text:
                 break
             rest = parse_lines(text, tally, rest)
+        else:
+            notes.append("the trace was not read to its end: what was left is not counted")
     return tally, window, list(notes)
 
 
