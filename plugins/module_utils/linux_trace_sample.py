@@ -70,7 +70,7 @@ class HostView:
     def __init__(self, host, processes):
         self.host = host
         self.processes = processes
-        self.own_netns = processes.netns if processes.netns is not None else _netns(host, None)
+        self.own_netns = getattr(processes, "netns", None) or _netns(host, None)
         self.identify = getattr(processes, "identify", None) or self._describe
 
     def _describe(self, pid):

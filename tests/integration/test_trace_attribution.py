@@ -11,11 +11,17 @@ the shell loop's curls fail, and the shell is named with the failures.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import LinuxHost
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_trace_sample import trace_events
+from tests.support.collection import collections_path
 from tests.support.netns import Sandbox
 
 RANGE = "40000 40999"
@@ -159,3 +165,44 @@ def test_an_exhausted_range_names_the_process_that_fails(box):
     assert sh["spawned"]["command"] == "curl" and sh["failed_connections"] > 0
     assert near(sh["failed_connections_per_second"], truth["failed"] / truth["seconds"])
     assert sh["new_connections"] == 0
+
+
+KILLED = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import LinuxHost
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_trace_sample import trace_events
+with LinuxHost().trace_instance(trace_events(), 512) as (pipe, notes):
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def instances():
+    host = LinuxHost()
+    root, dummy = host.tracefs()
+    try:
+        fd = os.open("instances", os.O_RDONLY | os.O_DIRECTORY, dir_fd=root)
+        try:
+            return sorted(name for name in os.listdir(fd) if name.startswith("tcpstack-"))
+        finally:
+            os.close(fd)
+    finally:
+        os.close(root)
+
+
+def test_a_killed_run_leaves_no_trace_instance_on(root_netns):
+    child = subprocess.Popen([sys.executable, "-c", KILLED, collections_path()], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        left = [name for name in instances() if name.startswith("tcpstack-%d-" % child.pid)]
+        assert len(left) == 1
+    finally:
+        child.kill()
+        child.wait()
+    with LinuxHost().trace_instance(trace_events(), 512) as (pipe, notes):
+        assert any(left[0] in note for note in notes), notes
+        assert len([name for name in instances() if name.startswith("tcpstack-%d-" % os.getpid())]) == 1
+    assert not [name for name in instances() if name.startswith(("tcpstack-%d-" % child.pid,
+                                                                 "tcpstack-%d-" % os.getpid()))]
+    assert "tracefs" not in Path("/proc/self/mountinfo").read_text()  # mounted, if at all, in a namespace now gone

@@ -8,6 +8,7 @@ import socket
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_attribution import Attribution
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_trace import parse_lines
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_trace_sample import (
+    HostView,
     buffer_kb,
     trace_events,
     traced_processes,
@@ -91,3 +92,24 @@ def test_the_sampling_maps_are_capped():
         attribution.observe_live(2, 1, b"\x1f\x90" + key[2:], cookie.to_bytes(8, "little"), 0, 0, 100 + cookie)
     assert len(attribution.seen) == 2 and attribution.capped["seen"] == 3
     assert len(attribution.pending) == 2 and "pending" not in attribution.capped
+
+
+class FakeLinuxHost:
+    def net_namespace(self, pid=None):
+        if pid == 99:
+            raise FileNotFoundError(2, "gone")
+        return "net:[1]" if pid is None else "net:[%d]" % pid
+
+
+def test_the_host_view_with_and_without_identify():
+    class Identifying(FakeProcesses):
+        def identify(self, pid):
+            return None if pid == 99 else dict(identity(pid, name="p"), start_time=1.5)
+
+    view = HostView(FakeLinuxHost(), Identifying())
+    assert view.own_netns == "net:[1]" and view.netns(7) == "net:[7]" and view.netns(99) is None
+    assert view.identify(7)["start_time"] == 1.5 and view.identify(99) is None
+    plain = FakeProcesses()
+    plain.netns = "net:[5]"
+    view = HostView(FakeLinuxHost(), plain)  # a ProcessTable without identify(): describe(), no start time
+    assert view.own_netns == "net:[5]" and view.identify(7)["name"] == "live7"
