@@ -81,26 +81,24 @@ _COMMS = {}  # comm as the trace shows it -> cleaned
 CACHE_MAX = 4096
 
 
-def _address(text, convert):
+def _cached(cache, text, convert):
+    """``convert(text)``, remembered in ``cache`` (emptied when it holds CACHE_MAX)."""
     try:
-        return _ADDRESSES[text]
+        return cache[text]
     except KeyError:
         pass
-    if len(_ADDRESSES) >= CACHE_MAX:
-        _ADDRESSES.clear()
-    value = _ADDRESSES[text] = convert(text)
+    if len(cache) >= CACHE_MAX:
+        cache.clear()
+    value = cache[text] = convert(text)
     return value
+
+
+def _address(text, convert):
+    return _cached(_ADDRESSES, text, convert)
 
 
 def _clean_comm(comm):
-    try:
-        return _COMMS[comm]
-    except KeyError:
-        pass
-    if len(_COMMS) >= CACHE_MAX:
-        _COMMS.clear()
-    value = _COMMS[comm] = clean_text(comm.strip())
-    return value
+    return _cached(_COMMS, comm, lambda value: clean_text(value.strip()))
 
 
 def parse_state(body):
