@@ -41,6 +41,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_model import
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import time_wait_heir, unmap_pair
 
 TIME_WAIT_MS = 60000
+MAX_SOCKETS = 200000  # sockets followed during a sample (seen, bound, pending each): past it, new ones are counted
 # A socket followed by its cookie (``Attribution.seen``): a list, one per socket on the sampling's hot path,
 # read through these indexes.
 DEST, INODE, PID, ALIVE, CLOSED = range(5)
@@ -101,7 +102,9 @@ class Attribution:
     [inode, pid] of sockets bound to an ephemeral port and not connected.
     """
 
-    def __init__(self):
+    def __init__(self, max_sockets=MAX_SOCKETS):
+        self.max_sockets = max_sockets
+        self.capped = {}  # map -> sockets a cap left unfollowed (seen, bound, pending)
         self.seen = {}
         self.bound = {}
         self.pending = []  # [record, index of its inode, index of its pid, tries] still without an owner
@@ -120,14 +123,25 @@ class Attribution:
             return
         if state == CLOSE:
             if key[0] == 0 and key[1] == 0 and cookie not in self.bound:
+                if self._full("bound", self.bound):
+                    return
                 record = self.bound[cookie] = [inode, None]
-                if inode:
+                if inode and not self._full("pending", self.pending):
                     self.pending.append([record, BOUND_INODE, BOUND_PID, 0])
             return
         if cookie not in self.seen:
+            if self._full("seen", self.seen):
+                return
             record = self.seen[cookie] = [destination(family, key), inode, None, self._first, False]
-            if inode:
+            if inode and not self._full("pending", self.pending):
                 self.pending.append([record, INODE, PID, 0])
+
+    def _full(self, name, store):
+        """Whether ``store`` holds max_sockets already (then the socket is counted in ``capped[name]``)."""
+        if len(store) < self.max_sockets:
+            return False
+        self.capped[name] = self.capped.get(name, 0) + 1
+        return True
 
     def end_dump(self):
         """Call after each live dump (both address families)."""
@@ -162,7 +176,8 @@ class Attribution:
         self.bound_now[pid] = self.bound_now.get(pid, 0) + 1
         record = self.bound.get(cookie)
         if record is None:
-            self.bound[cookie] = [inode, pid]
+            if not self._full("bound", self.bound):
+                self.bound[cookie] = [inode, pid]
         elif record[BOUND_PID] is None:
             record[BOUND_PID] = pid
 
@@ -210,6 +225,17 @@ class Attribution:
         for (family, dummy_local, remote, port), (dummy_in_use, time_wait) in tuples.items():
             if time_wait:
                 _counts(self.table, (family, remote, port), None).time_wait += time_wait
+
+    def give_time_wait(self, dest, owner, count):
+        """Give ``count`` of the ownerless TIME_WAIT sockets towards ``dest`` of the final dump to ``owner`` (known
+        exactly: the trace saw it close them first); returns how many it got."""
+        by_pid = self.table.get(dest)
+        nobody = by_pid.get(None) if by_pid is not None else None
+        given = min(count, nobody.time_wait) if nobody is not None else 0
+        if given > 0:
+            nobody.time_wait -= given
+            _counts(self.table, dest, owner).time_wait += given
+        return given
 
     def finish(self):
         """({pid: ProcessRecord (pid, destinations, bound_inactive, bound_inactive_seen)},

@@ -50,6 +50,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_process
     HostProcesses,
     socket_inode,
 )
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_trace import HostTrace
 
 # What callers import from here, wherever it is written.
 __all__ = ["CHUNK", "CLONE_NEWNET", "FILE_MAX", "LOCK_PATH", "LOCK_WAIT", "PROCESS_FILE_MAX", "SOCKET_PREFIX",
@@ -59,7 +60,7 @@ LOCK_PATH = "/run/tcpstack-tuning.lock"
 LOCK_WAIT = 120.0  # seconds a run waits for another run's lock before it fails, saying who holds it
 
 
-class LinuxHost(HostFiles, HostKernel, HostProcesses):
+class LinuxHost(HostFiles, HostKernel, HostProcesses, HostTrace):
     """Reads and writes one Linux host's TCP settings and sysctl.d files."""
 
     @contextmanager

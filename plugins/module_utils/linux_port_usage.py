@@ -19,7 +19,13 @@ from dataclasses import replace
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_attribution import Attribution
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import LinuxHost
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_trace import TraceUnavailable
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_processes import ProcessTable
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_trace_sample import (
+    HostView,
+    trace_sample,
+    traced_processes,
+)
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
     PORT_RANGE,
     RESERVED_PORTS,
@@ -36,6 +42,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.socket_table impor
     AF_INET,
     AF_INET6,
     ALL_STATES,
+    LISTEN,
     LIVE_STATES,
     PROC_TABLES,
     TableError,
@@ -225,12 +232,13 @@ def read_table(host, tally, use_netlink=True, attribution=None, processes=None):
     return tally, table_ok, attributed, notes, unreadable
 
 
-def collect(host, use_netlink=True, attribution=None, processes=None):
+def collect(host, use_netlink=True, attribution=None, processes=None, traced=None):
     """Read everything port_usage needs from ``host`` (its network namespace): a Snapshot.
 
     With an ``attribution`` (linux_attribution.Attribution) and ``processes``
     (linux_processes.ProcessTable, scanned just before), the netlink dump
-    also attributes the sockets to processes: Snapshot.processes.
+    also attributes the sockets to processes: Snapshot.processes.  ``traced``:
+    (linux_trace.TraceTally, seconds) of a traced sample, joined with it.
     """
     dummy_raw, settings, port_range, reserved, unreadable = read_ports(host)
     tally, table_ok, attributed, notes, missing = read_table(host, Tally(port_flags(port_range, reserved)),
@@ -241,7 +249,10 @@ def collect(host, use_netlink=True, attribution=None, processes=None):
     reuse = reuse_rules(settings)
     owners, attribution_info = None, None
     if attribution is not None:
-        if attributed:
+        if attributed and traced is not None:
+            owners, attribution_info, missing = traced_processes(attribution, processes, *traced)
+            unreadable.extend(missing)
+        elif attributed:
             owners, attribution_info, missing = attributed_processes(attribution, processes)
             unreadable.extend(missing)
         else:
@@ -286,6 +297,8 @@ def attributed_processes(attribution, processes):
         unreadable.append({"source": "/proc/PID/fd of %d processes" % len(denied),
                            "reason": "Permission denied: their sockets cannot be attributed (run as root to see them)"})
     info = {
+        "method": "sampling" if attribution.window_ms is not None else "snapshot",
+        "capped": sorted(attribution.capped),
         "sampled_seconds": round(attribution.window_ms / 1000.0, 3) if attribution.window_ms is not None else None,
         "live_dumps": attribution.dumps,
         "fd_scans": processes.scans,
@@ -369,19 +382,40 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
     started = time.monotonic()
     before, missing = read_counters(host)
     notes = []
+    traced = None
     if attribution is not None:
-        try:
-            sample_processes(host, processes, attribution, sample_seconds,
-                             port_flags(*read_ports(host)[2:4]), sleep=sleep)
-            processes.scan()
-        except TableError as exc:
-            notes.append("%s: no process attribution" % exc)
-            attribution = None
-            sleep(max(0.0, sample_seconds - (time.monotonic() - started)))
+        traced, attribution = _sample(host, processes, attribution, sample_seconds, notes, sleep, started)
     else:
         sleep(sample_seconds)
-    snapshot = collect(host, use_netlink, attribution, processes)
+    snapshot = collect(host, use_netlink, attribution, processes, traced)
     snapshot = replace(snapshot, counters=before, counters_after=snapshot.counters,
                        sample_seconds=time.monotonic() - started, notes=notes + snapshot.notes)
     snapshot.unreadable.extend(item for item in missing if item not in snapshot.unreadable)
     return analyse(snapshot, top=top, warning=warning, critical=critical)
+
+
+def _sample(host, processes, attribution, seconds, notes, sleep, started):
+    """Sample ``seconds``: trace where the kernel lets us (tracepoints), else poll (sampling).  Returns
+    (traced or None, the Attribution for the final dump, or None when the socket table could not be read)."""
+    port_range, reserved = read_ports(host)[2:4]
+    try:
+        listening = Tally(port_flags(port_range, reserved))
+        read_netlink(host, listening, states=1 << LISTEN)
+        tally, window, trace_notes = trace_sample(host, HostView(host, processes), seconds, port_range,
+                                                  listening.listening, sleep=sleep)
+        processes.scan()
+        notes.extend(trace_notes)
+        return (tally, window), attribution
+    except (TraceUnavailable, TableError, OSError) as exc:
+        reason = str(exc) if not isinstance(exc, OSError) else "%s (%s)" % (exc.strerror, exc.filename or "tracefs")
+        notes.append("the kernel's tracepoints could not be used (%s): connections were sampled every %g ms "
+                     "instead, which misses the shortest ones" % (reason, SAMPLE_INTERVAL * 1000))
+    left = max(0.0, seconds - (time.monotonic() - started))
+    try:
+        sample_processes(host, processes, attribution, left, port_flags(port_range, reserved), sleep=sleep)
+        processes.scan()
+    except TableError as exc:
+        notes.append("%s: no process attribution" % exc)
+        sleep(max(0.0, seconds - (time.monotonic() - started)))
+        return None, None
+    return None, attribution
