@@ -31,6 +31,19 @@ READ_MAX = 16 << 20  # bytes of trace text one read() takes at most: the rest wa
 _DIR = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
 
 
+# The inode of the initial PID namespace, fixed by the kernel since 3.8 (PROC_PID_INIT_INO in
+# include/linux/proc_ns.h): the only namespace whose pids the trace's pids are.
+INITIAL_PID_NAMESPACE = "pid:[%d]" % 0xEFFFFFFC
+
+
+def _nested_pid_namespace():
+    """True unless this process runs in the initial PID namespace (or its namespace cannot be read)."""
+    try:
+        return os.readlink("/proc/self/ns/pid") != INITIAL_PID_NAMESPACE
+    except OSError:
+        return True
+
+
 class TraceUnavailable(Exception):
     """Tracing cannot be used on this host; the message says why (it becomes a note of the result)."""
 
@@ -95,6 +108,9 @@ class HostTrace(HostRoot):
         """(fd of the tracefs directory, how it was found); raises TraceUnavailable."""
         if not self.live:
             raise TraceUnavailable("not the running host")
+        if _nested_pid_namespace():
+            raise TraceUnavailable("this process runs in a PID namespace of its own: the kernel's trace names "
+                                   "processes by the host's pids, which its /proc does not show")
         for path in TRACEFS_PATHS:
             try:
                 fd = os.open(path, _DIR)

@@ -65,17 +65,14 @@ def buffer_kb(cpus=None):
 
 class HostView:
     """What linux_trace.TraceTally asks of the host, through LinuxHost and a ProcessTable: who a process is
-    (``processes.identify``; ``describe`` until that exists) and its network namespace."""
+    (``processes.identify``: pid and start time, read through one /proc/PID handle; None when gone) and its
+    network namespace."""
 
     def __init__(self, host, processes):
         self.host = host
         self.processes = processes
-        self.own_netns = getattr(processes, "netns", None) or _netns(host, None)
-        self.identify = getattr(processes, "identify", None) or self._describe
-
-    def _describe(self, pid):
-        who = self.processes.describe(pid)
-        return who if who.get("name") is not None else None
+        self.own_netns = _netns(host, None)
+        self.identify = processes.identify
 
     def netns(self, pid):
         return _netns(self.host, pid)

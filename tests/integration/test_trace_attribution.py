@@ -234,3 +234,29 @@ def test_a_killed_run_leaves_no_trace_instance_on(root_netns):
     assert not [name for name in instances() if name.startswith(("tcpstack-%d-" % child.pid,
                                                                  "tcpstack-%d-" % os.getpid()))]
     assert "tracefs" not in Path("/proc/self/mountinfo").read_text()  # mounted, if at all, in a namespace now gone
+
+
+NESTED = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import LinuxHost
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_trace import TraceUnavailable
+try:
+    LinuxHost().tracefs()
+except TraceUnavailable as exc:
+    print("unavailable:", exc)
+else:
+    print("available")
+"""
+
+
+def test_a_run_in_a_pid_namespace_of_its_own_does_not_trace(root_netns):
+    """The trace names processes by the initial namespace's pids: in a PID namespace of its own (whose /proc shows
+    other pids) the audit must not trace, or a trace pid would be read as another process."""
+    outside = subprocess.run([sys.executable, "-c", NESTED, collections_path()], capture_output=True, text=True,
+                             timeout=60)
+    assert outside.stdout.strip() == "available", outside.stdout + outside.stderr
+    inside = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", NESTED,
+                             collections_path()], capture_output=True, text=True, timeout=60)
+    assert inside.stdout.startswith("unavailable: this process runs in a PID namespace of its own"), \
+        inside.stdout + inside.stderr

@@ -101,7 +101,7 @@ class FakeLinuxHost:
         return "net:[1]" if pid is None else "net:[%d]" % pid
 
 
-def test_the_host_view_with_and_without_identify():
+def test_the_host_view_identifies_through_the_process_table():
     class Identifying(FakeProcesses):
         def identify(self, pid):
             return None if pid == 99 else dict(identity(pid, name="p"), start_time=1.5)
@@ -109,7 +109,3 @@ def test_the_host_view_with_and_without_identify():
     view = HostView(FakeLinuxHost(), Identifying())
     assert view.own_netns == "net:[1]" and view.netns(7) == "net:[7]" and view.netns(99) is None
     assert view.identify(7)["start_time"] == 1.5 and view.identify(99) is None
-    plain = FakeProcesses()
-    plain.netns = "net:[5]"
-    view = HostView(FakeLinuxHost(), plain)  # a ProcessTable without identify(): describe(), no start time
-    assert view.own_netns == "net:[5]" and view.identify(7)["name"] == "live7"
