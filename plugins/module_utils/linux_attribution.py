@@ -226,6 +226,11 @@ class Attribution:
             if time_wait:
                 _counts(self.table, (family, remote, port), None).time_wait += time_wait
 
+    def owners(self):
+        """The pids the final dump found holding live sockets (their fd tables own sockets of this namespace)."""
+        return set(pid for by_pid in self.table.values() for pid, counts in by_pid.items()
+                   if pid is not None and counts.live)
+
     def give_time_wait(self, dest, owner, count):
         """Give ``count`` of the ownerless TIME_WAIT sockets towards ``dest`` of the final dump to ``owner`` (known
         exactly: the trace saw it close them first); returns how many it got."""

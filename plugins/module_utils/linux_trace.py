@@ -257,11 +257,15 @@ class TraceTally:
         self.ended = set()  # keys of processes known here whose whole exit was seen
         self.names = {}  # key -> comm, as the trace shows it (fork parent, exec, counted event)
         self.processes = {}  # key -> _Process, those with an event counted
+        # key -> _Process of a process whose network namespace is another one now: its sockets may still be this
+        # namespace's (created before it moved), so its events are kept aside until finish() knows
+        self.foreign = {}
         self.pending = {}  # 4-tuple this end closed first (FIN_WAIT1) -> _Process, until its close
         self.admitted = {}  # key -> True (this namespace), False (another), None (unknown)
         self.who = {}  # key -> identity read while the process was alive
         self.pairs = 0
         self.events = self.lost = self.bad_lines = self.other_namespace = self.unknown_namespace = 0
+        self.admitted_foreign = 0
         self.unowned_time_wait = {}  # dest -> TIME_WAITs entered by connections closed before the sample
         self.capped = {}  # what -> events a cap dropped
 
@@ -329,17 +333,20 @@ class TraceTally:
         if proc is not None:
             return proc
         state = self.admitted[key] if key in self.admitted else self._resolve(key, stamp)
-        if state is not True:
-            if state is False:
-                self.other_namespace += 1
-            else:
-                self.unknown_namespace += 1
+        if state is None:
+            self.unknown_namespace += 1
             return None
-        if len(self.processes) >= self.max_processes:
+        into = self.processes
+        if state is False:  # set aside: counted only if the process owns sockets of this namespace (finish())
+            self.other_namespace += 1
+            into = self.foreign
+            if key in into:
+                return into[key]
+        if len(self.processes) + len(self.foreign) >= self.max_processes:
             self._cap("processes")
             return None
         self._name(key, comm)
-        proc = self.processes[key] = _Process(self.names.get(key, comm))
+        proc = into[key] = _Process(self.names.get(key, comm))
         return proc
 
     def _resolve(self, key, stamp):
@@ -426,12 +433,22 @@ class TraceTally:
             current = fork[0]
         return current
 
-    def finish(self):
+    def finish(self, owners=()):
         """{key: {"pid", "ended", "who" (identity or None), "comm", "destinations" {dest: [new, time_wait_entered,
-        failed]}, "failed", "spawned" ({"command", "count"} or None)}}, the short-lived children folded."""
+        failed]}, "failed", "spawned" ({"command", "count"} or None)}}, the short-lived children folded.
+
+        ``owners``: the pids whose fd tables hold sockets of this namespace now (the final dump's owners).  A
+        process that moved to another network namespace is counted when it is one of them and still runs: its
+        sockets, not its current namespace, say where its connections are (``admitted_foreign``)."""
         out = {}
         children = {}
-        for key, proc in self.processes.items():
+        owners = set(owners)
+        counted = dict(self.processes)
+        for key, proc in self.foreign.items():
+            if key not in self.ended and key_pid(key) in owners:
+                counted[key] = proc
+        self.admitted_foreign = len(counted) - len(self.processes)
+        for key, proc in counted.items():
             target = self.fold_target(key)
             entry = out.get(target)
             if entry is None:

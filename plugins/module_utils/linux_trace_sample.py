@@ -121,7 +121,7 @@ def _record_id(entry, key):
 
 def traced_processes(attribution, processes, tally, window):
     """(Snapshot.processes, Snapshot.attribution, unreadable) from the trace and the final dump's Attribution."""
-    traced = tally.finish()
+    traced = tally.finish(attribution.owners())
     by_id = {}
     for key, entry in traced.items():
         by_id[_record_id(entry, key)] = entry
@@ -151,6 +151,7 @@ def traced_processes(attribution, processes, tally, window):
         "trace_events": tally.events,
         "lost_events": tally.lost,
         "other_namespace_events": tally.other_namespace,
+        "admitted_from_other_namespaces": tally.admitted_foreign,
         "unknown_namespace_events": tally.unknown_namespace,
         "capped": capped,
     }

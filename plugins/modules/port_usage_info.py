@@ -319,8 +319,9 @@ attribution:
       destinations whose ports or new connections no process could be given (each C(endpoint), C(in_use),
       C(time_wait), C(new_connections)).
     - With C(tracepoints), also C(trace_events) (events read), C(lost_events) (events the kernel dropped),
-      C(other_namespace_events) and C(unknown_namespace_events) (events of processes of another, or of an unknown,
-      network namespace: not counted).
+      C(other_namespace_events) (events of processes now in another network namespace: counted only for those
+      that still hold sockets of this one at the end, C(admitted_from_other_namespaces) of them) and
+      C(unknown_namespace_events) (events of processes whose namespace could not be known: not counted).
   returned: when O(attribution) is true and the table was read over netlink
   type: dict
   sample: {"sampled_seconds": 3.0, "live_dumps": 170, "fd_scans": 65, "unreadable_processes": 0,

@@ -263,3 +263,17 @@ def test_lost_events_are_counted():
     tally = tally_of(["CPU:0 [LOST 7 EVENTS]", connect("a", 1, 1.0), "CPU:1 [LOST 3 EVENTS]"],
                      FakeHost(alive={1: 0}))
     assert tally.lost == 10 and tally.events == 1
+
+
+def test_a_process_of_another_namespace_counts_only_while_it_owns_sockets_here():
+    """Sockets keep the namespace they were created in: a process that moved counts when it still holds sockets
+    of this namespace at the end, never otherwise (and never once it ended)."""
+    host = FakeHost(alive={10: 0.0, 20: 0.0, 30: 0.0}, netns={20: "net:[1]", 30: "net:[1]"})
+    lines = [connect("here", 10, 1.0), connect("moved", 20, 1.0), connect("moved", 20, 1.1),
+             connect("elsewhere", 30, 1.0)]
+    tally = tally_of(lines, host)
+    assert set(tally.processes) == {process_key(10)} and tally.other_namespace == 3
+    assert set(tally.finish()) == {process_key(10)} and tally.admitted_foreign == 0
+    done = tally.finish(owners={10, 20})
+    assert set(done) == {process_key(10), process_key(20)} and tally.admitted_foreign == 1
+    assert done[process_key(20)]["destinations"][DEST][0] == 2
