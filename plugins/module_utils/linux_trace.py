@@ -433,6 +433,20 @@ class TraceTally:
             current = fork[0]
         return current
 
+    def _fold_targets(self, counted):
+        """{key: the key its counts go to} for the processes ``counted``: fold_target(), and also a child forked
+        during the sample that still runs at its end when its parent's group already holds ended children of
+        the same command (the loop's request in flight when the sample ended)."""
+        targets = dict((key, self.fold_target(key)) for key in counted)
+        series = set((target, counted[key].comm) for key, target in targets.items() if target != key)
+        for key, target in targets.items():
+            fork = self.forks.get(key)
+            if target == key and fork is not None and key not in self.ended:
+                parent = self.fold_target(fork[0])
+                if (parent, counted[key].comm) in series:
+                    targets[key] = parent
+        return targets
+
     def finish(self, owners=()):
         """{key: {"pid", "ended", "who" (identity or None), "comm", "destinations" {dest: [new, time_wait_entered,
         failed]}, "failed", "spawned" ({"command", "count"} or None)}}, the short-lived children folded.
@@ -448,8 +462,9 @@ class TraceTally:
             if key not in self.ended and key_pid(key) in owners:
                 counted[key] = proc
         self.admitted_foreign = len(counted) - len(self.processes)
+        targets = self._fold_targets(counted)
         for key, proc in counted.items():
-            target = self.fold_target(key)
+            target = targets[key]
             entry = out.get(target)
             if entry is None:
                 entry = out[target] = {"pid": key_pid(target), "ended": target in self.ended,

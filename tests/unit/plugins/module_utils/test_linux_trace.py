@@ -183,6 +183,19 @@ def test_a_child_still_running_keeps_its_own_entry():
     assert set(out) == {process_key(101)} and out[process_key(101)]["spawned"] is None
 
 
+def test_the_loop_request_in_flight_at_the_end_joins_its_ended_siblings():
+    lines = []
+    for n in range(3):
+        child = 101 + n
+        lines += [fork("sh", 100, child, 1.0 + n), connect("curl", child, 1.01 + n), leave("curl", child, 1.02 + n)]
+    lines += [fork("sh", 100, 110, 4.0), connect("curl", 110, 4.01),  # still running when the sample ends
+              fork("sh", 100, 111, 4.1), connect("worker", 111, 4.11)]  # another command: its own entry
+    out = tally_of(lines, FakeHost(alive={100: 0.5, 110: 4.0, 111: 4.1})).finish()
+    assert set(out) == {process_key(100), process_key(111)}
+    assert out[process_key(100)]["spawned"] == {"command": "curl", "count": 4}
+    assert out[process_key(100)]["destinations"][DEST] == [4, 0, 0]
+
+
 def test_a_reused_pid_never_inherits():
     lines = [connect("old", 200, 1.0), connect("old", 200, 1.1), leave("old", 200, 1.2),
              fork("init", 1, 200, 2.0), connect("new", 200, 2.1)]
