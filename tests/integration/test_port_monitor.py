@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from tests.support.ci import need
+from tests.support.collection import install_like_the_role
 from tests.support.netns import Sandbox, stop_process
 from tests.support.promql import exposed_names, metric_names, samples
 from tests.support.traffic import program
@@ -40,7 +41,6 @@ UNIT_FILE = Path("/etc/systemd/system/tcpstack-port-monitor.service")
 CODE_DIR = Path("/usr/local/lib/tcpstack-port-monitor")
 DASHBOARD = ROOT / "extensions" / "grafana" / "tcpstack-ports.json"
 RULES = ROOT / "extensions" / "prometheus" / "tcpstack-rules.yml"
-PACKAGE = "ansible_collections/tcpstack/tuning/plugins/module_utils"
 WEB_IP, BACKEND_IP, BACKEND_PORT = "10.216.0.1", "10.216.0.2", 8080
 RANGE = "40000 40999"
 ATTEMPTS, STOP_AFTER, CHURN_SECONDS = 3000, 20, 60
@@ -136,19 +136,6 @@ def test_check_mode_on_a_fresh_host_reports_the_install_and_changes_nothing(box)
 
 
 # ----------------------------------------------------------------- the sampler through node_exporter
-def install_like_the_role(code_dir):
-    """The layout the role's tasks make: every module_utils file, __init__.py per package, the entry point."""
-    package = code_dir / PACKAGE
-    package.mkdir(parents=True)
-    for depth in range(1, len(PACKAGE.split("/")) + 1):
-        (code_dir.joinpath(*PACKAGE.split("/")[:depth]) / "__init__.py").write_text("")
-    for source in sorted((ROOT / "plugins" / "module_utils").glob("*.py")):
-        shutil.copyfile(source, package / source.name)
-    entry = code_dir / "tcpstack-port-monitor"
-    shutil.copyfile(ROOT / "roles" / "port_monitor" / "files" / "tcpstack-port-monitor", entry)
-    return entry
-
-
 @pytest.fixture
 def exhausted():
     """web -> backend over a veth pair; web's range narrowed to 1,000 ports and exhausted by a bounded churn."""

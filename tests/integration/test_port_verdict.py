@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.fleet_report import host_row
+from tests.support.collection import install_like_the_role
 from tests.support.traffic import final_report, program
 from tests.support.veth import ClientServer
 
 pytestmark = pytest.mark.usefixtures("root_netns")
 
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = "ansible_collections/tcpstack/tuning/plugins/module_utils"
 CLIENT_IP, SERVER_IP, PORT = "10.227.0.1", "10.227.0.2", 8080
 RANGE = "40000 40999"
 CLIENT_SECONDS = 45  # 20/s for 45 s holds at most 900 ports: the range is never used up
@@ -81,19 +78,6 @@ def audits(box):
     return out
 
 
-def install_like_the_role(code_dir):
-    """The sampler laid out as the port_monitor role installs it: every module_utils file, the entry point."""
-    package = code_dir / PACKAGE
-    package.mkdir(parents=True)
-    for depth in range(1, len(PACKAGE.split("/")) + 1):
-        (code_dir.joinpath(*PACKAGE.split("/")[:depth]) / "__init__.py").write_text("")
-    for source in sorted((ROOT / "plugins" / "module_utils").glob("*.py")):
-        shutil.copyfile(source, package / source.name)
-    entry = code_dir / "tcpstack-port-monitor"
-    shutil.copyfile(ROOT / "roles" / "port_monitor" / "files" / "tcpstack-port-monitor", entry)
-    return entry
-
-
 def monitor(box, tmp_path):
     """The sampler's textfile after one run (--once) inside ``box``: {metric line name with labels: value}."""
     entry = install_like_the_role(tmp_path / "code")
@@ -124,10 +108,11 @@ def link(request):
     return pair
 
 
-def test_client_first_churn_is_critical_by_projection_before_the_range_is_used_up(link, tmp_path):
-    link.serve(program("serve", SERVER_IP, PORT, CLIENT_SECONDS + 60))
-    churn = link.client.start(program("connect", SERVER_IP, PORT, "--rate", 20, "--seconds", CLIENT_SECONDS,
-                                      "--ready"), ready="running")
+def churn_and_audit(link, tmp_path, server, client):
+    """Serve ``server``, churn with ``client`` (ready: "running"), audit it every way while it runs:
+    (the audits' results, port_monitor's metric text, the client's own final report)."""
+    link.serve(server)
+    churn = link.client.start(client, ready="running")
     time.sleep(WARM)
     results = audits(link.client)
     text = monitor(link.client, tmp_path)
@@ -135,6 +120,13 @@ def test_client_first_churn_is_critical_by_projection_before_the_range_is_used_u
     own = final_report(churn, CLIENT_SECONDS + 30)
     print("client:", own, "\n".join("\n%s: %s %s %s" % (name, r["verdict"], r["findings"], r["notes"])
                                     for name, r in results.items()))
+    return results, text, own
+
+
+def test_client_first_churn_is_critical_by_projection_before_the_range_is_used_up(link, tmp_path):
+    results, text, own = churn_and_audit(link, tmp_path, program("serve", SERVER_IP, PORT, CLIENT_SECONDS + 60),
+                                         program("connect", SERVER_IP, PORT, "--rate", 20, "--seconds",
+                                                 CLIENT_SECONDS, "--ready"))
     assert own["failed"] == 0 and own["eaddrnotavail"] == 0, own  # nothing failed: the range was never used up
     endpoint = "%s:%d" % (SERVER_IP, PORT)
     for name, result in results.items():
@@ -156,16 +148,10 @@ def test_client_first_churn_is_critical_by_projection_before_the_range_is_used_u
 
 
 def test_server_first_close_stays_ok_and_claims_no_limit(link, tmp_path):
-    link.serve([sys.executable, "-c", SERVER_FIRST, SERVER_IP, str(PORT), str(CLIENT_SECONDS + 60)])
-    churn = link.client.start(program("connect", SERVER_IP, PORT, "--rate", 50, "--seconds", CLIENT_SECONDS,
-                                      "--exchange", "--hold-ms", 10, "--ready"), ready="running")
-    time.sleep(WARM)
-    results = audits(link.client)
-    text = monitor(link.client, tmp_path)
-    assert churn.poll() is None, "the churn ended before the audits did"
-    own = final_report(churn, CLIENT_SECONDS + 30)
-    print("client:", own, "\n".join("\n%s: %s %s %s" % (name, r["verdict"], r["findings"], r["notes"])
-                                    for name, r in results.items()))
+    results, text, own = churn_and_audit(
+        link, tmp_path, [sys.executable, "-c", SERVER_FIRST, SERVER_IP, str(PORT), str(CLIENT_SECONDS + 60)],
+        program("connect", SERVER_IP, PORT, "--rate", 50, "--seconds", CLIENT_SECONDS, "--exchange", "--hold-ms", 10,
+                "--ready"))
     assert own["failed"] == 0 and own["made"] >= 50 * (CLIENT_SECONDS - 2), own
     for name, result in results.items():
         assert result["verdict"] == "ok", (name, result["findings"])

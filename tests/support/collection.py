@@ -75,5 +75,24 @@ def main():
     return 0
 
 
+MODULE_UTILS_PACKAGE = "ansible_collections/tcpstack/tuning/plugins/module_utils"
+
+
+def install_like_the_role(code_dir):
+    """The port_monitor sampler laid out as the role's tasks install it: every module_utils file, an __init__.py
+    per package, the entry point; returns the entry point's path."""
+    import shutil
+    package = Path(code_dir) / MODULE_UTILS_PACKAGE
+    package.mkdir(parents=True)
+    parts = MODULE_UTILS_PACKAGE.split("/")
+    for depth in range(1, len(parts) + 1):
+        (Path(code_dir).joinpath(*parts[:depth]) / "__init__.py").write_text("")
+    for source in sorted((ROOT / "plugins" / "module_utils").glob("*.py")):
+        shutil.copyfile(source, package / source.name)
+    entry = Path(code_dir) / "tcpstack-port-monitor"
+    shutil.copyfile(ROOT / "roles" / "port_monitor" / "files" / "tcpstack-port-monitor", entry)
+    return entry
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -483,16 +483,7 @@ class RealLab:
         """The python client (PY_CLIENT) in ``mode``, paced at ``rate`` per second (0: flat out)."""
         del path  # every mode requests "/"
         child = self._start([python_interpreter(), "-c", PY_CLIENT, mode, SERVER_IP, HTTP_PORT, rate, seconds, count])
-        client = self._running("python %s" % mode, child)
-
-        def parse(line):
-            if line.startswith("p "):
-                fields = line.split()
-                return int(fields[1]), int(fields[2])
-            if line.startswith("{"):
-                client.report = json.loads(line)
-            return None
-        return client.follow(child.stdout, parse)
+        return self._progress(self._running("python %s" % mode, child), child)
 
     def ab(self, requests, concurrency=1, keepalive=False, path="/", seconds=60):
         """ApacheBench: ``requests`` requests (HTTP/1.0; with ``keepalive`` -k), ``concurrency`` at a time, at most
@@ -588,7 +579,11 @@ class RealLab:
     def unsharer(self, hold=20, churn=300, rate=40.0):
         """UNSHARER: HOLD connections, then a new network namespace, then CHURN connections at RATE per second."""
         child = self._start([python_interpreter(), "-c", UNSHARER, SERVER_IP, HTTP_PORT, hold, churn, rate])
-        client = self._running("unsharer", child)
+        return self._progress(self._running("unsharer", child), child)
+
+    @staticmethod
+    def _progress(client, child):
+        """Follow a python client's progress lines ("p MADE FAILED") and its final JSON report."""
 
         def parse(line):
             if line.startswith("p "):
