@@ -133,8 +133,8 @@ started = time.perf_counter()
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_processes import ProcessTable
 table = ProcessTable()
 result = audit(top=10, attribute=attribute, sample_seconds=sample, processes=table)
-debug = {"netns": table.netns, "pids": table.pids()[:20], "other": table.other_netns, "known": len(table.inode_pid),
-         "unreadable": len(table.unreadable)}
+debug = {"pids": len(table.pids()), "known": len(table.inode_pid), "unreadable": len(table.unreadable),
+         "reused": len(table.reused)}
 seconds = time.perf_counter() - started
 out = {"seconds": seconds, "sockets": result["sockets"]["total"], "states": result["sockets"].get("by_state"),
        "source": result["source"],
