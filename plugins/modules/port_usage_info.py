@@ -42,7 +42,7 @@ options:
       - When above 0, read the counters twice this many seconds apart (at most 60) and report their rates,
         among them the measured rate of new outgoing connections (C(ActiveOpens)). Counters that rise during
         the sample (C(ListenOverflows), C(ListenDrops), C(TCPTimeWaitOverflow), C(AttemptFails)) are findings.
-      - With O(attribution), the same seconds follow each new connection to its process (see there): through the
+      - With O(attribution), the same seconds follow each new connection to its process (see there), through the
         kernel's tracepoints where tracefs can be used (mounted, or mounted by root in the module's own mount
         namespace), else by polling the socket table every 10 ms (RV(attribution.method)).
       - V(0) reads everything once.
@@ -311,17 +311,17 @@ top_churner:
 attribution:
   description:
     - How the attribution went. C(method), how the sample was taken, C(tracepoints) (the kernel's
-      tracepoints in a private tracefs instance: every connection counted for the process that called
+      tracepoints in a private tracefs instance, every connection counted for the process that called
       connect()), C(sampling) (the socket table polled every 10 ms, where tracing cannot be used; the reason is in
       RV(notes)) or C(snapshot) (no sample). C(sampled_seconds) (C(null) without a sample), C(live_dumps) and
       C(fd_scans) made, C(unreadable_processes) (fd tables that could not be read) and C(unreadable_pids) (the
-      first 20), C(capped) (the maps whose cap was hit: what they dropped is not counted), C(unattributed), the
+      first 20), C(capped) (the maps whose cap was hit, what they dropped not counted), C(unattributed), the
       destinations whose ports or new connections no process could be given (each C(endpoint), C(in_use),
       C(time_wait), C(new_connections)).
     - With C(tracepoints), also C(trace_events) (events read), C(lost_events) (events the kernel dropped),
-      C(other_namespace_events) (events of processes now in another network namespace: counted only for those
+      C(other_namespace_events) (events of processes now in another network namespace, counted only for those
       that still hold sockets of this one at the end, C(admitted_from_other_namespaces) of them) and
-      C(unknown_namespace_events) (events of processes whose namespace could not be known: not counted).
+      C(unknown_namespace_events) (events of processes whose namespace could not be known, not counted).
   returned: when O(attribution) is true and the table was read over netlink
   type: dict
   sample: {"sampled_seconds": 3.0, "live_dumps": 170, "fd_scans": 65, "unreadable_processes": 0,

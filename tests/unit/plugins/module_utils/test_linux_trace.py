@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_trace import (
-    FAILED,
     MAX_LINE,
     NEW,
-    TIME_WAIT_ENTERED,
     TraceTally,
     parse_line,
     parse_lines,
@@ -120,10 +118,10 @@ def test_lost_and_odd_lines():
     for text in ("", " ", "garbage", "x" * (MAX_LINE + 1), "\x00\x1b[31m", "-1 (1) [0] . 1.0: sched_process_exit: x",
                  line("a", 1, 1.0, "inet_sock_set_state", "family=AF_INET nothing else"),
                  line("a", 1, 1.0, "sched_process_fork", "comm=a pid=1 child_comm=a child_pid=notanumber"),
-                 line("a", 1, 1.0, "inet_sock_set_state", STATE.replace("127.0.0.1", "999.1.1.1") % (0, "CLOSE",
-                                                                                                       "SYN_SENT")),
-                 line("a", 1, 1.0, "inet_sock_set_state", (STATE % (0, "CLOSE", "SYN_SENT")).replace("8080",
-                                                                                                      "99999")),
+                 line("a", 1, 1.0, "inet_sock_set_state",
+                      STATE.replace("127.0.0.1", "999.1.1.1") % (0, "CLOSE", "SYN_SENT")),
+                 line("a", 1, 1.0, "inet_sock_set_state",
+                      (STATE % (0, "CLOSE", "SYN_SENT")).replace("8080", "99999")),
                  line("a", 1, 1.0, "sys_connect", "0xzz").replace("sys_connect: ", "sys_connect -> "),
                  line("a", 1, 1.0, "other_event", "x=1"), None, 42):
         assert parse_line(text) is None

@@ -63,8 +63,8 @@ def test_time_wait_of_the_final_dump_goes_to_who_closed_first_exactly():
     (record,) = records
     counts = record.destinations[DEST]
     assert record.pid == 10 and record.evidence == "exact" and record.name == "proc10"
-    assert (counts.new_connections, counts.time_wait_entered, counts.time_wait, counts.time_wait_inferred) == (1, 1, 1,
-                                                                                                              0)
+    seen = (counts.new_connections, counts.time_wait_entered, counts.time_wait, counts.time_wait_inferred)
+    assert seen == (1, 1, 1, 0)
     assert info["unattributed"][DEST].time_wait == 2  # older TIME_WAITs: no live owner to infer them to
     assert record.failed_connections == 0
 

@@ -394,5 +394,5 @@ def test_the_fleet_report_shows_the_projection_beside_the_ports_held_now():
 def test_a_host_already_full_shows_no_projection():
     row = host_row("web", "linux", pu.analyse(snap({KEY: [1000, 1000]}, recent={KEY: 1000})))
     assert row["projected_utilisation"] == 6.0 and row["utilisation"] == 1.0
-    assert render_summary(build_report([row], "now")).splitlines()[2].split()[:4] == ["web", "linux", "CRITICAL",
-                                                                                       "100%"]
+    summary = render_summary(build_report([row], "now")).splitlines()[2].split()
+    assert summary[:4] == ["web", "linux", "CRITICAL", "100%"]
