@@ -44,7 +44,7 @@ options:
         the sample (C(ListenOverflows), C(ListenDrops), C(TCPTimeWaitOverflow), C(AttemptFails)) are findings.
       - With O(attribution), the same seconds follow each new connection to its process (see there), through the
         kernel's tracepoints where tracefs can be used (mounted, or mounted by root in the module's own mount
-        namespace), else by polling the socket table every 10 ms (RV(attribution.method)).
+        namespace), else by polling the socket table every 10 ms (C(method) in RV(attribution)).
       - V(0) reads everything once.
     type: float
     default: 0
