@@ -228,12 +228,13 @@ def key_pid(key):
 
 
 class _Process:
-    __slots__ = ("comm", "destinations", "failed")
+    __slots__ = ("comm", "destinations", "failed", "bound")
 
     def __init__(self, comm):
         self.comm = comm
         self.destinations = {}  # (family, remote bytes, remote port) -> [new, time_wait_entered, failed]
         self.failed = 0  # connect() calls that returned EADDRNOTAVAIL
+        self.bound = 0  # connect() calls from an ephemeral port bound before connect()
 
 
 class TraceTally:
@@ -244,12 +245,17 @@ class TraceTally:
     ``netns(pid)`` -> what /proc/PID/ns/net links to or None, and has ``own_netns``.  A process's events are
     counted only when it is in ``host.own_netns``: read the first time it has an event to count, else (gone
     already) its fork parent's; an unknown namespace is not counted (``unknown_namespace``).  ``listening``:
-    local ports a close of which is a server's, not a client's.
+    local ports a close of which is a server's, not a client's.  ``ephemeral``: the (low, high) local port range;
+    a connect() whose socket already has a local port in it (CLOSE -> SYN_SENT with sport set: the port is
+    chosen later in connect() otherwise, and stays 0 under IP_BIND_ADDRESS_NO_PORT) was bound before connect()
+    and is counted in ``bound`` (any bound port when None).
     """
 
-    def __init__(self, host=None, listening=(), max_sockets=MAX_SOCKETS, max_processes=MAX_PROCESSES):
+    def __init__(self, host=None, listening=(), max_sockets=MAX_SOCKETS, max_processes=MAX_PROCESSES,
+                 ephemeral=None):
         self.host = host
         self.listening = frozenset(listening)
+        self.ephemeral = ephemeral
         self.max_sockets = max_sockets
         self.max_processes = max_processes
         self.generation = {}  # tgid -> its generation, for a tgid created again by a fork seen
@@ -393,6 +399,8 @@ class TraceTally:
             proc = self._counted(tgid, comm, stamp)
             if proc is not None:
                 self._bump(proc, dest, NEW, 1)
+                if sport and (self.ephemeral is None or self.ephemeral[0] <= sport <= self.ephemeral[1]):
+                    proc.bound += 1  # its port was bound before connect()
         elif new == 7 and old == 2 and sport == 0:  # the connect() got no local port
             proc = self._counted(tgid, comm, stamp)
             if proc is not None:
@@ -449,7 +457,7 @@ class TraceTally:
 
     def finish(self, owners=()):
         """{key: {"pid", "ended", "who" (identity or None), "comm", "destinations" {dest: [new, time_wait_entered,
-        failed]}, "failed", "spawned" ({"command", "count"} or None)}}, the short-lived children folded.
+        failed]}, "failed", "bound", "spawned" ({"command", "count"} or None)}}, the short-lived children folded.
 
         ``owners``: the pids whose fd tables hold sockets of this namespace now (the final dump's owners).  A
         process that moved to another network namespace is counted when it is one of them and still runs: its
@@ -469,13 +477,14 @@ class TraceTally:
             if entry is None:
                 entry = out[target] = {"pid": key_pid(target), "ended": target in self.ended,
                                        "who": self.who.get(target), "comm": self.names.get(target),
-                                       "destinations": {}, "failed": 0, "spawned": None}
+                                       "destinations": {}, "failed": 0, "bound": 0, "spawned": None}
             if target != key:
                 commands = children.setdefault(target, {})
                 commands[proc.comm] = commands.get(proc.comm, 0) + 1
             elif proc.comm:
                 entry["comm"] = proc.comm
             entry["failed"] += proc.failed
+            entry["bound"] += proc.bound
             for dest, counts in proc.destinations.items():
                 have = entry["destinations"].setdefault(dest, [0, 0, 0])
                 for index in (NEW, TIME_WAIT_ENTERED, FAILED):

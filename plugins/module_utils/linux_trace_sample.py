@@ -88,7 +88,7 @@ def _netns(host, pid):
 def trace_sample(host, view, seconds, port_range, listening, clock=time.monotonic, sleep=time.sleep):
     """Trace ``seconds``; returns (TraceTally, seconds recorded, notes).  Raises TraceUnavailable (and OSError
     when the instance fails while recording)."""
-    tally = TraceTally(view, listening)
+    tally = TraceTally(view, listening, ephemeral=port_range)
     rest = ""
     with host.trace_instance(trace_events(port_range), buffer_kb()) as (pipe, notes):
         begun = clock()
@@ -178,10 +178,11 @@ def _merge(record_id, entry, found, processes):
         have.failed_connections = failed
         destinations[dest] = have
     exact = entry is not None or any(counts.in_use > counts.time_wait_inferred for counts in destinations.values())
-    bound = (found.bound_inactive, found.bound_inactive_seen) if found is not None else (0, 0)
+    bound = [found.bound_inactive, found.bound_inactive_seen] if found is not None else [0, 0]
     failed = 0
     if entry is not None:
         failed = max(entry["failed"], sum(counts[FAILED] for counts in entry["destinations"].values()))
+        bound[1] += entry["bound"]  # those bound now are not connected: the traced ones connected, other sockets
     return process_record(who, destinations, bound[0], bound[1], evidence="exact" if exact or bound[0] else "inferred",
                           spawned=entry["spawned"] if entry is not None else None, failed_connections=failed)
 

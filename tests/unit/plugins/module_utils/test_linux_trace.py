@@ -113,6 +113,28 @@ def test_the_captured_processes_forked_and_gone_fold_into_the_capture():
     assert entry["destinations"][DEST][NEW] == 12
 
 
+def test_the_captured_bind_before_connect_is_counted_by_its_port_at_connect():
+    # CLOSE -> SYN_SENT carries the local port already bound: the bound socket's (40001) and the one bound to
+    # 5000 (outside the range); 0 for a plain connect() and after IP_BIND_ADDRESS_NO_PORT (the port comes later)
+    meta = json.loads((DATA / "trace_bound_capture.json").read_text())
+    text = (DATA / "trace_bound_capture.txt").read_text()
+    for ephemeral, counted in (((40000, 40009), 1), (None, 2), ((1024, 4999), 0)):
+        tally = TraceTally(FakeHost(alive={meta["pid"]: 20552.0}), ephemeral=ephemeral)
+        parse_lines(text, tally)
+        proc = tally.processes[process_key(meta["pid"])]
+        assert proc.bound == counted, ephemeral
+        assert proc.destinations[DEST][NEW] == 4
+        assert tally.finish()[process_key(meta["pid"])]["bound"] == counted
+
+
+def test_bound_ports_of_a_spawned_child_fold_into_its_parent():
+    bound_connect = line("client", 12, 1.1, "inet_sock_set_state", STATE % (40003, "CLOSE", "SYN_SENT"))
+    tally = tally_of([fork("sh", 11, 12, 1.0), bound_connect, leave("client", 12, 1.2)],
+                     host=FakeHost(alive={11: 1.0}), ephemeral=(40000, 40009))
+    out = tally.finish()
+    assert list(out) == [process_key(11)] and out[process_key(11)]["bound"] == 1
+
+
 def test_lost_and_odd_lines():
     assert parse_line("CPU:1 [LOST 42 EVENTS]") == ("lost", 42)
     for text in ("", " ", "garbage", "x" * (MAX_LINE + 1), "\x00\x1b[31m", "-1 (1) [0] . 1.0: sched_process_exit: x",

@@ -85,6 +85,16 @@ def test_a_spawn_loop_record():
     assert record.destinations[DEST].new_connections == 2
 
 
+def test_ports_bound_before_connect_are_seen_during_the_sample():
+    # no live dump sees a socket bound for a moment: the trace's connect from a bound port counts it
+    lines = [line("b", 30, 1.0, "inet_sock_set_state", STATE % (port, "CLOSE", "SYN_SENT")) for port in (40001, 0)]
+    tally = TraceTally(FakeHost(alive={30: 0.5}), ephemeral=(40000, 40999))
+    parse_lines("\n".join(lines) + "\n", tally)
+    (record,), info, dummy = traced_processes(Attribution(), FakeProcesses(), tally, 2.0)
+    assert (record.bound_inactive, record.bound_inactive_seen) == (0, 1)
+    assert record.destinations[DEST].new_connections == 2
+
+
 def test_the_sampling_maps_are_capped():
     attribution = Attribution(max_sockets=2)
     key = bytes(34)

@@ -1,6 +1,11 @@
 """Capture trace_capture.txt: the text LinuxHost's trace instance gives for known traffic (run as root).
 
     .venv/bin/python tests/unit/plugins/module_utils/data/capture_trace.py
+    .venv/bin/python tests/unit/plugins/module_utils/data/capture_trace.py --bound
+
+With ``--bound`` it captures trace_bound_capture.txt instead: one process connects once from an ephemeral port it
+bound first (bind before connect), once after IP_BIND_ADDRESS_NO_PORT, once without bind(), and once from port 5000
+(bound, outside the range); its pid and the ports goes into trace_bound_capture.json.
 
 In a network namespace with ip_local_port_range "40000 40009": a python client holds 10 connections open
 (client-first closes later), fails one connect for want of a port (EADDRNOTAVAIL), connects over IPv6 and to a
@@ -54,6 +59,46 @@ print("client", os.getpid())
 """
 
 
+BOUND = """
+import json, os, socket
+IP_BIND_ADDRESS_NO_PORT = 24
+out = {"pid": os.getpid()}
+first = socket.socket(); first.bind(("127.0.0.1", 0)); out["bound"] = first.getsockname()[1]
+first.connect(("127.0.0.1", 8080))
+late = socket.socket(); late.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1); late.bind(("127.0.0.1", 0))
+late.connect(("127.0.0.1", 8080)); out["no_port"] = late.getsockname()[1]
+plain = socket.create_connection(("127.0.0.1", 8080)); out["plain"] = plain.getsockname()[1]
+fixed = socket.socket(); fixed.bind(("127.0.0.1", 5000)); fixed.connect(("127.0.0.1", 8080)); out["fixed"] = 5000
+print(json.dumps(out))
+"""
+
+
+def bound():
+    """trace_bound_capture.txt and .json: see the docstring."""
+    ns = "trcapb"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        run = ["ip", "netns", "exec", ns]
+        subprocess.run(run + ["ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run(run + ["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40009"], check=True)
+        server = subprocess.Popen(run + [sys.executable, "-c", "import socket, time\ns = socket.socket()\n"
+                                         "s.bind(('127.0.0.1', 8080)); s.listen(8); time.sleep(3)"])
+        time.sleep(0.5)
+        with LinuxHost().trace_instance(trace_events((40000, 40009)), 1024) as (pipe, notes):
+            client = subprocess.run(run + [sys.executable, "-c", BOUND], capture_output=True, text=True, check=True)
+            time.sleep(0.3)
+            pipe.stop()
+            text = pipe.read()
+        server.kill()
+        server.wait()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    meta = json.loads(client.stdout)
+    (HERE / "trace_bound_capture.txt").write_text(ours(text, meta["pid"]))
+    (HERE / "trace_bound_capture.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(meta)
+
+
 def ours(text, root):
     """The lines of this capture's processes (the tree forked from ``root``) and of loopback sockets: the host
     has other traffic, which the tests need not carry."""
@@ -99,4 +144,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--bound"]:
+        bound()
+    else:
+        main()
