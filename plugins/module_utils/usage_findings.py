@@ -341,8 +341,12 @@ def pooling(proc, dest, seconds):
 def binding(proc):
     """The bind-before-connect finding for one process."""
     now, seen = proc["bound_inactive"], proc["bound_inactive_seen"]
-    sentence = "%s holds %s ephemeral ports bound but not connected (bind before connect%s): %s" % (
-        who(proc), number(now), ", %s seen during the sample" % number(seen) if seen else "", BIND_ADVICE)
+    if now:
+        sentence = "%s holds %s ephemeral ports bound but not connected (bind before connect%s): %s" % (
+            who(proc), number(now), ", %s seen during the sample" % number(seen) if seen else "", BIND_ADVICE)
+    else:
+        sentence = "%s bound %s ephemeral ports before connecting them during the sample (bind before connect): %s" % (
+            who(proc), number(seen), BIND_ADVICE)
     return _client(proc, "bind_before_connect", None, proc.get("new_connections_per_second"), BIND_ADVICE,
                    sentence, bound_inactive=now, bound_inactive_seen=seen)
 

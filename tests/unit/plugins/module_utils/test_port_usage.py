@@ -307,6 +307,10 @@ def test_bind_before_connect_advice():
     assert "IP_BIND_ADDRESS_NO_PORT" in finding["advice"] and "(Linux 4.2+)" in finding["advice"]
     assert "IP_LOCAL_PORT_RANGE" in finding["advice"] and "(Linux 6.3+)" in finding["advice"]
     assert result["verdict"] == "ok"
+    assert "holds 3 ephemeral ports bound but not connected (bind before connect, 40 seen" in finding["sentence"]
+    # none bound now, 40 connect()s from a bound port seen by the trace
+    (finding,) = attributed([proc(12, "binder", {}, bound=0, bound_seen=40)])["client_findings"]
+    assert "bound 40 ephemeral ports before connecting them during the sample" in finding["sentence"]
 
 
 def test_pooling_takes_the_destination_severity_and_the_cure_is_both():
