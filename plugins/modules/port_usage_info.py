@@ -259,7 +259,8 @@ processes:
       alive (see O(attribution)). C(new_connections) and C(new_connections_per_second) over the sample (with
       C(new_connections_inferred), the shared-out part); C(null) without O(sample_seconds).
     - C(bound_inactive) ports bound and not connected now, C(bound_inactive_seen) such sockets seen during the
-      sample (with tracepoints, also every connect() from an ephemeral port bound before it). C(destinations) the top 5 destinations of the process (C(endpoint) and the same counts),
+      sample (with tracepoints, also every connect() from an ephemeral port bound before it). C(destinations) the
+      top 5 destinations of the process (C(endpoint) and the same counts),
       C(destination_count) how many it has.
   returned: when O(attribution) is true and the table was read over netlink
   type: list
