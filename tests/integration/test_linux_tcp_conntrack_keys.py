@@ -120,7 +120,7 @@ def test_absent_puts_the_namespace_default_back(box):
 # ---------------------------------------------------------------- the global key inside a namespace
 def test_conntrack_max_is_refused_inside_a_namespace_and_nothing_changes(box):
     machine = int(_proc(MAX).read_text())
-    asked = machine - 1 if machine > 1 else machine + 1
+    asked = machine + 1  # harmless to the machine even if a kernel let it through: one more entry allowed
     fin_before = box.sysctl(FIN)
     rc, results = run(box, task("refused", ignore_errors=True, fin_timeout=33, conntrack_max=asked,
                                 conntrack_time_wait=62))
@@ -178,3 +178,27 @@ def test_the_kernels_refusal_of_a_global_write_is_rolled_back_and_explained(box)
     assert "global to the machine" in out["error"] and "conntrack_max on the host" in out["error"], out
     assert "restored %s" % FIN in out["error"], out
     assert out["fin"] == out["before"]
+
+
+# ---------------------------------------------------------------- through the tcp_tuning role
+def _role_play(**variables):
+    return json.dumps([{"name": "site", "hosts": "all", "gather_facts": False, "vars": variables,
+                        "roles": ["tcpstack.tuning.tcp_tuning"]}])
+
+
+def test_the_role_passes_the_keys_on_and_checks_them_before_the_host(box):
+    rc, results = box.run_playbook(_role_play(tcp_tuning_linux={"conntrack_time_wait": 65}))
+    assert rc == 0, box.last_run.describe()
+    calls = [r for r in results if r["_action"] == MODULE and r["_status"] != "skipped"]
+    assert len(calls) == 1 and calls[0]["changed"] and calls[0]["after"][TIME_WAIT] == "65"
+    assert box.sysctl(TIME_WAIT) == "65"
+    # a bad value is refused on the controller under the variable's name, before the module runs
+    rc, results = box.run_playbook(_role_play(tcp_tuning_linux={"conntrack_time_wait": 0}))
+    assert rc != 0 and not [r for r in results if r["_action"] == MODULE], box.last_run.describe()
+    assert "tcp_tuning_linux.conntrack_time_wait: 0 is not valid: an integer from 1 to 86400" in box.last_run.stdout
+    # the global key from inside this namespace: the module refuses it, and the per-namespace key stays
+    asked = int(_proc(MAX).read_text()) + 1  # one more entry: harmless even if a kernel let it through
+    rc, results = box.run_playbook(_role_play(tcp_tuning_linux={"conntrack_max": asked, "conntrack_time_wait": 66}))
+    failed = [r for r in results if r["_action"] == MODULE and r["_status"] == "failed"]
+    assert rc != 0 and len(failed) == 1 and "global to the machine" in failed[0]["msg"], box.last_run.describe()
+    assert box.sysctl(TIME_WAIT) == "65"
