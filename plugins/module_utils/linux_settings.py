@@ -402,7 +402,7 @@ def check_global_keys(desired, current, initial_netns, warnings):
         else:
             raise ValidationError(
                 setting.option, text_of(key, value),
-                "the machine's current value (%s) when run here: %s is global to the machine, and this run is "
+                "only the machine's current value (%s) here: %s is global to the machine, and this run is "
                 "inside a network namespace that is not the machine's initial one (a container or ip netns exec), "
                 "where the kernel refuses to change it even to root. Set it on the host itself. Nothing was changed"
                 % (current.get(key), key))
