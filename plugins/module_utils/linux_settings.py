@@ -40,6 +40,13 @@ TW_REUSE = "net.ipv4.tcp_tw_reuse"
 PORT_RANGE = "net.ipv4.ip_local_port_range"
 RESERVED_PORTS = "net.ipv4.ip_local_reserved_ports"
 MAX_TW_BUCKETS = "net.ipv4.tcp_max_tw_buckets"
+CONNTRACK_MAX = "net.netfilter.nf_conntrack_max"
+CONNTRACK_TIME_WAIT = "net.netfilter.nf_conntrack_tcp_timeout_time_wait"
+# Registered by nf_conntrack for the machine's initial network namespace only (register_net_sysctl(&init_net,
+# "net", ...)): where net.netfilter.nf_conntrack_max exists and this does not, the run is in another namespace.
+CONNTRACK_MAX_INIT_ONLY = "net.nf_conntrack_max"
+# For each global key: a key that exists in the initial network namespace only, telling where a run is.
+INITIAL_NETNS_WITNESS = {CONNTRACK_MAX: CONNTRACK_MAX_INIT_ONLY}
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,11 @@ class Setting:
     fresh namespace and falls back to this.  ``handler`` is the kernel's proc
     handler for the key, which decides how the kernel reads a number another
     file writes to it (see ``kernel_int_rule``); ``kernel_low`` is the kernel's
-    own minimum where it is below the option's.
+    own minimum where it is below the option's.  ``module`` is the kernel module
+    that must be loaded for the key to exist (linux_tcp never loads one);
+    ``scope`` is ``netns`` (each network namespace has its own value) or
+    ``global`` (one value for the machine, which the kernel lets only the
+    initial network namespace change).
     """
 
     option: str
@@ -66,6 +77,8 @@ class Setting:
     since: Optional[str] = None
     handler: Optional[str] = None
     kernel_low: Optional[int] = None
+    module: Optional[str] = None
+    scope: str = "netns"
 
 
 # Apply order matters: reserve ports before the range widens over them, and turn
@@ -81,6 +94,12 @@ SETTINGS = (
     Setting("somaxconn", "net.core.somaxconn", "int", 1, INT_MAX, default="4096", handler="proc_dointvec_minmax",
             kernel_low=0),
     Setting("max_syn_backlog", "net.ipv4.tcp_max_syn_backlog", "int", 1, INT_MAX, handler="proc_dointvec"),
+    # nf_conntrack's: the table's global ceiling (computed at boot from the memory: no fixed default) and how long
+    # an entry in TCP TIME_WAIT stays (per network namespace, 120 s).  0 would remove the ceiling: refused.
+    Setting("conntrack_max", CONNTRACK_MAX, "int", 1, INT_MAX, handler="proc_dointvec", module="nf_conntrack",
+            scope="global"),
+    Setting("conntrack_time_wait", CONNTRACK_TIME_WAIT, "int", 1, 86400, default="120",
+            handler="proc_dointvec_jiffies", module="nf_conntrack"),
 )
 BY_KEY = OrderedDict((s.key, s) for s in SETTINGS)
 KEY_ORDER = {s.key: i for i, s in enumerate(SETTINGS)}
@@ -89,9 +108,9 @@ KEY_ORDER = {s.key: i for i, s in enumerate(SETTINGS)}
 CONTEXT_KEYS = (UNPRIVILEGED_PORT_START, TIMESTAMPS, TW_REUSE, PORT_RANGE, RESERVED_PORTS)
 # The keys linux_tcp manages plus the context keys it reads: everything a run can read or change.
 LINUX_TCP_KEYS = tuple(BY_KEY) + tuple(key for key in CONTEXT_KEYS if key not in BY_KEY)
-# What port_usage_info reports under ``settings`` (name, key): every managed key under its option's name,
-# then the sysctls that only inform the analysis.
-REPORTED_SETTINGS = tuple((s.option, s.key) for s in SETTINGS) + (
+# What port_usage_info reports under ``settings`` (name, key): every managed TCP key under its option's name,
+# then the sysctls that only inform the analysis (nf_conntrack's keys are reported by its ``nat`` section).
+REPORTED_SETTINGS = tuple((s.option, s.key) for s in SETTINGS if s.module is None) + (
     ("unprivileged_port_start", UNPRIVILEGED_PORT_START),
     ("max_tw_buckets", MAX_TW_BUCKETS),
 )
@@ -330,16 +349,64 @@ def _parity_warning(port_range):
     return None
 
 
-def _check_keys_exist(desired, missing_keys, kernel):
-    """Refuse a managed key the running kernel does not have, naming the release that added it."""
+def _missing_module_key(setting, value, loaded):
+    """The refusal of a key whose kernel module (nf_conntrack) is not loaded, or is loaded but not shown here."""
+    if setting.module not in loaded:
+        return ValidationError(
+            setting.option, value,
+            "a value for %s, which exists only while the kernel module %s is loaded, and it is not loaded on this "
+            "host (/sys/module/%s is absent). linux_tcp never loads kernel modules: load it yourself (modprobe %s; "
+            "list it in /etc/modules-load.d/ so that it is loaded at boot before systemd-sysctl runs), or leave "
+            "%s unset. Nothing was changed" % (setting.key, setting.module, setting.module, setting.module,
+                                              setting.option))
+    return ValidationError(
+        setting.option, value,
+        "a value for %s, which this network namespace does not show although %s is loaded. Nothing was changed"
+        % (setting.key, setting.module))
+
+
+def _check_keys_exist(desired, missing_keys, kernel, loaded=()):
+    """Refuse a managed key the running kernel does not have: its module is not loaded, or the release is older."""
     for key in desired:
         if key in missing_keys:
             setting = BY_KEY[key]
+            if setting.module is not None:
+                raise _missing_module_key(setting, text_of(key, desired[key]), loaded)
             since = " (it was added in Linux %s)" % setting.since if setting.since else ""
             raise ValidationError(
                 setting.option, text_of(key, desired[key]),
                 "this kernel%s has no %s%s" % (" (%s)" % kernel if kernel else "", key, since),
             )
+
+
+def check_global_keys(desired, current, initial_netns, warnings):
+    """Global keys asked for outside the machine's initial network namespace: refused, or dropped when unchanged.
+
+    ``initial_netns`` is False when the run is known to be in another network namespace (a container,
+    ``ip netns exec``), where the kernel refuses to change a global key even to root; None when unknown.
+    A value the key already has is nothing to change: it is left out (not written, not persisted, since a
+    boot of the container could not apply it either) with a warning.  Returns ``desired`` without those keys.
+    """
+    if initial_netns is not False:
+        return desired
+    kept = OrderedDict()
+    for key, value in desired.items():
+        setting = BY_KEY.get(key)
+        if setting is None or setting.scope != "global":
+            kept[key] = value
+        elif same(key, current.get(key), value):
+            warnings.append(
+                "%s: %s is already the value of %s, which is global to the machine; from inside this network "
+                "namespace it is neither written nor persisted (set it on the host)" % (setting.option, text_of(
+                    key, value), key))
+        else:
+            raise ValidationError(
+                setting.option, text_of(key, value),
+                "only the machine's current value (%s) here: %s is global to the machine, and this run is "
+                "inside a network namespace that is not the machine's initial one (a container or ip netns exec), "
+                "where the kernel refuses to change it even to root. Set it on the host itself. Nothing was changed"
+                % (current.get(key), key))
+    return kept
 
 
 def _check_port_range(port_range, current, warnings):
@@ -387,18 +454,25 @@ def _check_listeners(desired, port_range, current, listening_ports, reserve_list
         )
 
 
-def validate_for_host(desired, current, missing_keys, listening_ports=(), reserve_listening=False, kernel=""):
-    """Checks that depend on the host; returns (desired, warnings), desired possibly extended.
+def validate_for_host(desired, current, missing_keys, listening_ports=(), reserve_listening=False, kernel="",
+                      loaded=(), initial_netns=None):
+    """Checks that depend on the host; returns (desired, warnings), desired possibly extended (or reduced).
 
     ``desired`` maps keys to meanings (validate_options()); ``current`` maps
     keys to the host's runtime text (including ip_unprivileged_port_start and
     tcp_timestamps when readable); ``missing_keys`` are managed keys the
     running kernel does not have; ``listening_ports`` are the TCP ports with a
-    listener now.
+    listener now; ``loaded`` the kernel modules of SETTINGS' ``module`` that are
+    loaded; ``initial_netns`` see check_global_keys().
     """
     warnings = []
-    _check_keys_exist(desired, missing_keys, kernel)
-    desired = OrderedDict(desired)
+    _check_keys_exist(desired, missing_keys, kernel, loaded)
+    desired = check_global_keys(OrderedDict(desired), current, initial_netns, warnings)
+    if desired.get(CONNTRACK_TIME_WAIT, 60) < 60:
+        warnings.append(
+            "conntrack_time_wait %d s is shorter than the 60 s the endpoints keep a closed connection in TIME_WAIT: a "
+            "new flow can get the same translated port to the same destination while the server still holds the old "
+            "connection, and its SYN may need a retransmission" % desired[CONNTRACK_TIME_WAIT])
     if PORT_RANGE in desired:
         _check_port_range(desired[PORT_RANGE], current, warnings)
     _check_tw_reuse(desired, current, warnings)

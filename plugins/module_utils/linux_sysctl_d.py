@@ -317,3 +317,30 @@ def render(desired, header):
     lines = ["# %s" % line if line else "#" for line in header.splitlines()]
     lines.extend("%s = %s" % (key, value) for key, value in desired.items())
     return "\n".join(lines) + "\n"
+
+
+# Kernel modules at boot (modules-load.d(5)): systemd-modules-load.service loads the modules these files list, and
+# systemd-sysctl.service runs after it (After=systemd-modules-load.service).  Debian's /etc/modules is linked in as
+# /etc/modules-load.d/modules.conf (and loaded by /etc/init.d/kmod without systemd).
+MODULES_LOAD_DIRS = ("/etc/modules-load.d", "/run/modules-load.d", "/usr/local/lib/modules-load.d",
+                     "/usr/lib/modules-load.d", "/lib/modules-load.d")
+MODULES_CONF = "/etc/modules"
+# Modules that cannot load without nf_conntrack (their dependency pulls it in).
+NEEDS_CONNTRACK = frozenset(("nf_conntrack", "nf_nat", "nf_conntrack_netlink", "xt_conntrack", "xt_nat",
+                             "xt_masquerade", "xt_state", "iptable_nat", "ip6table_nat", "nft_ct", "nft_nat",
+                             "nft_masq", "nf_nat_ftp", "nf_conntrack_ftp"))
+_LOADS = {"nf_conntrack": NEEDS_CONNTRACK}
+
+
+def loaded_at_boot(layout, module):
+    """Whether a modules-load.d file (or /etc/modules) in ``layout`` loads ``module`` or a module that needs it.
+
+    Module names compare with '-' and '_' alike, as modprobe does; a line's first word is the module.
+    """
+    names = _LOADS.get(module, frozenset((module,)))
+    for text in layout.values():
+        for line in text.splitlines():
+            words = line.split()
+            if words and not words[0].startswith(("#", ";")) and words[0].replace("-", "_").lower() in names:
+                return True
+    return False

@@ -14,6 +14,8 @@ where it is written (/proc, our sysctl.d file) or shown (the result, the diff).
 
 from __future__ import annotations
 
+import errno
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
@@ -22,6 +24,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings import (
     BY_KEY,
     CONTEXT_KEYS,
+    INITIAL_NETNS_WITNESS,
     PORT_RANGE,
     RESERVED_PORTS,
     SETTINGS,
@@ -35,12 +38,15 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings imp
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_sysctl_d import (
     INITS,
+    MODULES_CONF,
+    MODULES_LOAD_DIRS,
     OUR_MARKS,
     SYSCTL_CONF,
     SYSCTL_D_DIRS,
     boot_values,
     check_persist_path,
     hidden_by,
+    loaded_at_boot,
     overrides,
     parse,
     predict,
@@ -121,6 +127,19 @@ def _verify(host, change):
         raise HostError("%s reads back %r after writing %r" % (change.key, now, text_of(change.key, change.after)))
 
 
+def _write(host, change):
+    """Write ``change``'s key; a refused global key's HostError says why the kernel refuses it."""
+    try:
+        host.write_sysctl(change.key, text_of(change.key, change.after))
+    except HostError as exc:
+        refused = any(os.strerror(code) in str(exc) for code in (errno.EACCES, errno.EPERM))
+        if not refused or BY_KEY.get(change.key) is None or BY_KEY[change.key].scope != "global":
+            raise
+        raise HostError("%s: %s is global to the machine, and the kernel lets only the machine's initial network "
+                        "namespace change it (not a container); set %s on the host itself"
+                        % (exc, change.key, BY_KEY[change.key].option))
+
+
 def apply(host, plan, raw_before):
     """Write the runtime changes (each verified), then the file; on any failure restore what was written.
 
@@ -129,7 +148,7 @@ def apply(host, plan, raw_before):
     written = []
     try:
         for change in plan.changes:
-            host.write_sysctl(change.key, text_of(change.key, change.after))
+            _write(host, change)
             written.append(change.key)
             _verify(host, change)
         if plan.file_changed:
@@ -221,6 +240,9 @@ class HostState:
     file_refused: Optional[str]  # why the file at persist_file is not ours (plan_linux_tcp() refuses it)
     defaults: Optional[Mapping[str, Optional[str]]]  # the keys' values in a new network namespace, if it could be made
     init: Optional[str] = None  # what applies sysctl.d at boot here, systemd or procps (read for state: absent)
+    loaded: Tuple[str, ...] = ()  # the kernel modules the desired keys need (nf_conntrack) that are loaded
+    initial_netns: Optional[bool] = None  # in the machine's initial network namespace (None: no global key asked)
+    boot_unloaded: Tuple[str, ...] = ()  # loadable modules of the desired keys that no modules-load.d file loads
 
 
 @dataclass(frozen=True)
@@ -247,8 +269,35 @@ def read(host, desired, options):
         file_text, refused = _own_file(host, options.persist_file)
     notes = []
     layout = host.read_layout(SYSCTL_D_DIRS, SYSCTL_CONF, notes)
-    probe = list(desired) + ([RESERVED_PORTS] if reserve and RESERVED_PORTS not in desired else [])
-    return HostState(runtime, listening, kernel, layout, tuple(notes), file_text, refused, host.fresh_defaults(probe))
+    probe = _per_netns(list(desired) + ([RESERVED_PORTS] if reserve and RESERVED_PORTS not in desired else []))
+    loaded, initial, unloaded = _module_facts(host, desired, runtime)
+    return HostState(runtime, listening, kernel, layout, tuple(notes), file_text, refused, host.fresh_defaults(probe),
+                     None, loaded, initial, unloaded)
+
+
+def _per_netns(keys):
+    """``keys`` without the global ones: a new network namespace shows the machine's value, not a default."""
+    return [key for key in keys if key not in BY_KEY or BY_KEY[key].scope != "global"]
+
+
+def _module_facts(host, desired, runtime):
+    """(modules the desired keys need that are loaded, whether this is the initial network namespace or None,
+    loaded modules that are not built in and that no modules-load.d file loads at boot)."""
+    modules = sorted({BY_KEY[key].module for key in desired if BY_KEY[key].module})
+    loaded = tuple(module for module in modules if host.is_dir("/sys/module/" + module))
+    initial = None
+    for key, witness in INITIAL_NETNS_WITNESS.items():
+        if key in desired and runtime.get(key) is not None:
+            initial = host.read_sysctl(witness) is not None
+    unloaded = []
+    for module in loaded:
+        try:  # a loadable module has /sys/module/NAME/initstate; a built-in one has not
+            builtin = host.read_file("/sys/module/%s/initstate" % module) is None
+        except OSError:
+            builtin = False
+        if not builtin and not loaded_at_boot(host.read_layout(MODULES_LOAD_DIRS, MODULES_CONF), module):
+            unloaded.append(module)
+    return loaded, initial, tuple(unloaded)
 
 
 def _boot_layout(state, path, desired, warnings):
@@ -291,6 +340,23 @@ def _shadowing(layout, path, desired, options, refusal, warnings):
     return shadowed
 
 
+def _boot_module_warnings(desired, unloaded, path):
+    """A persisted key whose module nothing loads at boot is applied at runtime only: say so, once per module."""
+    out = []
+    for module in unloaded:
+        keys = [key for key in desired if BY_KEY[key].module == module]
+        if keys:
+            one = len(keys) == 1
+            out.append(
+                "%s: %s %s persisted in %s, but %s is a loadable kernel module that no modules-load.d file loads: "
+                "at boot systemd-sysctl (or procps) runs before anything loads it, when %s, and once %s "
+                "loads %s the kernel default. List %s in /etc/modules-load.d/ to keep the %s across reboots"
+                % (", ".join(BY_KEY[k].option for k in keys), " and ".join(keys), "is" if one else "are", path, module,
+                   "the key does not exist yet" if one else "the keys do not exist yet", module,
+                   "it has" if one else "they have", module, "value" if one else "values"))
+    return out
+
+
 def plan_linux_tcp(desired, state, options):
     """Pure: the Tuning that takes the host in ``state`` to ``desired`` (validate_options()'s meanings).
 
@@ -301,7 +367,9 @@ def plan_linux_tcp(desired, state, options):
     missing = [key for key in desired if state.runtime.get(key) is None]
     current = {key: value for key, value in state.runtime.items() if value is not None}
     desired, warnings = validate_for_host(desired, current, missing, state.listening, options.reserve_listening,
-                                          kernel=state.kernel)
+                                          kernel=state.kernel, loaded=state.loaded, initial_netns=state.initial_netns)
+    if path is not None:
+        warnings.extend(_boot_module_warnings(desired, state.boot_unloaded, path))
     if state.file_refused is not None:
         raise ValidationError("persist_file", path, state.file_refused)
     warnings.extend(state.layout_notes)
@@ -393,7 +461,7 @@ def read_absent(host, path):
     if file_text is None:
         return HostState(OrderedDict(), (), kernel, layout, tuple(notes), None, None, None)
     keys = list(_named(path, file_text)[0])
-    defaults = host.fresh_defaults(keys)
+    defaults = host.fresh_defaults(_per_netns(keys))
     init = "systemd" if host.is_dir("/run/systemd/system") else "procps"
     runtime = OrderedDict((key, host.read_sysctl(key)) for key in keys)
     return HostState(runtime, (), kernel, layout, tuple(notes), file_text, None, defaults, init)

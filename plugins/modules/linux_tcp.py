@@ -89,6 +89,31 @@ options:
     description:
       - Connections in SYN_RECV a listener may hold (C(net.ipv4.tcp_max_syn_backlog)), from 1 to 2147483647.
     type: raw
+  conntrack_max:
+    description:
+      - "The connection-tracking table's ceiling (C(net.netfilter.nf_conntrack_max)), from 1 to 2147483647 (V(0),
+        which removes the ceiling, is refused). When the table is full the kernel logs C(nf_conntrack: table full,
+        dropping packet) and drops new flows. The kernel computes its default at boot from the memory."
+      - B(Global to the machine.) Only the machine's initial network namespace can change it. Run inside a container
+        (any other network namespace), where the kernel refuses the write even to root, the module fails naming
+        the option before changing anything; a value equal to the current one is left alone with a warning, and
+        not persisted. The namespace is told by C(net.nf_conntrack_max), which the kernel shows in the initial
+        network namespace only.
+      - Exists only while the kernel module C(nf_conntrack) is loaded (see O(conntrack_time_wait)).
+    type: raw
+  conntrack_time_wait:
+    description:
+      - Seconds a tracked TCP connection stays in the table after it reached TIME_WAIT
+        (C(net.netfilter.nf_conntrack_tcp_timeout_time_wait)), from 1 to 86400; the kernel default is 120.
+        On a NAT host the entry counts against O(conntrack_max) for that long. Below 60 a warning says the
+        trade-off (a translated port may go to a new flow while the server still holds the old connection).
+      - B(Per network namespace.) In a container it sets the container's value; the machine's is unchanged.
+      - "Exists only while the kernel module C(nf_conntrack) is loaded. When it is not, the module fails naming the
+        option before changing anything; it never loads kernel modules. At boot systemd-sysctl runs after
+        systemd-modules-load but before anything else loads C(nf_conntrack) (a firewall, kube-proxy, Docker): unless
+        the module is built in or listed in C(/etc/modules-load.d/), the persisted value is not applied at boot, and
+        a warning says so."
+    type: raw
   tw_recycle:
     description:
       - Always refused, with the reason. C(net.ipv4.tcp_tw_recycle) was removed in Linux 4.12 because it
@@ -151,7 +176,9 @@ attributes:
     platforms: linux
     description: Linux, with /proc mounted. Runs as root to change anything.
 notes:
-  - These sysctls belong to the network namespace the module runs in; in a container it tunes the container.
+  - These sysctls belong to the network namespace the module runs in; in a container it tunes the container. The
+    exception is O(conntrack_max), global to the machine and changed from the machine's initial network namespace
+    only.
   - Values set by other files are compared by meaning; keys written with glob patterns in other files are not
     analysed.
   - Client-side remedies that need no sysctl are C(IP_BIND_ADDRESS_NO_PORT) (Linux 4.2+) and
@@ -183,6 +210,11 @@ EXAMPLES = r"""
     somaxconn: 8192
     max_syn_backlog: 8192
     persist_file: /etc/sysctl.d/90-web-backlog.conf
+
+- name: A NAT host (Kubernetes node, gateway) that tracks many short flows; run on the host, not in a container
+  tcpstack.tuning.linux_tcp:
+    conntrack_max: 524288
+    conntrack_time_wait: 60
 
 - name: Apply even though a later file sets a key (and say so)
   tcpstack.tuning.linux_tcp:

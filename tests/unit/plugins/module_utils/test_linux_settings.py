@@ -193,6 +193,9 @@ def test_kernel_rules_follow_each_keys_proc_handler():
         "net.ipv4.tcp_fin_timeout": (-int_max // 1000, int_max // 1000, True),  # proc_dointvec_jiffies
         "net.core.somaxconn": (0, int_max, True),  # proc_dointvec_minmax, extra1 = 0
         "net.ipv4.tcp_max_syn_backlog": (-int_max - 1, int_max, True),  # proc_dointvec
+        # net/netfilter/nf_conntrack_standalone.c, nf_conntrack_proto_tcp.c
+        "net.netfilter.nf_conntrack_max": (-int_max - 1, int_max, True),  # proc_dointvec
+        "net.netfilter.nf_conntrack_tcp_timeout_time_wait": (-int_max // 1000, int_max // 1000, True),  # jiffies
     }
 
 
@@ -200,7 +203,8 @@ def test_key_lists_derive_from_the_settings_table():
     assert LINUX_TCP_KEYS == tuple(s.key for s in SETTINGS) + ("net.ipv4.ip_unprivileged_port_start",)
     assert set(CONTEXT_KEYS) <= set(LINUX_TCP_KEYS)
     reported = dict(REPORTED_SETTINGS)
-    assert all(reported[s.option] == s.key for s in SETTINGS)
+    assert all(reported[s.option] == s.key for s in SETTINGS if s.module is None)
+    assert not any(s.option in reported for s in SETTINGS if s.module is not None)  # the nat section's
     assert reported["unprivileged_port_start"] == "net.ipv4.ip_unprivileged_port_start"
     assert reported["max_tw_buckets"] == "net.ipv4.tcp_max_tw_buckets"
     assert all(s.key in KERNEL_INT_RULES for s in SETTINGS if s.kind == "int")
