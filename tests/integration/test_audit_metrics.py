@@ -14,6 +14,9 @@ host stale once its last audit is older than two intervals.  Every process is st
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
 import subprocess
 import time
 import urllib.request
@@ -24,11 +27,15 @@ import yaml
 from test_port_audit import HOSTS, exhaust, fleet  # noqa: F401 - fleet is the fixture this test uses
 from test_prometheus_alerts import Api, free_port, spawn, tool, wait_for
 
-from tests.support.fleet import run_fleet
+from tests.support.collection import collections_path
+from tests.support.fleet import fleet_hosts, run_fleet
+from tests.support.playbook import ansible_playbook
 from tests.support.netns import stop_process
 from tests.support.promql import samples
 
 pytestmark = pytest.mark.usefixtures("root_netns")
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "monitoring.md"
 
 EXTENSIONS = Path(__file__).resolve().parents[2] / "extensions" / "prometheus"
 RULE_FILES = [EXTENSIONS / "tcpstack-rules.yml", EXTENSIONS / "tcpstack-audit-rules.yml"]
@@ -172,3 +179,55 @@ def test_a_bad_variable_stops_before_any_host_and_writes_nothing(fleet, tmp_path
     assert failed[0]["msg"].startswith("%s: %r is not valid: " % (variable, value)), failed[0]["msg"]
     assert not [r for r in results if r["_action"].endswith("port_usage_info")]
     assert not (tmp_path / "report").exists()
+
+
+def documented_units():
+    """{file name: text} of the systemd service and timer docs/monitoring.md shows (its ```ini block)."""
+    block = re.search(r"```ini\n(.*?)```", DOC.read_text(), re.S).group(1)
+    parts = re.split(r"^# /etc/systemd/system/(\S+)\n", block, flags=re.M)
+    return {name: text.strip() + "\n" for name, text in zip(parts[1::2], parts[2::2])}
+
+
+def exec_start(service):
+    """The service's ExecStart as argv (continuation lines joined)."""
+    joined = re.sub(r"\\\n\s*", " ", service)
+    return shlex.split(re.search(r"^ExecStart=(.*)$", joined, re.M).group(1))
+
+
+def test_the_documented_systemd_timer_and_its_command(fleet, monitoring, tmp_path):  # noqa: F811
+    """The timer and service of docs/monitoring.md: systemd-analyze verify passes on them (in tmp_path, nothing
+    installed), the timer's interval is the one the command writes, and the command itself, with the inventory and
+    the directories moved into tmp_path, writes every host into the textfile node_exporter serves."""
+    analyze = tool("systemd-analyze")
+    units = documented_units()
+    assert sorted(units) == ["tcpstack-port-audit.service", "tcpstack-port-audit.timer"]
+    argv = exec_start(units["tcpstack-port-audit.service"])
+    assert argv[:2] == ["/usr/bin/ansible-playbook", "tcpstack.tuning.audit"]
+    extra = dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "-e")
+    interval = re.search(r"^OnUnitActiveSec=(\d+)$", units["tcpstack-port-audit.timer"], re.M).group(1)
+    assert extra["port_audit_interval_seconds"] == interval
+    assert "Type=oneshot" in units["tcpstack-port-audit.service"]
+    for name, text in units.items():  # the command must exist for verify: this environment's ansible-playbook
+        (tmp_path / name).write_text(text.replace("/usr/bin/ansible-playbook", ansible_playbook()))
+    verified = subprocess.run([analyze, "verify", str(tmp_path / "tcpstack-port-audit.service"),
+                               str(tmp_path / "tcpstack-port-audit.timer")], capture_output=True, text=True,
+                              timeout=60, check=False)
+    assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
+
+    linux, sims = fleet
+    hosts = {"idle": linux["idle"], "backend": linux["backend"]}
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"all": {"hosts": fleet_hosts(hosts, {"win2016": sims["win2016"]}, tmp_path)}}))
+    moved = {"/etc/ansible/inventory": str(inventory), "/usr/bin/ansible-playbook": ansible_playbook(),
+             "/var/lib/prometheus/node-exporter": str(monitoring["textfile_dir"]),
+             "/var/lib/tcpstack-audit/report": str(tmp_path / "report")}
+    command = [moved.get(arg, arg) for arg in argv]
+    command = [re.sub(r"=(/\S+)$", lambda m: "=" + moved.get(m.group(1), m.group(1)), arg) for arg in command]
+    assert not [arg for arg in command if "/etc/" in arg or "/var/lib/" in arg], command
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections_path()), ANSIBLE_NOCOLOR="1")
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    served = get(monitoring["exporter"] + "/metrics")
+    verdicts = by_instance(served, "tcpstack_verdict", job="tcpstack_port_audit")
+    assert verdicts == {"idle": 0, "backend": 0, "win2016": 1}
+    assert set(by_instance(served, "tcpstack_sampler_interval_seconds").values()) == {float(interval)}
