@@ -22,7 +22,8 @@ description:
   - The HTML page is self-contained (inline CSS, no script, no external asset); every value in the HTML and
     Markdown is escaped, so a host name or a finding holding markup shows as text.
   - A host with no result (unreachable, or its audit failed) is listed with verdict V(unknown).
-  - The report is written in check mode too (it is the output of a read-only audit); the task never reports a change.
+  - The report (and, with O(metrics_dir) or O(pushgateway_url), the metrics) is written in check mode too (it is
+    the output of a read-only audit); the task never reports a change.
 author:
   - tcpstack.tuning contributors (@tcpstack)
 options:
@@ -94,7 +95,7 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Changes no host; the report files are written in check mode too.
+    description: Changes no host; the report files are written, and the metrics written and pushed, in check mode too.
   diff_mode:
     support: none
     description: Nothing on a host changes.
