@@ -358,7 +358,7 @@ def _missing_module_key(setting, value, loaded):
             "host (/sys/module/%s is absent). linux_tcp never loads kernel modules: load it yourself (modprobe %s; "
             "list it in /etc/modules-load.d/ so that it is loaded at boot before systemd-sysctl runs), or leave "
             "%s unset. Nothing was changed" % (setting.key, setting.module, setting.module, setting.module,
-                                              setting.option))
+                                               setting.option))
     return ValidationError(
         setting.option, value,
         "a value for %s, which this network namespace does not show although %s is loaded. Nothing was changed"

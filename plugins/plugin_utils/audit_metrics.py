@@ -33,6 +33,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+from ansible.module_utils.urls import open_url
+
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import LinuxHost
 from ansible_collections.tcpstack.tuning.plugins.module_utils.prometheus import VERDICT_VALUE, gauge, render
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import clean_text
@@ -159,7 +162,13 @@ def push_url(base, host):
     return "%s/metrics/job/%s/instance/%s" % (base, JOB, urllib.parse.quote(host, safe=""))
 
 
-def push(base, host, text, timeout=PUSH_TIMEOUT, opener=urllib.request.urlopen):
+def _open(request, timeout):
+    """``request`` sent by ansible-core's open_url (proxies, TLS verification), its response returned."""
+    return open_url(request.full_url, data=request.data, headers=dict(request.header_items()),
+                    method=request.get_method(), timeout=timeout)
+
+
+def push(base, host, text, timeout=PUSH_TIMEOUT, opener=_open):
     """PUT ``text`` as ``host``'s group; returns None, or why it failed (one line, cleaned)."""
     request = urllib.request.Request(push_url(base, host), data=text.encode("utf-8"), method="PUT",
                                      headers={"Content-Type": CONTENT_TYPE})
@@ -169,7 +178,7 @@ def push(base, host, text, timeout=PUSH_TIMEOUT, opener=urllib.request.urlopen):
     except urllib.error.HTTPError as exc:
         body = exc.read(500).decode("utf-8", "replace") if exc.fp is not None else ""
         return clean_text("HTTP %d from %s: %s" % (exc.code, request.full_url, " ".join(body.split())))
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, UrlsConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
         return clean_text("could not reach %s: %s" % (request.full_url, reason))
     if status not in (200, 202):
@@ -177,7 +186,7 @@ def push(base, host, text, timeout=PUSH_TIMEOUT, opener=urllib.request.urlopen):
     return None
 
 
-def deliver(results, metrics_dir, pushgateway_url, interval, clock=time.time, host=None, opener=urllib.request.urlopen):
+def deliver(results, metrics_dir, pushgateway_url, interval, clock=time.time, host=None, opener=_open):
     """Write the textfile and push every host; returns what was done.
 
     {"textfile": path or None, "pushed": [hosts], "push_errors": {host: why}, "audited": [hosts],

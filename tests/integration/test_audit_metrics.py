@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_port_audit import HOSTS, exhaust, fleet  # noqa: F401 - fleet is the fixture this test uses
+# fleet is the fixture these tests use
+from test_port_audit import HOSTS, exhaust, fleet  # noqa: F401  # pylint: disable=unused-import
 from test_prometheus_alerts import Api, free_port, spawn, tool, wait_for
 
 from tests.support.collection import collections_path

@@ -18,7 +18,8 @@ import time
 
 import pytest
 import yaml
-from test_ansible_runner import (  # noqa: F401 - fleet is the fixture this test uses
+# fleet and monitoring are the fixtures these tests use
+from test_ansible_runner import (  # noqa: F401  # pylint: disable=unused-import
     BIN,
     LINUX,
     WINDOWS,
@@ -29,7 +30,7 @@ from test_ansible_runner import (  # noqa: F401 - fleet is the fixture this test
     private_data_dir,
     run_job,
 )
-from test_audit_metrics import INTERVAL, STALE, by_instance, get, monitoring  # noqa: F401 - monitoring: a fixture
+from test_audit_metrics import INTERVAL, STALE, by_instance, get, monitoring  # noqa: F401  # pylint: disable=unused-import
 from test_prometheus_alerts import wait_for
 
 pytestmark = pytest.mark.usefixtures("root_netns")

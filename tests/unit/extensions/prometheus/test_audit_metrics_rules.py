@@ -22,8 +22,8 @@ HERE = Path(__file__).resolve().parent
 RULES = HERE.parents[3] / "extensions" / "prometheus" / "tcpstack-rules.yml"
 AUDIT_RULES = HERE.parents[3] / "extensions" / "prometheus" / "tcpstack-audit-rules.yml"
 WINDOWS = {"verdict": "ok", "ephemeral": {"range": [49152, 65535], "usable": 16384, "reserved_in_range": 0},
-           "sockets": {"by_state": {"TimeWait": 3}}, "ports_held": 3, "thresholds": {"warning_percent": 70,
-                                                                                      "critical_percent": 90},
+           "sockets": {"by_state": {"TimeWait": 3}}, "ports_held": 3,
+           "thresholds": {"warning_percent": 70, "critical_percent": 90},
            "events": {"hours": 24, "4227": 1, "4231": 0, "latest": None, "capped": False}, "counters": None}
 
 
