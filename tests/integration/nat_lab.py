@@ -3,8 +3,9 @@
     with NatLab(rule="nft") as lab:                          # or rule="iptables", ports=(20000, 20999)
         lab.server_echo()                                     # ECHO on SERVER_IP:SERVER_PORT
         child = lab.hold(lab.client_ips[0], 300)             # 300 open connections from that address
+        result = lab.port_usage_info(top=5)                   # the module, run by ansible-playbook in the router
 
-The addresses exist only inside these namespaces, so no traffic leaves them.  Used by test_conntrack.py and by
+The addresses exist only inside these namespaces, so no traffic leaves them.  Used by test_conntrack.py, test_nat_usage.py and by
 tests/unit/plugins/module_utils/fixtures/capture_conntrack.py (which captured the ctnetlink fixtures).
 """
 
@@ -169,6 +170,18 @@ class NatLab:
         if done.returncode != 0:
             raise AssertionError("reading the table failed: %s" % done.stderr)
         return json.loads(done.stdout)
+
+    def port_usage_info(self, box=None, **options):
+        """The port_usage_info module's result, run by ansible-playbook inside ``box`` (default: the router)."""
+        box = self.router if box is None else box
+        task = {"name": "audit", "tcpstack.tuning.port_usage_info": options, "register": "audit"}
+        playbook = json.dumps([{"name": "nat", "hosts": "all", "gather_facts": False, "tasks": [task]}])
+        rc, results = box.run_playbook(playbook, timeout=240)
+        if rc != 0:
+            raise AssertionError(box.last_run.describe())
+        (result,) = [item for item in results if item["_task"] == "audit"]
+        assert not result.get("failed"), result
+        return result
 
     def destroy(self):
         from tests.support.netns import stop_process  # pylint: disable=import-outside-toplevel
