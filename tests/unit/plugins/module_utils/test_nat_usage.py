@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import struct
 
+from ansible_collections.tcpstack.tuning.plugins.module_utils import linux_conntrack as ct
 from ansible_collections.tcpstack.tuning.plugins.module_utils import linux_nat, nat_findings, nat_rules, nat_usage
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_conntrack import ConntrackError
+from tests.unit.plugins.module_utils import test_linux_conntrack as ct_test
 
 # what nft 1.0.6 printed here (nft -j list ruleset), the statements of the rules only
 NFT = {"nftables": [
@@ -160,3 +163,58 @@ def test_merge_counts_in_the_host_verdict():
     merged = nat_usage.merge(result, {"verdict": "critical"}, [("critical", "nat critical"), ("ok", "quiet")])
     assert merged["verdict"] == "critical" and merged["findings"] == ["nat critical", "host warning"]
     assert merged["nat"] == {"verdict": "critical"}
+
+
+# ---------------------------------------------------------------- the table-full path, on ctnetlink bytes
+def _stats_bytes(count, maximum):
+    payload = ct_test.attr(ct.CTA_STATS_GLOBAL_ENTRIES, struct.pack(">I", count)) + ct_test.attr(
+        ct.CTA_STATS_GLOBAL_MAX_ENTRIES, struct.pack(">I", maximum))
+    return ct_test.message(ct.CT_GET_STATS, 0, payload) + ct_test.error(0)
+
+
+def _cpu_bytes(insert_failed, drop, early_drop):
+    cpu = b"".join(ct_test.attr(number, struct.pack(">I", value))
+                   for number, value in ((9, insert_failed), (10, drop), (11, early_drop), (14, 0)))
+    return ct_test.message(ct.CT_GET_STATS_CPU, 0, cpu) * 2 + ct_test.DONE
+
+
+class FullTableHost(Host):
+    """The captured dump (13 source-NATed entries), a table at nf_conntrack_max, and per-CPU counters that rise
+    between the start and the end of a sample: what a NAT host whose table is full answers over ctnetlink."""
+
+    def __init__(self):
+        Host.__init__(self, nft=json.dumps(NFT))
+        self.cpu = [_cpu_bytes(5, 100, 10), _cpu_bytes(5, 600, 210)]
+
+    def netlink_dump(self, protocol, dumps, timeout, label, error):
+        for request, consume in dumps:
+            kind = struct.unpack_from("=H", request, 4)[0]
+            if kind == ct.CT_GET_STATS_CPU:
+                data = self.cpu.pop(0)
+            elif kind == ct.CT_GET_STATS:
+                data = _stats_bytes(262144, 262144)
+            else:
+                data = ct_test.fixture("conntrack_dump.bin")
+            assert consume(data) is True
+
+
+@ct_test.little_endian_only
+def test_table_full_on_ctnetlink_bytes_is_critical_and_counts_in_the_host_verdict():
+    host = FullTableHost()
+    before = nat_usage.counters_before(host)
+    assert (before["drop"], before["early_drop"], before["cpus"]) == (200, 20, 2)
+    section, findings = nat_usage.nat_part(host, before, 10.0, 10, 70, 90)
+    table = section["conntrack"]
+    assert (table["count"], table["max"], table["utilisation"]) == (262144, 262144, 1.0)
+    assert table["per_second"] == {"insert_failed": 0.0, "drop": 100.0, "early_drop": 40.0, "clash_resolve": 0.0}
+    assert section["verdict"] == "critical"
+    assert findings[0] == ("critical", "the conntrack table holds 262,144 of 262,144 entries (nf_conntrack_max, 100%): "
+                                       "when it is full the kernel drops new flows (\"nf_conntrack: table full, "
+                                       "dropping packet\")")
+    assert any("early_drop rose by 40" in text for text in section["findings"])
+    assert any("drop rose by 100" in text for text in section["findings"])
+    assert any("raise net.netfilter.nf_conntrack_max (now 262,144" in text for text in section["recommendations"])
+    (egress,) = section["egress"]
+    assert (egress["in_use"], egress["time_wait"], egress["capacity"]) == (9, 4, 1)  # the masquerade to :5000
+    merged = nat_usage.merge({"verdict": "ok", "findings": []}, section, findings)
+    assert merged["verdict"] == "critical" and merged["findings"][0].startswith("the conntrack table holds")
