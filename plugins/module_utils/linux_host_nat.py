@@ -11,6 +11,7 @@ the pure parsers of nat_rules.  Reading a ruleset needs CAP_NET_ADMIN (root), as
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -18,6 +19,7 @@ NFT_ARGV = ("nft", "-j", "list", "ruleset")
 IPTABLES_NAT_ARGV = ("iptables-nft-save", "-t", "nat")
 RULESET_TIMEOUT = 20.0  # seconds: a kube-proxy ruleset of 10^5 rules prints in about a second
 RULESET_MAX = 64 << 20  # bytes of output read at most
+CONNTRACK_MODULE = "/sys/module/nf_conntrack"  # present when conntrack is loaded or built in (it has parameters)
 
 
 class HostNat:
@@ -37,9 +39,14 @@ class HostNat:
             return None, "%s failed: %s" % (" ".join(argv), exc)
         if done.returncode != 0:
             error = done.stderr.decode("utf-8", "replace").strip().splitlines()
-            return None, "%s exited with %d%s" % (" ".join(argv), done.returncode,
-                                                   ": %s" % error[-1][:200] if error else "")
+            last = ": %s" % error[-1][:200] if error else ""
+            return None, "%s exited with %d%s" % (" ".join(argv), done.returncode, last)
         return done.stdout[:RULESET_MAX].decode("utf-8", "replace"), None
+
+    def conntrack_loaded(self):
+        """Whether the kernel has conntrack (loaded or built in).  Checked first, so that reading the table never
+        makes the kernel load it (nfnetlink asks for the module of a subsystem it does not have)."""
+        return os.path.isdir(self._p(CONNTRACK_MODULE))
 
     def nft_ruleset(self):
         """(the JSON text of ``nft -j list ruleset``, None) or (None, why it could not be read)."""

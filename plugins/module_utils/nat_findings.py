@@ -104,8 +104,8 @@ def egress_advice(entry, live):
     top = entry["sources"][0] if entry["sources"] else None
     if top is not None and top["share"] >= POOLING_SHARE:
         out.append("pool the connections (a connection pool, HTTP keep-alive) in the clients at %s: they hold %s of "
-                   "the translated ports of %s, one per concurrent connection" % (top["address"],
-                                                                                 percent(top["share"]), where))
+                   "the translated ports of %s, one per concurrent connection"
+                   % (top["address"], percent(top["share"]), where))
     if not live and entry["time_wait"]:
         out.append("on this kernel the %s TIME_WAIT entries of %s keep their translated ports: lowering "
                    "net.netfilter.nf_conntrack_tcp_timeout_time_wait (120 s by default, per network namespace) frees "
@@ -123,7 +123,10 @@ def conntrack_part(table, before, seconds, warning, critical, notes):
         for name in RATE_COUNTERS:
             delta = table.counters.get(name, 0) - before.get(name, 0)
             rates[name] = per_second(delta, seconds) if delta >= 0 else None
-    elif before is None:
+    elif seconds:
+        notes.append("the conntrack counters could not be read at the start of the sample: their per-second "
+                     "change is unknown")
+    else:
         notes.append(SAMPLE_NOTE)
     out = {"count": table.count, "max": table.max, "utilisation": round(table.utilisation, 4)
            if table.utilisation is not None else None, "per_second": rates,

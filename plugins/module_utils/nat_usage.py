@@ -4,8 +4,9 @@
 """port_usage_info's ``nat`` section: read the host's conntrack table and NAT rules (through LinuxHost),
 judge them (nat_findings) and merge the section, its findings and its verdict into the module's result.
 
-The section is present only on a host that source-NATs: its conntrack table holds at least one source-NATed
-entry, or its nftables or iptables-nft ruleset has a masquerade or snat rule.  On any other host (no conntrack,
+The section is present only on a host that source-NATs: conntrack is loaded (/sys/module/nf_conntrack) and its
+table holds at least one source-NATed entry, or its nftables or iptables-nft ruleset has a masquerade or snat
+rule.  On any other host (no conntrack,
 no NAT rule, not root) nothing is added and nothing fails.
 """
 
@@ -25,7 +26,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording impo
 
 def counters_before(host):
     """The conntrack counters at the start of a sample, or None (no conntrack, not root, not the live host)."""
-    if not host.live:
+    if not host.live or not host.conntrack_loaded():
         return None
     try:
         return read_counters(host)
@@ -55,8 +56,8 @@ def read_rules(host):
 
 def nat_part(host, before, seconds, top, warning, critical):
     """(the nat section, [(severity, sentence)]), or (None, []) on a host that does not source-NAT."""
-    if not host.live:
-        return None, []
+    if not host.live or not host.conntrack_loaded():
+        return None, []  # no conntrack, no source NAT: nothing is run, no module is loaded
     release = host.kernel_release()
     reading, notes = None, []
     try:
@@ -68,8 +69,7 @@ def nat_part(host, before, seconds, top, warning, critical):
     if not snat and not rules.rules and not rules.xt_targets:
         return None, []
     notes.extend(rules.notes)
-    return nat_section(reading, rules, before, seconds if before is not None else None, release, top, warning,
-                       critical, notes)
+    return nat_section(reading, rules, before, seconds, release, top, warning, critical, notes)
 
 
 def merge(result, section, findings):

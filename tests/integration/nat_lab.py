@@ -61,6 +61,37 @@ for sock in opened:
     sock.close()
 """
 
+# KNOCK SOURCE ADDRESS PORT RATE SECONDS: a non-blocking connect() from SOURCE every 1/RATE s for SECONDS (or until
+# stdin closes), at most RATE x SECONDS of them; one that has not opened within 2 s is closed, one that opened is
+# held (so a port it found stays taken).  Prints "knocking" first.  Through a full translated range every new SYN
+# is dropped by conntrack (insert_failed).
+KNOCK = r"""
+import select, socket, sys, time
+source, address, port, rate, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+print("knocking", flush=True)
+pending, opened = [], []
+deadline = time.monotonic() + seconds
+for _ in range(int(rate * seconds)):
+    if time.monotonic() >= deadline or select.select([sys.stdin], [], [], 1.0 / rate)[0]:
+        break
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    sock.connect_ex((address, port))
+    pending.append((time.monotonic(), sock))
+    still = []
+    for started, item in pending:
+        if select.select([], [item], [], 0)[1] and item.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+            opened.append(item)
+        elif select.select([], [item], [], 0)[1] or time.monotonic() - started > 2.0:
+            item.close()
+        else:
+            still.append((started, item))
+    pending = still
+for item in opened:
+    item.close()
+"""
+
 # Runs inside the router namespace: the table as linux_nat reads it with LinuxHost, one JSON line.
 READ = r"""
 import json, sys
@@ -162,6 +193,17 @@ class NatLab:
         if not line.startswith("{"):
             raise AssertionError("the holding client printed %r" % line)
         return child, json.loads(line)
+
+    def knock(self, source, rate=10, seconds=60):
+        """Start KNOCK from ``source`` (stopped at teardown at the latest); returns the child once it knocks."""
+        child = subprocess.Popen(
+            self.clients.argv([sys.executable, "-c", KNOCK, source, SERVER_IP, SERVER_PORT, rate, seconds]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.children.append(child)
+        line = child.stdout.readline()
+        if line.strip() != "knocking":
+            raise AssertionError("the knocking client printed %r" % line)
+        return child
 
     def read_nat(self, top=50):
         """linux_nat.read_nat run inside the router namespace with LinuxHost, as a dict."""

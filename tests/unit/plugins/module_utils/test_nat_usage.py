@@ -60,8 +60,8 @@ def test_iptables_nft_targets_and_save():
     assert nat_rules.parse_nft_json(json.dumps(XT)).xt_targets == 1
     rules = nat_rules.parse_iptables_save(SAVE).rules
     assert [(r.kind, r.addresses, r.ports, r.fully_random, r.source) for r in rules] == [
-        ("masquerade", (), (20000, 20999), True, "iptables-nft"), ("snat", ("5.6.7.8",), (40000, 40010), False,
-                                                                  "iptables-nft"),
+        ("masquerade", (), (20000, 20999), True, "iptables-nft"),
+        ("snat", ("5.6.7.8",), (40000, 40010), False, "iptables-nft"),
         ("snat", ("5.6.7.9",), None, False, "iptables-nft")]
     assert nat_rules.parse_iptables_save("-A X -j SNAT --to-source\n-A Y -j MASQUERADE --to-ports x-y\n").rules
 
@@ -126,8 +126,11 @@ def test_table_near_full_and_insert_failed_rising():
 class Host:
     live = True
 
-    def __init__(self, dump=None, nft=None, save=None):
-        self.dump, self.nft, self.save = dump, nft, save
+    def __init__(self, dump=None, nft=None, save=None, loaded=True):
+        self.dump, self.nft, self.save, self.loaded = dump, nft, save, loaded
+
+    def conntrack_loaded(self):
+        return self.loaded
 
     def kernel_release(self):
         return "6.18.0"
@@ -149,6 +152,21 @@ def test_no_conntrack_no_rules_no_section_and_nothing_fails():
     assert nat_usage.counters_before(Host()) is None
     result = {"verdict": "warning", "findings": ["x"]}
     assert nat_usage.merge(dict(result), None, []) == result
+
+
+def test_conntrack_not_loaded_nothing_is_run():
+    host = Host(nft=json.dumps(NFT), loaded=False)
+    host.nft_ruleset = host.netlink_dump = None  # never called
+    assert nat_usage.nat_part(host, None, None, 10, 70, 90) == (None, [])
+    assert nat_usage.counters_before(host) is None
+
+
+def test_conntrack_module_is_looked_up_under_the_hosts_root(tmp_path):
+    from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import LinuxHost
+    assert LinuxHost(str(tmp_path)).conntrack_loaded() is False
+    (tmp_path / "sys/module/nf_conntrack").mkdir(parents=True)
+    assert LinuxHost(str(tmp_path)).conntrack_loaded() is True
+    assert LinuxHost(str(tmp_path)).nft_ruleset() == (None, "not the running host")
 
 
 def test_rules_without_conntrack_give_a_section_with_a_note():
@@ -218,3 +236,11 @@ def test_table_full_on_ctnetlink_bytes_is_critical_and_counts_in_the_host_verdic
     assert (egress["in_use"], egress["time_wait"], egress["capacity"]) == (9, 4, 1)  # the masquerade to :5000
     merged = nat_usage.merge({"verdict": "ok", "findings": []}, section, findings)
     assert merged["verdict"] == "critical" and merged["findings"][0].startswith("the conntrack table holds")
+
+
+def test_sample_without_the_first_counters_says_so():
+    item = egress(10, 0, [("10.231.1.11", 10, 10)])
+    section, dummy = nat_findings.nat_section(reading([item]), MASQ_1000, None, 5.0, "6.18.0", 10, 70, 90)
+    assert section["conntrack"]["per_second"] is None
+    assert any("start of the sample" in note for note in section["notes"])
+    assert nat_findings.SAMPLE_NOTE not in section["notes"]
