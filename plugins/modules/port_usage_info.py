@@ -207,12 +207,12 @@ capacity:
            "loopback": {"reuse": true, "port_hold_seconds": 1.0, "max_new_connections_per_second": 1000.0},
            "measured": null, "time_wait_entered_per_second": 20.0, "time_wait_recent_seconds": 10}
 verdict:
-  description: V(ok), V(warning) or V(critical); the most severe finding.
+  description: V(ok), V(warning) or V(critical); the most severe finding, those of RV(nat) included.
   returned: always
   type: str
   sample: critical
 findings:
-  description: What was found, most severe first, as plain sentences with the figures.
+  description: What was found, most severe first, as plain sentences with the figures (with RV(nat.findings)).
   returned: always
   type: list
   elements: str
@@ -222,6 +222,7 @@ recommendations:
     - M(tcpstack.tuning.linux_tcp) options that would fix the findings (empty when there is nothing to fix).
       A wider C(port_range) starts at 32768, 16384 or 1024 (whichever is the first wider than now), never below
       C(ip_unprivileged_port_start); C(reserve_listening_ports) comes with it when ports listen inside it.
+      A NAT finding adds nothing here; the NAT cures are RV(nat.recommendations).
   returned: always
   type: dict
   sample: {"tw_reuse": 1, "port_range": "32768 65535", "reserve_listening_ports": true}
