@@ -108,8 +108,9 @@ def egress_advice(entry, live):
                    % (top["address"], percent(top["share"]), where))
     if not live and entry["time_wait"]:
         out.append("on this kernel the %s TIME_WAIT entries of %s keep their translated ports: lowering "
-                   "net.netfilter.nf_conntrack_tcp_timeout_time_wait (120 s by default, per network namespace) frees "
-                   "them sooner, at the cost of tracking a late segment of an old connection as a new flow"
+                   "net.netfilter.nf_conntrack_tcp_timeout_time_wait (linux_tcp's conntrack_time_wait; 120 s by default, "
+                   "per network namespace) frees them sooner, at the cost of tracking a late segment of an old "
+                   "connection as a new flow"
                    % (number(entry["time_wait"]), where))
     return out
 
@@ -137,8 +138,8 @@ def conntrack_part(table, before, seconds, warning, critical, notes):
         findings.append((severity, "the conntrack table holds %s of %s entries (nf_conntrack_max, %s): when it is "
                                    "full the kernel drops new flows (\"nf_conntrack: table full, dropping packet\")"
                          % (number(table.count), number(table.max), percent(table.utilisation))))
-        advice.append("raise net.netfilter.nf_conntrack_max (now %s; global to the host: set it in the initial "
-                      "network namespace, not in a container)" % number(table.max))
+        advice.append("raise net.netfilter.nf_conntrack_max (now %s; linux_tcp's conntrack_max; global to the host: "
+                      "set it in the initial network namespace, not in a container)" % number(table.max))
     for name, why in (("insert_failed", "new flows failed to enter the table (no free translated port, or two "
                                         "flows raced for one)"),
                       ("drop", "packets were dropped by conntrack"),
