@@ -16,7 +16,8 @@ always use "/".
 ``LinuxHost`` is put together from one part per job, each in its own file:
 linux_host_files (regular files, sysctl.d, atomic writes, directories),
 linux_host_kernel (/proc/sys, /proc files, netlink, the kernel defaults) and
-linux_host_processes (/proc/PID, user names); the lock is here.  Import it,
+linux_host_processes (/proc/PID, user names), linux_host_nat (the NAT rules: nft, iptables-nft-save); the
+lock is here.  Import it,
 and the names below, from this module.
 """
 
@@ -44,6 +45,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_kernel 
     HostKernel,
     sysctl_path,
 )
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_nat import HostNat
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_processes import (
     PROCESS_FILE_MAX,
     SOCKET_PREFIX,
@@ -60,7 +62,7 @@ LOCK_PATH = "/run/tcpstack-tuning.lock"
 LOCK_WAIT = 120.0  # seconds a run waits for another run's lock before it fails, saying who holds it
 
 
-class LinuxHost(HostFiles, HostKernel, HostProcesses, HostTrace):
+class LinuxHost(HostFiles, HostKernel, HostProcesses, HostTrace, HostNat):
     """Reads and writes one Linux host's TCP settings and sysctl.d files."""
 
     @contextmanager

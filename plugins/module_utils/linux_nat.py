@@ -51,6 +51,7 @@ class Source(NamedTuple):
 
     address: str
     in_use: int
+    live: int = 0
 
 
 class Egress(NamedTuple):
@@ -94,7 +95,7 @@ class EgressTally:
     def __init__(self):
         self.entries = 0
         self.snat_entries = 0
-        self.keys = {}  # (family, protocol, translated, destination, port) -> [in_use, closing, {source: count}]
+        self.keys = {}  # (family, protocol, translated, destination, port) -> [in_use, closing, {source: [n, live]}]
 
     def add(self, batch):
         keys = self.keys
@@ -108,10 +109,15 @@ class EgressTally:
             if have is None:
                 have = keys[key] = [0, 0, {}]
             have[0] += 1
-            if entry.tcp_state == TCP_TIME_WAIT or entry.tcp_state == TCP_CLOSE:
+            closing = entry.tcp_state == TCP_TIME_WAIT or entry.tcp_state == TCP_CLOSE
+            if closing:
                 have[1] += 1
-            sources = have[2]
-            sources[entry.src] = sources.get(entry.src, 0) + 1
+            counts = have[2].get(entry.src)
+            if counts is None:
+                counts = have[2][entry.src] = [0, 0]
+            counts[0] += 1
+            if not closing:
+                counts[1] += 1
         self.entries += len(batch)
         self.snat_entries += snat
 
@@ -127,10 +133,16 @@ class EgressTally:
 
         return consume
 
-    def egress(self, top=TOP, top_sources=TOP_SOURCES):
-        """The egress keys, busiest first (then by address), at most ``top`` of them, as Egress records."""
-        ranked = sorted(self.keys.items(), key=lambda item: (-item[1][0], item[0]))
-        return tuple(_egress(key, counts, top_sources) for key, counts in ranked[:top])
+    def egress(self, top=TOP, top_sources=TOP_SOURCES, live=False):
+        """The egress keys, busiest first (then by address), at most ``top`` of them, as Egress records.
+
+        Busiest: the most entries, or with ``live`` the most live entries (not TIME_WAIT or CLOSE); the sources
+        are ranked the same way."""
+        if live:
+            ranked = sorted(self.keys.items(), key=lambda item: (item[1][1] - item[1][0], item[0]))
+        else:
+            ranked = sorted(self.keys.items(), key=lambda item: (-item[1][0], item[0]))
+        return tuple(_egress(key, counts, top_sources, live) for key, counts in ranked[:top])
 
 
 def address_text(family, packed):
@@ -141,13 +153,15 @@ def address_text(family, packed):
         return packed.hex()
 
 
-def _egress(key, counts, top_sources):
+def _egress(key, counts, top_sources, live=False):
     family, protocol, translated, destination, port = key
     in_use, closing, sources = counts
-    ranked = sorted(sources.items(), key=lambda item: (-item[1], item[0]))
+    which = 1 if live else 0
+    ranked = sorted(sources.items(), key=lambda item: (-item[1][which], -item[1][0], item[0]))
     return Egress(address_text(family, translated), address_text(family, destination), port,
                   PROTOCOLS.get(protocol, str(protocol)), in_use, in_use - closing, closing,
-                  tuple(Source(address_text(family, address), count) for address, count in ranked[:top_sources]),
+                  tuple(Source(address_text(family, address), count[0], count[1])
+                        for address, count in ranked[:top_sources]),
                   len(sources))
 
 
@@ -159,8 +173,9 @@ def table_summary(stats, counters):
                  counters.get("cpus", 0))
 
 
-def read_nat(host, top=TOP, top_sources=TOP_SOURCES, timeout=10.0):
-    """Dump the conntrack table of the host's network namespace over ctnetlink and count it: a NatReading.
+def read_nat(host, top=TOP, top_sources=TOP_SOURCES, timeout=10.0, live=False):
+    """Dump the conntrack table of the host's network namespace over ctnetlink and count it: a NatReading
+    (``live``: rank the egress keys and their sources by their live entries; EgressTally.egress).
 
     Raises ConntrackError, saying why (no CAP_NET_ADMIN, no netfilter, a malformed message, too slow).
     """
@@ -171,8 +186,17 @@ def read_nat(host, top=TOP, top_sources=TOP_SOURCES, timeout=10.0):
         (dump_request(seq=2), tally.consumer()),
         (stats_cpu_request(3), lambda buf: parse_stats_cpu(buf, counters)),
     ], timeout, "netlink ctnetlink", ConntrackError)
-    return NatReading(tally.entries, tally.snat_entries, tally.egress(top, top_sources), len(tally.keys),
+    return NatReading(tally.entries, tally.snat_entries, tally.egress(top, top_sources, live), len(tally.keys),
                       table_summary(stats, counters))
+
+
+def read_counters(host, timeout=5.0):
+    """The table's counters summed over the CPUs, over ctnetlink ({name: int}, with ``cpus``): the start of a
+    sample.  Raises ConntrackError."""
+    counters = {}
+    host.netlink_dump(NETLINK_NETFILTER, [(stats_cpu_request(1), lambda buf: parse_stats_cpu(buf, counters))],
+                      timeout, "netlink ctnetlink", ConntrackError)
+    return counters
 
 
 def as_dict(reading):

@@ -32,6 +32,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings imp
     REPORTED_SETTINGS,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_usage_rules import LINUX
+from ansible_collections.tcpstack.tuning.plugins.module_utils.nat_usage import counters_before, merge, nat_part
 from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import analyse
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
     parse_port_list,
@@ -367,7 +368,8 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
     the ports (Snapshot.processes); with ``sample_seconds`` above 0, the
     sample follows each new socket to its process and measures each
     process's rate of new connections.  ``processes``: a ProcessTable
-    (default: one reading through ``host``).
+    (default: one reading through ``host``).  On a host that source-NATs the
+    result gets a ``nat`` section (nat_usage), whose verdict counts in the host's.
     """
     host = LinuxHost() if host is None else host
     attribution = None
@@ -377,10 +379,11 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
     if not (sample_seconds and sample_seconds > 0):
         if attribution is not None:
             processes.scan()
-        return analyse(collect(host, use_netlink, attribution, processes), top=top, warning=warning,
-                       critical=critical)
+        return merge(analyse(collect(host, use_netlink, attribution, processes), top=top, warning=warning,
+                             critical=critical), *nat_part(host, None, None, top, warning, critical))
     started = time.monotonic()
     before, missing = read_counters(host)
+    nat_before = counters_before(host)
     notes = []
     traced = None
     if attribution is not None:
@@ -391,7 +394,8 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
     snapshot = replace(snapshot, counters=before, counters_after=snapshot.counters,
                        sample_seconds=time.monotonic() - started, notes=notes + snapshot.notes)
     snapshot.unreadable.extend(item for item in missing if item not in snapshot.unreadable)
-    return analyse(snapshot, top=top, warning=warning, critical=critical)
+    return merge(analyse(snapshot, top=top, warning=warning, critical=critical),
+                 *nat_part(host, nat_before, snapshot.sample_seconds, top, warning, critical))
 
 
 def _sample(host, processes, attribution, seconds, notes, sleep, started):

@@ -207,12 +207,12 @@ capacity:
            "loopback": {"reuse": true, "port_hold_seconds": 1.0, "max_new_connections_per_second": 1000.0},
            "measured": null, "time_wait_entered_per_second": 20.0, "time_wait_recent_seconds": 10}
 verdict:
-  description: V(ok), V(warning) or V(critical); the most severe finding.
+  description: V(ok), V(warning) or V(critical); the most severe finding, those of RV(nat) included.
   returned: always
   type: str
   sample: critical
 findings:
-  description: What was found, most severe first, as plain sentences with the figures.
+  description: What was found, most severe first, as plain sentences with the figures (with RV(nat.findings)).
   returned: always
   type: list
   elements: str
@@ -222,6 +222,7 @@ recommendations:
     - M(tcpstack.tuning.linux_tcp) options that would fix the findings (empty when there is nothing to fix).
       A wider C(port_range) starts at 32768, 16384 or 1024 (whichever is the first wider than now), never below
       C(ip_unprivileged_port_start); C(reserve_listening_ports) comes with it when ports listen inside it.
+      A NAT finding adds nothing here; the NAT cures are RV(nat.recommendations).
   returned: always
   type: dict
   sample: {"tw_reuse": 1, "port_range": "32768 65535", "reserve_listening_ports": true}
@@ -336,6 +337,101 @@ cure:
   type: dict
   sample: {"where": "both", "summary": "fix the client (pid 4242 (python3, user app)) for a lasting cure; tune
            the host with the recommendations meanwhile"}
+nat:
+  description:
+    - "The source NAT of this host (its network namespace), from its conntrack table (ctnetlink) and its
+      nftables and iptables-nft rules. Present only on a host that source-NATs: the table holds a source-NATed
+      entry, or the ruleset has a masquerade or snat rule. Its verdict counts in RV(verdict) and its findings
+      are in RV(findings). See docs/nat.md."
+  returned: on a host that source-NATs (root is needed to read the table and the rules)
+  type: dict
+  contains:
+    source:
+      description: V(ctnetlink), or C(null) when the conntrack table could not be read (a note says why).
+      type: str
+    kernel:
+      description: The kernel release, which decides what counts against a translated range.
+      type: str
+    counted:
+      description:
+        - "V(live): on Linux 6.18 and later (measured) a new flow takes over a translated port held only by a
+          TIME_WAIT entry, so live flows count. V(live_and_time_wait): on older kernels (not checked) both count."
+      type: str
+    conntrack:
+      description:
+        - "The table: C(count) entries of C(max) (nf_conntrack_max, global to the host), C(utilisation), the
+          totals of the kernel's C(counters) over the C(cpus), and C(per_second), the change per second of
+          C(insert_failed), C(drop), C(early_drop) and C(clash_resolve) over C(sample_seconds) (C(null) without
+          O(sample_seconds) above 0; a note says so). C(null) when the table could not be read."
+      type: dict
+    entries:
+      description: Entries dumped from the table.
+      type: int
+    snat_entries:
+      description: Entries that are source-NATed.
+      type: int
+    egress_total:
+      description: Egress keys found; RV(nat.egress) shows the busiest O(top).
+      type: int
+    egress:
+      description:
+        - "One entry per egress key (C(translated) address, C(destination) address, C(port), C(protocol);
+          C(endpoint) as text), busiest first. C(in_use) is what counts against the range (see RV(nat.counted)),
+          C(live) the live entries, C(time_wait) those in TCP TIME_WAIT or CLOSE. C(capacity) is the size of
+          the translated C(port_range) of the rule that translates to the address (C(capacity_source)
+          V(nftables) or V(iptables-nft)), or the kernel's 64,512 (1024-65535; C(port_range) C(null), with a
+          note). C(utilisation) is C(in_use) over C(capacity), C(verdict) its level against the thresholds.
+          C(sources) are the inner addresses (at most 10 of C(sources_total)) with their C(in_use),
+          C(time_wait) and C(share) of the key's C(in_use)."
+      type: list
+      elements: dict
+    rules:
+      description:
+        - The masquerade and snat rules found, each with C(kind), C(addresses), C(ports) (C(null) for the
+          kernel's range), C(fully_random) and C(source).
+      type: list
+      elements: dict
+    verdict:
+      description: V(ok), V(warning) or V(critical), the worst of the NAT findings.
+      type: str
+    findings:
+      description: Sentences, the most severe first; each names the egress or the table it is about.
+      type: list
+      elements: str
+    recommendations:
+      description:
+        - "Sentences: more translated addresses or a wider translated port range, pooling in the named source,
+          net.netfilter.nf_conntrack_max when the table is near full, C(--random-fully) (nftables
+          C(fully-random)) when insert_failed rises, and on older kernels
+          net.netfilter.nf_conntrack_tcp_timeout_time_wait with its trade-off."
+      type: list
+      elements: str
+    notes:
+      description: What was assumed or could not be read.
+      type: list
+      elements: str
+  sample:
+    source: ctnetlink
+    kernel: 6.18.0-1-amd64
+    counted: live
+    conntrack: {"count": 1012, "max": 262144, "utilisation": 0.0039, "per_second": null, "sample_seconds": null,
+                "counters": {"insert_failed": 0, "drop": 0}, "cpus": 2}
+    entries: 1012
+    snat_entries: 1000
+    egress_total: 1
+    egress:
+      - {"translated": "10.231.2.1", "destination": "10.231.2.2", "port": 8080, "protocol": "tcp",
+         "endpoint": "10.231.2.2:8080/tcp", "in_use": 1000, "live": 1000, "time_wait": 0, "capacity": 1000,
+         "port_range": [20000, 20999], "capacity_source": "nftables", "utilisation": 1.0, "verdict": "critical",
+         "sources": [{"address": "10.231.1.11", "in_use": 1000, "time_wait": 0, "share": 1.0}],
+         "sources_total": 1}
+    rules: [{"kind": "masquerade", "addresses": [], "ports": [20000, 20999], "fully_random": false,
+             "source": "nftables"}]
+    verdict: critical
+    findings: ["NAT egress 10.231.2.1 -> 10.231.2.2:8080/tcp holds 1,000 of 1,000 translated ports (100%) in live
+                flows; from 10.231.1.11 (100%): new connections through it time out"]
+    recommendations: ["widen the translated port range of 10.231.2.1 -> 10.231.2.2:8080/tcp (now 20000-20999, ...)"]
+    notes: []
 """
 
 from ansible.module_utils.basic import AnsibleModule

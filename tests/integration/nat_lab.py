@@ -3,8 +3,9 @@
     with NatLab(rule="nft") as lab:                          # or rule="iptables", ports=(20000, 20999)
         lab.server_echo()                                     # ECHO on SERVER_IP:SERVER_PORT
         child = lab.hold(lab.client_ips[0], 300)             # 300 open connections from that address
+        result = lab.port_usage_info(top=5)                   # the module, run by ansible-playbook in the router
 
-The addresses exist only inside these namespaces, so no traffic leaves them.  Used by test_conntrack.py and by
+The addresses exist only inside these namespaces, so no traffic leaves them.  Used by test_conntrack.py, test_nat_usage.py and by
 tests/unit/plugins/module_utils/fixtures/capture_conntrack.py (which captured the ctnetlink fixtures).
 """
 
@@ -58,6 +59,37 @@ for sock in pending.values():
 select.select([sys.stdin], [], [], seconds)
 for sock in opened:
     sock.close()
+"""
+
+# KNOCK SOURCE ADDRESS PORT RATE SECONDS: a non-blocking connect() from SOURCE every 1/RATE s for SECONDS (or until
+# stdin closes), at most RATE x SECONDS of them; one that has not opened within 2 s is closed, one that opened is
+# held (so a port it found stays taken).  Prints "knocking" first.  Through a full translated range every new SYN
+# is dropped by conntrack (insert_failed).
+KNOCK = r"""
+import select, socket, sys, time
+source, address, port, rate, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+print("knocking", flush=True)
+pending, opened = [], []
+deadline = time.monotonic() + seconds
+for _ in range(int(rate * seconds)):
+    if time.monotonic() >= deadline or select.select([sys.stdin], [], [], 1.0 / rate)[0]:
+        break
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    sock.connect_ex((address, port))
+    pending.append((time.monotonic(), sock))
+    still = []
+    for started, item in pending:
+        if select.select([], [item], [], 0)[1] and item.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+            opened.append(item)
+        elif select.select([], [item], [], 0)[1] or time.monotonic() - started > 2.0:
+            item.close()
+        else:
+            still.append((started, item))
+    pending = still
+for item in opened:
+    item.close()
 """
 
 # Runs inside the router namespace: the table as linux_nat reads it with LinuxHost, one JSON line.
@@ -162,6 +194,17 @@ class NatLab:
             raise AssertionError("the holding client printed %r" % line)
         return child, json.loads(line)
 
+    def knock(self, source, rate=10, seconds=60):
+        """Start KNOCK from ``source`` (stopped at teardown at the latest); returns the child once it knocks."""
+        child = subprocess.Popen(
+            self.clients.argv([sys.executable, "-c", KNOCK, source, SERVER_IP, SERVER_PORT, rate, seconds]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.children.append(child)
+        line = child.stdout.readline()
+        if line.strip() != "knocking":
+            raise AssertionError("the knocking client printed %r" % line)
+        return child
+
     def read_nat(self, top=50):
         """linux_nat.read_nat run inside the router namespace with LinuxHost, as a dict."""
         env = dict(os.environ, PYTHONPATH=str(collections_path()))
@@ -169,6 +212,18 @@ class NatLab:
         if done.returncode != 0:
             raise AssertionError("reading the table failed: %s" % done.stderr)
         return json.loads(done.stdout)
+
+    def port_usage_info(self, box=None, **options):
+        """The port_usage_info module's result, run by ansible-playbook inside ``box`` (default: the router)."""
+        box = self.router if box is None else box
+        task = {"name": "audit", "tcpstack.tuning.port_usage_info": options, "register": "audit"}
+        playbook = json.dumps([{"name": "nat", "hosts": "all", "gather_facts": False, "tasks": [task]}])
+        rc, results = box.run_playbook(playbook, timeout=240)
+        if rc != 0:
+            raise AssertionError(box.last_run.describe())
+        (result,) = [item for item in results if item["_task"] == "audit"]
+        assert not result.get("failed"), result
+        return result
 
     def destroy(self):
         from tests.support.netns import stop_process  # pylint: disable=import-outside-toplevel

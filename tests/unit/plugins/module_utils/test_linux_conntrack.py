@@ -118,7 +118,7 @@ def test_captured_dump_gives_one_egress_key_with_its_sources():
     assert consume(fixture("conntrack_dump.bin")) is True
     (egress,) = tally.egress()
     assert egress == linux_nat.Egress("10.231.2.1", "10.231.2.2", 8080, "tcp", 13, 9, 4,
-                                      (linux_nat.Source("10.231.1.11", 10), linux_nat.Source("10.231.1.12", 3)), 2)
+                                      (linux_nat.Source("10.231.1.11", 10, 6), linux_nat.Source("10.231.1.12", 3, 3)), 2)
     assert (tally.entries, tally.snat_entries) == (13, 13)
 
 
@@ -329,6 +329,6 @@ def test_read_nat_on_the_captured_replies():
     assert (reading.entries, reading.snat_entries, reading.egress_total) == (13, 13, 1)
     assert reading.table.count == 13 and reading.table.max == 262144
     as_dict = linux_nat.as_dict(reading)
-    assert as_dict["egress"][0]["sources"] == [{"address": "10.231.1.11", "in_use": 10},
-                                               {"address": "10.231.1.12", "in_use": 3}]
+    assert as_dict["egress"][0]["sources"] == [{"address": "10.231.1.11", "in_use": 10, "live": 6},
+                                               {"address": "10.231.1.12", "in_use": 3, "live": 3}]
     assert as_dict["table"]["counters"]["drop"] == 0 and as_dict["egress"][0]["closing"] == 4
