@@ -37,6 +37,8 @@ def test_flat_monitor_keys_and_their_targets():
     assert met["monitor.alert_latency_seconds <= sample + evaluation + 5 s"] is True
     flat["monitor.alert_latency_seconds"] = 15.5
     assert bench_run.targets(flat)["monitor.alert_latency_seconds <= sample + evaluation + 5 s"] is False
+    flat["monitor.alert_latency_seconds"] = None  # measured, but the alert never fired: missed, not "not measured"
+    assert bench_run.targets(flat)["monitor.alert_latency_seconds <= sample + evaluation + 5 s"] is False
 
 
 def test_monitor_keys_not_measured_are_none():
