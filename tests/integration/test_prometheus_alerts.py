@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
-from datetime import datetime
 
 import pytest
 from test_port_monitor import DASHBOARD, RULES, install_like_the_role, queries
 
 from tests.support.ci import need
 from tests.support.netns import stop_process
+from tests.support.prometheus import BACKEND, CLIENT, Stack, spawn, timestamp, wait_for
 from tests.support.veth import ClientServer
 
 pytestmark = pytest.mark.usefixtures("root_netns")
@@ -45,186 +41,32 @@ BOUND = SAMPLER_INTERVAL + PROCESS_SAMPLE + SCRAPE + EVALUATION + SLACK
 CLIENT_SECONDS = 150  # the client's whole life: the churn, about 60 s of TIME_WAIT, then it holds on until stopped
 EXHAUSTED = "TcpstackEphemeralPortsExhausted"
 
-# BACKEND ADDRESS PORT SECONDS: accept every connection and close each once its client has closed (the client
-# closes first and keeps its port in TIME_WAIT); held connections stay open. One thread, selectors, bounded.
-BACKEND = r"""
-import selectors, socket, sys, time
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind((sys.argv[1], int(sys.argv[2])))
-server.listen(4096)
-server.setblocking(False)
-chosen = selectors.DefaultSelector()
-chosen.register(server, selectors.EVENT_READ)
-print("listening", flush=True)
-deadline = time.monotonic() + float(sys.argv[3])
-while time.monotonic() < deadline:
-    for key, _ in chosen.select(timeout=1.0):
-        if key.fileobj is server:
-            try:
-                conn, _ = server.accept()
-            except BlockingIOError:
-                continue
-            chosen.register(conn, selectors.EVENT_READ)
-        else:
-            try:
-                data = key.fileobj.recv(4096)
-            except OSError:
-                data = b""
-            if not data:
-                chosen.unregister(key.fileobj)
-                key.fileobj.close()
-"""
-
-# CLIENT ADDRESS PORT HELD SECONDS: hold HELD connections (the "who" of the process series), then connect()/close()
-# until EADDRNOTAVAIL (JSON: made, exhausted_at), then probe every 0.5 s until a connect() succeeds (JSON: failed,
-# drained_at), then hold on; everything within SECONDS.
-CLIENT = r"""
-import errno, json, socket, sys, time
-address, port, held, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-deadline = time.monotonic() + seconds
-holding = [socket.create_connection((address, port), timeout=5) for _ in range(held)]
-print(json.dumps({"held": len(holding)}), flush=True)
-
-def attempt():
-    sock = socket.socket()
-    sock.settimeout(2.0)
-    try:
-        sock.connect((address, port))
-        return True
-    except OSError as exc:
-        if exc.errno != errno.EADDRNOTAVAIL:
-            raise
-        return False
-    finally:
-        sock.close()
-
-made, exhausted_at = 0, None
-for _ in range(5000):
-    if time.monotonic() > deadline:
-        break
-    if not attempt():
-        exhausted_at = time.time()
-        break
-    made += 1
-print(json.dumps({"made": made, "exhausted_at": exhausted_at}), flush=True)
-failed, drained_at = 0, None
-while exhausted_at and time.monotonic() < deadline:
-    time.sleep(0.5)
-    if attempt():
-        drained_at = time.time()
-        break
-    failed += 1
-print(json.dumps({"failed": failed, "drained_at": drained_at}), flush=True)
-time.sleep(max(0.0, deadline - time.monotonic()))
-"""
-
-
-def free_port():
-    """A TCP port free on 127.0.0.1 now (the kernel's choice)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def tool(path):
     found = shutil.which(path)
     need(found is not None, "needs %s (Debian packages prometheus, prometheus-node-exporter)" % path)
     return found
 
 
-def spawn(argv, log):
-    """A process of this test in a session of its own, its output in ``log``; stopped by the fixture."""
-    with open(log, "w", encoding="utf-8") as out:
-        return subprocess.Popen([str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-class Api:
-    """Prometheus' HTTP API on 127.0.0.1:port."""
-
-    def __init__(self, port):
-        self.base = "http://127.0.0.1:%d" % port
-
-    def get(self, path, **params):
-        url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            body = json.loads(answer.read().decode("utf-8"))
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def ready(self):
-        try:
-            with urllib.request.urlopen(self.base + "/-/ready", timeout=5) as answer:
-                return answer.status == 200
-        except OSError:
-            return False
-
-    def query(self, expr):
-        return self.get("/api/v1/query", query=expr)["result"]
-
-    def alerts(self, name, instance):
-        return [alert for alert in self.get("/api/v1/alerts")["alerts"]
-                if alert["labels"]["alertname"] == name and alert["labels"].get("instance") == instance]
-
-
-def wait_for(check, seconds, step=0.5):
-    """``check()``'s first true value, polled every ``step`` for at most ``seconds`` (its last value after that)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
-
-
-def timestamp(text):
-    """Prometheus' RFC 3339 activeAt (nanoseconds, Z) as Unix time."""
-    head, _dot, rest = text.rstrip("Z").partition(".")
-    fraction = float("0." + "".join(ch for ch in rest if ch.isdigit())) if rest else 0.0
-    return datetime.fromisoformat(head + "+00:00").timestamp() + fraction
-
-
-def config(exporter_port):
-    return json.dumps({
-        "global": {"scrape_interval": "%ds" % SCRAPE, "scrape_timeout": "%ds" % SCRAPE,
-                   "evaluation_interval": "%ds" % EVALUATION},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": "node", "static_configs": [{"targets": ["127.0.0.1:%d" % exporter_port]}]}],
-    }, indent=1)
-
-
 @pytest.fixture
 def monitored(tmp_path):
     """web and backend, the sampler in web, node_exporter and Prometheus on the machine's 127.0.0.1."""
-    prometheus, exporter = tool("prometheus"), tool("prometheus-node-exporter")
+    binaries = tool("prometheus"), tool("prometheus-node-exporter")
     entry = install_like_the_role(tmp_path / "code")
     textfile_dir = tmp_path / "textfile"
     textfile_dir.mkdir()
-    exporter_port, prometheus_port = free_port(), free_port()
-    (tmp_path / "prometheus.yml").write_text(config(exporter_port))
-    children = []
     with ClientServer(WEB_IP, BACKEND_IP, prefixes=("pqw", "pqs")) as link:
+        sampler = None
         try:
             link.serve([sys.executable, "-c", BACKEND, BACKEND_IP, str(BACKEND_PORT), str(CLIENT_SECONDS + 120)])
             assert link.client.set_sysctl("net.ipv4.ip_local_port_range", RANGE).split() == RANGE.split()
-            children.append(spawn(link.client.argv([
+            sampler = spawn(link.client.argv([
                 sys.executable, "-s", "-E", "-B", entry, "--directory", textfile_dir, "--interval", SAMPLER_INTERVAL,
-                "--top", 3, "--processes", "--process-sample-seconds", PROCESS_SAMPLE]), tmp_path / "sampler.log"))
-            children.append(spawn([
-                exporter, "--collector.disable-defaults", "--collector.textfile",
-                "--collector.textfile.directory=%s" % textfile_dir,
-                "--web.listen-address=127.0.0.1:%d" % exporter_port], tmp_path / "exporter.log"))
-            children.append(spawn([
-                prometheus, "--config.file=%s" % (tmp_path / "prometheus.yml"),
-                "--storage.tsdb.path=%s" % (tmp_path / "tsdb"), "--web.listen-address=127.0.0.1:%d" % prometheus_port,
-                "--storage.tsdb.retention.time=1h"], tmp_path / "prometheus.log"))
-            api = Api(prometheus_port)
-            assert wait_for(api.ready, 60), "Prometheus not ready on 127.0.0.1:%d (%s)" % (prometheus_port, tmp_path)
-            yield link, api, "127.0.0.1:%d" % exporter_port, tmp_path
+                "--top", 3, "--processes", "--process-sample-seconds", PROCESS_SAMPLE]), tmp_path / "sampler.log")
+            with Stack(binaries, textfile_dir, tmp_path, RULES, SCRAPE, EVALUATION) as stack:
+                yield link, stack.api, stack.instance, tmp_path
         finally:
-            for child in reversed(children):
-                stop_process(child)
+            if sampler is not None:
+                stop_process(sampler)
 
 
 def read_json_line(child, what):
