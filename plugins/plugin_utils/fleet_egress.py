@@ -68,11 +68,12 @@ def _positive(name, spec, key, default=None, most=None):
     return number
 
 
-def azure_lb_default_ports(pool_size):
-    """Azure Load Balancer's default outbound ports per instance for a backend pool of ``pool_size``."""
+def azure_lb_default_ports(pool_size, addresses=1):
+    """Azure Load Balancer's default outbound ports per instance for a backend pool of ``pool_size``: the table's
+    ports per frontend IP times the frontend IPs, at most 1,024."""
     for most, ports in AZURE_LB_TABLE:
         if pool_size <= most:
-            return ports
+            return min(ports * addresses, AZURE_LB_TABLE[0][1])
     return None
 
 
@@ -102,7 +103,7 @@ def _check_one(name, spec, inventory):
             out["ports_per_instance"] = _positive(name, spec, "ports_per_instance", most=AZURE_LB_PORTS_PER_ADDRESS)
         elif "pool_size" in spec:
             out["pool_size"] = _positive(name, spec, "pool_size", most=AZURE_LB_TABLE[-1][0])
-            out["ports_per_instance"] = azure_lb_default_ports(out["pool_size"])
+            out["ports_per_instance"] = azure_lb_default_ports(out["pool_size"], out["addresses"])
         else:
             raise EgressError("%s: %s (azure_lb) needs ports_per_instance (the outbound rule's "
                               "allocatedOutboundPorts) or pool_size (default allocation)" % (VARIABLE, name))

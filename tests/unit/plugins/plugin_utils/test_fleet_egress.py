@@ -115,6 +115,8 @@ def test_azure_nat_gateway_limit_and_sizing():
 def test_azure_lb_limit_by_pool_size_and_allocated_outbound_ports():
     assert [fe.azure_lb_default_ports(n) for n in (1, 50, 51, 100, 200, 400, 800, 801, 1000)] == \
         [1024, 1024, 512, 512, 256, 128, 64, 32, 32]
+    assert [fe.azure_lb_default_ports(100, n) for n in (1, 2, 3)] == [512, 1024, 1024]  # per frontend IP, <= 1,024
+    assert fe.azure_lb_default_ports(1000, 4) == 128
     results = {"vm1": result((DEST, 400, 0)), "vm2": result((DEST, 100, 0))}
     egresses = {"lb": {"kind": "azure_lb", "addresses": 1, "pool_size": 60}}
     entry = one(roll(egresses, dict.fromkeys(results, "lb"), results), "lb")
