@@ -77,7 +77,7 @@ options:
         (C(allocatedOutboundPorts)) or C(pool_size) (default allocation by the documented table)."
       - The report then sums the hosts' open connections (C(in_use) minus C(time_wait)) per egress and destination,
         compares the sum with the kind's documented limit, sizes the egress with a 1.5x margin and names the hosts
-        and processes behind the peak (RV(report.egresses)). An unknown kind, a missing or non-positive size or a
+        and processes behind the peak (C(egresses) in RV(report)). An unknown kind, a missing or non-positive size or a
         host naming an undeclared egress fails the task before anything is written. See docs/nat.md.
     type: dict
     default: {}

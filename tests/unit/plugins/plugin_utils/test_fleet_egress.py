@@ -7,6 +7,8 @@ import html
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from ansible_collections.tcpstack.tuning.plugins.action.fleet_report import Refused, _egresses
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils import fleet_egress as fe
@@ -253,3 +255,29 @@ def test_summary_lists_only_egresses_at_risk():
     results = {"h": result((DEST, 10, 0))}
     entries = roll({"n": {"kind": "aws_nat_gateway", "addresses": 1}}, {"h": "n"}, results)
     assert entries[0]["severity"] == "ok" and fe.summary_lines(entries) == []
+
+
+# ------------------------------------------------------------------ hostile results
+VALUES = hs.one_of(hs.none(), hs.booleans(), hs.integers(-5, 10 ** 20), hs.floats(allow_nan=True), hs.text(max_size=8),
+                   hs.just(DEST))
+DESTINATION = hs.fixed_dictionaries({}, optional={"endpoint": VALUES, "in_use": VALUES, "time_wait": VALUES,
+                                                  "processes": hs.lists(hs.dictionaries(hs.sampled_from(
+                                                      ["pid", "name", "in_use"]), VALUES), max_size=3)})
+NAT_ITEM = hs.fixed_dictionaries({}, optional={"destination": VALUES, "protocol": VALUES, "in_use": VALUES,
+                                               "capacity": VALUES, "sources": hs.lists(hs.dictionaries(
+                                                   hs.sampled_from(["address", "in_use"]), VALUES), max_size=3)})
+
+
+@settings(max_examples=150, deadline=None)
+@given(hs.lists(DESTINATION, max_size=4), hs.lists(NAT_ITEM, max_size=4), VALUES)
+def test_hostile_results_never_raise_and_render_strict_json(destinations, nat, thresholds):
+    results = {"h1": {"destinations": destinations, "thresholds": {"warning_percent": thresholds}},
+               "h2": {"destinations": destinations[::-1], "processes": [{"pid": 1, "destinations": destinations}]},
+               "gw": {"nat": {"egress": nat}}}
+    egresses = {"n": {"kind": "gcp_cloud_nat", "addresses": 1}, "l": {"kind": "linux", "host": "gw"},
+                "a": {"kind": "aws_nat_gateway", "addresses": 1}}
+    entries = roll(egresses, {"h1": "n", "h2": "l", "gw": "a"}, results)
+    report = fr.build_report([], "now", egresses=entries)
+    json.loads(fr.render_json(report))
+    fr.render_markdown(report), fr.render_html(report), fr.render_summary(report)
+    assert all(e["in_use"] >= 0 and e["severity"] in fe.SEVERITIES for e in entries)
