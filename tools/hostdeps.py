@@ -30,6 +30,7 @@ TOOLS = {
     'ssh': 'openssh-client',  # Ansible's ssh connection to the Windows host simulator's SSH endpoint
     'promtool': 'prometheus',  # promtool check metrics / check rules / test rules (port_monitor)
     'prometheus-node-exporter': 'prometheus-node-exporter',  # the real textfile collector scrapes our metrics
+    'prometheus-pushgateway': 'prometheus-pushgateway',  # port_audit pushes the metrics of hosts without a sampler
     'strace': 'strace',  # tests/reliability/test_fsync_order.py traces the syscalls of a persisted-file write
     # tests/integration/test_conntrack.py: a router namespace that source-NATs (nftables, iptables-nft), and
     # conntrack -L/-S/-C, the reference the ctnetlink reader is measured against

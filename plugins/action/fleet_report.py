@@ -23,6 +23,11 @@ from ansible.utils.display import Display
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import HostError, LinuxHost
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_bool
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils import fleet_egress
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils.audit_metrics import (
+    DEFAULT_INTERVAL,
+    check_options,
+    deliver,
+)
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.fleet_report import (
     FORMATS,
     build_report,
@@ -155,6 +160,30 @@ def _egresses(args, task_vars, gathered):
     return fleet_egress.rollup(checked, host_egress, results)
 
 
+def _metrics_options(args):
+    """(metrics_dir, pushgateway_url, interval_seconds) checked (audit_metrics.check_options), before any write."""
+    names = dict((option, option) for option in ("metrics_dir", "pushgateway_url", "interval_seconds"))
+    try:
+        return check_options(args.get("metrics_dir"), args.get("pushgateway_url"),
+                             args.get("interval_seconds", DEFAULT_INTERVAL), names)
+    except ValidationError as exc:
+        raise Refused(str(exc)) from None
+
+
+def _metrics(gathered, options):
+    """Write the textfile and push each host (audit_metrics.deliver); (what was done, push errors as warnings)."""
+    metrics_dir, url, interval = options
+    if not metrics_dir and not url:
+        return None, []
+    try:
+        done = deliver(gathered, metrics_dir, url, interval)
+    except (OSError, HostError) as exc:
+        raise Refused("metrics_dir: could not write %s/tcpstack_port_audit.prom: %s" % (metrics_dir, exc)) from None
+    warnings = ["pushgateway_url: the metrics of %s were not pushed: %s" % (host, why)
+                for host, why in sorted(done["push_errors"].items())]
+    return done, warnings
+
+
 def _rows(gathered):
     return [host_row(host, value.get("platform") if isinstance(value, dict) else None, value)
             for host, value in gathered.items()]
@@ -187,7 +216,7 @@ class ActionModule(ActionBase):
 
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("hosts", "result_var", "error_vars", "dest", "formats", "title", "fail_on_critical",
-                             "results", "egresses"))
+                             "results", "metrics_dir", "pushgateway_url", "interval_seconds", "egresses"))
     _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
@@ -199,18 +228,26 @@ class ActionModule(ActionBase):
         args = self._task.args
         try:
             formats, fail_on_critical = _formats(args), _flag(args, "fail_on_critical")
+            metrics_options = _metrics_options(args)
             gathered = _gathered(args, task_vars)
             rows, egresses = _rows(gathered), _egresses(args, task_vars, gathered)
             generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
             report = build_report(rows, generated, to_text(args.get("title", "Ephemeral-port audit")), egresses)
             files = _write_report(report, formats, args.get("dest", "port_audit_report"))
+            metrics, warnings = _metrics(gathered, metrics_options)
         except Refused as exc:
             return dict(result, failed=True, msg=str(exc))
+        if warnings:
+            result["warnings"] = warnings
         summary = render_summary(report)
         display.display("\nport audit of %d host(s), riskiest first:\n%s%s" % (
             len(rows), summary, "".join("\n%s report: %s" % (f, p) for f, p in files.items())))
         result.update(report=report, files=files, critical=report["critical"], verdict=report["verdict"],
-                      summary=summary.splitlines())
+                      summary=summary.splitlines(), metrics=metrics)
+        if metrics and metrics["push_errors"]:
+            errors = sorted(metrics["push_errors"].items())
+            return dict(result, failed=True, msg="the metrics of %d host(s) were not pushed to the Pushgateway: %s" % (
+                len(errors), "; ".join("%s: %s" % item for item in errors)))
         if fail_on_critical and report["critical"]:
             result.update(failed=True, msg="critical ephemeral-port exhaustion on %d host(s): %s" % (
                 len(report["critical"]), ", ".join(report["critical"])))

@@ -40,6 +40,13 @@ COUNTERS = (
     ("ActiveOpens", "tcpstack_active_opens_total", "Outgoing connections started (Tcp ActiveOpens)."),
     ("AttemptFails", "tcpstack_attempt_fails_total", "Connection attempts that failed (Tcp AttemptFails)."),
 )
+# Windows TCP states (Get-NetTCPConnection) -> the Linux names the series use, so that one query reads both
+WINDOWS_STATES = {
+    "Established": "ESTABLISHED", "TimeWait": "TIME_WAIT", "Listen": "LISTEN", "CloseWait": "CLOSE_WAIT",
+    "FinWait1": "FIN_WAIT1", "FinWait2": "FIN_WAIT2", "SynSent": "SYN_SENT", "SynReceived": "SYN_RECV",
+    "LastAck": "LAST_ACK", "Closing": "CLOSING", "Closed": "CLOSE", "Bound": "BOUND", "DeleteTCB": "DELETE_TCB",
+}
+WINDOWS_EVENTS = ("4227", "4231")  # Tcpip events win_port_usage_info counts (result key "events")
 
 
 def _escape(value):
@@ -63,14 +70,15 @@ def _sample_value(value):
 class _Family:
     """One metric family: its HELP and TYPE lines and its samples."""
 
-    def __init__(self, name, kind, text):
+    def __init__(self, name, kind, text, common=None):
         self.name, self.kind, self.text = name, kind, text
+        self.common = dict(common or {})  # labels every sample of this family carries (render(labels=...))
         self.samples = []
 
     def add(self, value, **labels):
         if value is None:
             return
-        self.samples.append((labels, value))
+        self.samples.append((dict(self.common, **labels), value))
 
     def lines(self):
         out = ["# HELP %s %s" % (self.name, self.text), "# TYPE %s %s" % (self.name, self.kind)]
@@ -78,6 +86,13 @@ class _Family:
             label_text = ",".join('%s="%s"' % (k, _escape(v)) for k, v in sorted(labels.items()))
             out.append("%s%s %s" % (self.name, "{%s}" % label_text if label_text else "", _sample_value(value)))
         return out
+
+
+def gauge(name, text, value, labels=None):
+    """One gauge family as text (HELP, TYPE, one sample with ``labels``), for a series render() does not write."""
+    family = _Family(name, "gauge", text, labels)
+    family.add(value)
+    return "\n".join(family.lines()) + "\n"
 
 
 def _process_labels(proc):
@@ -122,10 +137,14 @@ def _processes(result, top, family):
 
 
 class _Families(list):
-    """The metric families of one textfile, in the order they are declared."""
+    """The metric families of one textfile, in the order they are declared; ``common``: labels of every sample."""
+
+    def __init__(self, common=None):
+        super().__init__()
+        self.common = dict(common or {})
 
     def __call__(self, name, kind, text):
-        made = _Family(name, kind, text)
+        made = _Family(name, kind, text, self.common)
         self.append(made)
         return made
 
@@ -161,9 +180,10 @@ def _settings_and_sockets(result, family):
             setting.add(settings[name], sysctl=sysctl)
     sockets = result.get("sockets") or {}
     by_state = family("tcpstack_sockets", "gauge", "TCP sockets by state, IPv4 and IPv6 together.")
-    for state, count in sorted((sockets.get("by_state") or {}).items()):
+    states = dict((WINDOWS_STATES.get(state, state), count) for state, count in (sockets.get("by_state") or {}).items())
+    for state, count in sorted(states.items()):
         by_state.add(count, state=state)
-    time_wait = (sockets.get("by_state") or {}).get("TIME_WAIT", 0) if sockets else None
+    time_wait = states.get("TIME_WAIT", 0) if sockets else None
     family("tcpstack_time_wait_sockets", "gauge", "TCP sockets in TIME_WAIT.").add(time_wait)
 
 
@@ -216,19 +236,47 @@ def _judgement(result, family):
         VERDICT_VALUE.get(result.get("verdict")))
 
 
-def render(result, top=5, duration_seconds=None, timestamp=None, interval_seconds=None):
-    """The textfile for ``result`` (a port_usage_info result); returns text ending in a newline.
+def _windows_events(result, family):
+    """Windows: the Tcpip events 4227/4231 counted over the audit's window (result key "events").
+
+    A count over a sliding window is a gauge, not a counter: it falls as old events leave the window.
+    """
+    events = result.get("events")
+    if not isinstance(events, dict):
+        return
+    counted = family("tcpstack_windows_tcpip_events", "gauge",
+                     "Tcpip events in the System log within the audit's window (tcpstack_windows_tcpip_events_window"
+                     "_seconds), by event id: 4227 a connect failed because the local endpoint was recently used, "
+                     "4231 no ephemeral port could be allocated. A count over a sliding window, not a counter.")
+    for event_id in WINDOWS_EVENTS:
+        value = events.get(event_id)
+        if isinstance(value, int) and not isinstance(value, bool):
+            counted.add(value, event_id=event_id)
+    hours = events.get("hours")
+    family("tcpstack_windows_tcpip_events_window_seconds", "gauge",
+           "How far back the Tcpip events are counted, in seconds.").add(
+               hours * 3600 if counted.samples and isinstance(hours, int) and not isinstance(hours, bool) else None)
+    family("tcpstack_windows_tcpip_events_capped", "gauge",
+           "1 when the events read were capped, so the counts are at least these.").add(
+               bool(events.get("capped")) if counted.samples else None)
+
+
+def render(result, top=5, duration_seconds=None, timestamp=None, interval_seconds=None, labels=None):
+    """The textfile for ``result`` (a port_usage_info or win_port_usage_info result); text ending in a newline.
 
     ``top`` bounds the destination and process series; ``duration_seconds``, ``timestamp``
     (Unix time of this successful run) and ``interval_seconds`` describe the
-    sampler itself.
+    sampler itself (or the scheduled audit that wrote the result).  ``labels``
+    ({name: value}) are added to every sample, escaped like every label value
+    (port_audit's metrics: ``instance`` and ``tcpstack_source``).
     """
-    family = _Families()
+    family = _Families(labels)
     _ephemeral(result, family)
     _settings_and_sockets(result, family)
     _destinations(result, top, family)
     _processes(result, top, family)
     _judgement(result, family)
+    _windows_events(result, family)
     family("tcpstack_sampler_duration_seconds", "gauge", "How long the last sample took.").add(duration_seconds)
     family("tcpstack_sampler_last_success_timestamp_seconds", "gauge",
            "Unix time of the last sample written.").add(timestamp)

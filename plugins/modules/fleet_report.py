@@ -22,7 +22,8 @@ description:
   - The HTML page is self-contained (inline CSS, no script, no external asset); every value in the HTML and
     Markdown is escaped, so a host name or a finding holding markup shows as text.
   - A host with no result (unreachable, or its audit failed) is listed with verdict V(unknown).
-  - The report is written in check mode too (it is the output of a read-only audit); the task never reports a change.
+  - The report (and, with O(metrics_dir) or O(pushgateway_url), the metrics) is written in check mode too (it is
+    the output of a read-only audit); the task never reports a change.
 author:
   - tcpstack.tuning contributors (@tcpstack)
 options:
@@ -67,6 +68,30 @@ options:
     description: Fail (after writing the report) when any host is critical, for a CI gate.
     type: bool
     default: false
+  metrics_dir:
+    description:
+      - An absolute directory on the controller (the textfile directory of its node_exporter) where
+        C(tcpstack_port_audit.prom) is replaced atomically, mode 0644, with the C(tcpstack_*) series of the port_monitor
+        sampler for every host (the same names, HELP and TYPE), each sample labelled C(instance) (the inventory
+        host), C(job=tcpstack_port_audit) and C(tcpstack_source=port_audit); scrape it with C(honor_labels) true.
+      - A host that failed or was unreachable gets only C(tcpstack_audit_success) 0 and
+        C(tcpstack_sampler_interval_seconds), never a verdict. Unset, no textfile is written.
+    type: str
+  pushgateway_url:
+    description:
+      - The http(s) URL of a Prometheus Pushgateway. Each host's series (as for O(metrics_dir), without C(instance)
+        and C(job), which the grouping key gives) go in one PUT to C(/metrics/job/tcpstack_port_audit/instance/HOST),
+        replacing that host's group, with a timeout of 10 seconds. When a push fails, every other host is still
+        pushed, then the task fails naming each host and why (the report and the textfile are written first).
+        Unset, nothing is pushed.
+    type: str
+  interval_seconds:
+    description:
+      - How often the audit is scheduled, in seconds, 60-604800, written as C(tcpstack_sampler_interval_seconds)
+        next to the audit's time (C(tcpstack_sampler_last_success_timestamp_seconds)); the alert
+        C(TcpstackSamplerStale) calls a host stale once its last audit is older than two intervals.
+    type: int
+    default: 900
   egresses:
     description:
       - "The shared egresses, C({name: {kind: ..., ...}}), that hosts name in their inventory variable
@@ -77,14 +102,14 @@ options:
         (C(allocatedOutboundPorts)) or C(pool_size) (default allocation by the documented table)."
       - The report then sums the hosts' open connections (C(in_use) minus C(time_wait)) per egress and destination,
         compares the sum with the kind's documented limit, sizes the egress with a 1.5x margin and names the hosts
-        and processes behind the peak (C(egresses) in RV(report)). An unknown kind, a missing or non-positive size or a
-        host naming an undeclared egress fails the task before anything is written. See docs/nat.md.
+        and processes behind the peak (C(egresses) in RV(report)). An unknown kind, a missing or non-positive size
+        or a host naming an undeclared egress fails the task before anything is written. See docs/nat.md.
     type: dict
     default: {}
 attributes:
   check_mode:
     support: full
-    description: Changes no host; the report files are written in check mode too.
+    description: Changes no host; the report files are written, and the metrics written and pushed, in check mode too.
   diff_mode:
     support: none
     description: Nothing on a host changes.
@@ -110,6 +135,14 @@ EXAMPLES = r"""
   tcpstack.tuning.fleet_report:
     dest: /var/tmp/port_audit
     fail_on_critical: true
+  run_once: true
+
+- name: The same, and the hosts' metrics for the controller's node_exporter and a Pushgateway
+  tcpstack.tuning.fleet_report:
+    dest: /var/tmp/port_audit
+    metrics_dir: /var/lib/prometheus/node-exporter
+    pushgateway_url: http://pushgateway.example:9091
+    interval_seconds: 900
   run_once: true
 """
 
@@ -152,4 +185,13 @@ summary:
   returned: success
   type: list
   elements: str
+metrics:
+  description:
+    - What was done with the metrics, C(null) when neither O(metrics_dir) nor O(pushgateway_url) is set.
+      C(textfile) (the path written, or C(null)), C(pushed) (the hosts pushed), C(push_errors) (host to why),
+      C(audited) (the hosts written with their series) and C(failed) (those written as failed).
+  returned: success
+  type: dict
+  sample: {"textfile": "/var/lib/prometheus/node-exporter/tcpstack_port_audit.prom", "pushed": ["web1", "win1"],
+           "push_errors": {}, "audited": ["web1", "win1"], "failed": []}
 """

@@ -45,6 +45,9 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import 
     strict_int,
 )
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils._windows_options import EVENT_HOURS_MAX, WIN_TCP_OPTIONS
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils.audit_metrics import (
+    check_options as check_metrics_options,
+)
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.windows_tuning import validate as validate_win_tcp
 
 WINDOWS_CONNECTIONS = frozenset(("winrm", "psrp", "ansible.builtin.winrm", "ansible.builtin.psrp"))
@@ -253,6 +256,13 @@ def port_audit(spec, values, windows):
     if not isinstance(values["port_audit_title"], str):
         raise RoleVarError("port_audit_title", values["port_audit_title"], "a string")
     _bool(values, "port_audit_fail_on_critical")
+    try:  # the metrics of hosts without a sampler (the fleet_report task writes and pushes them)
+        check_metrics_options(values.get("port_audit_metrics_dir"), values.get("port_audit_pushgateway_url"),
+                              values["port_audit_interval_seconds"],
+                              {"metrics_dir": "port_audit_metrics_dir", "pushgateway_url": "port_audit_pushgateway_url",
+                               "interval_seconds": "port_audit_interval_seconds"})
+    except ValidationError as exc:
+        raise RoleVarError(exc.option, exc.value, exc.valid) from None
     hours = strict_int_var(values, "port_audit_event_hours", 1, EVENT_HOURS_MAX, "an integer number of hours")
     sample = values["port_audit_sample_seconds"]
     if isinstance(sample, str) and len(sample) <= 32:  # -e port_audit_sample_seconds=2.5 arrives as text
