@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import clean_text
+from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import clean_text, endpoint
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import percent as _percent
 
 VARIABLE = "port_audit_egresses"
@@ -212,13 +212,25 @@ def _grouped(egresses, host_egress, results):
     return groups
 
 
+def nat_endpoint(item):
+    """A ``nat.egress`` item's destination as port_usage_info's destinations write it ("IP:PORT", "[IPv6]:PORT"):
+    from ``destination`` (an address) and ``port``, or a ``destination`` that already is an endpoint; else None."""
+    destination, port = item.get("destination"), _number(item.get("port"))
+    if not isinstance(destination, str) or not destination:
+        return None
+    if port is not None and 0 < port < 65536:
+        return endpoint(6 if ":" in destination else 4, destination, port)
+    return destination
+
+
 def _nat_measured(result):
-    """{destination: {"in_use", "capacity", "utilisation", "sources"}} from a NAT host's ``nat.egress``."""
+    """{destination: {"in_use", "capacity", "utilisation", "per_address", "sources"}} from a NAT host's
+    ``nat.egress`` (``in_use`` is what counts against the translated range on that kernel: ``nat.counted``)."""
     nat = result.get("nat") if isinstance(result, dict) else None
     out = {}
     for item in _list(nat.get("egress") if isinstance(nat, dict) else None):
-        destination = item.get("destination")
-        if not isinstance(destination, str) or (item.get("protocol") or "tcp") != "tcp":
+        destination = nat_endpoint(item)
+        if destination is None or (item.get("protocol") or "tcp") != "tcp":
             continue
         entry = out.setdefault(clean_text(destination)[:200], {"in_use": 0, "capacity": 0, "utilisation": None,
                                                               "per_address": 0, "sources": {}})

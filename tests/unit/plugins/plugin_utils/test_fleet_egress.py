@@ -169,6 +169,22 @@ def test_linux_egress_uses_the_nat_hosts_measurement():
     assert one(entries, "gw", OTHER)["in_use"] == 10  # a destination only the NAT host saw
 
 
+def test_linux_egress_reads_port_usage_infos_nat_section_as_built():
+    """The shape port_usage_info's nat section has (translated, destination address, port, endpoint with /tcp)."""
+    item = {"translated": "10.231.2.1", "destination": "10.231.2.2", "port": 8080, "protocol": "tcp",
+            "endpoint": "10.231.2.2:8080/tcp", "in_use": 1000, "live": 1000, "time_wait": 0, "capacity": 1000,
+            "port_range": [20000, 20999], "capacity_source": "nftables", "utilisation": 1.0, "verdict": "critical",
+            "sources": [{"address": "10.231.1.11", "in_use": 1000, "time_wait": 0, "share": 1.0}],
+            "sources_total": 1}
+    six = dict(item, destination="fd00::2", endpoint="[fd00::2]:8080/tcp", in_use=5)
+    results = {"c1": result(("10.231.2.2:8080", 1000, 0)), "gw": {"nat": {"counted": "live", "egress": [item, six]}}}
+    entries = roll({"gw": {"kind": "linux", "host": "gw"}}, {"c1": "gw"}, results)
+    entry = one(entries, "gw", "10.231.2.2:8080")
+    assert entry["in_use"] == 1000 and entry["capacity"] == 1000 and entry["severity"] == "critical"
+    assert [h["host"] for h in entry["hosts"]] == ["c1"] and entry["sources"][0]["address"] == "10.231.1.11"
+    assert one(entries, "gw", "[fd00::2]:8080")["in_use"] == 5
+
+
 def test_linux_egress_without_a_nat_section_is_unknown():
     results = {"c1": result((DEST, 600, 0)), "router": {"verdict": "ok", "destinations": []}}
     entry = one(roll({"gw": {"kind": "linux", "host": "router"}}, {"c1": "gw"}, results), "gw")
