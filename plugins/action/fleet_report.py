@@ -22,6 +22,7 @@ from ansible.utils.display import Display
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host import HostError, LinuxHost
 from ansible_collections.tcpstack.tuning.plugins.module_utils.validation import ValidationError, strict_bool
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils import fleet_egress
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.audit_metrics import (
     DEFAULT_INTERVAL,
     check_options,
@@ -136,6 +137,29 @@ def _gathered(args, task_vars):
     return dict((to_text(host), _host_result(hostvars, to_text(host), result_var, error_vars)) for host in hosts)
 
 
+def _egresses(args, task_vars, gathered):
+    """fleet_egress.rollup() of the hosts: each host's tcpstack_egress from hostvars, the egresses option checked
+    first (Refused, nothing written, when either is not valid)."""
+    hostvars = task_vars.get("hostvars", {})
+    host_egress = {}
+    for host in gathered:
+        try:
+            value = hostvars[host].get(fleet_egress.HOST_VARIABLE) if host in hostvars else None
+        except Exception as exc:  # noqa: BLE001 - a broken variable is refused with its name
+            raise Refused("could not read %s of host %s: %s" % (fleet_egress.HOST_VARIABLE, host, exc)) from None
+        host_egress[host] = None if value is None else _plain(value)
+    try:
+        checked = fleet_egress.check_egresses(_plain(args.get("egresses") or {}), host_egress, list(hostvars))
+    except fleet_egress.EgressError as exc:
+        raise Refused(str(exc)) from None
+    results = dict(gathered)
+    for spec in checked.values():
+        if spec["kind"] == "linux" and spec["host"] not in results:
+            results[spec["host"]] = _host_result(hostvars, spec["host"],
+                                                 to_text(args.get("result_var", "port_audit_result")), [])
+    return fleet_egress.rollup(checked, host_egress, results)
+
+
 def _metrics_options(args):
     """(metrics_dir, pushgateway_url, interval_seconds) checked (audit_metrics.check_options), before any write."""
     names = dict((option, option) for option in ("metrics_dir", "pushgateway_url", "interval_seconds"))
@@ -192,7 +216,7 @@ class ActionModule(ActionBase):
 
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("hosts", "result_var", "error_vars", "dest", "formats", "title", "fail_on_critical",
-                             "results", "metrics_dir", "pushgateway_url", "interval_seconds"))
+                             "results", "metrics_dir", "pushgateway_url", "interval_seconds", "egresses"))
     _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
@@ -206,9 +230,9 @@ class ActionModule(ActionBase):
             formats, fail_on_critical = _formats(args), _flag(args, "fail_on_critical")
             metrics_options = _metrics_options(args)
             gathered = _gathered(args, task_vars)
-            rows = _rows(gathered)
+            rows, egresses = _rows(gathered), _egresses(args, task_vars, gathered)
             generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-            report = build_report(rows, generated, to_text(args.get("title", "Ephemeral-port audit")))
+            report = build_report(rows, generated, to_text(args.get("title", "Ephemeral-port audit")), egresses)
             files = _write_report(report, formats, args.get("dest", "port_audit_report"))
             metrics, warnings = _metrics(gathered, metrics_options)
         except Refused as exc:

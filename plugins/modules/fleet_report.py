@@ -92,6 +92,20 @@ options:
         C(TcpstackSamplerStale) calls a host stale once its last audit is older than two intervals.
     type: int
     default: 900
+  egresses:
+    description:
+      - "The shared egresses, C({name: {kind: ..., ...}}), that hosts name in their inventory variable
+        C(tcpstack_egress) (read from hostvars). C(kind) is V(linux) (a managed NAT host of the inventory, named by
+        C(host); its own C(nat.egress) measurement is used), V(aws_nat_gateway), V(azure_nat_gateway), V(azure_lb)
+        or V(gcp_cloud_nat); a cloud kind needs C(addresses) (public or NAT IPs), V(gcp_cloud_nat) takes
+        C(ports_per_vm) (C(min_ports_per_vm), default 64) and V(azure_lb) C(ports_per_instance)
+        (C(allocatedOutboundPorts)) or C(pool_size) (default allocation by the documented table)."
+      - The report then sums the hosts' open connections (C(in_use) minus C(time_wait)) per egress and destination,
+        compares the sum with the kind's documented limit, sizes the egress with a 1.5x margin and names the hosts
+        and processes behind the peak (C(egresses) in RV(report)). An unknown kind, a missing or non-positive size
+        or a host naming an undeclared egress fails the task before anything is written. See docs/nat.md.
+    type: dict
+    default: {}
 attributes:
   check_mode:
     support: full
@@ -139,6 +153,12 @@ report:
       C(hosts), one row per host riskiest first, with C(host), C(platform), C(verdict), C(utilisation) (0 to 1,
       C(null) when unknown), C(ports_held), C(usable_ports), C(top_destination), C(max_new_connections_per_second),
       C(findings), C(recommendations) and C(error).
+    - With O(egresses) and hosts that name one, C(egresses), one entry per egress and destination riskiest
+      first, with C(egress), C(kind), C(destination), C(in_use), C(time_wait), C(capacity), C(limit)
+      (V(per_egress), or V(per_vm) for V(azure_lb) and V(gcp_cloud_nat)), C(utilisation), C(severity), C(hosts)
+      (each C(host), C(in_use), C(time_wait), C(processes)), C(busiest), C(sizing) (C(margin), C(peak),
+      C(addresses_needed), C(min_ports_per_vm) or C(allocated_outbound_ports), C(sentences)), C(source) and
+      C(notes).
   returned: success
   type: dict
   sample: {"title": "Ephemeral-port audit", "generated": "2026-11-24 10:00:00 UTC", "verdict": "critical",

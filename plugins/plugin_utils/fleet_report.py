@@ -18,6 +18,7 @@ import json
 import math
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import clean_text, process_text, rate
+from ansible_collections.tcpstack.tuning.plugins.plugin_utils import fleet_egress
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import percent as _percent
 
 VERDICTS = ("critical", "warning", "unknown", "ok")  # riskiest first
@@ -229,14 +230,15 @@ def risk_key(row):
             -(utilisation if utilisation is not None else -1.0), -in_use, row["host"])
 
 
-def build_report(rows, generated, title="Ephemeral-port audit"):
-    """The report: rows riskiest first, counts per verdict, the critical hosts and the fleet's verdict."""
+def build_report(rows, generated, title="Ephemeral-port audit", egresses=None):
+    """The report: rows riskiest first, counts per verdict, the critical hosts and the fleet's verdict; with
+    ``egresses`` (fleet_egress.rollup()), also ``egresses``."""
     ordered = sorted(rows, key=risk_key)
     counts = dict((verdict, 0) for verdict in VERDICTS)
     for row in ordered:
         counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
     worst = ordered[0]["verdict"] if ordered else "ok"
-    return {
+    report = {
         "title": clean_text(title),
         "generated": str(generated),
         "verdict": worst,
@@ -244,6 +246,9 @@ def build_report(rows, generated, title="Ephemeral-port audit"):
         "critical": [row["host"] for row in ordered if row["verdict"] == "critical"],
         "hosts": ordered,
     }
+    if egresses:
+        report["egresses"] = egresses
+    return report
 
 
 # ---------------------------------------------------------------- text helpers
@@ -313,6 +318,7 @@ def render_markdown(report):
             md_escape(culprit_text(row)) + (" (%s)" % md_escape(row["cure"]["summary"])
                                             if row.get("cure") and row.get("culprit") else "")]))
     lines.append("")
+    lines += fleet_egress.markdown_lines(report.get("egresses"), md_escape)
     return "\n".join(lines)
 
 
@@ -337,6 +343,7 @@ def render_summary(report, width=40):
     for row in report["hosts"]:
         if row.get("culprit"):
             lines.append("culprit: %s" % " ".join(culprit_text(row).split()))
+    lines += fleet_egress.summary_lines(report.get("egresses") or [])
     return "\n".join(lines)
 
 
@@ -429,10 +436,10 @@ def render_html(report):
 ephemeral ports; Windows, the ports held on the host against its usable dynamic ports. Recommendations are options of
 tcpstack.tuning.linux_tcp / win_tcp (or the tcp_tuning role). Culprit: the process whose connections burn the ports
 (process@host, destination, new connections per second), named by an audit that sampled (sample_seconds).</p>
-</body>
+%(egresses)s</body>
 </html>
 """ % {"title": _e(report["title"]), "css": _CSS, "generated": _e(report["generated"]), "verdict": _e(report["verdict"]),
-       "counts": counts, "rows": rows}
+       "counts": counts, "rows": rows, "egresses": fleet_egress.html_section(report.get("egresses"), _e)}
 
 
 RENDERERS = {"json": render_json, "markdown": render_markdown, "html": render_html}

@@ -16,7 +16,8 @@ from tests.support.collection import collections_path
 from tests.support.playbook import ansible_playbook, install_results_callback, read_results
 
 
-def fleet_hosts(linux, sims, directory, ssh_key=None, known_hosts=None, login=True, simulator_vars=None):
+def fleet_hosts(linux, sims, directory, ssh_key=None, known_hosts=None, login=True, simulator_vars=None,
+                host_vars=None):
     """Inventory host variables for a mixed fleet: {host name: {variable: value}}.
 
     ``linux`` maps host names to Sandboxes: ``ansible_connection: local`` with an interpreter that runs Python
@@ -32,7 +33,7 @@ def fleet_hosts(linux, sims, directory, ssh_key=None, known_hosts=None, login=Tr
 
     ``login=False`` leaves out ansible_user and ansible_password, for a caller that supplies the login another
     way (as AWX injects a credential).  ``simulator_vars``: more variables for every simulated host (e.g. WinRM
-    timeouts).
+    timeouts).  ``host_vars``: {host name: more inventory variables of that host} (e.g. tcpstack_egress).
     """
     directory = Path(directory)
     hosts = {}
@@ -58,6 +59,8 @@ def fleet_hosts(linux, sims, directory, ssh_key=None, known_hosts=None, login=Tr
             host.pop("ansible_password", None)
         host.update(simulator_vars or {})
         hosts[name] = host
+    for name, variables in (host_vars or {}).items():
+        hosts[name].update(variables)
     return hosts
 
 
@@ -65,7 +68,7 @@ def run_fleet(linux, sims, playbook, extra_vars=None, check=False, diff=False, a
               **inventory):
     """One ansible-playbook on the machine over a mixed fleet.  Returns (rc, results, output).
 
-    ``linux``, ``sims`` and ``inventory`` (ssh_key=, known_hosts=, simulator_vars=) as for fleet_hosts().
+    ``linux``, ``sims`` and ``inventory`` (ssh_key=, known_hosts=, simulator_vars=, host_vars=) as for fleet_hosts().
     ``playbook`` is YAML (or JSON) text, on more than one line, or a collection playbook name.  ``results``: every
     task result, as the callback of tests.support.playbook records it.  ``install``: run another Ansible than this
     environment's, ``{"bin": directory of its ansible-playbook, "env": the whole environment to run it with}``
