@@ -32,6 +32,7 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_host_files i
 )
 
 PROCESS_FILE_MAX = 1 << 16  # bytes read from /proc/PID/{comm,cmdline,status,cgroup}: the rest is not read
+NET_FILE_MAX = 32 << 20  # bytes read from /proc/PID/net/{fib_trie,if_inet6,tcp,tcp6} (tcp: ~150 per socket)
 SOCKET_PREFIX = "socket:["  # what /proc/PID/fd/N links to for a socket: socket:[INODE]
 CLOCK_TICKS_DEFAULT = 100  # USER_HZ on every Linux architecture, when sysconf cannot say
 
@@ -49,6 +50,24 @@ def _file_name(name):
     if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
         raise ValueError("not a file of /proc/PID: %r" % (name,))
     return name
+
+
+def _read_regular(directory, name, cap, shown):
+    """At most ``cap`` bytes of the file ``name`` in the directory descriptor ``directory``: opened without
+    following a link, read only when fstat shows a regular file.  Raises OSError (UnsafeFile)."""
+    try:
+        fd = os.open(name, READ_FLAGS | NOFOLLOW, dir_fd=directory)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFile(errno.EINVAL, "is a symbolic link, not a regular file", shown)
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnsafeFile(errno.EINVAL, "is %s, not a regular file" % kind(mode), shown)
+        return _read_fd(fd, cap, shown, truncate=True)
+    finally:
+        os.close(fd)
 
 
 class ProcessDir:
@@ -81,20 +100,19 @@ class ProcessDir:
         a regular file; of a longer file only the first ``cap`` bytes.  Raises OSError (UnsafeFile when it is
         not a regular file); ValueError for a ``name`` that is not one file name.
         """
-        shown = "/proc/%d/%s" % (self.pid, _file_name(name))
+        return _read_regular(self.fd, name, cap, "/proc/%d/%s" % (self.pid, _file_name(name)))
+
+    def read_net(self, name, cap=NET_FILE_MAX):
+        """The bytes of /proc/PID/net/NAME (``name`` one file: fib_trie, if_inet6, tcp, tcp6), the tables of the
+        process's network namespace, at most ``cap`` (the first ``cap`` bytes of a longer one).  "net" and the
+        file are opened relative to the handle without following links; only a regular file is read.  Raises
+        OSError (UnsafeFile), ValueError."""
+        shown = "/proc/%d/net/%s" % (self.pid, _file_name(name))
+        directory = os.open("net", DIR_FLAGS, dir_fd=self.fd)
         try:
-            fd = os.open(name, READ_FLAGS | NOFOLLOW, dir_fd=self.fd)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafeFile(errno.EINVAL, "is a symbolic link, not a regular file", shown)
-            raise
-        try:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                raise UnsafeFile(errno.EINVAL, "is %s, not a regular file" % kind(mode), shown)
-            return _read_fd(fd, cap, shown, truncate=True)
+            return _read_regular(directory, name, cap, shown)
         finally:
-            os.close(fd)
+            os.close(directory)
 
     def socket_inodes(self):
         """The inodes of the sockets the process holds (a frozenset): its fd/N linking to socket:[INODE].

@@ -380,7 +380,9 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
         if attribution is not None:
             processes.scan()
         return merge(analyse(collect(host, use_netlink, attribution, processes), top=top, warning=warning,
-                             critical=critical), *nat_part(host, None, None, top, warning, critical))
+                             critical=critical),
+                     *nat_part(host, None, None, top, warning, critical,
+                               processes if attribution is not None else None))
     started = time.monotonic()
     before, missing = read_counters(host)
     nat_before = counters_before(host)
@@ -395,7 +397,8 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
                        sample_seconds=time.monotonic() - started, notes=notes + snapshot.notes)
     snapshot.unreadable.extend(item for item in missing if item not in snapshot.unreadable)
     return merge(analyse(snapshot, top=top, warning=warning, critical=critical),
-                 *nat_part(host, nat_before, snapshot.sample_seconds, top, warning, critical))
+                 *nat_part(host, nat_before, snapshot.sample_seconds, top, warning, critical,
+                           processes if attribution is not None else None))
 
 
 def _sample(host, processes, attribution, seconds, notes, sleep, started):

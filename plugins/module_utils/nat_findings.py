@@ -71,9 +71,25 @@ def egress_entry(item, rules, live, warning, critical):
     }, note
 
 
+def source_text(source, share=True):
+    """A source as a finding names it: its address, its share (with ``share``), and what is known of who is
+    behind it (the container or pod sandbox of its local namespace, its processes)."""
+    known = [percent(source["share"])] if share else []
+    namespace = source.get("namespace")
+    if namespace:
+        if namespace.get("container"):
+            known.append("container %s" % namespace["container"])
+        elif namespace.get("unit"):
+            known.append("unit %s" % namespace["unit"])
+        else:
+            known.append("network namespace of pid %s (%s)" % (namespace.get("pid"), namespace.get("name")))
+    for proc in (source.get("processes") or ())[:1]:
+        known.append("pid %s (%s)" % (proc["pid"], proc["name"]))
+    return "%s (%s)" % (source["address"], ", ".join(known)) if known else source["address"]
+
+
 def egress_sentence(entry, live):
-    named = ", ".join("%s (%s)" % (source["address"], percent(source["share"]))
-                      for source in entry["sources"][:SOURCES_NAMED])
+    named = ", ".join(source_text(source) for source in entry["sources"][:SOURCES_NAMED])
     counted = "live flows" if live else "flows (live and TIME_WAIT)"
     text = "NAT egress %s -> %s holds %s of %s translated ports (%s) in %s" % (
         entry["translated"], entry["endpoint"], number(entry["in_use"]), number(entry["capacity"]),
@@ -105,10 +121,11 @@ def egress_advice(entry, live):
     if top is not None and top["share"] >= POOLING_SHARE:
         out.append("pool the connections (a connection pool, HTTP keep-alive) in the clients at %s: they hold %s of "
                    "the translated ports of %s, one per concurrent connection"
-                   % (top["address"], percent(top["share"]), where))
+                   % (source_text(top, share=False), percent(top["share"]), where))
     if not live and entry["time_wait"]:
         out.append("on this kernel the %s TIME_WAIT entries of %s keep their translated ports: lowering "
-                   "net.netfilter.nf_conntrack_tcp_timeout_time_wait (linux_tcp's conntrack_time_wait; 120 s by default, "
+                   "net.netfilter.nf_conntrack_tcp_timeout_time_wait (linux_tcp's conntrack_time_wait; 120 s by "
+                   "default, "
                    "per network namespace) frees them sooner, at the cost of tracking a late segment of an old "
                    "connection as a new flow"
                    % (number(entry["time_wait"]), where))
@@ -150,9 +167,10 @@ def conntrack_part(table, before, seconds, warning, critical, notes):
     return out, findings, advice
 
 
-def nat_section(reading, rules, before, seconds, release, top, warning, critical, notes=()):
+def nat_section(reading, rules, before, seconds, release, top, warning, critical, notes=(), who=None):
     """({the nat section}, [(severity, sentence)]) of a linux_nat.NatReading (None: the table could not be read)
-    and the host's nat_rules.NatRules."""
+    and the host's nat_rules.NatRules.  ``who``: called with the egress entries before they are judged, to say
+    who is behind their sources (nat_sources.annotate)."""
     live = live_only(release)
     notes = list(notes)
     findings, advice = [], []
@@ -166,6 +184,9 @@ def nat_section(reading, rules, before, seconds, release, top, warning, critical
             if note and note not in notes:
                 notes.append(note)
             egress.append(entry)
+        if who is not None:
+            who(egress)
+        for entry in egress:
             if entry["verdict"] != "ok":
                 findings.append((entry["verdict"], egress_sentence(entry, live)))
                 advice += [text for text in egress_advice(entry, live) if text not in advice]

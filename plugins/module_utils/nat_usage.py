@@ -14,11 +14,19 @@ from __future__ import annotations
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_conntrack import ConntrackError
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_nat import TOP_SOURCES, read_counters, read_nat
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_processes import ProcessTable
 from ansible_collections.tcpstack.tuning.plugins.module_utils.nat_findings import live_only, nat_section
 from ansible_collections.tcpstack.tuning.plugins.module_utils.nat_rules import (
     NatRules,
     parse_iptables_save,
     parse_nft_json,
+)
+from ansible_collections.tcpstack.tuning.plugins.module_utils.nat_sources import (
+    MAX_NAMESPACES,
+    annotate,
+    parse_fib_trie,
+    parse_if_inet6,
+    sockets_to,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import SEVERITY, worst
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import clean_text
@@ -54,8 +62,80 @@ def read_rules(host):
     return NatRules(tuple(found), rules.xt_targets, tuple(clean_text(note) for note in notes))
 
 
-def nat_part(host, before, seconds, top, warning, critical):
-    """(the nat section, [(severity, sentence)]), or (None, []) on a host that does not source-NAT."""
+def _namespaces(host, own, limit=MAX_NAMESPACES):
+    """{network namespace: [its pids, lowest first]} of the processes in another namespace than ``own``."""
+    out = {}
+    for pid in sorted(host.pids()):
+        try:
+            netns = host.net_namespace(pid)
+        except OSError:
+            continue  # gone, a kernel thread, unreadable
+        if netns != own and (netns in out or len(out) < limit):
+            out.setdefault(netns, []).append(pid)
+    return out
+
+
+def _net_text(host, pid, name):
+    try:
+        with host.process_dir(pid) as proc:
+            return proc.read_net(name).decode("ascii", "replace")
+    except (OSError, ValueError):
+        return ""
+
+
+def _owners(host, processes, netns, pids, destinations):
+    """{(netns, local address, address, port): [(pid, name, sockets)], most sockets first} of the sockets of
+    namespace ``netns`` whose remote end is one of ``destinations``, by the fd tables of its processes ``pids``."""
+    inodes = {}
+    for name in ("tcp", "tcp6"):
+        for key, found in sockets_to(_net_text(host, pids[0], name), destinations).items():
+            inodes.setdefault(key, []).extend(found)
+    if not inodes:
+        return {}
+    processes.scan(pids)
+    out = {}
+    for key, found in inodes.items():
+        counts = {}
+        for inode in found:
+            pid = processes.owner(inode)
+            if pid is not None:
+                counts[pid] = counts.get(pid, 0) + 1
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        out[(netns,) + key] = [(pid, processes.describe(pid).get("name"), count) for pid, count in ranked]
+    return out
+
+
+def who_is_behind(host, processes):
+    """The nat_section ``who`` callable: the sources that are addresses of this host's own network namespaces
+    (containers, pod sandboxes) get their namespace; with ``processes`` (a ProcessTable: attribution on) the
+    processes of that namespace with sockets to the egress's destination."""
+    def who(egress):
+        wanted = set(source["address"] for entry in egress for source in entry["sources"])
+        if not wanted:
+            return
+        table = processes
+        found, members = {}, {}
+        for netns, pids in _namespaces(host, host.net_namespace()).items():
+            addresses = parse_fib_trie(_net_text(host, pids[0], "fib_trie"))
+            addresses |= parse_if_inet6(_net_text(host, pids[0], "if_inet6"))
+            for address in addresses & wanted:
+                table = ProcessTable(host) if table is None else table
+                who_is = table.identify(pids[0]) or {}
+                found[address] = dict(who_is, netns=netns, pid=pids[0])
+                members[netns] = pids
+        owners = None
+        if processes is not None:
+            owners = {}
+            destinations = set((entry["destination"], entry["port"]) for entry in egress)
+            for netns, pids in members.items():
+                owners.update(_owners(host, processes, netns, pids, destinations))
+        annotate(egress, found, owners)
+    return who
+
+
+def nat_part(host, before, seconds, top, warning, critical, processes=None):
+    """(the nat section, [(severity, sentence)]), or (None, []) on a host that does not source-NAT.
+    ``processes``: the ProcessTable of the audit when attribution is on (the sources' processes are named)."""
     if not host.live or not host.conntrack_loaded():
         return None, []  # no conntrack, no source NAT: nothing is run, no module is loaded
     release = host.kernel_release()
@@ -69,7 +149,8 @@ def nat_part(host, before, seconds, top, warning, critical):
     if not snat and not rules.rules and not rules.xt_targets:
         return None, []
     notes.extend(rules.notes)
-    return nat_section(reading, rules, before, seconds, release, top, warning, critical, notes)
+    return nat_section(reading, rules, before, seconds, release, top, warning, critical, notes,
+                       who=who_is_behind(host, processes))
 
 
 def merge(result, section, findings):

@@ -382,7 +382,11 @@ nat:
           V(nftables) or V(iptables-nft)), or the kernel's 64,512 (1024-65535; C(port_range) C(null), with a
           note). C(utilisation) is C(in_use) over C(capacity), C(verdict) its level against the thresholds.
           C(sources) are the inner addresses (at most 10 of C(sources_total)) with their C(in_use),
-          C(time_wait) and C(share) of the key's C(in_use)."
+          C(time_wait) and C(share) of the key's C(in_use); C(namespace), when the address is one of this
+          host's own network namespaces (a container, a pod sandbox), its C(netns), C(pid) and C(name) of
+          its lowest pid, C(container) and C(unit) (else C(null)); with O(attribution), C(processes), the
+          processes of that namespace with sockets from the address to the destination (C(pid), C(name),
+          C(sockets), at most 3)."
       type: list
       elements: dict
     rules:
@@ -423,7 +427,10 @@ nat:
       - {"translated": "10.231.2.1", "destination": "10.231.2.2", "port": 8080, "protocol": "tcp",
          "endpoint": "10.231.2.2:8080/tcp", "in_use": 1000, "live": 1000, "time_wait": 0, "capacity": 1000,
          "port_range": [20000, 20999], "capacity_source": "nftables", "utilisation": 1.0, "verdict": "critical",
-         "sources": [{"address": "10.231.1.11", "in_use": 1000, "time_wait": 0, "share": 1.0}],
+         "sources": [{"address": "10.231.1.11", "in_use": 1000, "time_wait": 0, "share": 1.0,
+                      "namespace": {"netns": "net:[4026532801]", "pid": 5120, "name": "pause",
+                                    "container": "3f2a9c1b7d4e", "unit": null},
+                      "processes": [{"pid": 5188, "name": "java", "sockets": 1000}]}],
          "sources_total": 1}
     rules: [{"kind": "masquerade", "addresses": [], "ports": [20000, 20999], "fully_random": false,
              "source": "nftables"}]

@@ -9,7 +9,9 @@ nft, iptables-nft and conntrack are needed: locally the tests skip without them,
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -47,8 +49,8 @@ def assert_like_conntrack(lab, egress):
 def test_nft_masquerade_range_sources_and_shares(nat_tools):
     with NatLab(rule="nft", ports=(20000, 20999)) as lab:
         lab.server_echo(seconds=300)
-        dummy, first = lab.hold(CLIENT_IPS[0], 300, seconds=300)
-        dummy, second = lab.hold(CLIENT_IPS[1], 100, seconds=300)
+        holder, first = lab.hold(CLIENT_IPS[0], 300, seconds=300)
+        other, second = lab.hold(CLIENT_IPS[1], 100, seconds=300)
         assert first == {"open": 300, "failed": 0} and second == {"open": 100, "failed": 0}
         result = lab.port_usage_info(top=5)
         nat = result["nat"]
@@ -60,6 +62,15 @@ def test_nft_masquerade_range_sources_and_shares(nat_tools):
         assert egress["utilisation"] == 0.4 and egress["verdict"] == "ok" and nat["verdict"] == "ok"
         assert [(s["address"], s["in_use"], s["share"]) for s in egress["sources"]] == [
             (CLIENT_IPS[0], 300, 0.75), (CLIENT_IPS[1], 100, 0.25)]
+        # both sources are addresses of the clients' namespace; each names the process holding its connections
+        namespaces = [source["namespace"] for source in egress["sources"]]
+        assert namespaces[0] == namespaces[1] and namespaces[0]["pid"] == min(holder.pid, other.pid)
+        assert namespaces[0]["netns"] == "net:[%d]" % os.stat("/run/netns/" + lab.clients.name).st_ino
+        name = Path("/proc/%d/comm" % holder.pid).read_text().strip()
+        assert [source["processes"] for source in egress["sources"]] == [
+            [{"pid": holder.pid, "name": name, "sockets": 300}], [{"pid": other.pid, "name": name, "sockets": 100}]]
+        finding_free = lab.port_usage_info(top=5, attribution=False)["nat"]["egress"][0]["sources"][0]
+        assert finding_free["namespace"] == namespaces[0] and "processes" not in finding_free
         assert nat["rules"] == [{"kind": "masquerade", "addresses": [], "ports": [20000, 20999],
                                  "fully_random": False, "source": "nftables"}]
         assert nat["source"] == "ctnetlink" and nat["snat_entries"] >= 400

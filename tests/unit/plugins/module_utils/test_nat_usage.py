@@ -146,6 +146,12 @@ class Host:
     def iptables_nat_rules(self):
         return (self.save, None) if self.save is not None else (None, "iptables-nft-save is not installed")
 
+    def pids(self):
+        return []  # no other network namespace: no source is named (test_nat_sources names them)
+
+    def net_namespace(self, pid=None):
+        return "net:[1]"
+
 
 def test_no_conntrack_no_rules_no_section_and_nothing_fails():
     assert nat_usage.nat_part(Host(), None, None, 10, 70, 90) == (None, [])
