@@ -505,8 +505,8 @@ def run_section(log=print):
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.monitor", description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--connections", type=int, default=50000, help="connections held (2 sockets each)")
-    parser.add_argument("--interval", type=int, default=None, help="the sampler's interval (default 15; 5 with "
-                                                                      "--alert-latency)")
+    parser.add_argument("--interval", type=int, default=None,
+                        help="the sampler's interval (default 15; 5 with --alert-latency)")
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--processes", action="store_true",
                         help="with --processes (port_monitor_processes: true); writes monitor-processes.json")

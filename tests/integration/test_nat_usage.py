@@ -40,7 +40,9 @@ def the_egress(result):
 
 def assert_like_conntrack(lab, egress):
     """in_use and each source's count within 2% of ``conntrack -L`` of the router's table, read right after."""
-    (count, sources), = egress_counts(conntrack_lines(lab.router, "-p", "tcp")).values()
+    counted = list(egress_counts(conntrack_lines(lab.router, "-p", "tcp")).values())
+    assert len(counted) == 1, counted
+    count, sources = counted[0]
     assert abs(egress["in_use"] - count) <= max(1, 0.02 * count), (egress, count)
     for source in egress["sources"]:
         assert abs(source["in_use"] - sources[source["address"]]) <= max(1, 0.02 * count), (source, sources)

@@ -41,6 +41,7 @@ BOUND = SAMPLER_INTERVAL + PROCESS_SAMPLE + SCRAPE + EVALUATION + SLACK
 CLIENT_SECONDS = 150  # the client's whole life: the churn, about 60 s of TIME_WAIT, then it holds on until stopped
 EXHAUSTED = "TcpstackEphemeralPortsExhausted"
 
+
 def tool(path):
     found = shutil.which(path)
     need(found is not None, "needs %s (Debian packages prometheus, prometheus-node-exporter)" % path)
