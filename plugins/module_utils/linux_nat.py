@@ -44,6 +44,7 @@ COUNTERS = ("insert_failed", "drop", "early_drop", "clash_resolve", "insert", "i
             "found", "chain_toolong")
 TOP = 20
 TOP_SOURCES = 10
+FLOWS_MAX = 500000  # source-NATed flows remembered from the start of a sample, at most (new flows are counted)
 
 
 class Source(NamedTuple):
@@ -52,6 +53,7 @@ class Source(NamedTuple):
     address: str
     in_use: int
     live: int = 0
+    new: Optional[int] = None  # flows not in the table at the start of the sample; None without one
 
 
 class Egress(NamedTuple):
@@ -66,6 +68,7 @@ class Egress(NamedTuple):
     closing: int
     sources: Tuple[Source, ...]
     sources_total: int
+    new: Optional[int] = None  # flows not in the table at the start of the sample; None without one
 
 
 class Table(NamedTuple):
@@ -89,35 +92,53 @@ class NatReading(NamedTuple):
     table: Table
 
 
-class EgressTally:
-    """Counts the entries of a table dump, per egress key; add() takes the Entries of one received buffer."""
+def flow_id(entry):
+    """A flow's identity: its original tuple (family, protocol, source, source port, destination, port)."""
+    return (entry.family, entry.protocol, entry.src, entry.sport, entry.dst, entry.dport)
 
-    def __init__(self):
+
+def is_snat(entry):
+    return bool(entry.status & IPS_SRC_NAT) or entry.reply_dst != entry.src
+
+
+class EgressTally:
+    """Counts the entries of a table dump, per egress key; add() takes the Entries of one received buffer.
+
+    ``known``: the flow_id()s of the source-NATed flows at the start of a sample (read_flows()): an entry not
+    among them is a new flow, counted per key and per source (``new``)."""
+
+    def __init__(self, known=None):
         self.entries = 0
         self.snat_entries = 0
-        self.keys = {}  # (family, protocol, translated, destination, port) -> [in_use, closing, {source: [n, live]}]
+        self.known = known
+        # (family, protocol, translated, destination, port) -> [in_use, closing, {source: [n, live, new]}, new]
+        self.keys = {}
 
     def add(self, batch):
         keys = self.keys
         snat = 0
+        known = self.known
         for entry in batch:
-            if not entry.status & IPS_SRC_NAT and entry.reply_dst == entry.src:
+            if not is_snat(entry):
                 continue
             snat += 1
             key = (entry.family, entry.protocol, entry.reply_dst, entry.reply_src, entry.reply_sport)
             have = keys.get(key)
             if have is None:
-                have = keys[key] = [0, 0, {}]
+                have = keys[key] = [0, 0, {}, 0]
             have[0] += 1
             closing = entry.tcp_state == TCP_TIME_WAIT or entry.tcp_state == TCP_CLOSE
             if closing:
                 have[1] += 1
             counts = have[2].get(entry.src)
             if counts is None:
-                counts = have[2][entry.src] = [0, 0]
+                counts = have[2][entry.src] = [0, 0, 0]
             counts[0] += 1
             if not closing:
                 counts[1] += 1
+            if known is not None and flow_id(entry) not in known:
+                counts[2] += 1
+                have[3] += 1
         self.entries += len(batch)
         self.snat_entries += snat
 
@@ -142,7 +163,8 @@ class EgressTally:
             ranked = sorted(self.keys.items(), key=lambda item: (item[1][1] - item[1][0], item[0]))
         else:
             ranked = sorted(self.keys.items(), key=lambda item: (-item[1][0], item[0]))
-        return tuple(_egress(key, counts, top_sources, live) for key, counts in ranked[:top])
+        return tuple(_egress(key, counts, top_sources, live, self.known is not None)
+                     for key, counts in ranked[:top])
 
 
 def address_text(family, packed):
@@ -153,16 +175,16 @@ def address_text(family, packed):
         return packed.hex()
 
 
-def _egress(key, counts, top_sources, live=False):
+def _egress(key, counts, top_sources, live=False, sampled=False):
     family, protocol, translated, destination, port = key
-    in_use, closing, sources = counts
+    in_use, closing, sources, new = counts
     which = 1 if live else 0
     ranked = sorted(sources.items(), key=lambda item: (-item[1][which], -item[1][0], item[0]))
     return Egress(address_text(family, translated), address_text(family, destination), port,
                   PROTOCOLS.get(protocol, str(protocol)), in_use, in_use - closing, closing,
-                  tuple(Source(address_text(family, address), count[0], count[1])
+                  tuple(Source(address_text(family, address), count[0], count[1], count[2] if sampled else None)
                         for address, count in ranked[:top_sources]),
-                  len(sources))
+                  len(sources), new if sampled else None)
 
 
 def table_summary(stats, counters):
@@ -173,14 +195,15 @@ def table_summary(stats, counters):
                  counters.get("cpus", 0))
 
 
-def read_nat(host, top=TOP, top_sources=TOP_SOURCES, timeout=10.0, live=False):
+def read_nat(host, top=TOP, top_sources=TOP_SOURCES, timeout=10.0, live=False, known=None):
     """Dump the conntrack table of the host's network namespace over ctnetlink and count it: a NatReading
-    (``live``: rank the egress keys and their sources by their live entries; EgressTally.egress).
+    (``live``: rank the egress keys and their sources by their live entries; EgressTally.egress; ``known``:
+    the flows of read_flows() at the start of a sample, for the new flows).
 
     Raises ConntrackError, saying why (no CAP_NET_ADMIN, no netfilter, a malformed message, too slow).
     """
     stats, counters = {}, {}
-    tally = EgressTally()
+    tally = EgressTally(known)
     host.netlink_dump(NETLINK_NETFILTER, [
         (stats_request(1), lambda buf: parse_stats(buf, stats)),
         (dump_request(seq=2), tally.consumer()),
@@ -188,6 +211,28 @@ def read_nat(host, top=TOP, top_sources=TOP_SOURCES, timeout=10.0, live=False):
     ], timeout, "netlink ctnetlink", ConntrackError)
     return NatReading(tally.entries, tally.snat_entries, tally.egress(top, top_sources, live), len(tally.keys),
                       table_summary(stats, counters))
+
+
+def read_flows(host, timeout=10.0, limit=FLOWS_MAX):
+    """The flow_id()s of the source-NATed flows in the table now (a set), or None when there are more than
+    ``limit``: the start of a sample, against which read_nat counts the new flows.  Raises ConntrackError."""
+    flows = set()
+    batch = []
+    over = []
+
+    def consume(buf):
+        del batch[:]
+        done = parse_entries(buf, batch)
+        if not over:
+            flows.update(flow_id(entry) for entry in batch if is_snat(entry))
+            if len(flows) > limit:
+                over.append(True)
+                flows.clear()  # too many to remember: the memory is given back at once
+        return done
+
+    host.netlink_dump(NETLINK_NETFILTER, [(dump_request(seq=1), consume)], timeout, "netlink ctnetlink",
+                      ConntrackError)
+    return None if over else flows
 
 
 def read_counters(host, timeout=5.0):

@@ -32,7 +32,12 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_settings imp
     REPORTED_SETTINGS,
 )
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_usage_rules import LINUX
-from ansible_collections.tcpstack.tuning.plugins.module_utils.nat_usage import counters_before, merge, nat_part
+from ansible_collections.tcpstack.tuning.plugins.module_utils.nat_usage import (
+    counters_before,
+    flows_before,
+    merge,
+    nat_part,
+)
 from ansible_collections.tcpstack.tuning.plugins.module_utils.port_usage import analyse
 from ansible_collections.tcpstack.tuning.plugins.module_utils.ports import (
     parse_port_list,
@@ -385,7 +390,7 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
                                processes if attribution is not None else None))
     started = time.monotonic()
     before, missing = read_counters(host)
-    nat_before = counters_before(host)
+    nat_before, nat_flows = counters_before(host), flows_before(host)
     notes = []
     traced = None
     if attribution is not None:
@@ -398,7 +403,7 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
     snapshot.unreadable.extend(item for item in missing if item not in snapshot.unreadable)
     return merge(analyse(snapshot, top=top, warning=warning, critical=critical),
                  *nat_part(host, nat_before, snapshot.sample_seconds, top, warning, critical,
-                           processes if attribution is not None else None))
+                           processes if attribution is not None else None, nat_flows))
 
 
 def _sample(host, processes, attribution, seconds, notes, sleep, started):

@@ -49,24 +49,41 @@ def egress_endpoint(item):
     return "%s:%d/%s" % (where, item.port, item.protocol)
 
 
-def egress_entry(item, rules, live, warning, critical):
-    """(the result's egress dict, note or None) of one linux_nat.Egress against the rules' capacity."""
+def flow_rates(item, capacity, in_use, seconds):
+    """(new flows per second, the sustainable rate) of one linux_nat.Egress over a sample of ``seconds``, or
+    (None, None) without one.  The sustainable rate is Little's law: the ``in_use`` ports held at the measured
+    rate mean each flow holds its port in_use / rate seconds, so ``capacity`` ports sustain capacity / that."""
+    if item.new is None or not seconds:
+        return None, None
+    flows = per_second(item.new, seconds)
+    if not flows or not in_use or not capacity:
+        return flows, None
+    return flows, round(capacity * flows / float(in_use), 2)
+
+
+def egress_entry(item, rules, live, warning, critical, seconds=None):
+    """(the result's egress dict, note or None) of one linux_nat.Egress against the rules' capacity; with
+    ``seconds`` (a sample) and the new flows counted, the rates."""
     capacity, port_range, origin, note = egress_capacity(rules, item.translated)
     if port_range is None and origin != "default":
         note = note or ("the %s rule for %s gives no port range: the kernel's 1024-65535 (64,512 ports) is "
                         "assumed" % (origin, item.translated))
     in_use = item.live if live else item.in_use
     utilisation = round(float(in_use) / capacity, 4) if capacity else None
+    flows, sustainable = flow_rates(item, capacity, in_use, seconds)
     sources = []
     for source in item.sources:
         held = source.live if live else source.in_use
         sources.append({"address": source.address, "in_use": held, "time_wait": source.in_use - source.live,
-                        "share": round(float(held) / in_use, 4) if in_use else 0.0})
+                        "share": round(float(held) / in_use, 4) if in_use else 0.0,
+                        "new_flows_per_second": per_second(source.new, seconds)
+                        if flows is not None and source.new is not None else None})
     return {
         "translated": item.translated, "destination": item.destination, "port": item.port,
         "protocol": item.protocol, "endpoint": egress_endpoint(item), "in_use": in_use, "live": item.live,
         "time_wait": item.closing, "capacity": capacity, "port_range": port_range, "capacity_source": origin,
-        "utilisation": utilisation, "verdict": level(utilisation, warning, critical), "sources": sources,
+        "utilisation": utilisation, "verdict": level(utilisation, warning, critical),
+        "new_flows_per_second": flows, "max_new_flows_per_second": sustainable, "sources": sources,
         "sources_total": item.sources_total,
     }, note
 
@@ -180,7 +197,7 @@ def nat_section(reading, rules, before, seconds, release, top, warning, critical
         findings += found
         advice += more
         for item in reading.egress[:top]:
-            entry, note = egress_entry(item, rules.rules, live, warning, critical)
+            entry, note = egress_entry(item, rules.rules, live, warning, critical, seconds)
             if note and note not in notes:
                 notes.append(note)
             egress.append(entry)

@@ -13,7 +13,12 @@ no NAT rule, not root) nothing is added and nothing fails.
 from __future__ import annotations
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_conntrack import ConntrackError
-from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_nat import TOP_SOURCES, read_counters, read_nat
+from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_nat import (
+    TOP_SOURCES,
+    read_counters,
+    read_flows,
+    read_nat,
+)
 from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_processes import ProcessTable
 from ansible_collections.tcpstack.tuning.plugins.module_utils.nat_findings import live_only, nat_section
 from ansible_collections.tcpstack.tuning.plugins.module_utils.nat_rules import (
@@ -38,6 +43,17 @@ def counters_before(host):
         return None
     try:
         return read_counters(host)
+    except ConntrackError:
+        return None
+
+
+def flows_before(host):
+    """The source-NATed flows at the start of a sample (linux_nat.read_flows), or None (no conntrack, not root,
+    too many to remember): the new flows of the sample are those not among them."""
+    if not host.live or not host.conntrack_loaded():
+        return None
+    try:
+        return read_flows(host)
     except ConntrackError:
         return None
 
@@ -133,15 +149,17 @@ def who_is_behind(host, processes):
     return who
 
 
-def nat_part(host, before, seconds, top, warning, critical, processes=None):
+def nat_part(host, before, seconds, top, warning, critical, processes=None, flows=None):
     """(the nat section, [(severity, sentence)]), or (None, []) on a host that does not source-NAT.
-    ``processes``: the ProcessTable of the audit when attribution is on (the sources' processes are named)."""
+    ``processes``: the ProcessTable of the audit when attribution is on (the sources' processes are named);
+    ``flows``: flows_before() at the start of the sample (the new flows per second)."""
     if not host.live or not host.conntrack_loaded():
         return None, []  # no conntrack, no source NAT: nothing is run, no module is loaded
     release = host.kernel_release()
     reading, notes = None, []
     try:
-        reading = read_nat(host, top=max(int(top), 1), top_sources=TOP_SOURCES, live=live_only(release))
+        reading = read_nat(host, top=max(int(top), 1), top_sources=TOP_SOURCES, live=live_only(release),
+                           known=flows if seconds else None)
     except ConntrackError as exc:
         notes.append(clean_text("the conntrack table could not be read: %s" % exc))
     snat = reading is not None and reading.snat_entries > 0

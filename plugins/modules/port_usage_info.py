@@ -381,8 +381,11 @@ nat:
           the translated C(port_range) of the rule that translates to the address (C(capacity_source)
           V(nftables) or V(iptables-nft)), or the kernel's 64,512 (1024-65535; C(port_range) C(null), with a
           note). C(utilisation) is C(in_use) over C(capacity), C(verdict) its level against the thresholds.
+          With O(sample_seconds), C(new_flows_per_second) counts the flows not in the table at the start of
+          the sample, and C(max_new_flows_per_second) is the rate the range sustains by Little's law
+          (C(capacity) times the rate over C(in_use)); C(null) without a sample.
           C(sources) are the inner addresses (at most 10 of C(sources_total)) with their C(in_use),
-          C(time_wait) and C(share) of the key's C(in_use); C(namespace), when the address is one of this
+          C(time_wait), C(share) of the key's C(in_use) and C(new_flows_per_second); C(namespace), when the address is one of this
           host's own network namespaces (a container, a pod sandbox), its C(netns), C(pid) and C(name) of
           its lowest pid, C(container) and C(unit) (else C(null)); with O(attribution), C(processes), the
           processes of that namespace with sockets from the address to the destination (C(pid), C(name),

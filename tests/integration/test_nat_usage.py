@@ -81,6 +81,15 @@ def test_nft_masquerade_range_sources_and_shares(nat_tools):
         assert not [text for text in result["findings"] if text.startswith("NAT egress")]
         # the server's namespace does not source-NAT: no section there
         assert "nat" not in lab.port_usage_info(box=lab.server, top=5)
+        # 20 new flows a second from the second client (each held open): over a sample, the new flows per second
+        # of the key and of that source, and the rate the range sustains by Little's law
+        lab.knock(CLIENT_IPS[1], rate=20, seconds=120)
+        sampled = the_egress(lab.port_usage_info(top=5, sample_seconds=3))
+        rates = {s["address"]: s["new_flows_per_second"] for s in sampled["sources"]}
+        assert 12 <= sampled["new_flows_per_second"] <= 22 and rates[CLIENT_IPS[0]] == 0, sampled
+        assert rates[CLIENT_IPS[1]] == sampled["new_flows_per_second"], sampled
+        assert sampled["max_new_flows_per_second"] == round(
+            1000 * sampled["new_flows_per_second"] / sampled["in_use"], 2), sampled
 
 
 def test_iptables_to_ports_capacity_and_a_warning(nat_tools):

@@ -329,6 +329,18 @@ def test_read_nat_on_the_captured_replies():
     assert (reading.entries, reading.snat_entries, reading.egress_total) == (13, 13, 1)
     assert reading.table.count == 13 and reading.table.max == 262144
     as_dict = linux_nat.as_dict(reading)
-    assert as_dict["egress"][0]["sources"] == [{"address": "10.231.1.11", "in_use": 10, "live": 6},
-                                               {"address": "10.231.1.12", "in_use": 3, "live": 3}]
+    assert as_dict["egress"][0]["sources"] == [{"address": "10.231.1.11", "in_use": 10, "live": 6, "new": None},
+                                               {"address": "10.231.1.12", "in_use": 3, "live": 3, "new": None}]
     assert as_dict["table"]["counters"]["drop"] == 0 and as_dict["egress"][0]["closing"] == 4
+
+
+@little_endian_only
+def test_new_flows_are_those_not_in_the_table_at_the_start():
+    known = linux_nat.read_flows(CapturedHost())
+    assert len(known) == 13
+    assert linux_nat.read_flows(CapturedHost(), limit=12) is None  # too many to remember: no rate, not a guess
+    first = sorted(known)[:5]  # five flows of the start still there at the end: the other 8 are new
+    reading = linux_nat.read_nat(CapturedHost(), top=5, known=set(first))
+    (egress,) = reading.egress
+    assert egress.new == 8 and sum(source.new for source in egress.sources) == 8
+    assert linux_nat.read_nat(CapturedHost(), top=5, known=known).egress[0].new == 0

@@ -133,3 +133,15 @@ def test_without_attribution_no_process_is_named_and_nothing_fails_without_table
     nat_usage.who_is_behind(host, None)(entries)
     assert [source["namespace"] for source in entries[0]["sources"]] == [None, None]
     assert all("processes" not in source for source in entries[0]["sources"])
+
+
+def test_flow_rates_by_littles_law():
+    from ansible_collections.tcpstack.tuning.plugins.module_utils.linux_nat import Egress
+    from ansible_collections.tcpstack.tuning.plugins.module_utils.nat_findings import flow_rates
+    item = Egress("192.0.2.1", "198.51.100.2", 443, "tcp", 500, 500, 0, (), 1, new=100)
+    # 500 ports held at 50 new flows/s: each flow holds its port 10 s; 1,000 ports sustain 100/s
+    assert flow_rates(item, 1000, 500, 2.0) == (50.0, 100.0)
+    assert flow_rates(item, 1000, 0, 2.0) == (50.0, None)  # nothing held: no lifetime to divide by
+    assert flow_rates(item, 1000, 500, None) == (None, None)  # no sample
+    assert flow_rates(item._replace(new=None), 1000, 500, 2.0) == (None, None)  # the start was not read
+    assert flow_rates(item._replace(new=0), 1000, 500, 2.0) == (0.0, None)
