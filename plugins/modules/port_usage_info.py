@@ -385,8 +385,8 @@ nat:
           the sample, and C(max_new_flows_per_second) is the rate the range sustains by Little's law
           (C(capacity) times the rate over C(in_use)); C(null) without a sample.
           C(sources) are the inner addresses (at most 10 of C(sources_total)) with their C(in_use),
-          C(time_wait), C(share) of the key's C(in_use) and C(new_flows_per_second); C(namespace), when the address is one of this
-          host's own network namespaces (a container, a pod sandbox), its C(netns), C(pid) and C(name) of
+          C(time_wait), C(share) of the key's C(in_use) and C(new_flows_per_second); C(namespace), when the
+          address is one of this host's own network namespaces (a container, a pod sandbox), its C(netns), C(pid) and C(name) of
           its lowest pid, C(container) and C(unit) (else C(null)); with O(attribution), C(processes), the
           processes of that namespace with sockets from the address to the destination (C(pid), C(name),
           C(sockets), at most 3)."

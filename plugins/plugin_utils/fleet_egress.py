@@ -232,8 +232,8 @@ def _nat_measured(result):
         destination = nat_endpoint(item)
         if destination is None or (item.get("protocol") or "tcp") != "tcp":
             continue
-        entry = out.setdefault(clean_text(destination)[:200], {"in_use": 0, "capacity": 0, "utilisation": None,
-                                                              "per_address": 0, "sources": {}})
+        entry = out.setdefault(clean_text(destination)[:200],
+                               {"in_use": 0, "capacity": 0, "utilisation": None, "per_address": 0, "sources": {}})
         in_use, capacity = _count(item.get("in_use")), _count(item.get("capacity"))
         entry["in_use"] += in_use
         entry["capacity"] += capacity

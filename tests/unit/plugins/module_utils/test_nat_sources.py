@@ -43,7 +43,8 @@ def egress():
 
 def test_annotate_names_the_namespace_and_its_processes():
     info = {"netns": "net:[7]", "pid": 42, "name": "pause", "container": "0123456789ab", "unit": None}
-    entries = annotate(egress(), {"10.233.0.11": info}, {("net:[7]", "10.233.0.11", "10.9.0.2", 8080): [(43, "python3", 30)]})
+    owners = {("net:[7]", "10.233.0.11", "10.9.0.2", 8080): [(43, "python3", 30)]}
+    entries = annotate(egress(), {"10.233.0.11": info}, owners)
     first, second = entries[0]["sources"]
     assert first["namespace"] == info and first["processes"] == [{"pid": 43, "name": "python3", "sockets": 30}]
     assert second["namespace"] is None and second["processes"] == []
