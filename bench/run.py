@@ -16,6 +16,11 @@ Sections (each in its own module, each reporting its figure even when it misses 
           real software, nginx and its clients, for every close order, spawn loops and an exhausted range: the rate
           errors, the workload's slowdown, the sample's CPU against ``ss -tanp``, its peak RSS)
 * monitor bench/monitor.py (the port_monitor sampler's CPU and memory at 15 s on a host with 100,000 sockets)
+* nat     bench/nat.py (issue 23: a namespace's conntrack table filled over ctnetlink with source-NATed flows, 25k to
+          200k entries; the module's read against ``conntrack -L``: nat.dump.vs_conntrack_L <= 1.0 at 100,000,
+          nat.dump.peak_rss_mb <= 64, nat.dump.linearity <= 1.5; the port_monitor sampler at 15 s with 100,000
+          entries: nat.sample_cpu_percent <= 2.  nf_conntrack_max is global and never changed, so 1,000,000
+          entries are reached only where it allows them: nat.dump.million_reached says which)
 
 Writes bench/results/latest.json and bench/results/latest.png and prints the machine, the versions and the
 ratios.  A section that fails is recorded with its error (and the run exits 1); the others still run.
@@ -37,11 +42,12 @@ import time
 import traceback
 from pathlib import Path
 
+from bench import nat as nat_bench
 from tests.support.collection import ROOT
 
 RESULTS = ROOT / "bench" / "results"
 
-SECTIONS = ("audit", "windows", "fleet", "cure", "attribution", "monitor")
+SECTIONS = ("audit", "windows", "fleet", "cure", "attribution", "monitor", "nat")
 # attribution.rate_error.SHAPE.PACE (issue 21; bench/attribution.py "real"): PACE "10" about 10 per second,
 # "flat_out" as fast as the client goes (>= 5,000/s wanted where the machine can)
 RATE_SHAPES = ("client_close", "server_close", "spawn_loop", "exhausted")
@@ -208,6 +214,7 @@ def ratios(result):
     flat["audit.million.vs_ss"] = million.get("vs_ss")
     flat["audit.million.peak_rss_mb"] = million.get("peak_rss_mb")
     flat["audit.million.states"] = million.get("states")
+    flat.update(nat_bench.flatten(result.get("nat", {})))
     return flat
 
 
@@ -242,6 +249,7 @@ def targets(flat):
             "attribution.rate_error.%s.%s" % (shape, pace), lambda v: v <= 0.2)
            for shape in RATE_SHAPES for pace in RATE_PACES},
         "monitor.peak_rss_mb <= 32": check("monitor.peak_rss_mb", lambda v: v <= 32),
+        **nat_bench.targets(flat),
     }
 
 
@@ -366,7 +374,8 @@ def main():
                "fleet": lambda: importlib.import_module("bench.fleet_converge").run(hosts, log=log),
                "cure": lambda: importlib.import_module("bench.cure").run(log=log),
                "attribution": run_attribution,
-               "monitor": lambda: importlib.import_module("bench.monitor").run(log=log)}
+               "monitor": lambda: importlib.import_module("bench.monitor").run(log=log),
+               "nat": lambda: nat_bench.run(log=log)}
     failed = []
     for section in SECTIONS:
         if section not in only:
