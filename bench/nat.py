@@ -43,6 +43,7 @@ from pathlib import Path
 
 from tests.support.collection import ROOT, collections_path
 from tests.support.netns import Sandbox, stop_process
+from tests.support.promql import samples
 
 RESULTS = ROOT / "bench" / "results" / "nat.json"
 SIZES = (25000, 50000, 100000, 200000)
@@ -225,11 +226,13 @@ def sampler_cpu(box, interval, windows, log):
                 before = now
                 log("nat: sampler window %d: %.3f %% of one core" % (window, per_window[-1]))
             peak = peak_rss_mb(sampler.pid)
-            written = (textfile_dir / "tcpstack.prom").exists()
+            text = (textfile_dir / "tcpstack.prom").read_text()
         finally:
             stop_process(sampler)
+    duration = samples(text, "tcpstack_sampler_duration_seconds")
     return {"cpu_percent": statistics.median(per_window), "cpu_percent_per_window": per_window,
-            "interval_seconds": interval, "peak_rss_mb": peak, "textfile_written": written}
+            "interval_seconds": interval, "peak_rss_mb": peak,
+            "sample_seconds": duration[0][1] if duration else None}
 
 
 def run(sizes=SIZES, repetitions=5, interval=15, windows=4, sampler=True, log=print):
