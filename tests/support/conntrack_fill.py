@@ -2,8 +2,9 @@
 
     ip netns exec NS python3 -m tests.support.conntrack_fill --count 100000     # prints one JSON line
 
-Real flows through a NAT namespace run at a few thousand per second, and ``conntrack -I`` at a few hundred (one
-process and one netlink round trip per entry), too slow for 10^5 entries.  This sends IPCTNL_MSG_CT_NEW messages
+Real flows through a NAT namespace run at about a thousand new connections per second, and ``conntrack -I`` at
+about 150 entries per second (one process and one netlink round trip per entry, through ``ip netns exec``): too slow
+for 10^5 entries.  This sends IPCTNL_MSG_CT_NEW messages
 (what ``conntrack -I`` sends), many per send(): each one an entry as a masquerading router holds it for a flow of
 an inner client to an outside server:
 

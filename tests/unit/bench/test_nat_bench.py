@@ -86,8 +86,11 @@ def test_sizes_that_fit_under_the_global_maximum():
 
 
 def test_linearity_and_point():
-    points = [{"entries": 100, "seconds": 1.0}, {"entries": 400, "seconds": 6.0}, {"entries": 200, "seconds": 2.0}]
-    assert nat.linearity(points) == 1.5  # 15 ms per entry at 400 over 10 ms at 100
+    points = [{"entries": 100, "seconds": 1.0, "cpu_seconds": 0.5},
+              {"entries": 400, "seconds": 6.0, "cpu_seconds": 2.0},
+              {"entries": 200, "seconds": 2.0, "cpu_seconds": 1.0}]
+    assert nat.linearity(points) == 1.0  # CPU: 5 ms per entry at 400 as at 100
+    assert nat.linearity(points, "seconds") == 1.5  # wall: 15 ms per entry at 400 over 10 ms at 100
     assert nat.linearity(points[:1]) is None
     reads = [{"seconds": s, "cpu_seconds": s / 2, "peak_rss_mb": m, "entries": 1000, "snat_entries": 1000}
              for s, m in ((0.2, 13.0), (0.1, 14.2), (0.3, 13.5))]
