@@ -22,6 +22,11 @@ Sections (each in its own module, each reporting its figure even when it misses 
           monitor.alert_latency_seconds, from the first EADDRNOTAVAIL to TcpstackEphemeralPortsExhausted firing in a
           real Prometheus, <= one sample interval + one evaluation interval + 5 s, in
           monitor.alert_latency_target_seconds)
+* nat     bench/nat.py (issue 23: a namespace's conntrack table filled over ctnetlink with source-NATed flows, 25k to
+          200k entries; the module's read against ``conntrack -L``: nat.dump.vs_conntrack_L <= 1.0 at 100,000,
+          nat.dump.peak_rss_mb <= 64, nat.dump.linearity <= 1.5; the port_monitor sampler at 15 s with 100,000
+          entries: nat.sample_cpu_percent <= 2.  nf_conntrack_max is global and never changed, so 1,000,000
+          entries are reached only where it allows them: nat.dump.million_reached says which)
 
 Writes bench/results/latest.json and bench/results/latest.png and prints the machine, the versions and the
 ratios.  A section that fails is recorded with its error (and the run exits 1); the others still run.
@@ -43,11 +48,12 @@ import time
 import traceback
 from pathlib import Path
 
+from bench import nat as nat_bench
 from tests.support.collection import ROOT
 
 RESULTS = ROOT / "bench" / "results"
 
-SECTIONS = ("audit", "windows", "fleet", "cure", "attribution", "monitor")
+SECTIONS = ("audit", "windows", "fleet", "cure", "attribution", "monitor", "nat")
 # attribution.rate_error.SHAPE.PACE (issue 21; bench/attribution.py "real"): PACE "10" about 10 per second,
 # "flat_out" as fast as the client goes (>= 5,000/s wanted where the machine can)
 RATE_SHAPES = ("client_close", "server_close", "spawn_loop", "exhausted")
@@ -215,6 +221,7 @@ def ratios(result):
     flat["audit.million.peak_rss_mb"] = million.get("peak_rss_mb")
     flat["audit.million.states"] = million.get("states")
     flat.update(monitor_ratios(result.get("monitor") or {}))
+    flat.update(nat_bench.flatten(result.get("nat", {})))
     return flat
 
 
@@ -268,6 +275,7 @@ def targets(flat):
         "monitor.alert_latency_seconds <= sample + evaluation + 5 s": None if flat.get(
             "monitor.alert_latency_target_seconds") is None else flat.get("monitor.alert_latency_seconds") is not None
         and flat["monitor.alert_latency_seconds"] <= flat["monitor.alert_latency_target_seconds"],
+        **nat_bench.targets(flat),
     }
 
 
@@ -428,7 +436,8 @@ def main():
                "fleet": lambda: importlib.import_module("bench.fleet_converge").run(hosts, log=log),
                "cure": lambda: importlib.import_module("bench.cure").run(log=log),
                "attribution": run_attribution,
-               "monitor": lambda: importlib.import_module("bench.monitor").run_section(log=log)}
+               "monitor": lambda: importlib.import_module("bench.monitor").run_section(log=log),
+               "nat": lambda: nat_bench.run(log=log)}
     failed = run_sections(result, [section for section in SECTIONS if section in only], runners)
     result["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     result["seconds"] = round(time.monotonic() - START, 1)
