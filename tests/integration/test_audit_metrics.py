@@ -26,12 +26,13 @@ import pytest
 import yaml
 # fleet is the fixture these tests use
 from test_port_audit import HOSTS, exhaust, fleet  # noqa: F401  # pylint: disable=unused-import
-from test_prometheus_alerts import Api, free_port, spawn, tool, wait_for
+from test_prometheus_alerts import tool
 
 from tests.support.collection import collections_path
 from tests.support.fleet import fleet_hosts, run_fleet
 from tests.support.playbook import ansible_playbook
 from tests.support.netns import stop_process
+from tests.support.prometheus import Api, free_port, spawn, wait_for
 from tests.support.promql import samples
 
 pytestmark = pytest.mark.usefixtures("root_netns")

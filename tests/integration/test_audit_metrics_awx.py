@@ -31,7 +31,8 @@ from test_ansible_runner import (  # noqa: F401  # pylint: disable=unused-import
     run_job,
 )
 from test_audit_metrics import INTERVAL, STALE, by_instance, get, monitoring  # noqa: F401  # pylint: disable=unused-import
-from test_prometheus_alerts import wait_for
+
+from tests.support.prometheus import wait_for
 
 pytestmark = pytest.mark.usefixtures("root_netns")
 
