@@ -361,7 +361,7 @@ def sample_processes(host, processes, attribution, seconds, ephemeral, sleep=tim
 
 
 def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netlink=True, sleep=time.sleep,
-          attribute=True, processes=None):
+          attribute=True, processes=None, nat=True):
     """The module's work: read ``host`` (default: this one), optionally sample, analyse.  Returns the result dict.
 
     ``attribute`` (on a live host, with netlink): name the processes that hold
@@ -369,7 +369,8 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
     sample follows each new socket to its process and measures each
     process's rate of new connections.  ``processes``: a ProcessTable
     (default: one reading through ``host``).  On a host that source-NATs the
-    result gets a ``nat`` section (nat_usage), whose verdict counts in the host's.
+    result gets a ``nat`` section (nat_usage), whose verdict counts in the host's; ``nat`` False skips that
+    part (no conntrack dump, no nft run): port_monitor without its ``--nat``.
     """
     host = LinuxHost() if host is None else host
     attribution = None
@@ -380,10 +381,11 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
         if attribution is not None:
             processes.scan()
         return merge(analyse(collect(host, use_netlink, attribution, processes), top=top, warning=warning,
-                             critical=critical), *nat_part(host, None, None, top, warning, critical))
+                             critical=critical),
+                     *(nat_part(host, None, None, top, warning, critical) if nat else (None, [])))
     started = time.monotonic()
     before, missing = read_counters(host)
-    nat_before = counters_before(host)
+    nat_before = counters_before(host) if nat else None
     notes = []
     traced = None
     if attribution is not None:
@@ -395,7 +397,7 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
                        sample_seconds=time.monotonic() - started, notes=notes + snapshot.notes)
     snapshot.unreadable.extend(item for item in missing if item not in snapshot.unreadable)
     return merge(analyse(snapshot, top=top, warning=warning, critical=critical),
-                 *nat_part(host, nat_before, snapshot.sample_seconds, top, warning, critical))
+                 *(nat_part(host, nat_before, snapshot.sample_seconds, top, warning, critical) if nat else (None, [])))
 
 
 def _sample(host, processes, attribution, seconds, notes, sleep, started):
