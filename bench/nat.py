@@ -17,7 +17,7 @@
    CPU time of the process).  Medians; ratio = ours / conntrack -L.  It checks that every read counted every
    entry, each of them source-NATed.
 4. At 100,000 entries (the size of --sizes closest to it), runs the port_monitor sampler as the role installs it
-   (bench/monitor.py install(); its audit() reads the nat section on a host that source-NATs) at --interval
+   (bench/monitor.py install(), with --nat: port_monitor_nat true) at --interval
    for --windows windows: the CPU % of one core per window and the median, as bench/monitor.py measures it.
 5. Writes bench/results/nat.json.  Keys (flatten()): nat.dump.vs_conntrack_L (wall time, at the size closest to
    100,000, at least 100,000), nat.dump.cpu_vs_conntrack_L, nat.dump.entries, nat.dump.peak_rss_mb (the
@@ -213,8 +213,9 @@ def sampler_cpu(box, interval, windows, log):
         entry = install(Path(tmp) / "code")
         textfile_dir = Path(tmp) / "textfile"
         textfile_dir.mkdir()
+        # --nat: port_monitor_nat true, the only way the sampler reads the conntrack table
         sampler = subprocess.Popen(box.argv(["/usr/bin/python3", "-s", "-E", "-B", entry, "--directory",
-                                             textfile_dir, "--interval", interval]),
+                                             textfile_dir, "--interval", interval, "--nat"]),
                                    cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                    start_new_session=True)
         try:

@@ -366,7 +366,7 @@ def sample_processes(host, processes, attribution, seconds, ephemeral, sleep=tim
 
 
 def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netlink=True, sleep=time.sleep,
-          attribute=True, processes=None):
+          attribute=True, processes=None, nat=True):
     """The module's work: read ``host`` (default: this one), optionally sample, analyse.  Returns the result dict.
 
     ``attribute`` (on a live host, with netlink): name the processes that hold
@@ -374,7 +374,8 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
     sample follows each new socket to its process and measures each
     process's rate of new connections.  ``processes``: a ProcessTable
     (default: one reading through ``host``).  On a host that source-NATs the
-    result gets a ``nat`` section (nat_usage), whose verdict counts in the host's.
+    result gets a ``nat`` section (nat_usage), whose verdict counts in the host's; ``nat`` False skips that
+    part (no conntrack dump, no nft run): port_monitor without its ``--nat``.
     """
     host = LinuxHost() if host is None else host
     attribution = None
@@ -386,11 +387,11 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
             processes.scan()
         return merge(analyse(collect(host, use_netlink, attribution, processes), top=top, warning=warning,
                              critical=critical),
-                     *nat_part(host, None, None, top, warning, critical,
-                               processes if attribution is not None else None))
+                     *(nat_part(host, None, None, top, warning, critical, _named(processes, attribution))
+                       if nat else (None, [])))
     started = time.monotonic()
     before, missing = read_counters(host)
-    nat_before, nat_flows = counters_before(host), flows_before(host)
+    nat_before, nat_flows = (counters_before(host), flows_before(host)) if nat else (None, None)
     notes = []
     traced = None
     if attribution is not None:
@@ -402,8 +403,13 @@ def audit(host=None, top=10, sample_seconds=0, warning=70, critical=90, use_netl
                        sample_seconds=time.monotonic() - started, notes=notes + snapshot.notes)
     snapshot.unreadable.extend(item for item in missing if item not in snapshot.unreadable)
     return merge(analyse(snapshot, top=top, warning=warning, critical=critical),
-                 *nat_part(host, nat_before, snapshot.sample_seconds, top, warning, critical,
-                           processes if attribution is not None else None, nat_flows))
+                 *(nat_part(host, nat_before, snapshot.sample_seconds, top, warning, critical,
+                            _named(processes, attribution), nat_flows) if nat else (None, [])))
+
+
+def _named(processes, attribution):
+    """The ProcessTable the nat section names the sources' processes with: the audit's, when it attributes."""
+    return processes if attribution is not None else None
 
 
 def _sample(host, processes, attribution, seconds, notes, sleep, started):

@@ -18,8 +18,10 @@ TcpstackSamplerStale fires; the error goes to the journal.
     python3 -s -E -B /usr/local/lib/tcpstack-port-monitor/tcpstack-port-monitor \\
         --directory /var/lib/prometheus/node-exporter --interval 15 --top 5
 
-``--processes`` also names the processes holding the ports (the audit's
-process attribution, which reads every /proc/PID/fd: off by default for its
+``--nat`` also exports the NAT section of a host that source-NATs (its
+conntrack table and egress keys; it needs CAP_NET_ADMIN, which the role
+grants only with port_monitor_nat).  ``--processes`` also names the
+processes holding the ports (the audit's process attribution, which reads every /proc/PID/fd: off by default for its
 cost), and ``--process-sample-seconds N`` follows new connections for N
 seconds of each run to measure each process's rate.
 
@@ -70,10 +72,11 @@ class MonitorOptions(NamedTuple):
     processes: bool
     process_sample_seconds: int
     once: bool
+    nat: bool = False
 
 
 def check_options(directory, interval, top, warning_percent, critical_percent, processes=False,
-                  process_sample_seconds=0, once=False):
+                  process_sample_seconds=0, once=False, nat=False):
     """The options as the command line gives them (text), checked; MonitorError names a bad one.
 
     ``directory`` is checked as a value only (validation.absolute_path): whether it is a directory
@@ -94,16 +97,18 @@ def check_options(directory, interval, top, warning_percent, critical_percent, p
     except ValidationError as exc:
         raise MonitorError(str(exc)) from None
     return MonitorOptions(directory, interval, top, warning_percent, critical_percent, bool(processes),
-                          process_sample_seconds, bool(once))
+                          process_sample_seconds, bool(once), bool(nat))
 
 
 def sample(options, host=None, clock=time.time, monotonic=time.monotonic):
     """One run: the audit of ``host`` (default: this one), rendered.  Returns the textfile's text.
 
-    The processes are named only when ``options.processes`` asks: it reads every /proc/PID/fd.
+    The processes are named only when ``options.processes`` asks: it reads every /proc/PID/fd.  The NAT
+    section (a conntrack dump over ctnetlink and ``nft``, both needing CAP_NET_ADMIN) is read only when
+    ``options.nat`` asks: without it nothing NAT is tried, so a confined unit wastes no exec and logs no error.
     """
     started = monotonic()
     result = audit(host, top=options.top, warning=options.warning_percent, critical=options.critical_percent,
-                   attribute=options.processes, sample_seconds=options.process_sample_seconds)
+                   attribute=options.processes, sample_seconds=options.process_sample_seconds, nat=options.nat)
     return render(result, top=options.top, duration_seconds=round(monotonic() - started, 6),
                   timestamp=round(clock(), 3), interval_seconds=options.interval)

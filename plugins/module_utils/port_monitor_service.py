@@ -64,6 +64,9 @@ def _parser():
                         help="name the processes that hold the ports (reads /proc/PID/fd of every process)")
     parser.add_argument("--process-sample-seconds", default="0",
                         help="with --processes: follow new connections this long per run, for their rates")
+    parser.add_argument("--nat", action="store_true",
+                        help="export the NAT section of a host that source-NATs (conntrack over ctnetlink and nft: "
+                             "needs CAP_NET_ADMIN)")
     parser.add_argument("--once", action="store_true", help="write one sample and exit")
     parser.add_argument("--remove", action="store_true",
                         help="remove the textfile (and temporaries of a killed write) from --directory, never through "
@@ -73,7 +76,7 @@ def _parser():
 
 def _options(args, host, check=True):
     options = check_options(args.directory, args.interval, args.top, args.warning_percent, args.critical_percent,
-                            args.processes, args.process_sample_seconds, args.once)
+                            args.processes, args.process_sample_seconds, args.once, args.nat)
     if check:
         check_directory(options.directory, host)
     return options

@@ -47,6 +47,20 @@ WINDOWS_STATES = {
     "LastAck": "LAST_ACK", "Closing": "CLOSING", "Closed": "CLOSE", "Bound": "BOUND", "DeleteTCB": "DELETE_TCB",
 }
 WINDOWS_EVENTS = ("4227", "4231")  # Tcpip events win_port_usage_info counts (result key "events")
+# the nat section's conntrack counters (the kernel's, summed over the CPUs, since the network namespace's table was
+# created: conntrack -S) -> metric, help
+CONNTRACK_COUNTERS = (
+    ("insert_failed", "tcpstack_conntrack_insert_failed_total",
+     "Flows that could not enter the conntrack table, their packet dropped: no free translated port, or two flows "
+     "raced for one (conntrack -S insert_failed, summed over the CPUs)."),
+    ("drop", "tcpstack_conntrack_drop_total",
+     "Packets conntrack dropped: a failed insert or a full table (conntrack -S drop, summed over the CPUs)."),
+    ("early_drop", "tcpstack_conntrack_early_drop_total",
+     "Entries evicted to make room in a full table (conntrack -S early_drop, summed over the CPUs)."),
+    ("clash_resolve", "tcpstack_conntrack_clash_resolve_total",
+     "Races of two flows for one entry the kernel resolved without a drop (conntrack -S clash_resolve, summed "
+     "over the CPUs)."),
+)
 
 
 def _escape(value):
@@ -261,10 +275,62 @@ def _windows_events(result, family):
                bool(events.get("capped")) if counted.samples else None)
 
 
+def _egress_labels(entry):
+    """An egress key's labels: the translated address, the destination (address:port, an IPv6 address in
+    brackets, as tcpstack_destination_* write it) and the protocol."""
+    address = str(entry.get("destination") or "")
+    where = ("[%s]" % address) if ":" in address else address
+    port = entry.get("port")
+    return {"translated": entry.get("translated") or "", "protocol": entry.get("protocol") or "",
+            "destination": "%s:%s" % (where, port) if port is not None else where}
+
+
+def _nat(result, top, family):
+    """The nat section of a host that source-NATs (result key "nat"): the conntrack table, its counters, the
+    busiest ``top`` egress keys and the NAT verdict.  A host without the section gets none of these series."""
+    nat = result.get("nat")
+    if not isinstance(nat, dict):
+        return
+    table = nat.get("conntrack") if isinstance(nat.get("conntrack"), dict) else {}
+    family("tcpstack_conntrack_entries", "gauge",
+           "Entries in the conntrack table of this network namespace (nf_conntrack_count).").add(table.get("count"))
+    family("tcpstack_conntrack_max", "gauge",
+           "Size of the conntrack table (net.netfilter.nf_conntrack_max, global to the host).").add(table.get("max"))
+    family("tcpstack_conntrack_utilisation_ratio", "gauge",
+           "Conntrack entries over nf_conntrack_max, 0 to 1: when full the kernel drops new flows.").add(
+               table.get("utilisation"))
+    counters = table.get("counters") if isinstance(table.get("counters"), dict) else {}
+    for key, name, text in CONNTRACK_COUNTERS:
+        family(name, "counter", text).add(counters.get(key))
+    in_use = family("tcpstack_nat_egress_in_use", "gauge",
+                    "Translated ports in use on an egress key (translated address, destination, protocol): the "
+                    "flows that count against its range (live flows on Linux 6.18 and later).")
+    capacity = family("tcpstack_nat_egress_capacity", "gauge",
+                      "Translated ports an egress key can use: the port range of the rule that translates to the "
+                      "address, or the kernel's 64512 (1024-65535).")
+    ratio = family("tcpstack_nat_egress_utilisation_ratio", "gauge",
+                   "Translated ports in use over the egress key's capacity, 0 to 1 (the busiest keys, top N).")
+    time_wait = family("tcpstack_nat_egress_time_wait", "gauge",
+                       "Conntrack entries of an egress key in TCP TIME_WAIT or CLOSE.")
+    egress = nat.get("egress") if isinstance(nat.get("egress"), list) else []
+    for entry in [item for item in egress if isinstance(item, dict)][:top]:
+        labels = _egress_labels(entry)
+        in_use.add(entry.get("in_use"), **labels)
+        capacity.add(entry.get("capacity"), **labels)
+        ratio.add(entry.get("utilisation"), **labels)
+        time_wait.add(entry.get("time_wait"), **labels)
+    family("tcpstack_nat_egress_keys", "gauge",
+           "Egress keys (translated address, destination, protocol) in the conntrack table; the busiest top N "
+           "have series.").add(nat.get("egress_total"))
+    family("tcpstack_nat_verdict", "gauge",
+           "The NAT part of the audit's verdict (it counts in tcpstack_verdict): 0 ok, 1 warning, 2 critical.").add(
+               VERDICT_VALUE.get(nat.get("verdict")))
+
+
 def render(result, top=5, duration_seconds=None, timestamp=None, interval_seconds=None, labels=None):
     """The textfile for ``result`` (a port_usage_info or win_port_usage_info result); text ending in a newline.
 
-    ``top`` bounds the destination and process series; ``duration_seconds``, ``timestamp``
+    ``top`` bounds the destination, process and NAT egress series; ``duration_seconds``, ``timestamp``
     (Unix time of this successful run) and ``interval_seconds`` describe the
     sampler itself (or the scheduled audit that wrote the result).  ``labels``
     ({name: value}) are added to every sample, escaped like every label value
@@ -276,6 +342,7 @@ def render(result, top=5, duration_seconds=None, timestamp=None, interval_second
     _destinations(result, top, family)
     _processes(result, top, family)
     _judgement(result, family)
+    _nat(result, top, family)
     _windows_events(result, family)
     family("tcpstack_sampler_duration_seconds", "gauge", "How long the last sample took.").add(duration_seconds)
     family("tcpstack_sampler_last_success_timestamp_seconds", "gauge",

@@ -334,6 +334,7 @@ def port_monitor(spec, values, windows):
         "critical_percent": checked[3],
         "processes": processes,
         "process_sample_seconds": sample,
+        "nat": _bool(values, "port_monitor_nat"),
         "python": _absolute_path(values, "port_monitor_python", "an absolute path to a Python 3.9+ interpreter"),
         "rules_dir": _absolute_path(values, "port_monitor_rules_dir",
                                     "'' (do not install the alert rules) or an absolute path to a directory",

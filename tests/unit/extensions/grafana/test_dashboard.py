@@ -38,7 +38,14 @@ FULL = {
     "processes": [{"name": "curl", "user": "www", "unit": "fetch.service", "ports_held": 13,
                    "new_connections_per_second": 12.5}],
     "attribution": {"sampled_seconds": 2.0},
+    # on a host that source-NATs, with port_monitor_nat: the nat section (issue 23)
+    "nat": {"conntrack": {"count": 1012, "max": 262144, "utilisation": 0.0039,
+                          "counters": {"insert_failed": 1, "drop": 1, "early_drop": 0, "clash_resolve": 0}},
+            "egress": [{"translated": "10.231.2.1", "destination": "10.231.2.2", "port": 8080, "protocol": "tcp",
+                        "in_use": 1000, "time_wait": 0, "capacity": 1000, "utilisation": 1.0}],
+            "egress_total": 1, "verdict": "critical"},
 }
+NAT_PREFIXES = ("tcpstack_nat_", "tcpstack_conntrack_")  # written only for a host that source-NATs
 
 
 def dashboard():
@@ -78,8 +85,34 @@ def test_every_query_reads_only_metrics_the_sampler_writes():
                  "tcpstack_setting", "tcpstack_sampler_last_success_timestamp_seconds",
                  # issue 22: the who (process series), the top destinations' figures, the alerts' own series
                  "tcpstack_process_ports_held", "tcpstack_process_new_connections_per_second",
-                 "tcpstack_destination_ports_in_use", "tcpstack_destination_ports_blocking"):
+                 "tcpstack_destination_ports_in_use", "tcpstack_destination_ports_blocking",
+                 # issue 23: egress utilisation by destination, conntrack fill, insert_failed and drop rates
+                 "tcpstack_nat_egress_utilisation_ratio", "tcpstack_nat_egress_in_use", "tcpstack_nat_egress_capacity",
+                 "tcpstack_conntrack_entries", "tcpstack_conntrack_max", "tcpstack_conntrack_insert_failed_total",
+                 "tcpstack_conntrack_drop_total"):
         assert name in used, name
+
+
+def test_the_nat_row_reads_what_the_nat_alerts_read_and_only_nat_series():
+    board = dashboard()
+    rules = {rule["alert"]: rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]}
+    rows = [panel for panel in board["panels"] if panel["type"] == "row"]
+    assert len(rows) == 1 and "NAT" in rows[0]["title"]
+    below = [panel for panel in board["panels"] if panel["gridPos"]["y"] > rows[0]["gridPos"]["y"]]
+    assert len(below) >= 5
+    thresholds = {"tcpstack_warning_utilisation_ratio", "tcpstack_critical_utilisation_ratio"}
+    for panel in below:  # every panel of the row reads NAT series (and the host's thresholds), nothing else
+        names = {name for expr in panel_exprs(panel) for name in metric_names(expr)}
+        assert names - thresholds and all(name.startswith(NAT_PREFIXES) for name in names - thresholds), names
+    exhausted = rules["TcpstackNatEgressExhausted"]["expr"].strip()
+    panel = [panel for panel in below if "TcpstackNatEgressExhausted" in panel["title"]]
+    assert len(panel) == 1
+    assert exhausted in panel_exprs(panel[0])[0].replace('{instance=~"$instance"}', "")
+    rates = [expr for panel in below for expr in panel_exprs(panel) if "_total" in expr]
+    assert rates and all("rate(" in expr for expr in rates)  # counters are shown as rates, never raw
+    tables = [panel for panel in below if panel["type"] == "table"]
+    assert len(tables) == 1 and all("by (instance, translated, destination, protocol)" in expr
+                                    for expr in panel_exprs(tables[0]))
 
 
 def panel_exprs(panel):

@@ -24,7 +24,7 @@ def promtool(*args):
 
 def test_promtool_checks_the_rules():
     done = promtool("check", "rules", str(RULES))
-    assert done.returncode == 0 and "SUCCESS: 8 rules found" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and "SUCCESS: 16 rules found" in done.stdout, done.stdout + done.stderr
 
 
 def test_the_incident_fires_and_resolves():

@@ -193,7 +193,8 @@ def test_port_monitor_defaults_give_the_sampler_its_defaults():
     assert port_monitor(MONITOR, {}, windows=False) == {
         "state": "present", "interval": 15, "textfile_dir": "/var/lib/prometheus/node-exporter", "top": 5,
         "warning_percent": 70, "critical_percent": 90, "processes": False, "process_sample_seconds": 0,
-        "python": "/usr/bin/python3", "rules_dir": ""}
+        "nat": False, "python": "/usr/bin/python3", "rules_dir": ""}
+    assert port_monitor(MONITOR, {"port_monitor_nat": "true"}, False)["nat"] is True
     options = port_monitor(MONITOR, {"port_monitor_processes": "yes", "port_monitor_process_sample_seconds": 14}, False)
     assert (options["processes"], options["process_sample_seconds"]) == (True, 14)
     options = port_monitor(MONITOR, {"port_monitor_interval": "60", "port_monitor_textfile_dir": "/srv/textfile/",
@@ -222,6 +223,7 @@ def test_port_monitor_defaults_give_the_sampler_its_defaults():
     ({"port_monitor_rules_dir": "rules"}, "port_monitor_rules_dir: 'rules' is not valid: '' (do not install"),
     ({"port_monitor_state": "gone"}, "port_monitor_state: 'gone' is not valid: present or absent"),
     ({"port_monitor_processes": "maybe"}, "port_monitor_processes: 'maybe' is not valid: a boolean"),
+    ({"port_monitor_nat": "auto"}, "port_monitor_nat: 'auto' is not valid: a boolean"),
     ({"port_monitor_process_sample_seconds": 5}, "port_monitor_process_sample_seconds: 5 is not valid: 0 while "
                                                  "port_monitor_processes is false"),
     ({"port_monitor_processes": True, "port_monitor_process_sample_seconds": 15},
