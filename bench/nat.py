@@ -194,7 +194,7 @@ def grow(box, start, size):
 
 def measure(box, size, repetitions, env):
     reads, lists = [], []
-    for _ in range(repetitions):
+    for dummy in range(repetitions):
         reads.append(child_json(box, READ_CHILD, env))
         lists.append(child_json(box, LIST_CHILD))
         if lists[-1]["rc"] != 0:
@@ -223,8 +223,8 @@ def sampler_cpu(box, interval, windows, log):
             for window in range(1, windows + 1):
                 time.sleep(max(0.0, started + window * interval - time.monotonic()))
                 if sampler.poll() is not None:
-                    raise RuntimeError("the sampler exited (rc=%s): %s" % (sampler.returncode,
-                                                                          sampler.stderr.read()[-2000:]))
+                    raise RuntimeError("the sampler exited (rc=%s): %s"
+                                       % (sampler.returncode, sampler.stderr.read()[-2000:]))
                 now = cpu_seconds(sampler.pid)
                 per_window.append(round(100.0 * (now - before) / interval, 3))
                 before = now

@@ -96,7 +96,9 @@ def test_the_installed_sampler_exports_the_nat_section_like_conntrack(nat_tools,
         dummy, second = lab.hold(CLIENT_IPS[1], 100, seconds=300)
         assert first == {"open": 300, "failed": 0} and second == {"open": 100, "failed": 0}
         text = sample_in(lab.router, entry, textfile_dir, caps)
-        (held, dummy), = egress_counts(conntrack_lines(lab.router, "-p", "tcp")).values()
+        counted = list(egress_counts(conntrack_lines(lab.router, "-p", "tcp")).values())
+        assert len(counted) == 1, counted
+        held = counted[0][0]
         count, stats = conntrack_count(lab.router), conntrack_stats(lab.router)
         maximum = int(lab.router.exec(["cat", "/proc/sys/net/netfilter/nf_conntrack_max"]).stdout)
         # without CAP_NET_ADMIN (the default unit's empty bounding set), --nat reads nothing and fails nothing
