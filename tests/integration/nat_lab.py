@@ -13,12 +13,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 from tests.support import traffic
+from tests.support.ci import need, need_root_netns
 from tests.support.collection import collections_path
 from tests.support.netns import Sandbox
+
+
+def need_nat_tools(*more):
+    """The NAT lab's tools (nft, conntrack) and ``more`` (tool, Debian package) pairs, and the root network
+    namespace: a test skips without them locally and fails under CI=true."""
+    need_root_netns()
+    for tool, package in (("nft", "nftables"), ("conntrack", "conntrack")) + more:
+        need(shutil.which(tool) is not None, "needs %s (Debian package %s; tools/hostdeps.py)" % (tool, package))
+
 
 CLIENT_IPS = ("10.231.1.11", "10.231.1.12")
 ROUTER_INSIDE = "10.231.1.1"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,21 +20,28 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.nat_lab import CLIENT_IPS, ROUTER_OUTSIDE, SERVER_IP, SERVER_PORT, NatLab, conntrack_lines
+from tests.integration.nat_lab import (
+    CLIENT_IPS,
+    ROUTER_OUTSIDE,
+    SERVER_IP,
+    SERVER_PORT,
+    NatLab,
+    conntrack_lines,
+    need_nat_tools,
+)
 from tests.integration.test_conntrack import egress_counts
 from tests.integration.test_port_monitor import (  # noqa: F401  # pylint: disable=unused-import  # box: a fixture
     DASHBOARD,
     NAT_PREFIXES,
     RULES,
-    SECURITY_WORDS,
     box,
     queries,
     rendered_unit,
+    security_rating,
     unit_setting,
 )
 from tests.integration.test_prometheus_alerts import EVALUATION, SCRAPE, tool
 from tests.support.prometheus import Api, config, free_port, spawn, wait_for
-from tests.support.ci import need, need_root_netns
 from tests.support.netns import stop_process
 from tests.support.collection import install_like_the_role
 from tests.support.promql import exposed_names, metric_names, samples
@@ -45,10 +51,7 @@ LABELS = {"translated": ROUTER_OUTSIDE, "destination": "%s:%d" % (SERVER_IP, SER
 
 @pytest.fixture
 def nat_tools():
-    need_root_netns()
-    for tool, package in (("nft", "nftables"), ("conntrack", "conntrack"), ("setpriv", "util-linux"),
-                          ("promtool", "prometheus")):
-        need(shutil.which(tool) is not None, "needs %s (Debian package %s; tools/hostdeps.py)" % (tool, package))
+    need_nat_tools(("setpriv", "util-linux"), ("promtool", "prometheus"))
 
 
 def conntrack_stats(router):
@@ -133,18 +136,9 @@ def test_the_installed_sampler_exports_the_nat_section_like_conntrack(nat_tools,
 
 
 def test_systemd_analyze_rates_the_nat_unit_ok(nat_tools, box, tmp_path):
-    tool = shutil.which("systemd-analyze")
-    need(tool is not None, "needs systemd-analyze (Debian package systemd)")
     (box.scratch / "textfile").mkdir()
     text = rendered_unit(box, box.scratch / "textfile", processes=False, port_monitor_nat=True)
-    unit_file = tmp_path / "tcpstack-port-monitor.service"
-    unit_file.write_text(text)
-    done = subprocess.run([tool, "security", "--offline=yes", "--no-pager", str(unit_file)], capture_output=True,
-                          text=True, timeout=120, check=False)
-    found = re.search(r"Overall exposure level for tcpstack-port-monitor\.service: (\d+\.\d) (\w+)", done.stdout)
-    assert found, done.stdout + done.stderr
-    level, word = float(found.group(1)), found.group(2)
-    assert word in SECURITY_WORDS and level < 5.0, (level, word)
+    level = security_rating(text, tmp_path)
     assert level <= 1.6, level  # what it rates today (1.4 without CAP_NET_ADMIN): a setting lost shows here
 
 

@@ -10,24 +10,27 @@ nft, iptables-nft and conntrack are needed: locally the tests skip without them,
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.integration.nat_lab import CLIENT_IPS, ROUTER_OUTSIDE, SERVER_IP, SERVER_PORT, NatLab, conntrack_lines
+from tests.integration.nat_lab import (
+    CLIENT_IPS,
+    ROUTER_OUTSIDE,
+    SERVER_IP,
+    SERVER_PORT,
+    NatLab,
+    conntrack_lines,
+    need_nat_tools,
+)
 from tests.integration.test_conntrack import egress_counts
-from tests.support.ci import need, need_root_netns
 
 EGRESS = "%s -> %s:%d/tcp" % (ROUTER_OUTSIDE, SERVER_IP, SERVER_PORT)
 
 
 @pytest.fixture
 def nat_tools():
-    need_root_netns()
-    for tool, package in (("nft", "nftables"), ("iptables-nft", "iptables"), ("iptables-nft-save", "iptables"),
-                          ("conntrack", "conntrack")):
-        need(shutil.which(tool) is not None, "needs %s (Debian package %s; tools/hostdeps.py)" % (tool, package))
+    need_nat_tools(("iptables-nft", "iptables"), ("iptables-nft-save", "iptables"))
 
 
 def the_egress(result):

@@ -373,17 +373,11 @@ def unit_setting(text, key):
 SECURITY_WORDS = ("PERFECT", "SAFE", "OK")  # systemd's words below 5.0; then MEDIUM, EXPOSED, UNSAFE
 
 
-@pytest.mark.parametrize("processes", [False, True])
-def test_systemd_analyze_rates_the_installed_unit_ok(box, tmp_path, processes):
+def security_rating(text, tmp_path):
+    """What ``systemd-analyze security --offline`` rates the unit ``text``: its exposure level, checked to be one
+    of SECURITY_WORDS (below 5.0)."""
     tool = shutil.which("systemd-analyze")
     need(tool is not None, "needs systemd-analyze (Debian package systemd)")
-    textfile_dir = box.scratch / "textfile"
-    textfile_dir.mkdir()
-    text = rendered_unit(box, textfile_dir, processes)
-    assert unit_setting(text, "ReadWritePaths") == [str(textfile_dir)]  # the one writable path
-    assert unit_setting(text, "ProtectSystem") == ["strict"]
-    assert unit_setting(text, "CapabilityBoundingSet") == (["CAP_DAC_READ_SEARCH CAP_SYS_PTRACE"] if processes
-                                                           else [""])
     unit_file = tmp_path / "tcpstack-port-monitor.service"
     unit_file.write_text(text)
     done = subprocess.run([tool, "security", "--offline=yes", "--no-pager", str(unit_file)], capture_output=True,
@@ -392,6 +386,19 @@ def test_systemd_analyze_rates_the_installed_unit_ok(box, tmp_path, processes):
     assert found, done.stdout + done.stderr
     level, word = float(found.group(1)), found.group(2)
     assert word in SECURITY_WORDS and level < 5.0, (level, word)
+    return level
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_systemd_analyze_rates_the_installed_unit_ok(box, tmp_path, processes):
+    textfile_dir = box.scratch / "textfile"
+    textfile_dir.mkdir()
+    text = rendered_unit(box, textfile_dir, processes)
+    assert unit_setting(text, "ReadWritePaths") == [str(textfile_dir)]  # the one writable path
+    assert unit_setting(text, "ProtectSystem") == ["strict"]
+    assert unit_setting(text, "CapabilityBoundingSet") == (["CAP_DAC_READ_SEARCH CAP_SYS_PTRACE"] if processes
+                                                           else [""])
+    level = security_rating(text, tmp_path)
     assert level <= (1.8 if processes else 1.4), level  # what it rates today: a setting lost shows here
     assert untouched_machine()
 

@@ -7,14 +7,12 @@ events 4227/4231 within the audit's window (TcpstackWindowsTcpipEvents).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import yaml
 
-from tests.support.ci import need
 from tests.support.promql import exposed_names, metric_names
+from tests.unit.extensions.prometheus.test_rules import promtool
 
 from ansible_collections.tcpstack.tuning.plugins.plugin_utils.audit_metrics import host_text
 
@@ -25,12 +23,6 @@ WINDOWS = {"verdict": "ok", "ephemeral": {"range": [49152, 65535], "usable": 163
            "sockets": {"by_state": {"TimeWait": 3}}, "ports_held": 3,
            "thresholds": {"warning_percent": 70, "critical_percent": 90},
            "events": {"hours": 24, "4227": 1, "4231": 0, "latest": None, "capped": False}, "counters": None}
-
-
-def promtool(*args):
-    tool = shutil.which("promtool")
-    need(tool is not None, "needs promtool (Debian package prometheus)")
-    return subprocess.run([tool, *args], cwd=HERE, capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_promtool_checks_the_audit_rules():

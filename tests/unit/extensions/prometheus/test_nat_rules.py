@@ -10,14 +10,12 @@ not zero); ``web`` has no NAT at all (only the thresholds and the verdict): no N
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import yaml
 
-from tests.support.ci import need
 from tests.support.promql import exposed_names, metric_names
+from tests.unit.extensions.prometheus.test_rules import promtool
 
 from ansible_collections.tcpstack.tuning.plugins.module_utils.prometheus import render
 
@@ -114,12 +112,6 @@ def nat_rules():
 def description(rule, labels):
     text = rule["annotations"]["description"]
     return re.sub(r"{{\s*\$labels\.(\w+)\s*}}", lambda match: labels[match.group(1)], text)
-
-
-def promtool(*args):
-    tool = shutil.which("promtool")
-    need(tool is not None, "needs promtool (Debian package prometheus)")
-    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_nat_rules_fire_pend_and_resolve_and_never_for_hosts_without_nat(tmp_path):
