@@ -23,7 +23,9 @@ import sys
 
 import pytest
 
-from tests.integration.nat_lab import HOLD
+from tests.integration.nat_lab import CLIENT_IPS, HOLD, NatLab, need_nat_tools
+from tests.integration.nat_lab import SERVER_IP as NAT_SERVER_IP
+from tests.integration.nat_lab import SERVER_PORT as NAT_SERVER_PORT
 from tests.support.fleet import run_fleet
 from tests.support.netns import Sandbox, stop_process
 from tests.support.traffic import program
@@ -127,3 +129,29 @@ def test_an_undeclared_egress_fails_before_anything_is_written(fleet, tmp_path):
     assert "tcpstack_egress of host a1 is 'nat-x'; it must name an egress declared in port_audit_egresses " \
            "(declared: nat-a, nat-g)" in output, output
     assert not (report_dir / "port_audit.json").exists()
+
+
+def test_a_linux_egress_is_sized_from_the_nat_hosts_own_table(tmp_path):
+    """The NAT lab as a fleet: the router (``natgw``, which masquerades to 20000-20999) and the clients'
+    namespace (``clients``, 300 + 100 connections held from its two addresses) as inventory hosts; the clients
+    leave through ``nat-l``, a ``linux`` egress whose NAT host is natgw.  The rollup takes the in-use flows and the
+    capacity from natgw's own nat section, and names the clients host with its own count."""
+    need_nat_tools()
+    with NatLab(rule="nft", ports=(20000, 20999)) as lab:
+        lab.server_echo(seconds=300)
+        for source, count in ((CLIENT_IPS[0], 300), (CLIENT_IPS[1], 100)):
+            assert lab.hold(source, count, seconds=300)[1] == {"open": count, "failed": 0}
+        report_dir = tmp_path / "report"
+        playbook = json.dumps([{"name": "site", "hosts": "all", "gather_facts": False,
+                                "roles": ["tcpstack.tuning.port_audit"]}], indent=1)
+        rc, dummy, output = run_fleet({"natgw": lab.router, "clients": lab.clients}, {}, playbook, extra_vars={
+            "port_audit_report_dir": str(report_dir),
+            "port_audit_egresses": {"nat-l": {"kind": "linux", "host": "natgw"}}},
+            host_vars={"clients": {"tcpstack_egress": "nat-l"}})
+        assert rc == 0, output
+    report = json.loads((report_dir / "port_audit.json").read_text())
+    endpoint = "%s:%d" % (NAT_SERVER_IP, NAT_SERVER_PORT)
+    (entry,) = [e for e in report["egresses"] if e["egress"] == "nat-l"]
+    assert (entry["kind"], entry["destination"]) == ("linux", endpoint), entry
+    assert (entry["in_use"], entry["capacity"], entry["severity"]) == (400, 1000, "ok"), entry
+    assert [(h["host"], h["in_use"]) for h in entry["hosts"]] == [("clients", 400)], entry
