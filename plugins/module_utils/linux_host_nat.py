@@ -33,8 +33,11 @@ class HostNat:
         if tool is None:
             return None, "%s is not installed" % argv[0]
         try:
-            done = subprocess.run([tool] + list(argv[1:]), check=False, capture_output=True, timeout=RULESET_TIMEOUT,
-                                  stdin=subprocess.DEVNULL)
+            # a fixed argv, no shell; LinuxHost also serves the port_monitor sampler, which has no AnsibleModule
+            # and so no run_command
+            done = subprocess.run(  # pylint: disable=ansible-bad-function
+                [tool] + list(argv[1:]), check=False, capture_output=True, timeout=RULESET_TIMEOUT,
+                stdin=subprocess.DEVNULL)
         except (OSError, subprocess.SubprocessError) as exc:
             return None, "%s failed: %s" % (" ".join(argv), exc)
         if done.returncode != 0:
