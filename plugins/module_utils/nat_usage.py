@@ -37,25 +37,25 @@ from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_rules import
 from ansible_collections.tcpstack.tuning.plugins.module_utils.usage_wording import clean_text
 
 
-def counters_before(host):
-    """The conntrack counters at the start of a sample, or None (no conntrack, not root, not the live host)."""
+def _at_start(host, read):
+    """``read(host)`` at the start of a sample, or None (no conntrack, not root, not the live host)."""
     if not host.live or not host.conntrack_loaded():
         return None
     try:
-        return read_counters(host)
+        return read(host)
     except ConntrackError:
         return None
+
+
+def counters_before(host):
+    """The conntrack counters at the start of a sample, or None (no conntrack, not root, not the live host)."""
+    return _at_start(host, read_counters)
 
 
 def flows_before(host):
     """The source-NATed flows at the start of a sample (linux_nat.read_flows), or None (no conntrack, not root,
     too many to remember): the new flows of the sample are those not among them."""
-    if not host.live or not host.conntrack_loaded():
-        return None
-    try:
-        return read_flows(host)
-    except ConntrackError:
-        return None
+    return _at_start(host, read_flows)
 
 
 def read_rules(host):

@@ -76,13 +76,20 @@ def fleet(request):
     return hosts
 
 
-def test_port_audit_rolls_the_fleet_up_by_egress(fleet, tmp_path):
-    report_dir = tmp_path / "report"
+def audit_fleet(hosts, report_dir, egresses, host_vars):
+    """The port_audit role over ``hosts`` ({name: Sandbox}) with ``port_audit_egresses`` and the hosts'
+    ``host_vars``: (rc, output)."""
     playbook = json.dumps([{"name": "site", "hosts": "all", "gather_facts": False,
                             "roles": ["tcpstack.tuning.port_audit"]}], indent=1)
-    rc, results, output = run_fleet(fleet, {}, playbook, extra_vars={
-        "port_audit_report_dir": str(report_dir), "port_audit_egresses": EGRESSES},
-        host_vars=dict((name, {"tcpstack_egress": egress}) for name, egress in EGRESS_OF.items()))
+    rc, dummy, output = run_fleet(hosts, {}, playbook, host_vars=host_vars, extra_vars={
+        "port_audit_report_dir": str(report_dir), "port_audit_egresses": egresses})
+    return rc, output
+
+
+def test_port_audit_rolls_the_fleet_up_by_egress(fleet, tmp_path):
+    report_dir = tmp_path / "report"
+    rc, output = audit_fleet(fleet, report_dir, EGRESSES,
+                             dict((name, {"tcpstack_egress": egress}) for name, egress in EGRESS_OF.items()))
     assert rc == 0, output
     report = json.loads((report_dir / "port_audit.json").read_text())
     own = {}  # each host's own count towards the server, as its audit measured it
@@ -120,11 +127,7 @@ def test_port_audit_rolls_the_fleet_up_by_egress(fleet, tmp_path):
 
 def test_an_undeclared_egress_fails_before_anything_is_written(fleet, tmp_path):
     report_dir = tmp_path / "report"
-    playbook = json.dumps([{"name": "site", "hosts": "all", "gather_facts": False,
-                            "roles": ["tcpstack.tuning.port_audit"]}], indent=1)
-    rc, dummy, output = run_fleet(fleet, {}, playbook, extra_vars={
-        "port_audit_report_dir": str(report_dir), "port_audit_egresses": EGRESSES},
-        host_vars={"a1": {"tcpstack_egress": "nat-x"}})
+    rc, output = audit_fleet(fleet, report_dir, EGRESSES, {"a1": {"tcpstack_egress": "nat-x"}})
     assert rc != 0
     assert "tcpstack_egress of host a1 is 'nat-x'; it must name an egress declared in port_audit_egresses " \
            "(declared: nat-a, nat-g)" in output, output
@@ -142,12 +145,9 @@ def test_a_linux_egress_is_sized_from_the_nat_hosts_own_table(tmp_path):
         for source, count in ((CLIENT_IPS[0], 300), (CLIENT_IPS[1], 100)):
             assert lab.hold(source, count, seconds=300)[1] == {"open": count, "failed": 0}
         report_dir = tmp_path / "report"
-        playbook = json.dumps([{"name": "site", "hosts": "all", "gather_facts": False,
-                                "roles": ["tcpstack.tuning.port_audit"]}], indent=1)
-        rc, dummy, output = run_fleet({"natgw": lab.router, "clients": lab.clients}, {}, playbook, extra_vars={
-            "port_audit_report_dir": str(report_dir),
-            "port_audit_egresses": {"nat-l": {"kind": "linux", "host": "natgw"}}},
-            host_vars={"clients": {"tcpstack_egress": "nat-l"}})
+        rc, output = audit_fleet({"natgw": lab.router, "clients": lab.clients}, report_dir,
+                                 {"nat-l": {"kind": "linux", "host": "natgw"}},
+                                 {"clients": {"tcpstack_egress": "nat-l"}})
         assert rc == 0, output
     report = json.loads((report_dir / "port_audit.json").read_text())
     endpoint = "%s:%d" % (NAT_SERVER_IP, NAT_SERVER_PORT)
